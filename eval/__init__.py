@@ -1,0 +1,1 @@
+"""Evaluation of frozen pretrained encoders: linear probe, weighted kNN and result tables."""
