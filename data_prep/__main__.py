@@ -1,0 +1,119 @@
+"""Command line: ``python -m data_prep {cifar10,stl10,imagenet,folder,verify} ...``.
+
+Each builder writes ``--out DIR/manifest.json`` and ``DIR/<split>-%06d.tar``. Re-running the same
+command resumes an interrupted build; ``--overwrite`` rebuilds. Bad images are skipped and listed
+(exit 0), or make the command fail with ``--strict`` (exit 2, after the manifest names them all).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from data_prep import shard_writer
+
+
+def _common(p: argparse.ArgumentParser, fmt: str) -> None:
+    p.add_argument("--out", required=True, help="output directory for manifest.json and the shards")
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help="inputs per shard; use at least (ranks × loader workers) shards per split so "
+                        "non-resampled streams can give every worker its own shards")
+    p.add_argument("--format", choices=["png", "jpg"], default=fmt,
+                   help=f"image encoding in the shards (default {fmt}; png keeps pixels exact)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="encoding processes")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier build in --out and rebuild")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any input image was skipped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("cifar10", help="CIFAR-10 python version -> train (50K) / test (10K)")
+    p.add_argument("--src", required=True, help="cifar-10-python.tar.gz or its extracted folder")
+    _common(p, "png")
+
+    p = sub.add_parser("stl10", help="STL-10 binary version -> train (5K) / test (8K) / unlabeled (100K)")
+    p.add_argument("--src", required=True, help="stl10_binary.tar.gz or its extracted folder")
+    _common(p, "png")
+
+    p = sub.add_parser("imagenet", help="ILSVRC2012 train/val, per-class subset (e.g. 10%%)")
+    p.add_argument("--train-dir", required=True, help="ILSVRC2012/train with <wnid>/ folders")
+    p.add_argument("--val-dir", help="ILSVRC2012/val: per-class folders, or flat with --val-labels")
+    p.add_argument("--val-labels", help="labels for a flat val folder: LOC_val_solution.csv, 'file label' "
+                                        "text/CSV, or the devkit ground truth (needs --val-meta)")
+    p.add_argument("--val-meta", help="devkit meta.mat, to read ILSVRC2012_validation_ground_truth.txt")
+    p.add_argument("--fraction", type=float, default=0.1, help="share of each class to keep (default 0.1)")
+    p.add_argument("--per-class", type=int, help="keep exactly N files a class instead of --fraction")
+    p.add_argument("--subset-list", help="keep exactly the files named in this list (e.g. a published one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-class draw")
+    p.add_argument("--resize", type=int, help="store images squashed to N×N (292 is what the jigsaw "
+                                              "stream resizes to first: decoding then costs ~4× less)")
+    _common(p, "jpg")
+
+    p = sub.add_parser("folder", help="any class_name/image tree")
+    p.add_argument("--src", required=True, action="append",
+                   help="DIR (split 'train') or SPLIT=DIR; repeat for several splits")
+    p.add_argument("--resize", type=int, help="store images squashed to N×N")
+    p.add_argument("--name", default="folder", help="dataset name recorded in the manifest")
+    _common(p, "jpg")
+
+    p = sub.add_parser("verify", help="check every shard against manifest.json")
+    p.add_argument("dir")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding the images (faster)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "verify":
+        from data_prep.verify import verify
+        problems = verify(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty())
+        for line in problems:
+            print(f"verify: {line}", file=sys.stderr)
+        if problems:
+            print(f"verify: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
+            return 1
+        print(f"verify: {args.dir} matches its manifest")
+        return 0
+
+    resize = getattr(args, "resize", None)
+    if args.command == "cifar10":
+        from data_prep import cifar10
+        class_names, splits = cifar10.sources(args.src)
+        options = {"src": os.path.abspath(args.src)}
+    elif args.command == "stl10":
+        from data_prep import stl10
+        class_names, splits = stl10.sources(args.src)
+        options = {"src": os.path.abspath(args.src)}
+    elif args.command == "imagenet":
+        from data_prep import imagenet
+        class_names, splits = imagenet.sources(
+            args.train_dir, args.val_dir, args.val_labels, args.val_meta, args.fraction, args.per_class,
+            args.seed, args.subset_list, out_dir=args.out)
+        options = {"train_dir": os.path.abspath(args.train_dir),
+                   "val_dir": args.val_dir and os.path.abspath(args.val_dir), "val_labels": args.val_labels,
+                   "fraction": args.fraction, "per_class": args.per_class, "subset_list": args.subset_list,
+                   "seed": args.seed}
+    else:
+        from data_prep import folder
+        class_names, splits = folder.sources(args.src)
+        options = {"src": args.src}
+    name = args.name if args.command == "folder" else args.command
+    opts = shard_writer.EncodeOptions(fmt=args.format, quality=args.quality, resize=resize)
+    manifest = shard_writer.build_dataset(
+        args.out, name, options, class_names, splits, opts, shard_size=args.shard_size,
+        workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress)
+    print(shard_writer.summary(manifest))
+    skipped = sum(len(s["skipped"]) for s in manifest["splits"].values())
+    if skipped and args.strict:
+        print(f"error: {skipped} input image(s) skipped (listed above and in {args.out}/manifest.json); "
+              f"--strict makes this fatal", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

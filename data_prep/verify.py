@@ -1,0 +1,100 @@
+"""``python -m data_prep verify DIR``: re-read every shard and check it against the manifest.
+
+Checks per split: each listed shard exists and has the recorded sha256, sample counts per shard and
+in total, unique keys, one decodable image per sample, a ``.cls`` label in range exactly when the split
+is labelled, and the per-class counts. Returns the list of problems (empty when all is well).
+"""
+from __future__ import annotations
+
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_prep.image_io import BadImage, _open_fully
+from data_prep.manifest import ManifestError, read_manifest
+from data_prep.shard_writer import sha256_file
+
+IMAGE_EXTS = ("png", "jpg")
+
+
+def _samples(path: Path):
+    """Yield (key, {ext: bytes}) from a shard, in order, grouping consecutive members by key."""
+    key, files = None, {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name
+            slash = name.rfind("/")
+            dot = name.find(".", slash + 1)
+            k, ext = (name[:dot], name[dot + 1:]) if dot >= 0 else (name, "")
+            if k != key:
+                if key is not None:
+                    yield key, files
+                key, files = k, {}
+            files[ext] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, files
+
+
+def verify(shard_dir: str | Path, decode: bool = True, progress: bool = False) -> list[str]:
+    """Return one line per mismatch between ``shard_dir``'s shards and its manifest."""
+    shard_dir = Path(shard_dir)
+    try:
+        manifest = read_manifest(shard_dir)
+    except ManifestError as e:
+        return [str(e)]
+    n_classes = len(manifest["class_names"])
+    problems: list[str] = []
+    for split, info in manifest["splits"].items():
+        keys: set[str] = set()
+        counts: Counter = Counter()
+        total = 0
+        for shard in tqdm(info["shards"], desc=f"verify {split}", disable=not progress):
+            path = shard_dir / shard["name"]
+            if not path.is_file():
+                problems.append(f"{split}: shard {shard['name']} is missing")
+                continue
+            if sha256_file(path) != shard["sha256"]:
+                problems.append(f"{split}: shard {shard['name']} sha256 differs from the manifest (modified or corrupt)")
+            n = 0
+            try:
+                for key, files in _samples(path):
+                    n += 1
+                    where = f"{split}: {shard['name']} sample {key}"
+                    if key in keys:
+                        problems.append(f"{where}: duplicate key")
+                    keys.add(key)
+                    images = [e for e in IMAGE_EXTS if e in files]
+                    if len(images) != 1:
+                        problems.append(f"{where}: expected one .png or .jpg, found {sorted(files)}")
+                    elif decode:
+                        try:
+                            _open_fully(files[images[0]])
+                        except BadImage as e:
+                            problems.append(f"{where}: image {e}")
+                    if info["labelled"]:
+                        try:
+                            label = int(files["cls"])
+                        except (KeyError, ValueError):
+                            problems.append(f"{where}: missing or unreadable .cls")
+                            continue
+                        if not 0 <= label < n_classes:
+                            problems.append(f"{where}: label {label} outside 0..{n_classes - 1}")
+                        counts[label] += 1
+                    elif "cls" in files:
+                        problems.append(f"{where}: .cls in an unlabelled split")
+            except (tarfile.TarError, OSError, EOFError) as e:
+                problems.append(f"{split}: shard {shard['name']} is not a readable tar ({e})")
+            if n != shard["num_samples"]:
+                problems.append(f"{split}: shard {shard['name']} holds {n} samples, manifest says {shard['num_samples']}")
+            total += n
+        if total != info["num_samples"]:
+            problems.append(f"{split}: {total} samples found, manifest says {info['num_samples']}")
+        if info["labelled"]:
+            found = [counts.get(i, 0) for i in range(n_classes)]
+            if found != list(info["class_counts"]):
+                problems.append(f"{split}: per-class counts {found} differ from the manifest's {info['class_counts']}")
+    return problems
