@@ -1,0 +1,1 @@
+"""Self-supervised pretraining with mutual-information bounds (η-MINE and baselines)."""

@@ -1,0 +1,98 @@
+"""Distributed helpers that answer sensibly with no process group (rank 0, world 1, identity).
+
+The reductions used inside losses are autograd-aware: the backward of a sum over ranks is the sum
+of the incoming gradients over ranks. Under DDP, which averages parameter gradients over W ranks,
+this gives exactly the gradient of the loss computed on the global batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a default process group is initialised with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank, 0 without a process group."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of ranks, 1 without a process group."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+class _AllGatherCat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.dim, ctx.size = dim, t.shape[dim]
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts, dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.size
+        return grad.narrow(ctx.dim, start, ctx.size), None
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over ranks, differentiable (any shape). Identity without a process group."""
+    return _AllReduceSum.apply(t) if is_distributed() else t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise max over ranks, detached (for log-sum-exp shifts)."""
+    t = t.detach().clone()
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_reduce_mean_detached(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks, detached: for logging metrics."""
+    t = t.detach().clone()
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+def all_gather_cat(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate ``t`` from every rank along ``dim`` (rank order), differentiable.
+
+    All ranks must pass tensors of the same shape. Identity without a process group.
+    """
+    return _AllGatherCat.apply(t, dim) if is_distributed() else t
+
+
+def global_diag_mask(n_local: int, n_global: int | None = None, device=None) -> torch.Tensor:
+    """Positive mask [n_local, n_global] for local rows scored against gathered columns.
+
+    Row i of this rank is paired with column ``rank() * n_local + i`` (its own y after
+    ``all_gather_cat``). ``n_global`` defaults to ``n_local * world_size()``.
+    """
+    n_global = n_local * world_size() if n_global is None else n_global
+    mask = torch.zeros(n_local, n_global, dtype=torch.bool, device=device)
+    idx = torch.arange(n_local, device=device)
+    mask[idx, rank() * n_local + idx] = True
+    return mask

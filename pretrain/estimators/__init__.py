@@ -1,0 +1,14 @@
+"""Mutual-information bounds as pure functions of critic scores, with a registry by name.
+
+    est = build("eta-mine")
+    loss, mi = est(scores, pos_mask)     # scores [N, M] critic values f(x_i, y_j)
+
+Each bound lives in its own file; ``eta_mine_convex`` fits a linear witness on fixed features.
+"""
+# Import order is registration order, which names() reports.
+from . import eta_mine, dv_mine, f_mine, a_mine, infonce, jsd, smile  # noqa: F401,I001
+from .base import MIEstimate
+from .eta_mine import EtaMINE
+from .registry import build, names, register
+
+__all__ = ["MIEstimate", "EtaMINE", "build", "names", "register"]

@@ -1,0 +1,117 @@
+"""Two gloo ranks with batch B against one process with batch 2B: identical gradients.
+
+Each rank scores its local rows x against the y of every rank (``all_gather_cat``), so the union
+over ranks of the score matrices is the single process's [2B, 2B] matrix. η-MINE needs no
+reduction (its loss is linear in both means); DV, SMILE and InfoNCE use ``reduce=True``.
+"""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pretrain import dist as pdist
+from pretrain import estimators as E
+
+B, D = 6, 3
+
+
+class Separable(torch.nn.Module):
+    """f(x, y) = <g(x), h(y)>; holds the estimator so DDP averages η with the critic."""
+
+    def __init__(self, name, reduce):
+        super().__init__()
+        torch.manual_seed(0)
+        self.g = torch.nn.Linear(D, 4)
+        self.h = torch.nn.Linear(D, 4)
+        self.est = E.build(name, reduce=reduce) if reduce else E.build(name)
+
+    def forward(self, x, y):
+        hy = pdist.all_gather_cat(self.h(y))
+        scores = self.g(x) @ hy.T
+        return self.est(scores, pdist.global_diag_mask(x.shape[0], hy.shape[0])).loss
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2 * B, D, generator=g)
+    return x, 0.8 * x + 0.6 * torch.randn(2 * B, D, generator=g)
+
+
+def grads_of(model):
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+def _worker(rank, store, out_dir, cases):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        x, y = data()
+        sl = slice(rank * B, (rank + 1) * B)
+        results = {}
+        for name, reduce in cases:
+            model = torch.nn.parallel.DistributedDataParallel(Separable(name, reduce))
+            loss = model(x[sl], y[sl])
+            loss.backward()
+            grads = grads_of(model.module)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+            opt.step()
+            results[f"{name}/{reduce}"] = {"grads": grads, "loss": loss.detach(), "eta_after_step": {k: v.detach().clone() for k, v in model.module.est.named_parameters()}}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+CASES = [("eta-mine", False), ("dv-mine", True), ("smile", True), ("infonce", True), ("dv-mine", False)]
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gloo")
+    mp.start_processes(_worker, args=(str(tmp / "store"), str(tmp), CASES), nprocs=2, join=True, start_method="fork")
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def single_process(name, reduce):
+    model = Separable(name, reduce)
+    x, y = data()
+    loss = model(x, y)
+    loss.backward()
+    return grads_of(model), loss.detach()
+
+
+@pytest.mark.parametrize("name,reduce", CASES[:4])
+def test_two_ranks_equal_one_rank_with_double_batch(two_rank_results, name, reduce):
+    single, single_loss = single_process(name, reduce)
+    for rank_result in two_rank_results:
+        got = rank_result[f"{name}/{reduce}"]["grads"]
+        assert got.keys() == single.keys()
+        for k in single:
+            torch.testing.assert_close(got[k], single[k], rtol=1e-5, atol=1e-6, msg=f"{name} {k}")
+    losses = [r[f"{name}/{reduce}"]["loss"] for r in two_rank_results]
+    if reduce:  # reduced losses are the global loss on every rank
+        for loss in losses:
+            torch.testing.assert_close(loss, single_loss)
+    else:  # local means: their average is the global loss
+        torch.testing.assert_close((losses[0] + losses[1]) / 2, single_loss)
+
+
+def test_eta_identical_on_both_ranks(two_rank_results):
+    a, b = (r["eta-mine/False"]["eta_after_step"]["eta"] for r in two_rank_results)
+    assert a.item() != 0.0 and a.item() == b.item()
+
+
+def test_unreduced_dv_is_biased_across_ranks(two_rank_results):
+    """Without reduce, per-rank DV is not the global DV: the gradients differ (why reduce exists)."""
+    single, _ = single_process("dv-mine", False)
+    got = two_rank_results[0]["dv-mine/False"]["grads"]
+    assert any(not torch.allclose(got[k], single[k], rtol=1e-4, atol=1e-6) for k in single)
+
+
+def test_helpers_without_process_group():
+    t = torch.randn(3, requires_grad=True)
+    assert pdist.rank() == 0 and pdist.world_size() == 1 and not pdist.is_distributed()
+    assert pdist.all_reduce_sum(t) is t and pdist.all_gather_cat(t) is t
+    torch.testing.assert_close(pdist.all_reduce_mean_detached(t), t.detach())
+    assert torch.equal(pdist.global_diag_mask(3), torch.eye(3, dtype=torch.bool))
