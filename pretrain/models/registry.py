@@ -1,0 +1,22 @@
+"""Encoders by name: the paper's DCGAN-style encoder, or any timm model."""
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+from .dcgan_encoder import DCGANEncoder
+from .timm_encoder import build_timm_encoder
+
+
+def build_encoder(name: str, **kwargs) -> nn.Module:
+    """Build the encoder called ``name``: ``dcgan`` or any timm model name (e.g. ``resnet50``).
+
+    The module has ``feature_dim`` and maps images [B, 3, H, W] to features [B, feature_dim];
+    ``dcgan`` also has ``forward_layers`` (every conv layer's map, for InfoMax).
+    Keyword options go to ``DCGANEncoder`` or ``timm.create_model``.
+    """
+    if name == "dcgan":
+        return DCGANEncoder(**kwargs)
+    if timm.is_model(name):
+        return build_timm_encoder(name, **kwargs)
+    raise ValueError(f"unknown encoder {name!r}: use 'dcgan' or a timm model name such as 'resnet50' (see timm.list_models())")
