@@ -69,7 +69,8 @@ def train_linear_probe(
     test set). `writer` (a TensorBoard SummaryWriter, optional) gets `probe/train_loss` and
     `probe/test_top1` once per epoch.
 
-    Returns {"seed", "epochs", "top1", "top5", "top10" (percent, keyed "top{k}"), "train_loss"}.
+    Returns {"seed", "epochs", "top1", "top5", "top10" (percent, keyed "top{k}"), "train_loss",
+    "history": {"train_loss": [epochs], "test_top1": [epochs]}}.
     """
     if train_features.ndim != 2 or test_features.ndim != 2 or train_features.shape[1] != test_features.shape[1]:
         raise ValueError(f"train_linear_probe: want [N, D] and [Q, D] features, got {tuple(train_features.shape)} and {tuple(test_features.shape)}")
@@ -85,6 +86,7 @@ def train_linear_probe(
     n = x.shape[0]
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     loss_epoch = float("nan")
+    history = {"train_loss": [], "test_top1": []}
     for epoch in bar:
         order = torch.randperm(n, generator=order_gen).to(device) if shuffle else torch.arange(n, device=device)
         total = 0.0
@@ -93,10 +95,12 @@ def train_linear_probe(
             total += probe_step(probe, opt, x[sel], y[sel]) * sel.numel()
         loss_epoch = total / n
         top1 = topk_accuracy(probe_scores(probe, xt), yt, (1,))[1]
+        history["train_loss"].append(loss_epoch)
+        history["test_top1"].append(top1)
         bar.set_postfix(loss=f"{loss_epoch:.3f}", top1=f"{top1:.1f}")
         if writer is not None:
             writer.add_scalar("probe/train_loss", loss_epoch, epoch + 1)
             writer.add_scalar("probe/test_top1", top1, epoch + 1)
     bar.close()
     acc = topk_accuracy(probe_scores(probe, xt), yt, ks)
-    return {"seed": seed, "epochs": epochs, **{f"top{k}": acc[k] for k in ks}, "train_loss": loss_epoch}
+    return {"seed": seed, "epochs": epochs, **{f"top{k}": acc[k] for k in ks}, "train_loss": loss_epoch, "history": history}

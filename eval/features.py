@@ -1,0 +1,179 @@
+"""Frozen-encoder features of a shard split, extracted once and cached on disk.
+
+The paper's target-task crops are deterministic (resize 232, centre crop 192, 3×3 grid of 64×64
+patches; InfoMax: the 32×32 image as is), so the features of an image never change while the
+encoder is frozen. Extracting them once and training the linear probe on the cache gives exactly
+the probe that forwards every image every epoch, at the cost of one forward pass instead of
+`epochs` of them (see `benchmarks/linear_probe.py`).
+
+The cache key is content-based: the checkpoint file's SHA-256, the split's shard checksums from
+the manifest, the task kind and `FEATURE_PROTOCOL`. A retrained checkpoint or rebuilt shards can
+therefore never be served stale features.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+# Bump when the crops or the pooling change: old cache entries then stop matching.
+FEATURE_PROTOCOL = 1
+KINDS = ("jigsaw", "infomax")
+
+
+def kind_of(config: dict) -> str:
+    """`jigsaw` or `infomax`: which evaluation input a pretraining config's encoder takes."""
+    task_kind = str((config.get("task") or {}).get("kind", ""))
+    if task_kind.startswith("jigsaw"):
+        return "jigsaw"
+    if task_kind == "infomax":
+        return "infomax"
+    raise ValueError(f"checkpoint config has task.kind={task_kind!r}; eval knows jigsaw-ce, jigsaw-mi and infomax")
+
+
+@torch.no_grad()
+def encode_batch(encoder: nn.Module, batch: dict, kind: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Features of one evaluation batch.
+
+    jigsaw: batch["patches"] [B, 9, 3, 64, 64] -> mean of the 9 patch features [B, D] (paper, App. D).
+    infomax: batch["images"] [B, 3, 32, 32] -> encoder features [B, D].
+    Returns float32 [B, D] on the CPU.
+    """
+    if kind == "jigsaw":
+        patches = batch["patches"].to(device, non_blocking=True)
+        b, p = patches.shape[:2]
+        return encoder(patches.flatten(0, 1)).view(b, p, -1).mean(1).float().cpu()
+    if kind == "infomax":
+        return encoder(batch["images"].to(device, non_blocking=True)).float().cpu()
+    raise ValueError(f"unknown feature kind {kind!r}; use one of {KINDS}")
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    batches: Iterable[dict],
+    kind: str,
+    *,
+    device: torch.device | str = "cpu",
+    total: int | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> dict:
+    """Run the frozen encoder (eval mode, no gradient) over every batch of an evaluation stream.
+
+    batches: dicts with `patches` [B, 9, 3, 64, 64] or `images` [B, 3, H, W], `label` [B] and `key`
+    (B strings). Returns {"features": float32 [N, D], "labels": int64 [N], "keys": list of N str}.
+    """
+    was_training = encoder.training
+    encoder.eval()  # batch-norm must use, never update, its running statistics
+    feats, labels, keys = [], [], []
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for batch in batches:
+            f = encode_batch(encoder, batch, kind, device)
+            feats.append(f)
+            labels.append(torch.as_tensor(batch["label"]).long().cpu())
+            keys.extend(str(k) for k in batch["key"])
+            bar.update(f.shape[0])
+    finally:
+        bar.close()
+        encoder.train(was_training)
+    if not feats:
+        raise ValueError(f"{desc}: the evaluation stream gave no samples")
+    return {"features": torch.cat(feats), "labels": torch.cat(labels), "keys": keys}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (a ResNet50 checkpoint takes well under a second)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(checkpoint_sha256: str, manifest: dict, split: str, kind: str, variant: str = "") -> str:
+    """Hex key of one (checkpoint, dataset split, feature protocol) combination.
+
+    `variant` separates encoders that share a checkpoint file (e.g. `random-init-seed0`).
+    """
+    split_entry = manifest["splits"][split]
+    dataset = {
+        "dataset": manifest["dataset"],
+        "split": split,
+        "shards": [(s["name"], s["sha256"]) for s in split_entry["shards"]],
+    }
+    blob = json.dumps(
+        {"checkpoint": checkpoint_sha256, "data": dataset, "kind": kind, "protocol": FEATURE_PROTOCOL, "variant": variant},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cache_path(cache_dir: str | os.PathLike, key: str, dataset: str, split: str) -> Path:
+    """Where the features of `key` live: `cache_dir/<dataset>-<split>-<key[:20]>.pt`."""
+    return Path(cache_dir) / f"{dataset}-{split}-{key[:20]}.pt"
+
+
+def load_cached(path: str | os.PathLike, key: str) -> dict | None:
+    """The cached features at `path` if present and made for `key`, else None (a corrupt or foreign
+    file is treated as a miss and rewritten)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != key or not {"features", "labels", "keys"} <= set(entry):
+        return None
+    return entry
+
+
+def save_cached(path: str | os.PathLike, key: str, entry: dict) -> None:
+    """Write features atomically (temporary file, then rename), so an interrupted run leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"key": key, "protocol": FEATURE_PROTOCOL, **entry}, tmp)
+    os.replace(tmp, path)
+
+
+def cached_features(
+    encoder: nn.Module,
+    *,
+    checkpoint_sha256: str,
+    shard_dir: str | os.PathLike,
+    manifest: dict,
+    split: str,
+    kind: str,
+    cache_dir: str | os.PathLike | None,
+    variant: str = "",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Features of `split` of the shard directory: from the cache when present, else extracted and stored.
+
+    `cache_dir=None` disables the cache. Returns {"features" [N, D], "labels" [N], "keys", "cache_hit",
+    "cache_path"}.
+    """
+    from data_prep.eval_stream import eval_loader
+
+    key = cache_key(checkpoint_sha256, manifest, split, kind, variant)
+    path = cache_path(cache_dir, key, manifest["dataset"], split) if cache_dir is not None else None
+    if path is not None and (entry := load_cached(path, key)) is not None:
+        return {"features": entry["features"], "labels": entry["labels"], "keys": list(entry["keys"]), "cache_hit": True, "cache_path": str(path)}
+    loader = eval_loader(str(shard_dir), split, kind=kind, batch_size=batch_size, num_workers=num_workers)
+    total = int(manifest["splits"][split]["num_samples"])
+    entry = extract_features(encoder, loader, kind, device=device, total=total, progress=progress, desc=f"features {split}")
+    if path is not None:
+        save_cached(path, key, entry)
+    return {**entry, "cache_hit": False, "cache_path": None if path is None else str(path)}

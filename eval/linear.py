@@ -1,0 +1,482 @@
+"""Linear-probe evaluation of pretrained checkpoints (the paper's target task), plus a kNN read.
+
+    python -m eval.linear --checkpoint runs/infomax-eta-... --data shards/cifar10 --epochs 200 --seeds 2
+
+Reads top to bottom: load the frozen encoder (`weights_only=True`), extract train and test features
+once (cached on disk, keyed by checkpoint and dataset), check that no encoder tensor changed, train
+one linear classifier per seed on the cached features (Adam 0.9/0.999, lr 1e-4, no weight decay, as
+Appendix D), score top-1/5/10 on the test split, run a faiss weighted kNN (k = 20) on the same
+features, check the encoder again, and write `results.json`, `results.md` and TensorBoard curves.
+
+Several checkpoints, and the seeds of each, run as parallel Ray tasks when a Ray cluster is there
+(`--ray-address`, `RAY_ADDRESS`, or `ray.init` already called from Python); otherwise in this process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from eval.features import cached_features, file_sha256, kind_of
+from eval.knn import knn_accuracy
+from eval.probe import train_linear_probe
+
+KS = (1, 5, 10)
+DEFAULT_CACHE_DIR = "runs/feature_cache"
+
+
+# ----------------------------------------------------------------------------- frozen-encoder check
+
+
+def encoder_state_snapshot(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of every encoder tensor (parameters and buffers, e.g. BN running stats)."""
+    return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+
+
+def verify_encoder_unchanged(encoder: nn.Module, reference: Mapping[str, torch.Tensor]) -> None:
+    """Raise `RuntimeError` naming the first encoder tensor that differs from `reference`.
+
+    `reference` is the checkpoint's `encoder` state dict (or a snapshot taken right after loading).
+    Compares every parameter and buffer bit for bit, as MoCo v3's `sanity_check` does after its probe.
+    """
+    state = encoder.state_dict()
+    if set(state) != set(reference):
+        extra, missing = sorted(set(state) - set(reference)), sorted(set(reference) - set(state))
+        raise RuntimeError(f"frozen encoder check failed: tensor names differ from the checkpoint (extra {extra[:3]}, missing {missing[:3]})")
+    for name, ref in reference.items():
+        now = state[name].detach().cpu()
+        if now.shape != ref.shape or not torch.equal(now, ref.cpu()):
+            raise RuntimeError(f"frozen encoder check failed: encoder tensor {name!r} changed during evaluation")
+
+
+def reinitialise(encoder: nn.Module, seed: int) -> nn.Module:
+    """Give the encoder fresh random weights (each layer's own `reset_parameters`, seeded), in place.
+
+    The baseline "randomly initialised encoder of the same architecture".
+    """
+    torch.manual_seed(seed)
+    for module in encoder.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        if hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()
+    return encoder.eval()
+
+
+# ----------------------------------------------------------------------------- datasets and metadata
+
+
+def default_splits(manifest: dict, train_split: str | None, test_split: str | None) -> tuple[str, str]:
+    """(train, test) split names: `train` and then `test` or else `val`, unless given."""
+    splits = list(manifest["splits"])
+    train = train_split or "train"
+    test = test_split or next((s for s in ("test", "val") if s in splits), None)
+    for role, name in (("train", train), ("test", test)):
+        if name is None or name not in splits:
+            raise ValueError(
+                f"{manifest['dataset']} shards have no {role} split {name!r}; available: {', '.join(splits)} "
+                f"(choose with --{role}-split)"
+            )
+        if not manifest["splits"][name].get("labelled", True):
+            raise ValueError(f"split {name!r} of {manifest['dataset']} has no labels; a probe needs a labelled {role} split")
+    if not manifest["class_names"]:
+        raise ValueError(f"{manifest['dataset']} shards have no classes; a probe needs labels")
+    return train, test
+
+
+def describe_pretraining(config: dict) -> dict:
+    """What the checkpoint was pretrained with: task, estimator, encoder and dataset name (when its
+    shard manifest is readable from here; else the shard directory's name)."""
+    from data_prep.manifest import ManifestError, read_manifest
+
+    task, model, data = config.get("task") or {}, config.get("model") or {}, config.get("data") or {}
+    shards = data.get("shards")
+    dataset = None
+    source = None
+    if shards:
+        try:
+            m = read_manifest(shards)
+            dataset, source = m["dataset"], m.get("source")
+        except ManifestError:
+            dataset = Path(str(shards)).name
+    return {
+        "task": task.get("kind"),
+        "estimator": task.get("estimator"),
+        "encoder": model.get("encoder"),
+        "depth": model.get("depth"),
+        "dataset": dataset,
+        "dataset_source": source,
+        "shards": shards,
+    }
+
+
+def _checkpoint_name(file: Path, step: int) -> str:
+    """A readable name for a checkpoint file: `<run dir>-step<step>`."""
+    run = file.parent.parent.name if file.parent.name.startswith("checkpoint_") else file.parent.name
+    return f"{run}-step{step}"
+
+
+# ----------------------------------------------------------------------------- phase 1: features
+
+
+def prepare_features(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    random_init: bool = False,
+    random_init_seed: int = 0,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+    keep_encoder: bool = False,
+) -> dict:
+    """Load the frozen encoder, get train/test features (cache or extraction) and check the encoder.
+
+    Returns {"meta": dict, "train": (features [N, D], labels [N]), "test": (features [Q, D], labels [Q])},
+    plus "encoder" and "reference" (its checkpoint state) when `keep_encoder`.
+    Raises `FileNotFoundError`/`ValueError` with one line for a wrong path, a corrupt checkpoint, an
+    encoder of another architecture, or unusable shards.
+    """
+    from data_prep.manifest import read_manifest
+    from pretrain.checkpoint import load_checkpoint, load_encoder, resolve_checkpoint_file
+
+    file = resolve_checkpoint_file(checkpoint)
+    encoder, config = load_encoder(file)
+    payload = load_checkpoint(file)
+    reference = {k: v.detach().cpu() for k, v in payload["encoder"].items()}
+    step = int(payload["step"])
+    del payload
+    variant = ""
+    if random_init:
+        reinitialise(encoder, random_init_seed)
+        reference = encoder_state_snapshot(encoder)
+        variant = f"random-init-seed{random_init_seed}"
+    kind = kind_of(config)
+    manifest = read_manifest(data)
+    train_split, test_split = default_splits(manifest, train_split, test_split)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder.to(dev).eval().requires_grad_(False)
+    sha = file_sha256(file)
+    common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant,
+                  batch_size=batch_size, num_workers=num_workers, device=dev, progress=progress)
+    t0 = time.perf_counter()
+    train = cached_features(encoder, split=train_split, **common)
+    test = cached_features(encoder, split=test_split, **common)
+    seconds = time.perf_counter() - t0
+    verify_encoder_unchanged(encoder, reference)
+    meta = {
+        "checkpoint": str(Path(file).resolve()),
+        "checkpoint_name": _checkpoint_name(Path(file), step) + ("-random-init" if random_init else ""),
+        "checkpoint_sha256": sha,
+        "step": step,
+        "random_init": random_init,
+        "pretraining": describe_pretraining(config),
+        "kind": kind,
+        "dataset": manifest["dataset"],
+        "dataset_source": manifest.get("source"),
+        "data": str(Path(data).resolve()),
+        "train_split": train_split,
+        "test_split": test_split,
+        "num_train": int(train["labels"].numel()),
+        "num_test": int(test["labels"].numel()),
+        "num_classes": len(manifest["class_names"]),
+        "feature_dim": int(train["features"].shape[1]),
+        "feature_cache": {"train": train["cache_path"], "test": test["cache_path"], "hit": train["cache_hit"] and test["cache_hit"]},
+        "feature_seconds": seconds,
+    }
+    out = {"meta": meta, "train": (train["features"], train["labels"]), "test": (test["features"], test["labels"])}
+    if keep_encoder:
+        out["encoder"], out["reference"] = encoder, reference
+    return out
+
+
+# ----------------------------------------------------------------------------- phase 2: probes and kNN
+
+
+def probe_one_seed(features: dict, seed: int, *, epochs: int, lr: float, batch_size: int, tb_dir: str | None = None,
+                   device: str | None = None, progress: bool = True) -> dict:
+    """Train and score the linear probe of one seed on prepared features (see `prepare_features`).
+
+    Writes TensorBoard curves (`probe/train_loss`, `probe/test_top1` per epoch) to `tb_dir` if given.
+    Returns the dict of `eval.probe.train_linear_probe`.
+    """
+    writer = None
+    if tb_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(tb_dir)
+    try:
+        (x, y), (xt, yt) = features["train"], features["test"]
+        return train_linear_probe(x, y, xt, yt, features["meta"]["num_classes"], epochs=epochs, seed=seed, lr=lr,
+                                  batch_size=batch_size, ks=KS, device=device, writer=writer, progress=progress,
+                                  desc=f"probe seed {seed}")
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    """{"mean", "std"} of per-seed values; std is the sample std (ddof 1), 0 for a single seed."""
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
+
+
+def summarise(meta: dict, per_seed: list[dict], knn: dict, *, epochs: int, lr: float, batch_size: int) -> dict:
+    """The results record written to results.json."""
+    per_seed = sorted(per_seed, key=lambda r: r["seed"])
+    return {
+        **{k: meta[k] for k in ("checkpoint", "checkpoint_name", "step", "random_init", "pretraining", "dataset", "dataset_source", "data",
+                                "train_split", "test_split", "num_train", "num_test", "num_classes", "feature_dim", "kind")},
+        "epochs": epochs,
+        "seeds": [r["seed"] for r in per_seed],
+        "lr": lr,
+        "batch_size": batch_size,
+        **{f"top{k}": mean_std([r[f"top{k}"] for r in per_seed]) for k in KS},
+        "per_seed": [{k: v for k, v in r.items() if k != "history"} for r in per_seed],
+        "knn": knn,
+        "encoder_unchanged": True,
+        "feature_cache": meta["feature_cache"],
+        "feature_seconds": meta["feature_seconds"],
+    }
+
+
+def results_markdown(res: dict) -> str:
+    """results.md: one small table for one checkpoint on one dataset."""
+    pre = res["pretraining"]
+    f = lambda m: f"{m['mean']:.2f} ± {m['std']:.2f}"  # noqa: E731
+    lines = [
+        f"# Linear probe: {res['checkpoint_name']} on {res['dataset']}",
+        "",
+        f"- checkpoint: `{res['checkpoint']}` (step {res['step']}{', random init' if res['random_init'] else ''})",
+        f"- pretraining: {pre['task']} / {pre['estimator'] or '-'} / {pre['encoder']} on {pre['dataset']}",
+        f"- probe: {res['train_split']} ({res['num_train']}) → {res['test_split']} ({res['num_test']}), "
+        f"{res['num_classes']} classes, {res['feature_dim']}-d features, {res['epochs']} epochs, "
+        f"Adam lr {res['lr']}, batch {res['batch_size']}, seeds {res['seeds']}",
+        "",
+        "| top-1 | top-5 | top-10 | kNN top-1 | kNN top-5 |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {f(res['top1'])} | {f(res['top5'])} | {f(res['top10'])} | {res['knn']['top1']:.2f} | {res['knn']['top5']:.2f} |",
+        "",
+        f"Accuracies in %, mean ± std over seeds; kNN: cosine, k = {res['knn']['k']}, T = {res['knn']['temperature']}.",
+        "The frozen encoder was checked unchanged (every tensor) after evaluation.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(out: str | os.PathLike, res: dict) -> None:
+    """Write `out/results.json` and `out/results.md`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "results.md").write_text(results_markdown(res))
+
+
+def _seed_list(seeds: int | Sequence[int]) -> list[int]:
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("need at least one probe seed (--seeds N with N >= 1)")
+    return seeds
+
+
+def _history_to_tensorboard(tb_dir: str, history: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(tb_dir) as w:
+        for epoch, (loss, top1) in enumerate(zip(history["train_loss"], history["test_top1"]), start=1):
+            w.add_scalar("probe/train_loss", loss, epoch)
+            w.add_scalar("probe/test_top1", top1, epoch)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def run_linear_eval(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    epochs: int = 200,
+    seeds: int | Sequence[int] = 2,
+    out: str | os.PathLike | None = None,
+    **options,
+) -> dict:
+    """Evaluate one checkpoint on one shard directory; write results to `out` and return them.
+
+    `options` are those of `evaluate_checkpoints` (lr, batch_size, knn_k, random_init, cache_dir, ...).
+    Returns the results.json record (top1/top5/top10 as {"mean", "std"} in %, "knn": {"top1", "top5"}).
+    """
+    return evaluate_checkpoints([checkpoint], data, epochs=epochs, seeds=seeds, out=out, **options)[0]
+
+
+def evaluate_checkpoints(
+    checkpoints: Sequence[str | os.PathLike],
+    data: str | os.PathLike,
+    *,
+    epochs: int = 200,
+    seeds: int | Sequence[int] = 2,
+    out: str | os.PathLike | None = None,
+    lr: float = 1e-4,
+    batch_size: int = 256,
+    knn_k: int = 20,
+    knn_temperature: float = 0.07,
+    random_init: bool = False,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    extract_batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+    use_ray: bool | None = None,
+    ray_address: str | None = None,
+) -> list[dict]:
+    """Evaluate several checkpoints on one dataset; one results directory each.
+
+    With one checkpoint its results go to `out` itself; with several, to `out/<checkpoint name>/`.
+    `out=None` means `runs/eval/<checkpoint name>-<dataset>`. `use_ray=None` uses Ray when an address
+    is given, `RAY_ADDRESS` is set, or Ray is already initialised: feature extraction runs as one task
+    per checkpoint and the probe as one task per (checkpoint, seed).
+    """
+    seed_list = _seed_list(seeds)
+    if epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    prep_kw = dict(random_init=random_init, train_split=train_split, test_split=test_split, cache_dir=cache_dir,
+                   batch_size=extract_batch_size, num_workers=num_workers, device=device)
+    probe_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, device=device)
+    if use_ray is None:
+        use_ray = ray_address is not None or "RAY_ADDRESS" in os.environ or _ray_initialised()
+    t0 = time.perf_counter()
+    if use_ray:
+        prepared, probes = _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, progress)
+    else:
+        prepared, probes = [], []
+        for ckpt in checkpoints:
+            feats = prepare_features(ckpt, data, progress=progress, keep_encoder=True, **prep_kw)
+            prepared.append(feats)
+            probes.append([probe_one_seed(feats, s, progress=progress, **probe_kw) for s in seed_list])
+            # The probe trains on cached features only; check again anyway, as after any probe.
+            verify_encoder_unchanged(feats.pop("encoder"), feats.pop("reference"))
+    results = []
+    for feats, per_seed in zip(prepared, probes):
+        meta = feats["meta"]
+        (x, y), (xt, yt) = feats["train"], feats["test"]
+        knn = knn_accuracy(x, y, xt, yt, meta["num_classes"], k=knn_k, temperature=knn_temperature)
+        res = summarise(meta, per_seed, knn, epochs=epochs, lr=lr, batch_size=batch_size)
+        res["wall_seconds"] = time.perf_counter() - t0
+        res_dir = _out_dir(out, meta, several=len(checkpoints) > 1)
+        for r in per_seed:
+            _history_to_tensorboard(str(res_dir / "tb" / f"seed{r['seed']}"), r["history"])
+        res["out"] = str(res_dir)
+        write_results(res_dir, res)
+        results.append(res)
+    return results
+
+
+def _out_dir(out, meta: dict, several: bool) -> Path:
+    name = f"{meta['checkpoint_name']}-{meta['dataset']}"
+    if out is None:
+        return Path("runs") / "eval" / name
+    return Path(out) / name if several else Path(out)
+
+
+def _ray_initialised() -> bool:
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return ray.is_initialized()
+
+
+def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, progress) -> tuple[list, list]:
+    """Extraction tasks (one per checkpoint, a GPU each when the cluster has GPUs), then probe tasks
+    (one per checkpoint and seed) on the features passed through the object store."""
+    import ray
+    from tqdm.auto import tqdm
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, log_to_driver=False)
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    data = str(Path(data).resolve())
+    extract = ray.remote(num_cpus=1, num_gpus=1 if has_gpu else 0)(_prepare_remote)
+    probe = ray.remote(num_cpus=1, num_gpus=0.25 if has_gpu else 0)(_probe_remote)
+    feature_refs = [extract.remote(str(Path(c).resolve()), data, prep_kw) for c in checkpoints]
+    probe_refs = [[probe.remote(ref, s, probe_kw) for s in seed_list] for ref in feature_refs]
+    flat = [r for refs in probe_refs for r in refs]
+    bar = tqdm(total=len(flat), desc="probe tasks", disable=not progress, dynamic_ncols=True)
+    pending = list(flat)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)  # raise a task's error here, with its message
+        bar.update(len(done))
+    bar.close()
+    return ray.get(feature_refs), [ray.get(refs) for refs in probe_refs]
+
+
+def _prepare_remote(checkpoint: str, data: str, prep_kw: dict) -> dict:
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    return prepare_features(checkpoint, data, progress=False, **prep_kw)
+
+
+def _probe_remote(features: dict, seed: int, probe_kw: dict) -> dict:
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    return probe_one_seed(features, seed, progress=False, **probe_kw)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m eval.linear", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, nargs="+",
+                    help="run directory (its latest checkpoint), checkpoint directory or checkpoint.pt; several run in parallel on Ray")
+    ap.add_argument("--data", required=True, help="data_prep shard directory to probe on (imagenet, cifar10, stl10 or any)")
+    ap.add_argument("--epochs", type=int, default=200, help="probe epochs over the train features (paper: 200)")
+    ap.add_argument("--seeds", type=int, default=2, help="number of probe seeds (0..N-1); results are mean ± std over them")
+    ap.add_argument("--out", help="results directory (default runs/eval/<checkpoint>-<dataset>)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="probe Adam learning rate (paper: 1e-4)")
+    ap.add_argument("--batch-size", type=int, default=256, help="probe batch size on the cached features")
+    ap.add_argument("--knn-k", type=int, default=20, help="neighbours of the weighted kNN")
+    ap.add_argument("--knn-temperature", type=float, default=0.07, help="kNN vote weight exp(cos / T)")
+    ap.add_argument("--random-init", action="store_true",
+                    help="evaluate a randomly initialised encoder of the checkpoint's architecture (baseline)")
+    ap.add_argument("--train-split", help="split to train the probe on (default train)")
+    ap.add_argument("--test-split", help="split to score on (default test, else val)")
+    ap.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="feature cache; 'none' to disable")
+    ap.add_argument("--extract-batch-size", type=int, default=64, help="images per forward pass during extraction")
+    ap.add_argument("--num-workers", type=int, default=0, help="data loader processes for extraction")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--ray-address", help="Ray cluster to run checkpoints and seeds on as parallel tasks (e.g. auto)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        results = evaluate_checkpoints(
+            args.checkpoint, args.data, epochs=args.epochs, seeds=args.seeds, out=args.out, lr=args.lr,
+            batch_size=args.batch_size, knn_k=args.knn_k, knn_temperature=args.knn_temperature,
+            random_init=args.random_init, train_split=args.train_split, test_split=args.test_split,
+            cache_dir=None if args.cache_dir.lower() == "none" else args.cache_dir,
+            extract_batch_size=args.extract_batch_size, num_workers=args.num_workers, device=args.device,
+            progress=not args.no_progress and sys.stderr.isatty(), ray_address=args.ray_address,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for res in results:
+        print(results_markdown(res))
+        print(f"results: {res['out']}/results.json; curves: tensorboard --logdir {res['out']}/tb")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The paper's published linear-probe numbers (Tables 2 and 3), and when one of our results matches.
+
+Table 2 (Deep InfoMax, DCGAN-like encoder, 32×32 images, top-1 %, pretrain → probe dataset).
+Table 3 (jigsaw, ResNet50, ImageNet-10% → ImageNet-10%, top-1/5/10 %, mean ± std over 8 models).
+Transcribed from /work/shared/paper/NOTES.md.
+"""
+from __future__ import annotations
+
+# (pretrain dataset, probe dataset) -> method -> top-1 %
+TABLE2_TOP1 = {
+    ("cifar10", "cifar10"): {"dv-mine": 77.5, "eta-mine": 74.8, "supervised": 84.2},
+    ("cifar10", "stl10"): {"dv-mine": 55.1, "eta-mine": 56.4},
+    ("stl10", "cifar10"): {"dv-mine": 67.5, "eta-mine": 68.3},
+    ("stl10", "stl10"): {"dv-mine": 61.8, "eta-mine": 63.3, "supervised": 61.3},
+}
+
+# method -> {top-k: (mean, std)} in %
+TABLE3 = {
+    "dv-mine": {"top1": (8.5, 1.3), "top5": (20.0, 2.5), "top10": (27.8, 3.1)},
+    "eta-mine": {"top1": (11.0, 1.1), "top5": (24.1, 2.2), "top10": (32.7, 2.2)},
+    "ce": {"top1": (12.9, 0.3), "top5": (28.1, 0.6), "top10": (37.7, 0.6)},
+}
+
+# Kolesnikov et al.'s published ImageNet-10% list keeps 128 images per class.
+IMAGENET10_PER_CLASS = 128
+
+
+def is_imagenet10(dataset: str | None, source: dict | None) -> bool:
+    """Whether a data_prep `imagenet` build is the paper's 10% subset (fraction 0.1, 128 a class, or a list)."""
+    if dataset != "imagenet" or not isinstance(source, dict):
+        return False
+    fraction = source.get("fraction")
+    return bool(
+        source.get("subset_list")
+        or source.get("per_class") == IMAGENET10_PER_CLASS
+        or (source.get("per_class") is None and fraction is not None and abs(float(fraction) - 0.1) < 1e-9)
+    )
+
+
+def paper_reference(result: dict) -> dict | None:
+    """The paper's numbers for the setting of one of our results.json records, or None.
+
+    A setting matches when the pretraining task, MI bound (or cross-entropy), encoder architecture
+    and both datasets are the paper's. Returns {"table": "Table 2" | "Table 3", "top1": (mean, std|None),
+    and for Table 3 "top5", "top10"}.
+    """
+    if result.get("random_init"):
+        return None
+    pre = result.get("pretraining") or {}
+    task, estimator, encoder = pre.get("task"), pre.get("estimator"), pre.get("encoder")
+    pre_ds, probe_ds = pre.get("dataset"), result.get("dataset")
+    if task == "infomax" and encoder == "dcgan":
+        value = TABLE2_TOP1.get((pre_ds, probe_ds), {}).get(estimator)
+        return None if value is None else {"table": "Table 2", "top1": (value, None)}
+    if task in ("jigsaw-ce", "jigsaw-mi") and encoder == "resnet50":
+        if not (is_imagenet10(pre_ds, pre.get("dataset_source")) and is_imagenet10(probe_ds, result.get("dataset_source"))):
+            return None
+        method = "ce" if task == "jigsaw-ce" else estimator
+        if method not in TABLE3:
+            return None
+        return {"table": "Table 3", **TABLE3[method]}
+    return None

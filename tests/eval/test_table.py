@@ -1,0 +1,82 @@
+"""eval.table: gathering results.json files, and the paper's numbers only where the setting matches."""
+import json
+
+import pytest
+
+from eval.linear import results_markdown, summarise, write_results
+from eval.paper_results import is_imagenet10, paper_reference
+from eval.table import main, make_table
+
+
+def _result(name, task, estimator, encoder, pre_ds, probe_ds, *, source=None, pre_source=None, random_init=False, top1=(50.0, 60.0)):
+    meta = {
+        "checkpoint": f"/runs/{name}/checkpoint_000000100/checkpoint.pt", "checkpoint_name": name, "step": 100,
+        "random_init": random_init, "dataset": probe_ds, "dataset_source": source, "data": f"/shards/{probe_ds}",
+        "pretraining": {"task": task, "estimator": estimator, "encoder": encoder, "depth": 2 if encoder == "dcgan" else None,
+                        "dataset": pre_ds, "dataset_source": pre_source, "shards": f"/shards/{pre_ds}"},
+        "train_split": "train", "test_split": "test", "num_train": 100, "num_test": 50, "num_classes": 10,
+        "feature_dim": 8192, "kind": "infomax", "feature_cache": {"train": None, "test": None, "hit": False},
+        "feature_seconds": 1.0,
+    }
+    per_seed = [{"seed": i, "epochs": 3, "top1": t, "top5": t + 20, "top10": 100.0, "train_loss": 1.0, "history": {}}
+                for i, t in enumerate(top1)]
+    return summarise(meta, per_seed, {"k": 20, "temperature": 0.07, "top1": 40.0, "top5": 80.0}, epochs=3, lr=1e-4, batch_size=256)
+
+
+IMNET10 = {"fraction": 0.1, "per_class": None, "subset_list": None}
+
+
+def test_paper_numbers_only_where_the_setting_matches():
+    assert paper_reference(_result("a", "infomax", "eta-mine", "dcgan", "cifar10", "stl10")) == {"table": "Table 2", "top1": (56.4, None)}
+    assert paper_reference(_result("b", "infomax", "dv-mine", "dcgan", "stl10", "stl10"))["top1"] == (61.8, None)
+    # another dataset, another bound, another encoder, or a random encoder: nothing to compare with
+    assert paper_reference(_result("c", "infomax", "eta-mine", "dcgan", "digits", "digits")) is None
+    assert paper_reference(_result("d", "infomax", "infonce", "dcgan", "cifar10", "cifar10")) is None
+    assert paper_reference(_result("e", "infomax", "eta-mine", "resnet18", "cifar10", "cifar10")) is None
+    assert paper_reference(_result("f", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10", random_init=True)) is None
+    ce = _result("g", "jigsaw-ce", None, "resnet50", "imagenet", "imagenet", source=IMNET10, pre_source=IMNET10)
+    assert paper_reference(ce) == {"table": "Table 3", "top1": (12.9, 0.3), "top5": (28.1, 0.6), "top10": (37.7, 0.6)}
+    eta = _result("h", "jigsaw-mi", "eta-mine", "resnet50", "imagenet", "imagenet", source=IMNET10, pre_source=IMNET10)
+    assert paper_reference(eta)["top10"] == (32.7, 2.2)
+    full = {"fraction": 1.0, "per_class": None, "subset_list": None}
+    assert paper_reference(_result("i", "jigsaw-ce", None, "resnet50", "imagenet", "imagenet", source=full, pre_source=full)) is None
+    assert is_imagenet10("imagenet", {"per_class": 128}) and not is_imagenet10("imagenet", {"per_class": 50})
+
+
+def test_table_rows_and_means(tmp_path):
+    a = _result("eta-run-step100", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10", top1=(70.0, 72.0))
+    b = _result("digits-run-step100", "infomax", "dv-mine", "dcgan", "digits", "digits", top1=(33.0, 35.0))
+    write_results(tmp_path / "one", a)
+    write_results(tmp_path / "nested" / "two", b)
+    assert "71.00 ± 1.41" in (tmp_path / "one" / "results.md").read_text()
+    assert json.loads((tmp_path / "one" / "results.json").read_text())["top1"]["mean"] == pytest.approx(71.0)
+    table = make_table([a, b])
+    lines = table.splitlines()
+    row_a = next(l for l in lines if l.startswith("| eta-run-step100"))
+    row_b = next(l for l in lines if l.startswith("| digits-run-step100"))
+    assert "71.0 ± 1.4" in row_a and "74.8 (Table 2)" in row_a
+    assert "34.0 ± 1.4" in row_b and "74.8" not in row_b and row_b.rstrip().endswith("| – | – | – |")
+    assert len({l.count("|") for l in lines if l.startswith("|")}) == 1  # every row has every column
+
+
+def test_cli_gathers_directories_and_rejects_bad_input(tmp_path, capsys):
+    write_results(tmp_path / "r1", _result("x", "infomax", "eta-mine", "dcgan", "stl10", "cifar10"))
+    write_results(tmp_path / "r2", _result("y", "infomax", "dv-mine", "dcgan", "stl10", "cifar10"))
+    assert main([str(tmp_path), "--out", str(tmp_path / "table.md")]) == 0
+    out = capsys.readouterr().out
+    assert "68.3 (Table 2)" in out and "67.5 (Table 2)" in out
+    assert (tmp_path / "table.md").read_text() == out
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "neither a results directory" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text('{"top1": 1}')
+    assert main([str(tmp_path / "bad")]) == 2
+    assert "not an eval.linear results file" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_results_markdown_mentions_setting():
+    md = results_markdown(_result("z", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10"))
+    assert "eta-mine" in md and "| top-1 |" in md and "seeds [0, 1]" in md
