@@ -98,10 +98,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def cache_key(checkpoint_sha256: str, manifest: dict, split: str, kind: str, variant: str = "") -> str:
+def cache_key(checkpoint_sha256: str, manifest: dict, split: str, kind: str, variant: str = "", size: int = 32) -> str:
     """Hex key of one (checkpoint, dataset split, feature protocol) combination.
 
-    `variant` separates encoders that share a checkpoint file (e.g. `random-init-seed0`).
+    `variant` separates encoders that share a checkpoint file (e.g. `random-init-seed0`); `size` is the
+    InfoMax image side (jigsaw crops are fixed).
     """
     split_entry = manifest["splits"][split]
     dataset = {
@@ -110,7 +111,8 @@ def cache_key(checkpoint_sha256: str, manifest: dict, split: str, kind: str, var
         "shards": [(s["name"], s["sha256"]) for s in split_entry["shards"]],
     }
     blob = json.dumps(
-        {"checkpoint": checkpoint_sha256, "data": dataset, "kind": kind, "protocol": FEATURE_PROTOCOL, "variant": variant},
+        {"checkpoint": checkpoint_sha256, "data": dataset, "kind": kind, "protocol": FEATURE_PROTOCOL, "variant": variant,
+         "size": size if kind == "infomax" else None},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -155,6 +157,7 @@ def cached_features(
     kind: str,
     cache_dir: str | os.PathLike | None,
     variant: str = "",
+    size: int = 32,
     batch_size: int = 64,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
@@ -162,16 +165,16 @@ def cached_features(
 ) -> dict:
     """Features of `split` of the shard directory: from the cache when present, else extracted and stored.
 
-    `cache_dir=None` disables the cache. Returns {"features" [N, D], "labels" [N], "keys", "cache_hit",
-    "cache_path"}.
+    `size`: InfoMax image side (the pretraining config's `data.size`). `cache_dir=None` disables the
+    cache. Returns {"features" [N, D], "labels" [N], "keys", "cache_hit", "cache_path"}.
     """
     from data_prep.eval_stream import eval_loader
 
-    key = cache_key(checkpoint_sha256, manifest, split, kind, variant)
+    key = cache_key(checkpoint_sha256, manifest, split, kind, variant, size)
     path = cache_path(cache_dir, key, manifest["dataset"], split) if cache_dir is not None else None
     if path is not None and (entry := load_cached(path, key)) is not None:
         return {"features": entry["features"], "labels": entry["labels"], "keys": list(entry["keys"]), "cache_hit": True, "cache_path": str(path)}
-    loader = eval_loader(str(shard_dir), split, kind=kind, batch_size=batch_size, num_workers=num_workers)
+    loader = eval_loader(str(shard_dir), split, kind=kind, batch_size=batch_size, num_workers=num_workers, size=size)
     total = int(manifest["splits"][split]["num_samples"])
     entry = extract_features(encoder, loader, kind, device=device, total=total, progress=progress, desc=f"features {split}")
     if path is not None:

@@ -169,7 +169,8 @@ def prepare_features(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder.to(dev).eval().requires_grad_(False)
     sha = file_sha256(file)
-    common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant,
+    size = int((config.get("data") or {}).get("size") or 32)
+    common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant, size=size,
                   batch_size=batch_size, num_workers=num_workers, device=dev, progress=progress)
     t0 = time.perf_counter()
     train = cached_features(encoder, split=train_split, **common)

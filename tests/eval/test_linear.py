@@ -79,3 +79,103 @@ def test_probe_is_reproducible_per_seed_and_differs_across_seeds():
     c = train_linear_probe(x, y, xt, yt, 5, seed=1, **kw)
     assert a == b
     assert a["train_loss"] != c["train_loss"]
+
+
+# ----------------------------------------------------------------------------- checkpoints end to end
+
+import json  # noqa: E402
+
+from eval.features import cached_features, file_sha256  # noqa: E402
+from eval.linear import main, prepare_features, run_linear_eval, verify_encoder_unchanged  # noqa: E402
+from data_prep.manifest import read_manifest  # noqa: E402
+from pretrain.checkpoint import load_checkpoint, load_encoder, resolve_checkpoint_file  # noqa: E402
+
+
+def test_encoder_unchanged_check_catches_a_modified_encoder(eval_world):
+    encoder, _ = load_encoder(eval_world["infomax_run"])
+    reference = load_checkpoint(eval_world["infomax_run"])["encoder"]
+    verify_encoder_unchanged(encoder, reference)  # as loaded: passes
+    with torch.no_grad():
+        encoder.layers[0][0].weight[0, 0, 0, 0] += 1e-6
+    with pytest.raises(RuntimeError, match=r"'layers\.0\.0\.weight' changed"):
+        verify_encoder_unchanged(encoder, reference)
+    encoder, _ = load_encoder(eval_world["infomax_run"])
+    encoder.train()  # a forward pass in train mode moves batch-norm running statistics: must be caught too
+    with torch.no_grad():
+        encoder(torch.randn(2, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="running_mean' changed|running_var' changed|num_batches_tracked' changed"):
+        verify_encoder_unchanged(encoder, reference)
+
+
+def test_cached_features_equal_uncached(eval_world, tmp_path):
+    encoder, _ = load_encoder(eval_world["jigsaw_run"])
+    file = resolve_checkpoint_file(eval_world["jigsaw_run"])
+    kw = dict(checkpoint_sha256=file_sha256(file), shard_dir=eval_world["big"], manifest=read_manifest(eval_world["big"]),
+              split="train", kind="jigsaw", batch_size=5, progress=False)
+    plain = cached_features(encoder, cache_dir=None, **kw)
+    first = cached_features(encoder, cache_dir=tmp_path, **kw)
+    second = cached_features(encoder, cache_dir=tmp_path, **kw)
+    assert not plain["cache_hit"] and not first["cache_hit"] and second["cache_hit"]
+    assert plain["features"].shape == (12, encoder.feature_dim)  # mean of the 9 patch features
+    for got in (first, second):
+        assert torch.equal(got["features"], plain["features"])
+        assert torch.equal(got["labels"], plain["labels"])
+        assert got["keys"] == plain["keys"]
+    # the cache is keyed by checkpoint: another checkpoint's features are a miss, never a stale hit
+    other = cached_features(encoder, cache_dir=tmp_path, **{**kw, "checkpoint_sha256": "0" * 64})
+    assert not other["cache_hit"]
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_checkpoint_loads_and_evaluates(eval_world, tmp_path):
+    out = tmp_path / "out"
+    cache = tmp_path / "cache"
+    res = run_linear_eval(eval_world["infomax_run"], eval_world["small"], epochs=15, seeds=2, out=out, lr=1e-2,
+                          batch_size=16, cache_dir=cache, progress=False)
+    assert res["step"] == 6  # a run directory means its latest checkpoint
+    assert res["checkpoint_name"] == "infomax-eta-step6"
+    assert (res["num_train"], res["num_test"], res["num_classes"], res["feature_dim"]) == (60, 30, 3, 8192)
+    assert res["pretraining"]["estimator"] == "eta-mine" and res["pretraining"]["dataset"] == "synthetic"
+    assert res["seeds"] == [0, 1] and len(res["per_seed"]) == 2
+    # colour-coded classes: features and labels must have stayed aligned for this to be far above 33%
+    assert res["top1"]["mean"] >= 90.0 and res["knn"]["top1"] >= 90.0
+    assert res["top10"]["mean"] == 100.0  # 3 classes
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["top1"] == res["top1"] and saved["encoder_unchanged"] is True
+    assert "| top-1 |" in (out / "results.md").read_text()
+    assert list((out / "tb" / "seed0").glob("events.out.tfevents.*")) and list((out / "tb" / "seed1").glob("events.out.tfevents.*"))
+    # a second run reads the cache and gives the same numbers
+    again = run_linear_eval(eval_world["infomax_run"], eval_world["small"], epochs=15, seeds=2, out=tmp_path / "again",
+                            lr=1e-2, batch_size=16, cache_dir=cache, progress=False)
+    assert again["feature_cache"]["hit"] and not res["feature_cache"]["hit"]
+    assert again["top1"] == res["top1"] and again["knn"] == res["knn"]
+
+
+def test_jigsaw_checkpoint_and_random_init_baseline(eval_world, tmp_path):
+    feats = prepare_features(eval_world["jigsaw_run"], eval_world["big"], cache_dir=None, batch_size=6, progress=False)
+    assert feats["meta"]["kind"] == "jigsaw" and feats["train"][0].shape == (12, 8192 * 4)
+    rand = prepare_features(eval_world["jigsaw_run"], eval_world["big"], cache_dir=None, batch_size=6, progress=False, random_init=True)
+    assert rand["meta"]["checkpoint_name"].endswith("-random-init")
+    assert not torch.equal(rand["train"][0], feats["train"][0])
+
+
+def test_bad_checkpoints_give_one_clear_line(eval_world, tmp_path, capsys):
+    data = str(eval_world["small"])
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        prepare_features(bad, data, cache_dir=None, progress=False)
+    # weights of depth 2 under a config that says depth 3: another architecture
+    payload = load_checkpoint(eval_world["infomax_run"])
+    payload.pop("path")
+    payload["config"]["model"]["depth"] = 3
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match="do not fit model.encoder"):
+        prepare_features(tmp_path / "mismatch.pt", data, cache_dir=None, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        prepare_features(tmp_path / "nowhere", data, cache_dir=None, progress=False)
+    for args in (["--checkpoint", str(bad)], ["--checkpoint", str(tmp_path / "nowhere")],
+                 ["--checkpoint", str(eval_world["infomax_run"]), "--test-split", "val"]):
+        assert main([*args, "--data", data, "--epochs", "1", "--cache-dir", "none", "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
