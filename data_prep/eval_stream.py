@@ -1,0 +1,116 @@
+"""Deterministic evaluation batches: every sample exactly once, in shard order, any number of workers.
+
+The shards are indexed once (tar member offsets), so a map-style DataLoader can read samples by
+position: batches come out in shard order whatever ``num_workers`` is.
+- ``kind="jigsaw"``: squash to 232×232, centre crop 192, gapless 3×3 grid of 64×64 tiles, each patch's
+  channels standardised: ``patches`` float32 [B, 9, 3, 64, 64] (tiles in natural row-major order).
+- ``kind="infomax"``: ``images`` float32 [B, 3, 32, 32] normalised as the InfoMax stream in test mode.
+Plus ``label`` int64 [B] (-1 when unlabelled) and ``key`` (list of str). A sample that fails to decode
+is dropped from its batch with a warning.
+"""
+from __future__ import annotations
+
+import tarfile
+import warnings
+
+import numpy as np
+import torch
+
+from data_prep import jigsaw
+from data_prep.image_io import decode_resized
+from data_prep.infomax_stream import normalise
+from data_prep.manifest import read_manifest, shard_paths
+from data_prep.shard_stream import CorruptSampleWarning
+
+KINDS = ("jigsaw", "infomax")
+
+
+def index_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """[(key, {ext: (byte offset, size)})] of a shard, in stored order."""
+    samples: list = []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name
+            slash = name.rfind("/")
+            dot = name.find(".", slash + 1)
+            key, ext = (name[:dot], name[dot + 1:]) if dot >= 0 else (name, "")
+            if not samples or samples[-1][0] != key:
+                samples.append((key, {}))
+            samples[-1][1][ext] = (member.offset_data, member.size)
+    return samples
+
+
+class ShardIndexDataset(torch.utils.data.Dataset):
+    """Map-style view of a split's shards: item ``i`` -> (key, processed image or None, label)."""
+
+    def __init__(self, shard_dir, split: str, kind: str, size: int = 32):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        manifest = read_manifest(shard_dir)
+        self.paths = shard_paths(shard_dir, split, manifest)
+        self.kind, self.size = kind, size
+        self.entries = [(p, key, files) for p in self.paths for key, files in index_shard(p)]
+        self._files: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _read(self, path: str, offset: int, size: int) -> bytes:
+        f = self._files.get(path)
+        if f is None:
+            f = self._files[path] = open(path, "rb")
+        f.seek(offset)
+        return f.read(size)
+
+    def __getitem__(self, i: int):
+        path, key, files = self.entries[i]
+        label = int(self._read(path, *files["cls"])) if "cls" in files else -1
+        ext = next((e for e in ("jpg", "png", "jpeg") if e in files), None)
+        try:
+            if ext is None:
+                raise KeyError(f"no .jpg/.png (found {sorted(files)})")
+            data = self._read(path, *files[ext])
+            if self.kind == "jigsaw":
+                image = decode_resized(data, jigsaw.EVAL_RESIZE)
+                o = (jigsaw.EVAL_RESIZE - jigsaw.EVAL_CROP) // 2
+                x = jigsaw.grid_tiles(np.ascontiguousarray(image[o:o + jigsaw.EVAL_CROP, o:o + jigsaw.EVAL_CROP]))
+            else:
+                x = decode_resized(data, self.size)
+        except Exception as e:
+            warnings.warn(f"skipping sample {key!r} of {path}: {type(e).__name__}: {e}", CorruptSampleWarning)
+            x = None
+        return key, x, label
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        return state
+
+
+def collate_eval(items: list, kind: str) -> dict:
+    items = [it for it in items if it[1] is not None]
+    if not items:
+        raise RuntimeError("a whole evaluation batch failed to decode")
+    stacked = np.stack([x for _, x, _ in items])
+    batch = {"patches": jigsaw.standardise(stacked)} if kind == "jigsaw" else {"images": normalise(stacked)}
+    batch["label"] = torch.tensor([lab for _, _, lab in items], dtype=torch.int64)
+    batch["key"] = [key for key, _, _ in items]
+    return batch
+
+
+class _Collate:
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __call__(self, items: list) -> dict:
+        return collate_eval(items, self.kind)
+
+
+def eval_loader(shard_dir, split: str, *, kind: str = "jigsaw", batch_size: int, num_workers: int = 0,
+                size: int = 32) -> torch.utils.data.DataLoader:
+    """DataLoader over ``split`` in shard order (see the module docstring for the batch layout)."""
+    dataset = ShardIndexDataset(shard_dir, split, kind, size=size)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                       collate_fn=_Collate(kind), drop_last=False)

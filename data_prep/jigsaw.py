@@ -1,0 +1,165 @@
+"""The jigsaw puzzle task's data side: the permutation set and the puzzle geometry (paper App. D).
+
+Geometry (train): squash the image to 292×292, take a random 255×255 crop, turn it grayscale with
+p = 0.66 (mean of RGB copied to the 3 channels), split it into a 3×3 grid of 85×85 cells and take a
+random 64×64 crop in each cell; standardise every patch's channels to zero mean and unit variance.
+At test time the crops are centred and nothing is grayed. Crops are taken in uint8 and the
+standardisation runs once per batch in torch: that is what makes ≥ 500 images/s per core possible.
+
+A permutation ``p`` (a row of the set) scrambles the tiles so that position ``j`` of the puzzle shows
+tile ``p[j]`` (tiles numbered row-major): ``puzzle = patches[p]``.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GRID = 3
+RESIZE = 292
+CROP = 255
+CELL = CROP // GRID  # 85
+PATCH = 64
+GRAY_PROB = 0.66
+EVAL_RESIZE = 232
+EVAL_CROP = 192  # 3 × 64: the eval grid has no gaps
+EPS = 1e-5
+
+
+@functools.lru_cache(maxsize=1)
+def _all_permutations() -> np.ndarray:
+    perms = np.fromiter(itertools.chain.from_iterable(itertools.permutations(range(GRID * GRID))),
+                        dtype=np.int8, count=362880 * 9).reshape(-1, 9)
+    perms.flags.writeable = False
+    return perms
+
+
+def all_permutations() -> np.ndarray:
+    """All 9! permutations of 9 tiles, lexicographic: int8 [362880, 9]."""
+    return _all_permutations().copy()
+
+
+def _distances(columns: list[np.ndarray], p: np.ndarray) -> np.ndarray:
+    same = np.zeros(len(columns[0]), dtype=np.int32)
+    for k, col in enumerate(columns):
+        same += col == p[k]
+    return len(columns) - same
+
+
+def max_hamming_permutations(n: int = 100, seed: int = 0, criterion: str = "mean") -> np.ndarray:
+    """Noroozi & Favaro's greedy maximal-Hamming permutation set: int64 [n, 9].
+
+    Algorithm 1 of Noroozi & Favaro (2016): start from a random permutation (drawn with ``seed``),
+    then repeatedly add the permutation whose summed (``criterion="mean"``, the paper's choice)
+    Hamming distance to those already chosen is largest. ``criterion="min"`` maximises the smallest
+    distance instead (a larger minimum, slightly lower mean). Deterministic for (n, seed, criterion).
+    """
+    if not 1 <= n <= 362880:
+        raise ValueError(f"n must be in 1..362880, got {n}")
+    if criterion not in ("mean", "min"):
+        raise ValueError(f"criterion must be 'mean' or 'min', got {criterion!r}")
+    perms = _all_permutations()
+    columns = [np.ascontiguousarray(perms[:, k]) for k in range(perms.shape[1])]
+    rng = np.random.default_rng(seed)
+    first = int(rng.integers(len(perms)))
+    chosen = [first]
+    score = _distances(columns, perms[first])
+    taken = np.zeros(len(perms), dtype=bool)
+    taken[first] = True
+    while len(chosen) < n:
+        masked = np.where(taken, -1, score)
+        j = int(masked.argmax())
+        chosen.append(j)
+        taken[j] = True
+        d = _distances(columns, perms[j])
+        score = score + d if criterion == "mean" else np.minimum(score, d)
+    return perms[chosen].astype(np.int64)
+
+
+def hamming_stats(perms: np.ndarray) -> dict:
+    """Minimum and mean pairwise Hamming distance of a permutation set [n, 9]."""
+    perms = np.asarray(perms)
+    d = (perms[:, None, :] != perms[None, :, :]).sum(-1)
+    off = d[~np.eye(len(perms), dtype=bool)]
+    return {"min": int(off.min()), "mean": float(off.mean())}
+
+
+def save_permutations(path: str | Path, perms: np.ndarray) -> None:
+    """Save the set as ``.npy`` (every run stores the set it trained with)."""
+    np.save(path, np.asarray(perms, dtype=np.int64))
+
+
+def load_permutations(path: str | Path) -> np.ndarray:
+    """Load and check a saved set: int64 [n, 9], each row a permutation of 0..8."""
+    perms = np.load(path)
+    if perms.ndim != 2 or perms.shape[1] != 9 or not (np.sort(perms, 1) == np.arange(9)).all():
+        raise ValueError(f"{path} does not hold an [n, 9] set of permutations of 0..8")
+    return perms.astype(np.int64)
+
+
+def tile_crops(image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """[292, 292, 3] uint8 -> the 9 tiles [9, 64, 64, 3] uint8 (random crops if ``rng``, else centred)."""
+    if rng is None:
+        y0 = x0 = (RESIZE - CROP) // 2
+        offsets = np.full((GRID * GRID, 2), (CELL - PATCH) // 2)
+    else:
+        y0, x0 = rng.integers(0, RESIZE - CROP + 1, size=2)
+        offsets = rng.integers(0, CELL - PATCH + 1, size=(GRID * GRID, 2))
+    out = np.empty((GRID * GRID, PATCH, PATCH, 3), dtype=np.uint8)
+    for t in range(GRID * GRID):
+        y = y0 + (t // GRID) * CELL + offsets[t, 0]
+        x = x0 + (t % GRID) * CELL + offsets[t, 1]
+        out[t] = image[y:y + PATCH, x:x + PATCH]
+    return out
+
+
+def grid_tiles(image: np.ndarray) -> np.ndarray:
+    """Evaluation tiles: [192, 192, 3] uint8 -> [9, 64, 64, 3], a gapless 3×3 grid."""
+    return image.reshape(GRID, PATCH, GRID, PATCH, 3).transpose(0, 2, 1, 3, 4).reshape(GRID * GRID, PATCH, PATCH, 3)
+
+
+def standardise(tiles: np.ndarray | torch.Tensor, gray: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 tiles [..., 64, 64, 3] -> float32 [..., 3, 64, 64], each patch's channels standardised.
+
+    ``gray``: bool over the leading dims but the last tile dim ([B] for tiles [B, 9, ...]); those
+    images get the mean of RGB in all three channels first.
+    """
+    x = torch.as_tensor(tiles).movedim(-1, -3).float()
+    if gray is not None and bool(gray.any()):
+        x[gray] = x[gray].mean(dim=-3, keepdim=True).expand_as(x[gray])
+    var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True, correction=0)
+    return (x - mean).mul_(torch.rsqrt(var + EPS))
+
+
+def make_batch(tiles: np.ndarray, labels: np.ndarray, permutations: np.ndarray, perms_per_image: int,
+               rng: np.random.Generator, train: bool = True) -> dict:
+    """Scramble every image with each of ``perms_per_image`` permutations drawn for the batch.
+
+    tiles: uint8 [I, 9, 64, 64, 3] (from :func:`tile_crops`); labels: int [I].
+    Returns ``patches`` float32 [I·P, 9, 3, 64, 64] (puzzle ``r = i·P + s`` is image ``i`` scrambled by
+    ``batch_perms[s]``), ``perm_index`` int64 [I·P] (row of the set), ``batch_perms`` int64 [P],
+    ``perm_slot`` int64 [I·P] (``s``), ``image_index`` int64 [I·P] (``i``), ``label`` int64 [I·P].
+    Each patch is standardised once and then gathered 16 times (the statistics do not depend on
+    where a tile lands), so the per-puzzle cost is one memory copy.
+    """
+    n_images, n_perms = len(tiles), perms_per_image
+    if n_perms > len(permutations):
+        raise ValueError(f"perms_per_image={n_perms} exceeds the {len(permutations)} permutations in the set")
+    gray = torch.from_numpy(rng.random(n_images) < GRAY_PROB) if train else None
+    x = standardise(tiles, gray)  # [I, 9, 3, 64, 64]
+    batch_perms = np.sort(rng.choice(len(permutations), size=n_perms, replace=False))
+    perm_rows = torch.as_tensor(permutations, dtype=torch.long)[torch.from_numpy(batch_perms)]  # [P, 9]
+    image_index = torch.arange(n_images).repeat_interleave(n_perms)
+    perm_slot = torch.arange(n_perms).repeat(n_images)
+    patches = x[image_index[:, None], perm_rows[perm_slot]]  # [I·P, 9, 3, 64, 64]
+    return {
+        "patches": patches,
+        "perm_index": torch.from_numpy(batch_perms)[perm_slot],
+        "batch_perms": torch.from_numpy(batch_perms),
+        "perm_slot": perm_slot,
+        "image_index": image_index,
+        "label": torch.as_tensor(np.asarray(labels, dtype=np.int64))[image_index],
+    }

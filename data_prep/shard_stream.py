@@ -1,0 +1,153 @@
+"""The engine shared by the training streams: shards -> samples -> groups -> batches, per rank/worker.
+
+Built from webdataset's own stages (``ResampledShards`` or ``SimpleShardList``, ``tarfile_to_samples``,
+``shuffle``) inside one ``DataPipeline`` per (rank, worker), followed by decoding, grouping and the
+task's batch maker. Each rank yields exactly ``batches_per_epoch`` batches (DDP never waits at an epoch
+end); corrupt samples are skipped with a warning and counted, never crash a run.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from data_prep import sharding
+from data_prep.manifest import read_manifest, shard_paths, shard_sample_counts
+
+
+class CorruptSampleWarning(UserWarning):
+    """A sample in a shard could not be decoded and was skipped."""
+
+
+def _warn_and_continue(exn: Exception) -> bool:
+    warnings.warn(f"skipping unreadable shard data: {exn!r}", CorruptSampleWarning)
+    return True
+
+
+class ShardBatchStream(torch.utils.data.IterableDataset):
+    """Yields ready batches (dicts of tensors); wrap it in a DataLoader with ``batch_size=None``.
+
+    decode(sample dict of bytes) -> item, raising on bad data; collate(list of items, rng) -> dict.
+    """
+
+    def __init__(self, shard_dir: str, split: str, *, group_size: int, decode: Callable[[dict], Any],
+                 collate: Callable[[list, np.random.Generator], dict], train: bool, seed: int, epoch: int,
+                 batches_per_epoch: int | None, num_workers: int, rank: int | None, world_size: int | None,
+                 resampled: bool, skip_batches: int = 0, shuffle_buffer: int = 1000):
+        super().__init__()
+        manifest = read_manifest(shard_dir)
+        self.urls = shard_paths(shard_dir, split, manifest)
+        self.counts = shard_sample_counts(manifest, split)
+        self.manifest = manifest
+        self.rank, self.world_size = sharding.resolve_rank(rank, world_size)
+        self.num_workers = max(1, num_workers)
+        self.resampled = resampled
+        if not resampled and len(self.urls) < self.world_size * self.num_workers:
+            raise ValueError(
+                f"{split} has {len(self.urls)} shard(s) but {self.world_size} rank(s) × {self.num_workers} "
+                f"worker(s) each need their own when resampled=False; use resampled=True or rebuild with a "
+                f"smaller --shard-size")
+        self.batches_per_epoch = batches_per_epoch or sharding.default_batches_per_epoch(
+            self.counts, group_size, self.world_size, self.num_workers, resampled)
+        if not 0 <= skip_batches <= self.batches_per_epoch:
+            raise ValueError(f"skip_batches={skip_batches} outside 0..{self.batches_per_epoch}")
+        self.group_size, self.decode, self.collate = group_size, decode, collate
+        self.train, self.seed, self.epoch = train, seed, epoch
+        self.skip_batches, self.shuffle_buffer = skip_batches, shuffle_buffer
+        self.corrupt = 0  # samples skipped in this process (per worker when num_workers > 0)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.skip_batches
+
+    def _samples(self, virtual: int, W: int) -> Iterator[dict]:
+        stream_seed = sharding.derive_seed(self.seed, self.epoch, self.rank, virtual)
+        if self.resampled:
+            # webdataset draws shards with random.Random(make_seed(worker_seed(), epoch, seed)) when deterministic
+            shards = wds.ResampledShards(self.urls, seed=stream_seed, worker_seed=lambda: 0, deterministic=True)
+            pipeline = wds.DataPipeline(shards)
+        else:
+            mine = sharding.slot_shards(self.urls, self.rank, self.world_size, virtual, W)
+            pipeline = wds.DataPipeline(wds.SimpleShardList(mine, seed=stream_seed if self.train else None))
+            pipeline.repeat()  # a slot that runs dry (corrupt samples, a long epoch) starts over
+        pipeline.append(wds.tarfile_to_samples(handler=_warn_and_continue))
+        if self.train and self.shuffle_buffer > 1:
+            pipeline.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
+                                        rng=random.Random(stream_seed)))
+        return iter(pipeline)
+
+    def _groups(self, samples: Iterator[dict]) -> Iterator[list]:
+        group: list = []
+        for sample in samples:
+            try:
+                group.append(self.decode(sample))
+            except Exception as e:  # a corrupt image must never end a run
+                self.corrupt += 1
+                warnings.warn(f"skipping sample {sample.get('__key__')!r} of {sample.get('__url__')}: "
+                              f"{type(e).__name__}: {e} ({self.corrupt} skipped so far)", CorruptSampleWarning)
+                continue
+            if len(group) == self.group_size:
+                yield group
+                group = []
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, W = sharding.loader_worker()
+        if W != self.num_workers:
+            raise RuntimeError(f"the stream was built for {self.num_workers} worker(s) but runs in {W}")
+        virtual = sharding.virtual_worker(worker, W, self.skip_batches)
+        n_mine = sharding.quota(self.batches_per_epoch, virtual, W)
+        skip_mine = sharding.quota(self.skip_batches, virtual, W)
+        groups = self._groups(self._samples(virtual, W))
+        for j in range(n_mine):
+            group = next(groups, None)
+            if group is None:
+                raise RuntimeError(f"rank {self.rank} worker {virtual}: no decodable samples left in its shards")
+            if j < skip_mine:
+                continue
+            b = virtual + j * W  # the global batch index within this rank's epoch
+            yield self.collate(group, np.random.default_rng([self.seed, self.epoch, self.rank, b]))
+
+
+class BatchLoader:
+    """An epoch of batches from a :class:`ShardBatchStream`, through a DataLoader when num_workers > 0.
+
+    ``len()`` is the number of batches this epoch will yield; ``set_epoch(e)`` and
+    ``set_skip_batches(k)`` re-target the next iteration (e.g. resuming mid-epoch).
+    """
+
+    def __init__(self, stream: ShardBatchStream, num_workers: int, pin_memory: bool = False):
+        self.stream = stream
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.stream.batches_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.epoch = epoch
+        self.stream.skip_batches = 0
+
+    def set_skip_batches(self, skip_batches: int) -> None:
+        if not 0 <= skip_batches <= self.stream.batches_per_epoch:
+            raise ValueError(f"skip_batches={skip_batches} outside 0..{self.stream.batches_per_epoch}")
+        self.stream.skip_batches = skip_batches
+
+    def state_dict(self, batches_done: int) -> dict:
+        """What a checkpoint records to resume after ``batches_done`` batches of this epoch."""
+        return {"epoch": self.stream.epoch, "batches_done": self.stream.skip_batches + batches_done,
+                "seed": self.stream.seed, "num_workers": self.num_workers,
+                "rank": self.stream.rank, "world_size": self.stream.world_size}
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.num_workers == 0:
+            return iter(self.stream)
+        return iter(torch.utils.data.DataLoader(
+            self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=False, prefetch_factor=2))
