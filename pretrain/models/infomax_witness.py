@@ -62,8 +62,9 @@ class InfoMaxWitness(nn.Module):
         return self.baseline(b).squeeze(1)
 
     def scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """a [B, E], b [B, E] -> scores [B, B], entry (i, j) = f(x'_i, y'_j); the diagonal is joint."""
-        return self.scale * a @ b.T
+        """a [B, E], b [B', E] -> scores [B, B'] float32, entry (i, j) = f(x'_i, y'_j); the diagonal is joint."""
+        with torch.autocast(device_type=a.device.type, enabled=False):  # e^f needs float32 scores, also under bf16
+            return self.scale * a.float() @ b.float().T
 
     def forward(self, map_l: torch.Tensor, map_k: torch.Tensor) -> torch.Tensor:
         """map_l, map_k of the same B images -> scores [B, B] (diagonal: same image)."""

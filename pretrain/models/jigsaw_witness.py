@@ -28,6 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _unit_fp32(v: torch.Tensor) -> torch.Tensor:
+    """Rows of v scaled to unit length, computed in float32 (bf16 would round cosines to ~0.4%)."""
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        return F.normalize(v.float(), dim=1)
+
+
 class JigsawWitness(nn.Module):
     """Scores every puzzle against every candidate permutation.
 
@@ -69,12 +75,12 @@ class JigsawWitness(nn.Module):
         if features.dim() != 3 or features.shape[1] != self.num_patches:
             raise ValueError(f"jigsaw witness expects features [P, {self.num_patches}, D], got {tuple(features.shape)}")
         h = self.x_stages(self.x_proj(features))
-        return F.normalize(self.x_out(h.flatten(1)), dim=1)
+        return _unit_fp32(self.x_out(h.flatten(1)))
 
     def embed_y(self, perms: torch.Tensor) -> torch.Tensor:
         """perms [M] permutation indices -> unit vectors [M, embed_dim]."""
         one_hot = F.one_hot(perms.long(), self.num_permutations).to(self.y_proj.weight.dtype)
-        return F.normalize(self.y_proj(one_hot), dim=1)
+        return _unit_fp32(self.y_proj(one_hot))
 
     def log_baseline(self, perms: torch.Tensor) -> torch.Tensor:
         """perms [M] -> η(y_j) [M] (needs ``log_baseline=True``)."""
@@ -84,5 +90,7 @@ class JigsawWitness(nn.Module):
         return self.baseline(one_hot).squeeze(1)
 
     def forward(self, features: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
-        """features [P, 9, D], perms [M] -> scores [P, M], f(x_i, y_j) = score_scale · cos."""
-        return self.score_scale * self.embed_x(features) @ self.embed_y(perms).T
+        """features [P, 9, D], perms [M] -> scores [P, M] float32, f(x_i, y_j) = score_scale · cos."""
+        x, y = self.embed_x(features), self.embed_y(perms)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # cosines in float32, also under bf16
+            return self.score_scale * x @ y.T

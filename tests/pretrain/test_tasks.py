@@ -143,6 +143,26 @@ def test_channels_last_encoder_gives_the_same_loss():
         torch.testing.assert_close(task(batch)["loss"], ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind,estimator", [("jigsaw-ce", None), ("jigsaw-mi", "eta-mine"), ("infomax", "eta-mine")])
+def test_bf16_autocast_keeps_scores_and_loss_in_float32(kind, estimator, monkeypatch):
+    task = make_task(kind, estimator)
+    seen = {}
+    if estimator:
+        forward = task.estimator.forward
+
+        def spy(scores, *args, **kwargs):
+            seen["dtype"] = scores.dtype
+            return forward(scores, *args, **kwargs)
+
+        monkeypatch.setattr(task.estimator, "forward", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = task(batch_for(kind, **({"n_images": 2, "n_perms": 4} if kind != "infomax" else {"n": 8})))
+    out["loss"].backward()
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    if estimator:
+        assert seen["dtype"] == torch.float32
+
+
 def test_timm_encoder_in_a_jigsaw_task():
     torch.manual_seed(0)
     task = build_task("jigsaw-ce", build_encoder("resnet18"))
