@@ -1,0 +1,67 @@
+"""``python -m pretrain --config configs/X.yaml [key=value ...] [--address ADDR] [--resume RUN_DIR]``
+
+Without ``--address`` a local Ray starts on this machine; with one the run joins that cluster.
+``--resume RUN_DIR`` continues a run whose driver died: its saved ``config.yaml`` is the base
+(``--config`` is not needed; ``key=value`` still overrides, e.g. ``train.steps=2000`` to extend).
+Config errors are reported in one line, before Ray starts, with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pretrain.checkpoint import CONFIG_FILE
+from pretrain.config import ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pretrain",
+        description="Self-supervised pretraining (jigsaw CE/MI, InfoMax) on Ray Train.")
+    p.add_argument("--config", help="YAML config (see configs/); values override the dataclass defaults")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address to join (e.g. ray://host:10001 or auto); default: start a local Ray")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue this run directory from its latest checkpoint (after the driver died)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides in dotted form, applied after the YAML (e.g. train.steps=100)")
+    args = p.parse_args(argv)
+    if args.config is None and args.resume is None:
+        p.error("give --config FILE (or --resume RUN_DIR)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.resume is not None:
+            run_dir = Path(args.resume)
+            if not (run_dir / CONFIG_FILE).is_file():
+                raise ConfigError(f"--resume {run_dir}: no {CONFIG_FILE} there; is it a run directory?")
+            cfg = load_config(run_dir / CONFIG_FILE, args.overrides)
+        else:
+            run_dir = None
+            cfg = load_config(args.config, args.overrides)
+        from pretrain.config import validate
+
+        validate(cfg)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+    from pretrain.train import TrainingStopped, launch
+
+    try:
+        out = launch(cfg, address=args.address, run_dir=run_dir)
+    except TrainingStopped as exc:
+        print(f"training stopped: {exc}", file=sys.stderr)
+        return 1
+    print(f"run directory: {out.run_dir}")
+    if out.result.checkpoint is not None:
+        print(f"latest checkpoint: {out.result.checkpoint.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

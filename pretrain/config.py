@@ -1,0 +1,215 @@
+"""The pretraining config: typed dataclasses are the one home of defaults.
+
+YAML files in ``configs/`` override the defaults, ``key=value`` command-line arguments override
+the YAML (OmegaConf structured configs: an unknown key or a value of the wrong type is an error
+naming the key). :func:`load_config` returns the merged config; :func:`validate` checks what the
+types cannot (known task kinds and estimators, existing shards, step counts) so that every config
+error is reported in one line before Ray starts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+TASK_KINDS = ("jigsaw-ce", "jigsaw-mi", "infomax")
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line naming the key and what to do."""
+
+
+@dataclass
+class RunSection:
+    name: str = "pretrain"  # run directory is <root>/<name>-<YYYYmmdd-HHMMSS>
+    root: str = "runs"
+    # Ray Train storage for checkpoints (e.g. a shared file system on a cluster). None: the run
+    # directory itself, so checkpoints sit beside config.yaml and tb/.
+    storage_path: Optional[str] = None
+    seed: int = 0  # seeds the models, the η/critic initialisation and the data order
+
+
+@dataclass
+class DataSection:
+    shards: str = MISSING  # a data_prep output directory (manifest.json + <split>-*.tar)
+    split: str = "train"
+    # jigsaw: a batch is images_per_batch images x perms_per_image permutations (paper: 10 x 16)
+    images_per_batch: int = 10
+    perms_per_image: int = 16
+    num_permutations: int = 100  # size of the maximal-Hamming permutation set
+    # infomax: batch_size images of size x size pixels per rank (STL10 is scaled to 32)
+    batch_size: int = 64
+    size: int = 32
+    # None: one pass over this rank's share of the split is one epoch
+    batches_per_epoch: Optional[int] = None
+    loader_workers: int = 0  # DataLoader worker processes per rank (0: decode in the train process)
+
+
+@dataclass
+class ModelSection:
+    # timm model name (e.g. resnet50: 2048 features per patch) or "dcgan" (paper's InfoMax encoder)
+    encoder: str = "resnet50"
+    depth: Optional[int] = None  # dcgan: number of conv layers kept (the InfoMax result used 2)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed on to build_encoder
+
+
+@dataclass
+class TaskSection:
+    kind: str = "jigsaw-ce"  # jigsaw-ce | jigsaw-mi | infomax
+    # MI bound for jigsaw-mi and infomax (eta-mine, dv-mine, ...); None for jigsaw-ce
+    estimator: Optional[str] = None
+    estimator_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {n_critic: 1}
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed on to build_task
+
+
+@dataclass
+class OptimSection:
+    # Paper, Appendix D: Adam (0.9, 0.999), 1e-4 for encoder and heads, 1e-2 for η, no decay.
+    lr: float = 1e-4
+    eta_lr: float = 1e-2
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainSection:
+    num_workers: int = 1  # Ray Train workers (DDP ranks), one CPU (or GPU) each
+    use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
+    bf16: bool = False  # autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)
+    channels_last: bool = False  # NHWC memory format for conv encoders (faster on CPU and GPU)
+    # GPU only: batch-norm statistics over the global batch (CPU process groups cannot sync BN)
+    sync_batchnorm: bool = False
+    steps: int = 1000  # optimiser steps in total (a resumed run continues to this number)
+    # Metrics are all-reduced and reported every report_every steps; each report is a barrier
+    # that costs up to ~2 s of Ray Train's controller poll, so keep it well above 1 on CPUs.
+    report_every: int = 10
+    checkpoint_every: int = 100  # a multiple of report_every (checkpoints travel with a report)
+    keep_checkpoints: Optional[int] = None  # None: keep all
+    image_every: int = 0  # TensorBoard grid of scrambled puzzles every N steps (0: first report only)
+    max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the last checkpoint)
+    threads_per_worker: int = 1  # torch threads per worker (one CPU each)
+    # Testing fault tolerance: rank world_size-1 exits hard once when it reaches this step.
+    crash_at_step: Optional[int] = None
+
+
+@dataclass
+class PretrainConfig:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
+    """Turn an OmegaConf error (multi-line, with object types) into one line naming the key."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    if key and key not in msg:
+        msg = f"{key}: {msg}"
+    return ConfigError(f"{source}: {msg}")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Defaults <- YAML at ``path`` <- ``key=value`` overrides; returns a typed ``DictConfig``.
+
+    Raises :class:`ConfigError` (one line) for an unknown key, a wrong type, a malformed
+    override, or a missing/unreadable YAML file.
+    """
+    cfg = OmegaConf.structured(PretrainConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found (shipped configs are in configs/)")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as exc:  # YAML syntax error
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"{path}: cannot parse YAML: {first}") from None
+        try:
+            cfg = OmegaConf.merge(cfg, file_cfg)
+        except OmegaConfBaseException as exc:
+            raise _one_line(exc, str(path)) from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.steps=100)")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+    except OmegaConfBaseException as exc:
+        raise _one_line(exc, "command line") from None
+    return cfg
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The config as plain dicts (for checkpoints and Ray)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def from_plain(d: dict) -> DictConfig:
+    """Rebuild the typed config from :func:`to_plain` output (e.g. a checkpoint's ``config``)."""
+    return OmegaConf.merge(OmegaConf.structured(PretrainConfig), d)
+
+
+def is_jigsaw(cfg: DictConfig) -> bool:
+    return cfg.task.kind.startswith("jigsaw")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what types cannot; raise :class:`ConfigError` with one line naming the key.
+
+    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker.
+    """
+    if OmegaConf.is_missing(cfg.data, "shards"):
+        raise ConfigError("data.shards is required: a data_prep output directory (data.shards=DIR)")
+    t = cfg.train
+    for key in ("steps", "report_every", "checkpoint_every", "num_workers", "threads_per_worker"):
+        if t[key] < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
+    if t.checkpoint_every % t.report_every:
+        raise ConfigError(
+            f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of "
+            f"train.report_every ({t.report_every}): checkpoints travel with a report")
+    if t.max_failures < 0:
+        raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
+    if cfg.task.kind not in TASK_KINDS:
+        raise ConfigError(f"task.kind {cfg.task.kind!r} unknown; choose one of {', '.join(TASK_KINDS)}")
+    if cfg.task.kind == "jigsaw-ce":
+        if cfg.task.estimator is not None:
+            raise ConfigError("task.estimator must be null for task.kind=jigsaw-ce (cross-entropy has no MI bound)")
+    else:
+        from pretrain import estimators
+
+        if cfg.task.estimator is None:
+            raise ConfigError(f"task.estimator is required for task.kind={cfg.task.kind}; "
+                              f"choose one of {', '.join(estimators.names())}")
+        if cfg.task.estimator not in estimators.names():
+            raise ConfigError(f"task.estimator {cfg.task.estimator!r} unknown; "
+                              f"choose one of {', '.join(estimators.names())}")
+    if cfg.model.encoder != "dcgan":
+        import timm
+
+        if not timm.is_model(cfg.model.encoder):
+            raise ConfigError(f"model.encoder {cfg.model.encoder!r} is neither 'dcgan' nor a timm model "
+                              f"(see timm.list_models())")
+    d = cfg.data
+    for key in ("images_per_batch", "perms_per_image", "num_permutations", "batch_size", "size"):
+        if d[key] < 1:
+            raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
+    if is_jigsaw(cfg) and d.perms_per_image > d.num_permutations:
+        raise ConfigError(f"data.perms_per_image ({d.perms_per_image}) exceeds data.num_permutations "
+                          f"({d.num_permutations})")
+    if t.sync_batchnorm and t.use_gpu is False:
+        raise ConfigError("train.sync_batchnorm needs GPUs (CPU process groups cannot sync batch norm)")
+    from data_prep.manifest import ManifestError, read_manifest, shard_paths
+
+    try:
+        read_manifest(d.shards)
+        shard_paths(d.shards, d.split)
+    except ManifestError as exc:
+        raise ConfigError(f"data.shards: {exc}") from None

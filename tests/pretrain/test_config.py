@@ -1,0 +1,113 @@
+"""Config: defaults <- YAML <- key=value; every error is one line naming the key, before Ray."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pretrain.config import ConfigError, load_config, to_plain, validate
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """A tiny folder-built shard directory (4 images, 2 classes)."""
+    from data_prep.__main__ import main as data_prep_main
+
+    root = tmp_path_factory.mktemp("cfg")
+    src = root / "src"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
+    out = root / "shards"
+    assert data_prep_main(["folder", "--src", str(src), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    return out
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_the_paper_settings():
+    cfg = load_config()
+    assert (cfg.optim.lr, cfg.optim.eta_lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.weight_decay) == (1e-4, 1e-2, 0.9, 0.999, 0.0)
+    assert (cfg.data.images_per_batch, cfg.data.perms_per_image, cfg.data.num_permutations) == (10, 16, 100)
+    assert cfg.model.encoder == "resnet50" and cfg.run.root == "runs"
+
+
+def test_yaml_then_command_line_overrides(tmp_path):
+    p = write(tmp_path, "train:\n  steps: 50\n  report_every: 5\nmodel:\n  encoder: dcgan\n  depth: 2\n")
+    cfg = load_config(p, ["train.steps=70", "task.estimator_kwargs.n_critic=3", "model.kwargs.image_size=64"])
+    assert cfg.train.steps == 70 and cfg.train.report_every == 5 and cfg.model.depth == 2
+    assert cfg.task.estimator_kwargs == {"n_critic": 3} and cfg.model.kwargs == {"image_size": 64}
+    plain = to_plain(cfg)
+    assert isinstance(plain["task"]["estimator_kwargs"], dict) and plain["train"]["steps"] == 70
+
+
+@pytest.mark.parametrize("text, overrides, match", [
+    ("train:\n  stpes: 5\n", [], "train.stpes"),
+    ("train:\n  steps: many\n", [], "train.steps"),
+    ("", ["optim.lr=fast"], "optim.lr"),
+    ("", ["nosuch.key=1"], "nosuch"),
+    ("", ["train.steps"], "not key=value"),
+    ("train: [1, 2\n", [], "cannot parse YAML"),
+])
+def test_bad_config_is_one_line_naming_the_key(tmp_path, text, overrides, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(write(tmp_path, text), overrides)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ([], "data.shards is required"),
+    (["data.shards={shards}", "task.kind=jigsaw"], "task.kind 'jigsaw' unknown"),
+    (["data.shards={shards}", "task.kind=jigsaw-mi"], "task.estimator is required"),
+    (["data.shards={shards}", "task.kind=jigsaw-mi", "task.estimator=eta_mine"], "task.estimator 'eta_mine' unknown"),
+    (["data.shards={shards}", "task.estimator=eta-mine"], "must be null for task.kind=jigsaw-ce"),
+    (["data.shards={shards}", "model.encoder=resnet_500"], "model.encoder 'resnet_500'"),
+    (["data.shards={shards}", "train.checkpoint_every=15", "train.report_every=10"], "multiple of"),
+    (["data.shards={shards}", "train.steps=0"], "train.steps must be >= 1"),
+    (["data.shards={shards}", "data.perms_per_image=20", "data.num_permutations=10"], "exceeds"),
+    (["data.shards={shards}", "data.split=val"], "split 'val' not in"),
+    (["data.shards=/no/such/dir"], "no manifest.json in /no/such/dir"),
+])
+def test_validate_rejects(shards, overrides, match):
+    cfg = load_config(None, [o.format(shards=shards) for o in overrides])
+    with pytest.raises(ConfigError, match=match) as info:
+        validate(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_every_shipped_config_loads_and_validates(shards):
+    names = {p.name for p in CONFIGS}
+    for required in ("jigsaw_ce_imagenet10.yaml", "jigsaw_dv_imagenet10.yaml", "jigsaw_eta_imagenet10.yaml",
+                     "infomax_dv_cifar10.yaml", "infomax_eta_cifar10.yaml", "infomax_eta_stl10.yaml",
+                     "demo_infomax_eta.yaml", "demo_infomax_dv.yaml", "demo_jigsaw_eta.yaml"):
+        assert required in names
+    for path in CONFIGS:
+        cfg = load_config(path, [f"data.shards={shards}", "data.split=train"])  # the tiny shards hold train only
+        validate(cfg)
+        assert cfg.run.name == path.stem, path.name
+
+
+def test_config_errors_exit_before_ray_is_imported(tmp_path, shards):
+    """`python -m pretrain` with a bad config prints one line and exits 2 without touching Ray."""
+    bad = write(tmp_path, f"data:\n  shards: {shards}\ntrain:\n  stepz: 3\n")
+    code = ("import sys; from pretrain.__main__ import main; rc = main(sys.argv[1:]); "
+            "assert 'ray' not in sys.modules, 'ray was imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "--config", str(bad)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.stepz" in lines[0], proc.stderr
+

@@ -1,0 +1,224 @@
+"""The Ray Train loop end to end on tiny shards, 2 workers, one Ray session for the module.
+
+Uninterrupted, worker-crash and driver-restart runs of one InfoMax config must end with identical
+weights, η and optimiser state; a jigsaw run logs η from both ranks and a puzzle grid; two ranks
+with batch B make the same update as one rank with 2B (η-MINE); a diverging run stops with a
+clear message and keeps its last good checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pretrain import checkpoint as ck
+from pretrain.config import load_config
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
+    tmp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must stay under ~107 chars
+    ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """sklearn's 8x8 digits, scaled to 32x32 RGB, 30 per class, through the folder builder."""
+    from sklearn.datasets import load_digits
+
+    from data_prep.__main__ import main as data_prep_main
+
+    root = tmp_path_factory.mktemp("digits")
+    d = load_digits()
+    for label in range(10):
+        (root / "src" / str(label)).mkdir(parents=True)
+        for i, idx in enumerate(np.flatnonzero(d.target == label)[:30]):
+            img = np.kron(d.images[idx] * (255 / 16), np.ones((4, 4))).astype(np.uint8)
+            Image.fromarray(np.stack([img] * 3, -1)).save(root / "src" / str(label) / f"{i}.png")
+    out = root / "shards"
+    assert data_prep_main(["folder", "--src", str(root / "src"), "--out", str(out), "--format", "png",
+                           "--shard-size", "75", "--workers", "1", "--no-progress"]) == 0
+    return out
+
+
+def infomax_cfg(shards, root, *extra):
+    return load_config(None, [
+        f"data.shards={shards}", f"run.root={root}", "run.name=im",
+        "task.kind=infomax", "task.estimator=eta-mine", "task.kwargs.hidden_dim=64", "task.kwargs.embed_dim=32",
+        "model.encoder=dcgan", "model.depth=2", "data.batch_size=16", "data.batches_per_epoch=5",
+        "optim.lr=1e-3", "train.num_workers=2", "train.steps=12", "train.report_every=2",
+        "train.checkpoint_every=4", "train.max_failures=1", *extra])
+
+
+def final_state(run_dir):
+    payload = ck.load_checkpoint(run_dir)
+    return payload
+
+
+def assert_same_state(a, b):
+    assert a["step"] == b["step"]
+    for part in ("encoder", "task"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    for name in ("main", "eta"):
+        sa, sb = a["optimizer"][name]["state"], b["optimizer"][name]["state"]
+        for i in sa:
+            for k in sa[i]:
+                assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"{name} state {i}.{k}"
+    assert a["data_position"] == b["data_position"]
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session, digits, tmp_path):
+    from pretrain.__main__ import main as cli
+    from pretrain.train import CRASH_MARKER, launch
+
+    plain = launch(infomax_cfg(digits, tmp_path / "a")).run_dir
+    reference = final_state(plain)
+    assert reference["step"] == 12
+    # 12 steps of 5 batches an epoch: rank positions are in epoch 2
+    assert reference["data_position"] == [{"epoch": 2, "batch": 2}, {"epoch": 2, "batch": 2}]
+    metrics = read_metrics(plain)
+    assert [m["step"] for m in metrics] == [2, 4, 6, 8, 10, 12]
+    for m in metrics:
+        assert m["eta/rank0"] == m["eta/rank1"] == m["eta"]
+        for key in ("loss", "mi", "normaliser", "lr/main", "lr/eta", "samples_per_s", "data_wait_fraction"):
+            assert np.isfinite(m[key]), key
+    assert metrics[-1]["eta"] != 0.0
+    assert list((plain / "tb").glob("events.out.tfevents.*"))
+
+    # a worker dies at step 6 (after the checkpoint at 4): Ray restarts the group from step 4
+    crashed = launch(infomax_cfg(digits, tmp_path / "b", "train.crash_at_step=6")).run_dir
+    assert (crashed / CRASH_MARKER).read_text() == "6"
+    assert_same_state(final_state(crashed), reference)
+
+    # the driver stops after 8 steps; `python -m pretrain --resume RUN_DIR train.steps=12` continues
+    first = launch(infomax_cfg(digits, tmp_path / "c", "train.steps=8")).run_dir
+    assert final_state(first)["step"] == 8
+    assert cli(["--resume", str(first), "train.steps=12"]) == 0
+    assert_same_state(final_state(first), reference)
+
+
+def test_loss_decreases_on_digits(ray_session, digits, tmp_path):
+    """InfoMax on digits: the η-MINE estimate rises and the normaliser heads to 1."""
+    from pretrain.train import launch
+
+    run = launch(infomax_cfg(digits, tmp_path, "train.num_workers=1", "train.steps=60", "train.report_every=10",
+                             "train.checkpoint_every=60", "data.batches_per_epoch=null")).run_dir
+    m = read_metrics(run)
+    assert m[-1]["loss"] < m[0]["loss"] - 0.2, [x["loss"] for x in m]
+    assert m[-1]["mi"] > 0.2
+
+
+def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.train import launch
+
+    cfg = load_config(None, [
+        f"data.shards={digits}", f"run.root={tmp_path}", "run.name=jig", "task.kind=jigsaw-mi",
+        "task.estimator=eta-mine", "model.encoder=dcgan", "model.depth=4", "model.kwargs.image_size=64",
+        "data.images_per_batch=2", "data.perms_per_image=4", "data.num_permutations=10",
+        "train.num_workers=2", "train.steps=4", "train.report_every=2", "train.checkpoint_every=4"])
+    run = launch(cfg).run_dir
+    payload = ck.load_checkpoint(run)
+    assert payload["permutations"].shape == (10, 9)
+    assert torch.equal(payload["permutations"].sort(dim=1).values, torch.arange(9).expand(10, 9))
+    m = read_metrics(run)
+    assert [x["step"] for x in m] == [2, 4] and all(x["eta/rank0"] == x["eta/rank1"] for x in m)
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0}).Reload()
+    assert {"loss", "mi", "eta", "normaliser", "eta/rank1", "samples_per_s", "data_wait_fraction",
+            "lr/main", "lr/eta"} <= set(events.Tags()["scalars"])
+    assert "inputs" in events.Tags()["images"]
+    encoder, config = ck.load_encoder(run)
+    assert config["task"]["kind"] == "jigsaw-mi" and encoder.feature_dim == 512 * 4 * 4
+
+
+def _one_step(loop_config):
+    """One train_step of the real loop pieces on a fixed global batch (this rank's rows)."""
+    import ray.train
+
+    from pretrain import dist
+    from pretrain.config import from_plain
+    from pretrain.train import build_optimizers, build_task_from_config, train_step, wrap_ddp
+
+    cfg = from_plain(loop_config["config"])
+    torch.manual_seed(0)
+    task = build_task_from_config(cfg, None)
+    for m in task.modules():  # batch-norm statistics are per rank (no SyncBN on CPU): fix them
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    main, eta = build_optimizers(cfg, task)
+    images = loop_config["images"]
+    n = images.shape[0] // dist.world_size()
+    mine = images[dist.rank() * n:(dist.rank() + 1) * n]
+    out = train_step(wrap_ddp(task, torch.device("cpu")), task, {"images": mine}, 0, main, eta)
+    if dist.rank() == 0:
+        torch.save({"state": task.state_dict(), "metrics": out["metrics"]}, loop_config["out"])
+    ray.train.report({"done": 1})
+
+
+def test_two_ranks_with_batch_b_equal_one_rank_with_2b(ray_session, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = load_config(None, ["data.shards=unused", "task.kind=infomax", "task.estimator=eta-mine",
+                             "model.encoder=dcgan", "model.depth=2", "task.kwargs.hidden_dim=32",
+                             "task.kwargs.embed_dim=16", "optim.lr=1e-2"])
+    from pretrain.config import to_plain
+
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loop = {"config": to_plain(cfg), "images": images, "out": str(tmp_path / "two.pt")}
+    TorchTrainer(_one_step, train_loop_config=loop, scaling_config=ScalingConfig(num_workers=2),
+                 run_config=RunConfig(name="eq", storage_path=str(tmp_path / "ray"))).fit()
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+
+    # the same code on one process (no process group) with the whole batch
+    from pretrain.train import build_optimizers, build_task_from_config, train_step
+
+    torch.manual_seed(0)
+    task = build_task_from_config(cfg, None)
+    for m in task.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    main, eta = build_optimizers(cfg, task)
+    one = train_step(task, task, {"images": images}, 0, main, eta)
+    for k, v in task.state_dict().items():
+        torch.testing.assert_close(two["state"][k], v, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    assert two["state"]["estimator.eta"] != 0  # η moved, identically
+    torch.testing.assert_close(two["state"]["estimator.eta"], task.estimator.eta.detach(), rtol=0, atol=1e-7)
+
+
+def test_nonfinite_loss_stops_with_the_last_good_checkpoint(ray_session, digits, tmp_path):
+    from pretrain.train import TrainingStopped, launch
+
+    cfg = infomax_cfg(digits, tmp_path, "train.num_workers=1", "optim.lr=1e12", "optim.eta_lr=1e12",
+                      "train.steps=40", "train.report_every=1", "train.checkpoint_every=1")
+    with pytest.raises(TrainingStopped, match=r"non-finite loss .* at step \d+: stopped before applying it; "
+                                              r"last good checkpoint: checkpoint_\d+") as info:
+        launch(cfg)
+    run = next(tmp_path.glob("im-*"))
+    info_file = json.loads((run / "nonfinite.json").read_text())
+    payload = ck.load_checkpoint(run)
+    assert payload["step"] == info_file["step"] and str(info.value).count("\n") == 0
+    for v in list(payload["encoder"].values()) + list(payload["task"].values()):
+        assert torch.isfinite(v.float()).all()
