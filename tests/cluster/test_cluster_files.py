@@ -1,0 +1,220 @@
+"""Every file in cluster/ checked against what Ray's launcher and KubeRay expect.
+
+Launcher YAMLs go through Ray's own `prepare_config` (defaults merged in, as `ray up` does) and
+`validate_config` (Ray's JSON schema, ray/autoscaler/ray-schema.json, plus its cross-field rules).
+The RayJob's cluster spec goes through Ray's KubeRay translation, which KubeRay's autoscaler runs on
+every RayCluster. On top: the safety rules of this project (no dashboard on 0.0.0.0, token auth),
+shared storage, and versions that match the Ray installed here.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+REPO_ROOT = CLUSTER.parent
+LAUNCHER_FILES = sorted(p for p in CLUSTER.glob("*.yaml") if not p.name.startswith("kuberay"))
+KUBERAY_FILES = sorted(CLUSTER.glob("kuberay*.yaml"))
+PYTHON_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def start_commands(config: dict) -> list[str]:
+    return [*config["head_start_ray_commands"], *config["worker_start_ray_commands"]]
+
+
+def test_every_yaml_is_covered():
+    assert {p.name for p in CLUSTER.glob("*.yaml")} == {p.name for p in [*LAUNCHER_FILES, *KUBERAY_FILES]}
+    assert {p.name for p in LAUNCHER_FILES} >= {"aws.yaml", "gcp.yaml", "local.yaml"}
+    assert KUBERAY_FILES
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
+def test_launcher_yaml_passes_rays_validation(path):
+    raw = load(path)
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)  # raises on any schema or cross-field error
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+    # The commands that start Ray come from this file, not from Ray's defaults (which use 0.0.0.0).
+    assert prepared["head_start_ray_commands"] == raw["head_start_ray_commands"]
+    assert prepared["worker_start_ray_commands"] == raw["worker_start_ray_commands"]
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
+def test_launcher_dashboard_is_loopback_only_and_token_protected(path):
+    prepared = prepare_config(copy.deepcopy(load(path)))
+    text = yaml.safe_dump(prepared)
+    assert "0.0.0.0" not in text
+    head_start = " ".join(prepared["head_start_ray_commands"])
+    assert re.search(r"ray start --head\b", head_start)
+    assert "--dashboard-host=127.0.0.1" in head_start
+    for command in start_commands(prepared):
+        if "ray start" in command:
+            assert "RAY_AUTH_MODE=token" in command, command
+    # The token reaches every node, and interactive shells on the nodes use it too.
+    assert prepared["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("RAY_AUTH_MODE=token" in c for c in prepared["setup_commands"])
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
+def test_launcher_installs_this_project_at_the_submitted_version(path):
+    raw = load(path)
+    mounts = {remote: local for remote, local in raw["file_mounts"].items() if remote.startswith("~/eta-mine-pretrain")}
+    # Local paths are relative to the repository root (where `ray up` is run) and exist there.
+    for local in mounts.values():
+        assert (REPO_ROOT / local).exists(), local
+    packages = {Path(local).name for local in mounts.values()}
+    assert {"pyproject.toml", "README.md", "pretrain", "eval", "data_prep", "cluster", "configs"} <= packages
+    setup = " ; ".join(raw["setup_commands"])
+    assert re.search(r"pip install -q ~/eta-mine-pretrain\b", setup)
+    # The cluster runs the same Ray as this machine (the launcher and job API require it).
+    assert f'"ray[default,train]=={ray.__version__}"' in setup
+    assert "**/__pycache__" in raw["rsync_exclude"]
+
+
+@pytest.mark.parametrize("path", [p for p in LAUNCHER_FILES if "docker" in load(p)], ids=lambda p: p.name)
+def test_cloud_image_matches_this_ray_and_python(path):
+    image = load(path)["docker"]["image"]
+    assert image == f"rayproject/ray:{ray.__version__}-{PYTHON_TAG}-gpu"
+
+
+@pytest.mark.parametrize("path", [p for p in LAUNCHER_FILES if load(p)["provider"]["type"] in ("aws", "gcp")],
+                         ids=lambda p: p.name)
+def test_cloud_node_types_cpu_head_and_gpu_workers(path):
+    prepared = prepare_config(copy.deepcopy(load(path)))
+    types = prepared["available_node_types"]
+    head = types[prepared["head_node_type"]]
+    workers = {name: t for name, t in types.items() if name != prepared["head_node_type"]}
+    assert head["resources"].get("GPU", 0) == 0 and head["resources"].get("CPU") == 0
+    assert head["max_workers"] == 0
+    assert len(workers) == 1
+    (worker,) = workers.values()
+    assert worker["min_workers"] == 0 and worker["max_workers"] >= 1
+    node = worker["node_config"]
+    if prepared["provider"]["type"] == "aws":
+        assert node["InstanceType"].startswith(("g", "p"))  # GPU instance families
+        assert "IamInstanceProfile" in node  # S3 access for run.storage_path=s3://...
+    else:
+        assert worker["resources"]["GPU"] >= 1
+        assert node["guestAccelerators"][0]["acceleratorCount"] == worker["resources"]["GPU"]
+        assert node["scheduling"][0]["onHostMaintenance"] == "TERMINATE"
+        assert any("devstorage.read_write" in s for s in node["serviceAccounts"][0]["scopes"])
+
+
+def test_local_provider_lists_machines():
+    raw = load(CLUSTER / "local.yaml")
+    assert raw["provider"]["type"] == "local"
+    assert raw["provider"]["head_ip"] and raw["provider"]["worker_ips"]
+    prepared = prepare_config(copy.deepcopy(raw))
+    (node_type,) = prepared["available_node_types"].values()
+    assert node_type["max_workers"] == len(raw["provider"]["worker_ips"])
+
+
+# ---------------------------------------------------------------- KubeRay
+
+
+def rayjobs():
+    for path in KUBERAY_FILES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "RayJob":
+                yield path, doc
+
+
+def containers(group: dict) -> list[dict]:
+    return group["template"]["spec"]["containers"]
+
+
+def test_kuberay_files_hold_a_rayjob():
+    assert [path.name for path, _ in rayjobs()]
+
+
+@pytest.mark.parametrize("doc", [d for _, d in rayjobs()], ids=lambda d: d["metadata"]["name"])
+def test_rayjob_shape_matches_kuberay(doc):
+    assert doc["apiVersion"] == "ray.io/v1"
+    spec = doc["spec"]
+    assert spec["entrypoint"].startswith("python -m pretrain --config ")
+    assert spec["submissionMode"] in ("K8sJobMode", "HTTPMode", "SidecarMode", "InteractiveMode")
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    head = cluster["headGroupSpec"]
+    assert all(isinstance(v, str) for v in head["rayStartParams"].values())
+    assert containers(head)[0]["image"]
+    for group in cluster["workerGroupSpecs"]:
+        assert group["groupName"] and containers(group)[0]["image"]
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+    # What Ray's KubeRay autoscaler makes of this cluster spec (and checks against its schema).
+    derived = _derive_autoscaling_config_from_ray_cr(
+        {"metadata": {"name": doc["metadata"]["name"], "namespace": "default"}, "spec": cluster}
+    )
+    head_type = derived["available_node_types"][derived["head_node_type"]]
+    assert head_type["resources"]["CPU"] == 0
+    workers = [t for n, t in derived["available_node_types"].items() if n != derived["head_node_type"]]
+    assert workers and all(t["resources"].get("GPU", 0) >= 1 for t in workers)
+
+
+@pytest.mark.parametrize("doc", [d for _, d in rayjobs()], ids=lambda d: d["metadata"]["name"])
+def test_rayjob_is_safe_by_default(doc):
+    cluster = doc["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    assert "0.0.0.0" not in yaml.safe_dump(doc)
+    # KubeRay binds the dashboard to 0.0.0.0 unless dashboard-host is given: it must be given,
+    # as the pod's own IP, from an env var the head container defines.
+    host = head["rayStartParams"]["dashboard-host"]
+    assert host not in ("0.0.0.0", "")
+    var = host.lstrip("$").strip("()")
+    env = {e["name"]: e for e in containers(head)[0]["env"]}
+    assert env[var]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    # KubeRay's default probes ask localhost:8265; ours must ask the address the dashboard uses.
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = " ".join(containers(head)[0][probe]["exec"]["command"])
+        assert f"${var}:8265" in command and "localhost:8265" not in command
+    assert cluster["authOptions"]["mode"] == "token"
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress", False)
+
+
+@pytest.mark.parametrize("path_doc", list(rayjobs()), ids=lambda pd: pd[1]["metadata"]["name"])
+def test_rayjob_writes_to_shared_storage_on_every_pod(path_doc):
+    path, doc = path_doc
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    cluster = doc["spec"]["rayClusterSpec"]
+    storage = re.search(r"run\.storage_path=(\S+)", doc["spec"]["entrypoint"]).group(1)
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = containers(group)[0]["volumeMounts"]
+        assert any(
+            storage.startswith(m["mountPath"].rstrip("/") + "/")
+            and claims[volumes[m["name"]]["persistentVolumeClaim"]["claimName"]]["spec"]["accessModes"]
+            == ["ReadWriteMany"]
+            for m in mounts
+        ), f"{storage} is not on a ReadWriteMany volume in group {group.get('groupName', 'head')}"
+
+
+def test_dockerfile_builds_from_the_same_ray_and_copies_existing_paths():
+    lines = (CLUSTER / "Dockerfile").read_text().splitlines()
+    (base,) = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert base == f"rayproject/ray:{ray.__version__}-{PYTHON_TAG}-gpu"
+    images = {
+        containers(g)[0]["image"]
+        for _, d in rayjobs()
+        for g in [d["spec"]["rayClusterSpec"]["headGroupSpec"], *d["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
+    }
+    assert len(images) == 1  # head and workers run the same build
+    for line in lines:
+        if line.startswith("COPY "):
+            for source in [w for w in line.split()[1:-1] if not w.startswith("--")]:
+                assert (REPO_ROOT / source).exists(), source
