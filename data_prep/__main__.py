@@ -49,8 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, help="keep exactly N files a class instead of --fraction")
     p.add_argument("--subset-list", help="keep exactly the files named in this list (e.g. a published one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-class draw")
-    p.add_argument("--resize", type=int, help="store images squashed to N×N (292 is what the jigsaw "
-                                              "stream resizes to first: decoding then costs ~4× less)")
+    p.add_argument("--resize", type=int, help="store images squashed to N×N (292 is the jigsaw stream's "
+                                              "first step, which it then skips; smaller shards to decode)")
     _common(p, "jpg")
 
     p = sub.add_parser("folder", help="any class_name/image tree")

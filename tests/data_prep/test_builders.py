@@ -228,3 +228,11 @@ def test_folder_builder_several_splits(tmp_path, imagenet_tree):
     assert sorted(val) == [f"{c}/im_{i}" for c in ("dog", "emu") for i in range(3)]
     assert {lab for _, lab in val.values()} == {1, 2}
     assert all(im.shape == (32, 32, 3) for im, _ in val.values())
+
+
+def test_parallel_encoding_gives_identical_shards(tmp_path, cifar_archive):
+    src, _ = cifar_archive
+    for workers in ("1", "2"):
+        assert main(["cifar10", "--src", str(src), "--out", str(tmp_path / workers), "--workers", workers,
+                     "--shard-size", "8", "--no-progress"]) == 0
+    assert read_manifest(tmp_path / "1")["splits"] == read_manifest(tmp_path / "2")["splits"]

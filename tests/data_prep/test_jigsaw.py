@@ -111,3 +111,30 @@ def test_grayscale_share_and_channels(perms):
     x = batch["patches"]
     gray = (x[:, :, 0] == x[:, :, 1]).all(-1).all(-1).all(-1) & (x[:, :, 1] == x[:, :, 2]).all(-1).all(-1).all(-1)
     assert 0.55 < gray.float().mean().item() < 0.77  # p = 0.66
+
+
+def test_buffer_pool_never_hands_out_memory_in_use():
+    pool = jigsaw.BufferPool(size=2)
+    a = pool.get((4, 1 << 20))
+    a.fill_(1.0)
+    view = a[0]
+    b = pool.get((4, 1 << 20))  # a is alive: must be other memory
+    assert b.data_ptr() != a.data_ptr()
+    b.fill_(2.0)
+    assert view.min().item() == 1.0
+    ptr = a.data_ptr()
+    del a
+    c = pool.get((4, 1 << 20))  # a's view still holds the memory
+    assert c.data_ptr() != ptr
+    del view, c
+    assert pool.get((4, 1 << 20)).data_ptr() == ptr  # free again: reused
+
+
+def test_scramble_from_unique_tiles_equals_gathered(perms):
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 256, size=(3, 9, 64, 64, 3), dtype=np.uint8)
+    full = jigsaw.make_batch(tiles, np.arange(3), perms, 4, np.random.default_rng(2), train=True)
+    light = jigsaw.make_batch(tiles, np.arange(3), perms, 4, np.random.default_rng(2), train=True, gather=False)
+    assert light["tiles"].shape == (3, 9, 3, 64, 64) and "patches" not in light
+    rebuilt = jigsaw.scramble(light["tiles"], light["perm_rows"], light["image_index"], light["perm_slot"])
+    torch.testing.assert_close(rebuilt, full["patches"])
