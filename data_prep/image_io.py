@@ -22,7 +22,8 @@ class BadImage(ValueError):
     """An input image that cannot be decoded; the message says why."""
 
 
-def _open_fully(data: bytes) -> Image.Image:
+def open_fully(data: bytes) -> Image.Image:
+    """Decode ``data`` completely (catching truncation); :class:`BadImage` with the reason otherwise."""
     if len(data) == 0:
         raise BadImage("empty file")
     try:
@@ -76,7 +77,7 @@ def encode_file_bytes(data: bytes, fmt: str = "jpg", quality: int = 95,
     pass); everything else (CMYK, grayscale, PNG, resize) is decoded, converted to RGB and encoded.
     Raises :class:`BadImage` for empty, truncated or undecodable data.
     """
-    img = _open_fully(data)
+    img = open_fully(data)
     if fmt == "jpg" and img.format == "JPEG" and img.mode == "RGB" and not resize:
         return data
     img = _to_rgb(img)

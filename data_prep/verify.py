@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.image_io import BadImage, _open_fully
+from data_prep.image_io import BadImage, open_fully
 from data_prep.manifest import ManifestError, read_manifest
 from data_prep.shard_writer import sha256_file
 
@@ -72,7 +72,7 @@ def verify(shard_dir: str | Path, decode: bool = True, progress: bool = False) -
                         problems.append(f"{where}: expected one .png or .jpg, found {sorted(files)}")
                     elif decode:
                         try:
-                            _open_fully(files[images[0]])
+                            open_fully(files[images[0]])
                         except BadImage as e:
                             problems.append(f"{where}: image {e}")
                     if info["labelled"]:
