@@ -105,12 +105,23 @@ def test_cloud_node_types_cpu_head_and_gpu_workers(path):
     node = worker["node_config"]
     if prepared["provider"]["type"] == "aws":
         assert node["InstanceType"].startswith(("g", "p"))  # GPU instance families
-        assert "IamInstanceProfile" in node  # S3 access for run.storage_path=s3://...
     else:
         assert worker["resources"]["GPU"] >= 1
         assert node["guestAccelerators"][0]["acceleratorCount"] == worker["resources"]["GPU"]
         assert node["scheduling"][0]["onHostMaintenance"] == "TERMINATE"
-        assert any("devstorage.read_write" in s for s in node["serviceAccounts"][0]["scopes"])
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
+def test_launcher_nodes_share_storage_at_one_path(path):
+    """Run directories live under /mnt/shared: mounted on every host (cloud) or required (local),
+    and visible inside the container where Ray runs in one."""
+    raw = load(path)
+    if "docker" in raw:
+        assert "-v /mnt/shared:/mnt/shared" in raw["docker"]["run_options"]
+        mount = [c for c in raw["initialization_commands"] if " mount " in c and "/mnt/shared" in c]
+        assert mount and all(c.startswith("mountpoint -q /mnt/shared ||") for c in mount)  # idempotent
+    else:
+        assert any("mountpoint -q /mnt/shared" in c and "exit 1" in c for c in raw["setup_commands"])
 
 
 def test_local_provider_lists_machines():
@@ -144,7 +155,9 @@ def test_kuberay_files_hold_a_rayjob():
 def test_rayjob_shape_matches_kuberay(doc):
     assert doc["apiVersion"] == "ray.io/v1"
     spec = doc["spec"]
-    assert spec["entrypoint"].startswith("python -m pretrain --config ")
+    assert spec["entrypoint"].startswith("python -m cluster.resume --config /home/ray/eta-mine-pretrain/configs/")
+    config = spec["entrypoint"].split()[4].removeprefix("/home/ray/eta-mine-pretrain/")
+    assert (REPO_ROOT / config).is_file(), config
     assert spec["submissionMode"] in ("K8sJobMode", "HTTPMode", "SidecarMode", "InteractiveMode")
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == ray.__version__
@@ -191,17 +204,20 @@ def test_rayjob_writes_to_shared_storage_on_every_pod(path_doc):
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
     cluster = doc["spec"]["rayClusterSpec"]
-    storage = re.search(r"run\.storage_path=(\S+)", doc["spec"]["entrypoint"]).group(1)
+    shared = [re.search(rf"{key}=(\S+)", doc["spec"]["entrypoint"]).group(1) for key in (r"run\.root", r"data\.shards")]
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         pod = group["template"]["spec"]
         volumes = {v["name"]: v for v in pod["volumes"]}
-        mounts = containers(group)[0]["volumeMounts"]
-        assert any(
-            storage.startswith(m["mountPath"].rstrip("/") + "/")
-            and claims[volumes[m["name"]]["persistentVolumeClaim"]["claimName"]]["spec"]["accessModes"]
+        rwx_mounts = [
+            m["mountPath"].rstrip("/") + "/"
+            for m in containers(group)[0]["volumeMounts"]
+            if claims[volumes[m["name"]]["persistentVolumeClaim"]["claimName"]]["spec"]["accessModes"]
             == ["ReadWriteMany"]
-            for m in mounts
-        ), f"{storage} is not on a ReadWriteMany volume in group {group.get('groupName', 'head')}"
+        ]
+        for path in shared:
+            assert any(path.startswith(m) for m in rwx_mounts), (
+                f"{path} is not on a ReadWriteMany volume in group {group.get('groupName', 'head')}"
+            )
 
 
 def test_dockerfile_builds_from_the_same_ray_and_copies_existing_paths():
