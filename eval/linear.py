@@ -365,19 +365,23 @@ def evaluate_checkpoints(
         for ckpt in checkpoints:
             feats = prepare_features(ckpt, data, progress=progress, keep_encoder=True, **prep_kw)
             prepared.append(feats)
-            probes.append([probe_one_seed(feats, s, progress=progress, **probe_kw) for s in seed_list])
+            tb = _out_dir(out, feats["meta"], several=len(checkpoints) > 1) / "tb"  # live curves while it trains
+            probes.append([probe_one_seed(feats, s, progress=progress, tb_dir=str(tb / f"seed{s}"), **probe_kw) for s in seed_list])
+            for r in probes[-1]:
+                r["history_written"] = True
             # The probe trains on cached features only; check again anyway, as after any probe.
             verify_encoder_unchanged(feats.pop("encoder"), feats.pop("reference"))
     results = []
     for feats, per_seed in zip(prepared, probes):
         meta = feats["meta"]
+        res_dir = _out_dir(out, meta, several=len(checkpoints) > 1)
+        for r in per_seed:  # Ray tasks send their curves back; write them here
+            if not r.pop("history_written", False):
+                _history_to_tensorboard(str(res_dir / "tb" / f"seed{r['seed']}"), r["history"])
         (x, y), (xt, yt) = feats["train"], feats["test"]
         knn = knn_accuracy(x, y, xt, yt, meta["num_classes"], k=knn_k, temperature=knn_temperature)
         res = summarise(meta, per_seed, knn, epochs=epochs, lr=lr, batch_size=batch_size)
         res["wall_seconds"] = time.perf_counter() - t0
-        res_dir = _out_dir(out, meta, several=len(checkpoints) > 1)
-        for r in per_seed:
-            _history_to_tensorboard(str(res_dir / "tb" / f"seed{r['seed']}"), r["history"])
         res["out"] = str(res_dir)
         write_results(res_dir, res)
         results.append(res)

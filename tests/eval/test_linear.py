@@ -84,6 +84,7 @@ def test_probe_is_reproducible_per_seed_and_differs_across_seeds():
 # ----------------------------------------------------------------------------- checkpoints end to end
 
 import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from eval.features import cached_features, file_sha256  # noqa: E402
 from eval.linear import main, prepare_features, run_linear_eval, verify_encoder_unchanged  # noqa: E402
@@ -179,3 +180,39 @@ def test_bad_checkpoints_give_one_clear_line(eval_world, tmp_path, capsys):
         assert main([*args, "--data", data, "--epochs", "1", "--cache-dir", "none", "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.e2e
+def test_ray_tasks_give_the_local_results(eval_world, tmp_path, ray_session):
+    """Two checkpoints × two seeds as parallel Ray tasks: the same numbers as in-process, one results dir each."""
+    from eval.linear import evaluate_checkpoints
+
+    run = eval_world["infomax_run"]
+    checkpoints = [run / "checkpoint_000000003", run]
+    kw = dict(epochs=4, seeds=2, lr=1e-2, batch_size=16, cache_dir=None, progress=False)
+    local = evaluate_checkpoints(checkpoints, eval_world["small"], out=tmp_path / "local", use_ray=False, **kw)
+    remote = evaluate_checkpoints(checkpoints, eval_world["small"], out=tmp_path / "ray", **kw)  # Ray is up: used
+    assert [r["step"] for r in remote] == [3, 6]
+    for a, b in zip(local, remote):
+        assert a["per_seed"] == b["per_seed"] and a["knn"] == b["knn"]
+        assert (Path(b["out"]) / "results.json").is_file() and Path(b["out"]).parent == tmp_path / "ray"
+    assert local[0]["per_seed"] != local[1]["per_seed"]  # two different checkpoints really were evaluated
+
+
+@pytest.mark.e2e
+def test_checkpoint_of_a_two_worker_pretraining_run_evaluates(eval_world, tmp_path, ray_session):
+    """pretrain.train.launch with 2 Ray Train workers (InfoMax, η-MINE, DCGAN), then the probe on its run dir."""
+    from pretrain.config import load_config
+    from pretrain.train import launch
+
+    cfg = load_config(None, [
+        f"data.shards={eval_world['small']}", f"run.root={tmp_path / 'runs'}", "run.name=two-workers",
+        "task.kind=infomax", "task.estimator=eta-mine", "task.kwargs.hidden_dim=32", "task.kwargs.embed_dim=16",
+        "model.encoder=dcgan", "model.depth=2", "data.batch_size=8", "data.batches_per_epoch=2",
+        "train.num_workers=2", "train.steps=2", "train.report_every=2", "train.checkpoint_every=2"])
+    run_dir = launch(cfg).run_dir
+    res = run_linear_eval(run_dir, eval_world["small"], epochs=3, seeds=1, out=tmp_path / "eval", cache_dir=None, progress=False)
+    assert res["step"] == 2 and res["checkpoint_name"] == f"{run_dir.name}-step2"
+    assert res["pretraining"] == {**res["pretraining"], "task": "infomax", "estimator": "eta-mine", "encoder": "dcgan", "dataset": "synthetic"}
+    assert res["num_test"] == 30 and 0.0 <= res["top1"]["mean"] <= 100.0 and res["encoder_unchanged"]
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["step"] == 2
