@@ -168,3 +168,14 @@ def test_cli_rejects_unusable_estimators(bad, message, capsys):
     with pytest.raises(SystemExit):
         mi_gan.parse_args(["--estimator", bad])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", [n for n in estimators.names() if n not in mi_gan.UNSUPPORTED])
+def test_every_usable_registered_bound_gives_a_finite_loss_and_gradient(name):
+    torch.manual_seed(0)
+    term = mi_gan.MITerm(name, n_codes=5, hidden=16)
+    x = torch.randn(40, 2, requires_grad=True)
+    est = term(x, torch.randint(5, (40,)))
+    est.loss.backward()
+    assert torch.isfinite(est.loss) and torch.isfinite(est.mi)
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
