@@ -1,11 +1,17 @@
 """Linear probe: top-k counting, the probe itself, the frozen-encoder check, the feature cache and
 checkpoints end to end."""
-import numpy as np
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
+from data_prep.manifest import read_manifest
+from eval.features import cached_features, file_sha256
+from eval.linear import main, prepare_features, run_linear_eval, verify_encoder_unchanged
 from eval.probe import train_linear_probe
 from eval.topk import topk_accuracy, topk_correct
+from pretrain.checkpoint import load_checkpoint, load_encoder, resolve_checkpoint_file
 
 
 def brute_force_topk(scores, labels, k):
@@ -82,14 +88,6 @@ def test_probe_is_reproducible_per_seed_and_differs_across_seeds():
 
 
 # ----------------------------------------------------------------------------- checkpoints end to end
-
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from eval.features import cached_features, file_sha256  # noqa: E402
-from eval.linear import main, prepare_features, run_linear_eval, verify_encoder_unchanged  # noqa: E402
-from data_prep.manifest import read_manifest  # noqa: E402
-from pretrain.checkpoint import load_checkpoint, load_encoder, resolve_checkpoint_file  # noqa: E402
 
 
 def test_encoder_unchanged_check_catches_a_modified_encoder(eval_world):
