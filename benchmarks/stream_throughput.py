@@ -29,29 +29,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-SAMPLES = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-           "colorwheel", "cat", "camera", "coins", "moon", "brick", "grass", "gravel", "page", "text"]
-
-
 def make_crops(root: Path, n_images: int, seed: int = 0) -> int:
     """Write ``n_images`` random crops of the skimage sample images as class folders of JPEGs."""
-    import skimage.data
-    rng = np.random.default_rng(seed)
-    sources = {}
-    for name in SAMPLES:
-        image = np.asarray(getattr(skimage.data, name)())
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, 2)
-        sources[name] = image[:, :, :3].astype(np.uint8)
-    names = list(sources)
-    for k in range(n_images):
-        name = names[k % len(names)]
-        image = sources[name]
-        h, w = image.shape[:2]
-        side = int(rng.integers(min(150, h, w), min(500, h, w) + 1))
-        ch = min(h, int(side * rng.uniform(0.8, 1.25)))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - side + 1)
-        crop = image[y:y + ch, x:x + side]
+    from data_prep.sample_images import random_crops, skimage_photos
+
+    for k, (name, crop) in enumerate(random_crops(skimage_photos(), n_images, seed)):
         (root / name).mkdir(parents=True, exist_ok=True)
         Image.fromarray(crop).save(root / name / f"{name}_crop_{k:05d}.jpg", quality=90)
     return n_images

@@ -1,4 +1,4 @@
-"""Command line: ``python -m data_prep {cifar10,stl10,imagenet,folder,verify} ...``.
+"""Command line: ``python -m data_prep {cifar10,stl10,imagenet,folder,digits,skimage-crops,verify} ...``.
 
 Each builder writes ``--out DIR/manifest.json`` and ``DIR/<split>-%06d.tar``. Re-running the same
 command resumes an interrupted build; ``--overwrite`` rebuilds. Bad images are skipped and listed
@@ -60,6 +60,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="folder", help="dataset name recorded in the manifest")
     _common(p, "jpg")
 
+    p = sub.add_parser("digits", help="scikit-learn's real 8x8 digit scans, scaled up (offline demo data)")
+    p.add_argument("--size", type=int, default=32, help="side of the stored RGB images (default 32)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="stratified share of each class for test")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    _common(p, "png")
+
+    p = sub.add_parser("skimage-crops", help="random crops of scikit-image's sample photos (offline demo data)")
+    p.add_argument("--images", type=int, default=1000, help="number of crops")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="stratified share of each photo for test")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crops and the split")
+    p.add_argument("--resize", type=int, help="store images squashed to N×N")
+    _common(p, "jpg")
+
     p = sub.add_parser("verify", help="check every shard against manifest.json")
     p.add_argument("dir")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the images (faster)")
@@ -97,11 +110,21 @@ def main(argv: list[str] | None = None) -> int:
                    "val_dir": args.val_dir and os.path.abspath(args.val_dir), "val_labels": args.val_labels,
                    "fraction": args.fraction, "per_class": args.per_class, "subset_list": args.subset_list,
                    "seed": args.seed}
+    elif args.command == "digits":
+        from data_prep.sample_images import digits_sources
+        class_names, splits = digits_sources(args.size, args.test_fraction, args.seed)
+        options = {"src": "sklearn.datasets.load_digits", "size": args.size,
+                   "test_fraction": args.test_fraction, "seed": args.seed}
+    elif args.command == "skimage-crops":
+        from data_prep.sample_images import skimage_crop_sources
+        class_names, splits = skimage_crop_sources(args.images, args.test_fraction, args.seed)
+        options = {"src": "skimage.data", "images": args.images, "test_fraction": args.test_fraction,
+                   "seed": args.seed}
     else:
         from data_prep import folder
         class_names, splits = folder.sources(args.src)
         options = {"src": args.src}
-    name = args.name if args.command == "folder" else args.command
+    name = {"folder": getattr(args, "name", None), "digits": "sklearn-digits"}.get(args.command, args.command)
     opts = shard_writer.EncodeOptions(fmt=args.format, quality=args.quality, resize=resize)
     manifest = shard_writer.build_dataset(
         args.out, name, options, class_names, splits, opts, shard_size=args.shard_size,
