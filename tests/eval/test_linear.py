@@ -181,36 +181,30 @@ def test_bad_checkpoints_give_one_clear_line(eval_world, tmp_path, capsys):
 
 
 @pytest.mark.e2e
-def test_ray_tasks_give_the_local_results(eval_world, tmp_path, ray_session):
-    """Two checkpoints × two seeds as parallel Ray tasks: the same numbers as in-process, one results dir each."""
+def test_two_worker_pretraining_checkpoints_evaluate_on_ray_as_in_process(eval_world, tmp_path, ray_session):
+    """A real 2-worker Ray Train run (InfoMax, η-MINE, DCGAN) writes two checkpoints; both evaluate, their
+    seeds as parallel Ray tasks, with exactly the numbers of the in-process evaluation."""
     from eval.linear import evaluate_checkpoints
-
-    run = eval_world["infomax_run"]
-    checkpoints = [run / "checkpoint_000000003", run]
-    kw = dict(epochs=4, seeds=2, lr=1e-2, batch_size=16, cache_dir=None, progress=False)
-    local = evaluate_checkpoints(checkpoints, eval_world["small"], out=tmp_path / "local", use_ray=False, **kw)
-    remote = evaluate_checkpoints(checkpoints, eval_world["small"], out=tmp_path / "ray", **kw)  # Ray is up: used
-    assert [r["step"] for r in remote] == [3, 6]
-    for a, b in zip(local, remote):
-        assert a["per_seed"] == b["per_seed"] and a["knn"] == b["knn"]
-        assert (Path(b["out"]) / "results.json").is_file() and Path(b["out"]).parent == tmp_path / "ray"
-    assert local[0]["per_seed"] != local[1]["per_seed"]  # two different checkpoints really were evaluated
-
-
-@pytest.mark.e2e
-def test_checkpoint_of_a_two_worker_pretraining_run_evaluates(eval_world, tmp_path, ray_session):
-    """pretrain.train.launch with 2 Ray Train workers (InfoMax, η-MINE, DCGAN), then the probe on its run dir."""
     from pretrain.config import load_config
     from pretrain.train import launch
 
     cfg = load_config(None, [
         f"data.shards={eval_world['small']}", f"run.root={tmp_path / 'runs'}", "run.name=two-workers",
         "task.kind=infomax", "task.estimator=eta-mine", "task.kwargs.hidden_dim=32", "task.kwargs.embed_dim=16",
-        "model.encoder=dcgan", "model.depth=2", "data.batch_size=8", "data.batches_per_epoch=2",
-        "train.num_workers=2", "train.steps=2", "train.report_every=2", "train.checkpoint_every=2"])
+        "model.encoder=dcgan", "model.depth=2", "data.batch_size=8", "data.batches_per_epoch=2", "optim.lr=1e-3",
+        "train.num_workers=2", "train.steps=4", "train.report_every=2", "train.checkpoint_every=2"])
     run_dir = launch(cfg).run_dir
-    res = run_linear_eval(run_dir, eval_world["small"], epochs=3, seeds=1, out=tmp_path / "eval", cache_dir=None, progress=False)
-    assert res["step"] == 2 and res["checkpoint_name"] == f"{run_dir.name}-step2"
-    assert res["pretraining"] == {**res["pretraining"], "task": "infomax", "estimator": "eta-mine", "encoder": "dcgan", "dataset": "synthetic"}
-    assert res["num_test"] == 30 and 0.0 <= res["top1"]["mean"] <= 100.0 and res["encoder_unchanged"]
-    assert json.loads((tmp_path / "eval" / "results.json").read_text())["step"] == 2
+    checkpoints = [run_dir / "checkpoint_000000002", run_dir]  # the run directory means its latest: step 4
+    kw = dict(epochs=4, seeds=2, lr=1e-2, batch_size=16, cache_dir=None, progress=False)
+    remote = evaluate_checkpoints(checkpoints, eval_world["small"], out=tmp_path / "ray", **kw)  # Ray is up: used
+    local = evaluate_checkpoints(checkpoints, eval_world["small"], out=tmp_path / "local", use_ray=False, **kw)
+    assert [r["step"] for r in remote] == [2, 4]
+    assert remote[1]["checkpoint_name"] == f"{run_dir.name}-step4"
+    assert remote[1]["pretraining"] == {**remote[1]["pretraining"], "task": "infomax", "estimator": "eta-mine",
+                                        "encoder": "dcgan", "dataset": "synthetic"}
+    for a, b in zip(local, remote):
+        assert a["per_seed"] == b["per_seed"] and a["knn"] == b["knn"] and a["encoder_unchanged"]
+        saved = json.loads((Path(b["out"]) / "results.json").read_text())
+        assert Path(b["out"]).parent == tmp_path / "ray" and saved["top1"] == b["top1"]
+        assert list((Path(b["out"]) / "tb" / "seed1").glob("events.out.tfevents.*"))
+    assert local[0]["per_seed"] != local[1]["per_seed"]  # two different checkpoints really were evaluated
