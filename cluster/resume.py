@@ -76,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.config.is_file():
         print(f"error: --config {args.config}: no such file", file=sys.stderr)
         return 2
-    command = pretrain_command(args.config, args.overrides)
+    try:
+        command = pretrain_command(args.config, args.overrides)
+    except (ValueError, yaml.YAMLError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     sys.stdout.flush()
     os.execv(command[0], command)
     return 0  # not reached

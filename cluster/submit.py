@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m cluster.submit",
-        description="Submit pretraining / linear evaluation to a Ray cluster and follow it.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -131,6 +132,8 @@ def _with_command(argv: Sequence[str]) -> list[str]:
             break
         if tok in COMMANDS and (i == 0 or argv[i - 1] not in takes_value):
             return [tok, *argv[:i], *argv[i + 1 :]]
+    if not argv or argv[0] in ("-h", "--help"):
+        return list(argv)  # the overview, not the pretrain command's help
     return ["pretrain", *argv]
 
 
@@ -348,7 +351,7 @@ def submit(
             )
         if earlier:
             print(f"run {run_name} was submitted before (job {earlier[-1].submission_id}): "
-                  "this job continues it from its latest checkpoint")
+                  "this job continues it from its latest checkpoint, if it wrote one")
     if version:
         metadata["version"] = version
     submission_id = submission_id or f"{_slug(run_name or kind)}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -70,6 +70,9 @@ class LocalHead:
             RAY_AUTH_TOKEN=self.token,
             RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.1",
             RAY_USAGE_STATS_ENABLED="0",
+            # Single-node mode: Ray would otherwise replace 127.0.0.1 by the machine's network
+            # address for the GCS, raylet and object manager; this keeps all of it on loopback.
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         )
         for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
             self.env.pop(var, None)
@@ -133,11 +136,13 @@ class LocalHead:
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            # A graceful stop first; `ray start` can take half a minute over it after a Ray Train
+            # run, so then its whole process group (its own session, started above) is killed.
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         # Anything still running from this head's own temporary directory is ours: end it by pid.
         deadline = time.monotonic() + 10
