@@ -9,7 +9,7 @@ because the evaluation crops are deterministic).
     nice -n 10 python benchmarks/linear_probe.py --kind jigsaw --epochs 3 --limit 200   # ResNet50, 9 patches
 
 Without --checkpoint/--data it builds scikit-learn's 8×8 handwritten digits (1,797 real images,
-upscaled, stratified 80/20 split) as shards under --work and writes a checkpoint of a randomly
+upscaled, stratified 80/20 split: data_prep's `digits` source) as shards under --work and writes a checkpoint of a randomly
 initialised encoder (DCGAN depth 2, or ResNet50 for --kind jigsaw): the cost being measured does not
 depend on the weights.
 """
@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -38,32 +37,22 @@ KS = (1, 5, 10)
 
 
 def build_digits_shards(out: Path, size: int, limit: int | None) -> Path:
-    """scikit-learn's digits as `digits` shards: 8×8 grey 0..16 -> size×size RGB uint8 (nearest)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's digits through data_prep's `digits` source (as `python -m data_prep digits`),
+    optionally only the first `limit` train and `limit // 4` test images."""
+    import itertools
 
-    from data_prep.shard_writer import EncodeOptions, SourceItem, SplitSource, build_dataset
+    from data_prep.sample_images import digits_sources
+    from data_prep.shard_writer import EncodeOptions, SplitSource, build_dataset
 
     if (out / "manifest.json").is_file():
         return out
-    digits = load_digits()
-    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
-    idx_train, idx_test = train_test_split(np.arange(len(images)), test_size=0.2, random_state=0, stratify=digits.target)
+    class_names, splits = digits_sources(size, 0.2, 0)
     if limit:
-        idx_train, idx_test = idx_train[:limit], idx_test[: max(1, limit // 4)]
-
-    def source(split, idx):
-        def items():
-            for i in idx:
-                big = np.asarray(Image.fromarray(images[i]).resize((size, size), Image.NEAREST))
-                yield SourceItem(key=f"{split}_{i:04d}", label=int(digits.target[i]), origin=f"digits[{i}]",
-                                 array=np.repeat(big[:, :, None], 3, axis=2))
-        return SplitSource(items, len(idx), labelled=True)
-
-    build_dataset(out, "digits", {"source": "sklearn.datasets.load_digits", "size": size, "limit": limit},
-                  [str(c) for c in range(10)], {"train": source("train", idx_train), "test": source("test", idx_test)},
-                  EncodeOptions(fmt="png"), shard_size=500, progress=False)
+        keep = {"train": limit, "test": max(1, limit // 4)}
+        splits = {s: SplitSource((lambda src=src, n=keep[s]: itertools.islice(src.items(), n)), min(keep[s], src.total), True)
+                  for s, src in splits.items()}
+    build_dataset(out, "sklearn-digits", {"src": "sklearn.datasets.load_digits", "size": size, "limit": limit},
+                  class_names, splits, EncodeOptions(fmt="png"), shard_size=500, progress=False)
     return out
 
 
