@@ -634,7 +634,7 @@ def run(protocol: str, cfg: PaperConfig | StaircaseConfig, out: Path, progress: 
     (out / "results.partial.json").unlink(missing_ok=True)
     wall = time.time() - start
     command = command or "python -m eval.mi_gaussian " + shlex.join(sys.argv[1:])
-    meta = {"protocol": protocol, "command": command, "wall_s": round(wall, 1), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "config": dataclasses.asdict(cfg)}
+    meta = {"protocol": protocol, "command": command, "wall_s": round(wall, 1), "cpu_s": round(time.process_time(), 1), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "config": dataclasses.asdict(cfg)}
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     (out / "run.json").write_text(json.dumps(meta, indent=1))
     if protocol == "paper":
@@ -655,7 +655,7 @@ def run(protocol: str, cfg: PaperConfig | StaircaseConfig, out: Path, progress: 
             f"Adam {cfg.lr:g} (η: {cfg.lr_eta:g}); concat critic hidden {cfg.hidden_concat} × {cfg.layers}, separable hidden "
             f"{cfg.hidden_separable} × {cfg.layers} → {cfg.embed}; statistics over each level's last {cfg.window} steps"
         )
-    (out / "results.md").write_text(f"# Gaussian MI benchmark, {protocol} protocol\n\n`{command}`\n\n{setting}. Wall time {wall / 60:.1f} min ({torch.get_num_threads()} thread(s)).\n\n{table}\n")
+    (out / "results.md").write_text(f"# Gaussian MI benchmark, {protocol} protocol\n\n`{command}`\n\n{setting}. Wall time {wall / 60:.1f} min, CPU time {time.process_time() / 60:.1f} min ({torch.get_num_threads()} thread(s)).\n\n{table}\n")
     return rows
 
 
