@@ -208,3 +208,17 @@ def test_two_worker_pretraining_checkpoints_evaluate_on_ray_as_in_process(eval_w
         assert Path(b["out"]).parent == tmp_path / "ray" and saved["top1"] == b["top1"]
         assert list((Path(b["out"]) / "tb" / "seed1").glob("events.out.tfevents.*"))
     assert local[0]["per_seed"] != local[1]["per_seed"]  # two different checkpoints really were evaluated
+
+
+def test_default_splits_pick_test_or_val_and_refuse_unlabelled():
+    from eval.linear import default_splits
+
+    def manifest(**splits):
+        return {"dataset": "x", "class_names": ["a", "b"], "splits": {k: {"labelled": v} for k, v in splits.items()}}
+
+    assert default_splits(manifest(train=True, test=True), None, None) == ("train", "test")
+    assert default_splits(manifest(train=True, val=True), None, None) == ("train", "val")  # ImageNet-10%
+    with pytest.raises(ValueError, match="no labels"):
+        default_splits(manifest(train=True, test=True, unlabeled=False), "unlabeled", None)
+    with pytest.raises(ValueError, match="no test split 'holdout'; available: train, test"):
+        default_splits(manifest(train=True, test=True), None, "holdout")
