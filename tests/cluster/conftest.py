@@ -120,12 +120,19 @@ class LocalHead:
             time.sleep(0.5)
         raise TimeoutError(f"Ray head not up after {self.startup_timeout_s:.0f} s: {self.startup_log()}")
 
+    def check_alive(self) -> None:
+        """Fails loudly if the head is gone (e.g. a `ray stop` elsewhere on this machine kills it)."""
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise RuntimeError(f"the test's Ray head is not running (ray start exited with {code}): {self.startup_log()}")
+
     def startup_log(self) -> str:
         return (Path(self.temp_dir) / "ray-start.log").read_text()[-2000:]
 
     def cli(self, *args: str, env: dict | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Runs `python -m cluster.submit --address <head> ARGS` and returns the finished process."""
-        return subprocess.run(
+        self.check_alive()
+        result = subprocess.run(
             [sys.executable, "-m", "cluster.submit", "--address", self.address, *args],
             cwd=REPO_ROOT,
             env=self.env if env is None else env,
@@ -133,6 +140,9 @@ class LocalHead:
             text=True,
             timeout=timeout,
         )
+        if result.returncode != 0:
+            self.check_alive()  # a failure caused by the head dying is reported as that
+        return result
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:

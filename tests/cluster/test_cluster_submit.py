@@ -159,6 +159,7 @@ def test_dashboard_accepts_the_token_in_the_proxy_safe_header(head):
     import urllib.error
     import urllib.request
 
+    head.check_alive()
     url = f"{head.address}/api/jobs/"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, timeout=10)
