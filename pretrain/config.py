@@ -47,6 +47,10 @@ class DataSection:
     # None: one pass over this rank's share of the split is one epoch
     batches_per_epoch: Optional[int] = None
     loader_workers: int = 0  # DataLoader worker processes per rank (0: decode in the train process)
+    # jigsaw: run the encoder once per image tile and gather the features into the puzzles (the
+    # stream's gather=False). Same loss and gradients as encoding every scrambled patch, for
+    # 1/perms_per_image of the encoder work and data movement (16x less with the paper's batches).
+    unique_tiles: bool = True
 
 
 @dataclass

@@ -401,8 +401,14 @@ def input_grid(batch: dict, n: int = 4) -> torch.Tensor:
     """A [3, H, W] image in [0, 1]: ``n`` scrambled puzzles (3x3 patches in batch order) or images."""
     from torchvision.utils import make_grid
 
-    if "patches" in batch:
-        p = batch["patches"][:n].detach().float().cpu()  # [n, 9, 3, h, w]
+    if "patches" in batch or "tiles" in batch:
+        if "patches" in batch:
+            p = batch["patches"][:n].detach().float().cpu()  # [n, 9, 3, h, w]
+        else:  # unique tiles: scramble the first n puzzles for display
+            from data_prep.jigsaw import scramble
+
+            p = scramble(batch["tiles"].detach().float().cpu(), batch["perm_rows"].cpu(),
+                         batch["image_index"][:n].cpu(), batch["perm_slot"][:n].cpu())
         n_, _, c, h, w = p.shape
         tiles = p.reshape(n_, 3, 3, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(n_, c, 3 * h, 3 * w)
     else:
@@ -441,7 +447,7 @@ def open_loader(cfg: DictConfig, permutations, rank: int, world: int, epoch: int
         from data_prep.jigsaw_stream import jigsaw_loader
 
         return jigsaw_loader(d.shards, permutations=permutations.numpy(), images_per_batch=d.images_per_batch,
-                             perms_per_image=d.perms_per_image, **common)
+                             perms_per_image=d.perms_per_image, gather=not d.unique_tiles, **common)
     from data_prep.infomax_stream import infomax_loader
 
     return infomax_loader(d.shards, batch_size=d.batch_size, size=d.size, **common)
@@ -472,6 +478,6 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def batch_size_of(batch: dict) -> int:
-    """Samples in a batch: puzzles for jigsaw (``patches`` [P, 9, 3, h, w]) or images."""
-    key = "patches" if "patches" in batch else "images"
+    """Samples in a batch: puzzles for jigsaw (``perm_index`` [P]) or images."""
+    key = "perm_index" if "perm_index" in batch else "images"
     return int(batch[key].shape[0])
