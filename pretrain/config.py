@@ -147,6 +147,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
     except OmegaConfBaseException as exc:
         raise _one_line(exc, "command line") from None
+    return absolute_paths(cfg)
+
+
+def absolute_paths(cfg: DictConfig) -> DictConfig:
+    """Make the local paths (``data.shards``, ``run.root``, ``run.storage_path``) absolute.
+
+    Ray Train runs the workers in another working directory, so a relative path given on the
+    command line must be resolved where it was given. URIs (``scheme://...``) are left as they are.
+    """
+    for section, key in (("data", "shards"), ("run", "root"), ("run", "storage_path")):
+        node = cfg[section]
+        if OmegaConf.is_missing(node, key) or node[key] is None or "://" in str(node[key]):
+            continue
+        node[key] = os.path.abspath(os.path.expanduser(str(node[key])))
     return cfg
 
 

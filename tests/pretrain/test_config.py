@@ -1,6 +1,7 @@
 """Config: defaults <- YAML <- key=value; every error is one line naming the key, before Ray."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_defaults_are_the_paper_settings():
     cfg = load_config()
     assert (cfg.optim.lr, cfg.optim.eta_lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.weight_decay) == (1e-4, 1e-2, 0.9, 0.999, 0.0)
     assert (cfg.data.images_per_batch, cfg.data.perms_per_image, cfg.data.num_permutations) == (10, 16, 100)
-    assert cfg.model.encoder == "resnet50" and cfg.run.root == "runs"
+    assert cfg.model.encoder == "resnet50" and cfg.run.root == os.path.abspath("runs")
 
 
 def test_yaml_then_command_line_overrides(tmp_path):
@@ -111,3 +112,13 @@ def test_config_errors_exit_before_ray_is_imported(tmp_path, shards):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.stepz" in lines[0], proc.stderr
 
+
+
+def test_relative_paths_become_absolute(tmp_path, monkeypatch):
+    """Ray Train workers run elsewhere: paths given relative to the caller's directory are resolved."""
+    from pretrain.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.shards=shards/digits", "run.root=runs", "run.storage_path=s3://bucket/x"])
+    assert cfg.data.shards == str(tmp_path / "shards" / "digits") and cfg.run.root == str(tmp_path / "runs")
+    assert cfg.run.storage_path == "s3://bucket/x"
