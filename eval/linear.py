@@ -350,6 +350,11 @@ def evaluate_checkpoints(
     per checkpoint and the probe as one task per (checkpoint, seed).
     """
     seed_list = _seed_list(seeds)
+    # Ray tasks run in another working directory: resolve local paths where they were given.
+    checkpoints = [os.path.abspath(c) for c in checkpoints]
+    data = os.path.abspath(data)
+    if cache_dir is not None:
+        cache_dir = os.path.abspath(cache_dir)
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     prep_kw = dict(random_init=random_init, train_split=train_split, test_split=test_split, cache_dir=cache_dir,
