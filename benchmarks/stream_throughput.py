@@ -9,7 +9,9 @@ shards by this project's own ``folder`` builder. Then, each in this one process 
   (b) the jigsaw stream (``jigsaw_loader``, 10 images × 16 permutations a batch, training mode);
   (c) a naive pipeline: torchvision ``ImageFolder`` over the JPEG files + PIL + per-patch NumPy float
       work, producing the same 16 scrambled 9-tile puzzles per image, DataLoader batch of 10;
-  (b'), (a'') the same stream and decode on shards stored pre-resized to 292×292 (``--resize 292``).
+  (b'), (a'') the same stream and decode on shards stored pre-resized to 292×292 (``--resize 292``);
+  (b'') the same with ``gather=False``: each image's 9 tiles once plus the permutations, which is
+      what pretraining reads (``data.unique_tiles``), instead of 160 materialised puzzles.
 
 Rates are images per CPU-second of this process (= per core; the machine may be shared, so wall time
 is printed too). One image = one 9-tile puzzle set, scrambled 16 ways = 16 puzzles.
@@ -63,9 +65,10 @@ def decode_only(shard_dir: Path, limit: int, resize: int | None) -> int:
     return n
 
 
-def jigsaw_stream(shard_dir: Path, batches: int, perms: np.ndarray) -> int:
+def jigsaw_stream(shard_dir: Path, batches: int, perms: np.ndarray, gather: bool = True) -> int:
     from data_prep.jigsaw_stream import jigsaw_loader
-    loader = jigsaw_loader(shard_dir, permutations=perms, batches_per_epoch=batches, seed=0, rank=0, world_size=1)
+    loader = jigsaw_loader(shard_dir, permutations=perms, batches_per_epoch=batches, seed=0, rank=0, world_size=1,
+                           gather=gather)
     n = 0
     for batch in loader:
         n += int(batch["image_index"].max()) + 1
@@ -143,6 +146,8 @@ def main() -> None:
             "(c) naive ImageFolder+PIL": timed(lambda: naive_pipeline(src, args.batches, perms)),
             "(a'') decode, 292 shards": timed(lambda: decode_only(shards292, limit, None)),
             "(b') jigsaw stream, 292 shards": timed(lambda: jigsaw_stream(shards292, args.batches, perms)),
+            # what pretraining reads (data.unique_tiles): each image's 9 tiles once, no 16x gather
+            "(b'') unique tiles, 292 shards": timed(lambda: jigsaw_stream(shards292, args.batches, perms, False)),
         }
     print(f"{args.images} skimage crops (150-500 px JPEG), {args.batches} batches of 10 images × 16 permutations; "
           f"1 process, 1 torch thread, {os.cpu_count()} cores on the machine")
@@ -157,6 +162,8 @@ def main() -> None:
     print(f"ratio b/c (stream / naive)        = {b / c:.2f}")
     b292 = rate["(b') jigsaw stream, 292 shards"]
     print(f"ratio b'/c (292 shards / naive)   = {b292 / c:.2f}")
+    tiles = rate["(b'') unique tiles, 292 shards"]
+    print(f"ratio b''/c (unique tiles / naive) = {tiles / c:.2f}")
 
 
 if __name__ == "__main__":
