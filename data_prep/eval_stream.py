@@ -19,7 +19,7 @@ import torch
 from data_prep import jigsaw
 from data_prep.image_io import decode_resized
 from data_prep.infomax_stream import normalise
-from data_prep.manifest import read_manifest, shard_paths
+from data_prep.manifest import read_manifest, shard_paths, split_member_name
 from data_prep.shard_stream import CorruptSampleWarning
 
 KINDS = ("jigsaw", "infomax")
@@ -32,10 +32,7 @@ def index_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
         for member in tar:
             if not member.isfile():
                 continue
-            name = member.name
-            slash = name.rfind("/")
-            dot = name.find(".", slash + 1)
-            key, ext = (name[:dot], name[dot + 1:]) if dot >= 0 else (name, "")
+            key, ext = split_member_name(member.name)
             if not samples or samples[-1][0] != key:
                 samples.append((key, {}))
             samples[-1][1][ext] = (member.offset_data, member.size)

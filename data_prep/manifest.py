@@ -99,3 +99,11 @@ def shard_paths(shard_dir: str | Path, split: str, manifest: dict | None = None)
 def shard_sample_counts(manifest: dict, split: str) -> list[int]:
     """Samples per shard of ``split``, in manifest order."""
     return [int(s["num_samples"]) for s in split_info(manifest, split)["shards"]]
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """A shard member's (key, extension), WebDataset's rule: the extension starts at the first dot
+    of the base name (``dir/abc.seg.png`` -> ``("dir/abc", "seg.png")``)."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    return (name[:dot], name[dot + 1:]) if dot >= 0 else (name, "")

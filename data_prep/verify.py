@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.image_io import BadImage, open_fully
-from data_prep.manifest import ManifestError, read_manifest
+from data_prep.manifest import ManifestError, read_manifest, split_member_name
 from data_prep.shard_writer import sha256_file
 
 IMAGE_EXTS = ("png", "jpg")
@@ -26,10 +26,7 @@ def _samples(path: Path):
         for member in tar:
             if not member.isfile():
                 continue
-            name = member.name
-            slash = name.rfind("/")
-            dot = name.find(".", slash + 1)
-            k, ext = (name[:dot], name[dot + 1:]) if dot >= 0 else (name, "")
+            k, ext = split_member_name(member.name)
             if k != key:
                 if key is not None:
                     yield key, files
