@@ -1,5 +1,5 @@
 #!/bin/sh
-# The measured comparison in docs/readme/mi_gan.md: 3 estimators x 3 seeds x 6,000 generator steps,
+# The measured comparison in README.md (MI-regularised GAN section): 3 estimators x 3 seeds x 6,000 generator steps,
 # all nine runs in parallel processes of one thread each.
 cd "$(dirname "$0")/../.."
 exec nice -n 10 .venv/bin/python -m eval.mi_gan --estimator eta-mine dv-mine none --runs 3 --seed 0 \
