@@ -150,11 +150,11 @@ def prepare_features(
     encoder of another architecture, or unusable shards.
     """
     from data_prep.manifest import read_manifest
-    from pretrain.checkpoint import load_checkpoint, load_encoder, resolve_checkpoint_file
+    from pretrain.checkpoint import encoder_from_payload, load_checkpoint, resolve_checkpoint_file
 
     file = resolve_checkpoint_file(checkpoint)
-    encoder, config = load_encoder(file)
-    payload = load_checkpoint(file)
+    payload = load_checkpoint(file)  # read once: the encoder and the reference tensors both come from it
+    encoder, config = encoder_from_payload(payload)
     reference = {k: v.detach().cpu() for k, v in payload["encoder"].items()}
     step = int(payload["step"])
     del payload

@@ -264,7 +264,11 @@ def load_encoder(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     the checkpoint's weights (strict) and put in eval mode; ``config`` is the resolved run config
     as plain dicts. The encoder maps images [B, 3, H, W] to features [B, encoder.feature_dim].
     """
-    payload = load_checkpoint(path)
+    return encoder_from_payload(load_checkpoint(path))
+
+
+def encoder_from_payload(payload: dict) -> tuple[nn.Module, dict]:
+    """``(encoder, config)`` from an already loaded checkpoint (see :func:`load_encoder`)."""
     config = payload["config"]
     if "model" not in config or "encoder" not in config.get("model", {}):
         raise ValueError(f"{payload['path']}: config has no model.encoder; cannot rebuild the encoder")
