@@ -24,7 +24,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not e2e"
 
 demo: $(STAMP)
-	$(PY) -m eval.demo
+	$(PY) -m demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
