@@ -29,12 +29,12 @@ KINDS = ("jigsaw", "infomax")
 
 def kind_of(config: dict) -> str:
     """`jigsaw` or `infomax`: which evaluation input a pretraining config's encoder takes."""
+    from pretrain import tasks
+
     task_kind = str((config.get("task") or {}).get("kind", ""))
-    if task_kind.startswith("jigsaw"):
-        return "jigsaw"
-    if task_kind == "infomax":
-        return "infomax"
-    raise ValueError(f"checkpoint config has task.kind={task_kind!r}; eval knows jigsaw-ce, jigsaw-mi and infomax")
+    if task_kind not in tasks.kinds():
+        raise ValueError(f"checkpoint config has task.kind={task_kind!r}; eval knows {', '.join(tasks.kinds())}")
+    return tasks.spec(task_kind).eval_kind
 
 
 @torch.no_grad()

@@ -16,9 +16,6 @@ from typing import Any, Dict, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-TASK_KINDS = ("jigsaw-ce", "jigsaw-mi", "infomax")
-
-
 class ConfigError(ValueError):
     """A bad config: the message is one line naming the key and what to do."""
 
@@ -63,7 +60,7 @@ class ModelSection:
 
 @dataclass
 class TaskSection:
-    kind: str = "jigsaw-ce"  # jigsaw-ce | jigsaw-mi | infomax
+    kind: str = "jigsaw-ce"  # a kind of pretrain.tasks.kinds(): jigsaw-ce | jigsaw-mi | infomax
     # MI bound for jigsaw-mi and infomax (eta-mine, dv-mine, ...); None for jigsaw-ce
     estimator: Optional[str] = None
     estimator_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {n_critic: 1}
@@ -174,10 +171,6 @@ def from_plain(d: dict) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(PretrainConfig), d)
 
 
-def is_jigsaw(cfg: DictConfig) -> bool:
-    return cfg.task.kind.startswith("jigsaw")
-
-
 def validate(cfg: DictConfig) -> None:
     """Check what types cannot; raise :class:`ConfigError` with one line naming the key.
 
@@ -195,11 +188,14 @@ def validate(cfg: DictConfig) -> None:
             f"train.report_every ({t.report_every}): checkpoints travel with a report")
     if t.max_failures < 0:
         raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
-    if cfg.task.kind not in TASK_KINDS:
-        raise ConfigError(f"task.kind {cfg.task.kind!r} unknown; choose one of {', '.join(TASK_KINDS)}")
-    if cfg.task.kind == "jigsaw-ce":
+    from pretrain import tasks
+
+    if cfg.task.kind not in tasks.kinds():
+        raise ConfigError(f"task.kind {cfg.task.kind!r} unknown; choose one of {', '.join(tasks.kinds())}")
+    spec = tasks.spec(cfg.task.kind)
+    if not spec.needs_estimator:
         if cfg.task.estimator is not None:
-            raise ConfigError("task.estimator must be null for task.kind=jigsaw-ce (cross-entropy has no MI bound)")
+            raise ConfigError(f"task.estimator must be null for task.kind={cfg.task.kind} (it has no MI bound)")
     else:
         from pretrain import estimators
 
@@ -219,7 +215,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("images_per_batch", "perms_per_image", "num_permutations", "batch_size", "size"):
         if d[key] < 1:
             raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
-    if is_jigsaw(cfg) and d.perms_per_image > d.num_permutations:
+    if spec.uses_permutations and d.perms_per_image > d.num_permutations:
         raise ConfigError(f"data.perms_per_image ({d.perms_per_image}) exceeds data.num_permutations "
                           f"({d.num_permutations})")
     if t.sync_batchnorm and t.use_gpu is False:

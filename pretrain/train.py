@@ -44,7 +44,8 @@ from pretrain.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from pretrain.config import from_plain, is_jigsaw, to_plain, validate
+from pretrain.config import from_plain, to_plain, validate
+from pretrain.tasks import spec as task_spec
 
 NONFINITE_FILE = "nonfinite.json"
 METRICS_FILE = "metrics.jsonl"
@@ -141,7 +142,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # ---- the task: same initial weights on every rank (DDP also broadcasts rank 0's) ----------
     torch.manual_seed(cfg.run.seed)
     permutations = None
-    if is_jigsaw(cfg):
+    if task_spec(cfg.task.kind).uses_permutations:
         from data_prep.jigsaw import max_hamming_permutations
 
         permutations = torch.as_tensor(max_hamming_permutations(cfg.data.num_permutations, seed=cfg.run.seed))
@@ -231,14 +232,12 @@ def build_task_from_config(cfg: DictConfig, permutations: torch.Tensor | None) -
     from pretrain.tasks import build_task
 
     encoder = build_encoder_from_config(cfg.model)
-    kwargs = dict(cfg.task.kwargs)
-    if is_jigsaw(cfg):
-        kwargs["num_permutations"] = cfg.data.num_permutations
     return build_task(
         cfg.task.kind, encoder,
         estimator=cfg.task.estimator,
         estimator_kwargs=dict(cfg.task.estimator_kwargs) or None,
-        **kwargs,
+        num_permutations=cfg.data.num_permutations,
+        **dict(cfg.task.kwargs),
     )
 
 
@@ -391,31 +390,10 @@ def log_rank0(writer, run_dir: Path, metrics: dict, step: int, batch: dict, cfg:
             writer.add_scalar(k, v, step)
     first_report = step <= cfg.train.report_every
     if first_report or (cfg.train.image_every and step % cfg.train.image_every < cfg.train.report_every):
-        writer.add_image("inputs", input_grid(batch), step)
+        writer.add_image("inputs", task_spec(cfg.task.kind).preview(batch), step)
     writer.flush()
     with open(run_dir / METRICS_FILE, "a") as f:
         f.write(json.dumps(metrics) + "\n")
-
-
-def input_grid(batch: dict, n: int = 4) -> torch.Tensor:
-    """A [3, H, W] image in [0, 1]: ``n`` scrambled puzzles (3x3 patches in batch order) or images."""
-    from torchvision.utils import make_grid
-
-    if "patches" in batch or "tiles" in batch:
-        if "patches" in batch:
-            p = batch["patches"][:n].detach().float().cpu()  # [n, 9, 3, h, w]
-        else:  # unique tiles: scramble the first n puzzles for display
-            from data_prep.jigsaw import scramble
-
-            p = scramble(batch["tiles"].detach().float().cpu(), batch["perm_rows"].cpu(),
-                         batch["image_index"][:n].cpu(), batch["perm_slot"][:n].cpu())
-        n_, _, c, h, w = p.shape
-        tiles = p.reshape(n_, 3, 3, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(n_, c, 3 * h, 3 * w)
-    else:
-        tiles = batch["images"][: 4 * n].detach().float().cpu()
-    lo = tiles.amin(dim=(1, 2, 3), keepdim=True)
-    hi = tiles.amax(dim=(1, 2, 3), keepdim=True)
-    return make_grid((tiles - lo) / (hi - lo).clamp_min(1e-8), nrow=4, padding=2)
 
 
 def maybe_crash(cfg: DictConfig, run_dir: Path, step: int, rank: int, world: int) -> None:
@@ -440,17 +418,10 @@ def open_loader(cfg: DictConfig, permutations, rank: int, world: int, epoch: int
     run reads the same batches an uninterrupted one would have read next.
     """
     d = cfg.data
-    common = dict(split=d.split, train=True, seed=cfg.run.seed, epoch=epoch,
-                  batches_per_epoch=d.batches_per_epoch, num_workers=d.loader_workers,
-                  rank=rank, world_size=world, skip_batches=start_batch, pin_memory=pin_memory)
-    if is_jigsaw(cfg):
-        from data_prep.jigsaw_stream import jigsaw_loader
-
-        return jigsaw_loader(d.shards, permutations=permutations.numpy(), images_per_batch=d.images_per_batch,
-                             perms_per_image=d.perms_per_image, gather=not d.unique_tiles, **common)
-    from data_prep.infomax_stream import infomax_loader
-
-    return infomax_loader(d.shards, batch_size=d.batch_size, size=d.size, **common)
+    return task_spec(cfg.task.kind).open_stream(
+        d, permutations, split=d.split, train=True, seed=cfg.run.seed, epoch=epoch,
+        batches_per_epoch=d.batches_per_epoch, num_workers=d.loader_workers,
+        rank=rank, world_size=world, skip_batches=start_batch, pin_memory=pin_memory)
 
 
 def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position: dict,

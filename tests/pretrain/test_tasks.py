@@ -196,7 +196,7 @@ def test_a_few_steps_lower_the_loss(kind, estimator, steps):
 
 # ------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kind,estimator,kwargs,match", [
-    ("nope", None, {}, "unknown task 'nope'"),
+    ("nope", None, {}, "unknown task kind 'nope'"),
     ("jigsaw-ce", "eta-mine", {}, "unset estimator"),
     ("jigsaw-mi", None, {}, "needs an estimator"),
     ("infomax", None, {}, "needs an estimator"),
@@ -235,3 +235,17 @@ def test_bad_batches_are_one_line_errors():
 
 def test_kinds_lists_every_task():
     assert kinds() == ["jigsaw-ce", "jigsaw-mi", "infomax"]
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_registry_entry_is_complete(kind):
+    """Every registered kind builds, names a stream with a preview and an eval protocol."""
+    from eval.features import KINDS as EVAL_KINDS
+    from pretrain.tasks import registry, spec
+
+    s = spec(kind)
+    assert s.kind == kind
+    assert s.stream in registry.OPENERS and s.stream in registry.PREVIEWS
+    assert s.eval_kind in EVAL_KINDS
+    with pytest.raises(ValueError, match="unknown task kind"):
+        spec(kind + "-nope")
