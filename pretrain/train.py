@@ -141,11 +141,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # ---- the task: same initial weights on every rank (DDP also broadcasts rank 0's) ----------
     torch.manual_seed(cfg.run.seed)
-    permutations = None
-    if task_spec(cfg.task.kind).uses_permutations:
-        from data_prep.jigsaw import max_hamming_permutations
-
-        permutations = torch.as_tensor(max_hamming_permutations(cfg.data.num_permutations, seed=cfg.run.seed))
+    permutations = permutation_set(cfg)
     task = build_task_from_config(cfg, permutations).to(device)
     main_opt, eta_opt = build_optimizers(cfg, task)
 
@@ -239,6 +235,15 @@ def build_task_from_config(cfg: DictConfig, permutations: torch.Tensor | None) -
         num_permutations=cfg.data.num_permutations,
         **dict(cfg.task.kwargs),
     )
+
+
+def permutation_set(cfg: DictConfig) -> torch.Tensor | None:
+    """The jigsaw permutation set, int64 [data.num_permutations, 9]; None for tasks without one."""
+    if not task_spec(cfg.task.kind).uses_permutations:
+        return None
+    from data_prep.jigsaw import max_hamming_permutations
+
+    return torch.as_tensor(max_hamming_permutations(cfg.data.num_permutations, seed=cfg.run.seed))
 
 
 def build_optimizers(cfg: DictConfig, task: nn.Module):
