@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_prep.files import atomic_write
+
 FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
@@ -160,9 +162,8 @@ def save_checkpoint(
         "permutations": None if permutations is None else permutations.to(torch.long).cpu(),
     }
     path = directory / CHECKPOINT_FILE
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save(payload, f)
     return path
 
 
