@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_prep.files import atomic_write
 from data_prep.jigsaw import permutations_sha256
 
 FORMAT = 1
@@ -164,9 +165,8 @@ def save_checkpoint(
         "permutations_sha256": None if permutations is None else permutations_sha256(permutations.cpu().numpy()),
     }
     path = directory / CHECKPOINT_FILE
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save(payload, f)
     return path
 
 
