@@ -12,7 +12,6 @@ Layout (format 1)::
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
@@ -21,17 +20,6 @@ FORMAT = 1
 
 class ManifestError(ValueError):
     """A shard directory or its manifest is missing or malformed (one-line message)."""
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_manifest(shard_dir: str | Path) -> dict:

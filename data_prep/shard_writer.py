@@ -1,19 +1,17 @@
 """Write one dataset split as WebDataset shards, atomically and resumably.
 
 Shard ``i`` of a split always holds inputs ``[i*shard_size, (i+1)*shard_size)`` of the builder's
-deterministic input order (minus skipped bad images). Each shard is written to ``<name>.tmp`` and
-renamed when complete; a small record in ``DIR/.build/`` (written after the rename) says the shard is
+deterministic input order (minus skipped bad images). Each shard is written to a ``*.tmp`` file and
+renamed when complete (:func:`data_prep.files.atomic_write`); a small record in ``DIR/.build/`` (written after the rename) says the shard is
 done. A re-run therefore reuses finished shards (checked by sha256) and rewrites the rest: nothing is
 duplicated or lost, whatever point the previous run died at.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
 import multiprocessing
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -25,7 +23,8 @@ import webdataset as wds
 from tqdm import tqdm
 
 from data_prep import image_io
-from data_prep.manifest import FORMAT, MANIFEST_NAME, write_json_atomic
+from data_prep.files import TMP_SUFFIX, atomic_write, atomic_write_text, sha256_file
+from data_prep.manifest import FORMAT, MANIFEST_NAME
 
 BUILD_DIR = ".build"
 
@@ -59,14 +58,6 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _encode(args) -> tuple[str, int | None, str, bytes | None, str | None]:
     item, opts = args
     try:
@@ -84,10 +75,9 @@ def _encode(args) -> tuple[str, int | None, str, bytes | None, str | None]:
 
 
 def _write_shard(path: Path, encoded, ext: str, num_classes: int) -> dict:
-    tmp = path.with_name(path.name + ".tmp")
     counts = [0] * num_classes
     skipped, n = [], 0
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         with wds.TarWriter(f, encoder=False, mtime=0.0) as sink:
             for key, label, origin, data, error in encoded:
                 if error is not None:
@@ -99,9 +89,6 @@ def _write_shard(path: Path, encoded, ext: str, num_classes: int) -> dict:
                     counts[label] += 1
                 sink.write(sample)
                 n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return {"name": path.name, "num_samples": n, "sha256": sha256_file(path),
             "class_counts": counts, "skipped": skipped}
 
@@ -138,7 +125,7 @@ def write_split(out_dir: Path, split: str, source: SplitSource, opts: EncodeOpti
                     yield x
             record = _write_shard(path, counted(encoded), opts.fmt, num_classes)
             record["inputs"] = len(chunk)
-            write_json_atomic(record_path, record)
+            atomic_write_text(record_path, json.dumps(record, indent=1))
             records.append(record)
         leftover = next(items, None)
         if leftover is not None:
@@ -173,19 +160,22 @@ def build_dataset(out_dir: str | Path, dataset: str, options: dict, class_names:
     config_path = out_dir / BUILD_DIR / "config.json"
     if overwrite:
         shutil.rmtree(out_dir / BUILD_DIR, ignore_errors=True)
-        for p in list(out_dir.glob("*.tar")) + list(out_dir.glob("*.tar.tmp")) + [out_dir / MANIFEST_NAME]:
+        for p in list(out_dir.glob("*.tar")) + [out_dir / MANIFEST_NAME]:
             p.unlink(missing_ok=True)
     elif config_path.is_file() and json.loads(config_path.read_text()) != config:
         raise SystemExit(f"error: {out_dir} holds a build with other settings; pass --overwrite to "
                          f"replace it or choose another --out")
+    # half-written files of a build that was killed (an exception removes its own)
+    for p in list(out_dir.glob(f"*{TMP_SUFFIX}")) + list(out_dir.glob(f"{BUILD_DIR}/*{TMP_SUFFIX}")):
+        p.unlink(missing_ok=True)
     (out_dir / BUILD_DIR).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(config_path, config)
+    atomic_write_text(config_path, json.dumps(config, indent=1))
     manifest = {"format": FORMAT, "dataset": dataset, "source": options, "image_format": opts.fmt,
                 "resize": opts.resize, "class_names": list(class_names), "splits": {}}
     for split, source in splits.items():
         manifest["splits"][split] = write_split(out_dir, split, source, opts, len(class_names),
                                                 shard_size=shard_size, workers=workers, progress=progress)
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_prep.files import sha256_file
 from data_prep.image_io import BadImage, open_fully
 from data_prep.manifest import ManifestError, read_manifest, split_member_name
-from data_prep.shard_writer import sha256_file
 
 IMAGE_EXTS = ("png", "jpg")
 
