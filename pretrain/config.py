@@ -142,8 +142,9 @@ def merge_config(schema: type, path: str | os.PathLike | None = None,
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{path}: cannot parse YAML: {first}") from None
         if not isinstance(file_cfg, DictConfig):
+            keys = ", ".join(f"{f.name}:" for f in dataclasses.fields(schema))
             raise ConfigError(f"{path}: the top level is a {type(file_cfg).__name__}, not a mapping of "
-                              f"sections (run:, data:, model:, task:, optim:, train:)")
+                              f"settings ({keys})")
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
         except OmegaConfBaseException as exc:
