@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep import storage
 from data_prep.folder import items_from_files, list_class_tree
 
 WNID = re.compile(r"n\d{8}")
@@ -158,8 +159,8 @@ def sources(train_dir: str | Path, val_dir: str | Path | None = None, val_labels
     for split, (root, tree) in trees.items():
         files = [(f, label[w], f"{w}/{f.name}") for w in sorted(tree) for f in tree[w]]
         if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            Path(out_dir, f"subset_{split}.txt").write_text(
-                "".join(f"{rel} {lab}\n" for f, lab, rel in files))
+            storage.makedirs(out_dir)
+            storage.write_text(storage.join(out_dir, f"subset_{split}.txt"),
+                               "".join(f"{rel} {lab}\n" for f, lab, rel in files))
         splits[split] = items_from_files(split, [(f, lab, f"{Path(rel).parent}/{f.name}") for f, lab, rel in files])
     return wnids, splits
