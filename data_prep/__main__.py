@@ -48,7 +48,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-meta", help="devkit meta.mat, to read ILSVRC2012_validation_ground_truth.txt")
     p.add_argument("--fraction", type=float, default=0.1, help="share of each class to keep (default 0.1)")
     p.add_argument("--per-class", type=int, help="keep exactly N files a class instead of --fraction")
-    p.add_argument("--subset-list", help="keep exactly the files named in this list (e.g. a published one)")
+    p.add_argument("--subset-list", help="keep exactly the files named in this list (e.g. a published one); "
+                                          "validation keeps the listed val files, or else training's share")
+    p.add_argument("--val-fraction", type=float,
+                   help="share of each validation class to keep (default: the same share as training)")
+    p.add_argument("--val-per-class", type=int, help="keep exactly N validation files a class")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-class draw")
     p.add_argument("--resize", type=int, help="store images squashed to N×N (292 is the jigsaw stream's "
                                               "first step, which it then skips; smaller shards to decode)")
@@ -116,13 +120,15 @@ def _run(args: argparse.Namespace) -> int:
         options = {"src": os.path.abspath(args.src)}
     elif args.command == "imagenet":
         from data_prep import imagenet
-        class_names, splits = imagenet.sources(
+        class_names, splits, selection = imagenet.sources(
             args.train_dir, args.val_dir, args.val_labels, args.val_meta, args.fraction, args.per_class,
-            args.seed, args.subset_list, out_dir=args.out)
+            args.seed, args.subset_list, out_dir=args.out, val_fraction=args.val_fraction,
+            val_per_class=args.val_per_class)
         options = {"train_dir": os.path.abspath(args.train_dir),
                    "val_dir": args.val_dir and os.path.abspath(args.val_dir), "val_labels": args.val_labels,
                    "fraction": args.fraction, "per_class": args.per_class, "subset_list": args.subset_list,
-                   "seed": args.seed}
+                   "val_fraction": args.val_fraction, "val_per_class": args.val_per_class,
+                   "seed": args.seed, "selection": selection}
     elif args.command == "digits":
         from data_prep.sample_images import digits_sources
         class_names, splits = digits_sources(args.size, args.test_fraction, args.seed)

@@ -24,11 +24,6 @@ class ManifestError(ValueError):
     """A shard directory or its manifest is missing or malformed (one-line message)."""
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` (a local path or URL) whole or not at all."""
-    storage.write_text(path, json.dumps(obj, indent=1, sort_keys=False))
-
-
 def read_manifest(shard_dir: str | Path) -> dict:
     """Load ``shard_dir/manifest.json``; raise :class:`ManifestError` with one line if missing/bad.
 

@@ -1,15 +1,14 @@
 """Write one dataset split as WebDataset shards, atomically and resumably.
 
 Shard ``i`` of a split always holds inputs ``[i*shard_size, (i+1)*shard_size)`` of the builder's
-deterministic input order (minus skipped bad images). Each shard is written to ``<name>.tmp`` and
-renamed when complete; a small record in ``DIR/.build/`` (written after the rename) says the shard is
+deterministic input order (minus skipped bad images). Each shard is written to a ``*.tmp`` file and
+renamed when complete (:func:`data_prep.files.atomic_write`); a small record in ``DIR/.build/`` (written after the rename) says the shard is
 done. A re-run therefore reuses finished shards (checked by sha256) and rewrites the rest: nothing is
 duplicated or lost, whatever point the previous run died at. ``DIR`` may be an ``s3://``/``gs://`` URL
 (:mod:`data_prep.storage`): each shard is then uploaded whole once written, and ``manifest.json`` last.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -24,7 +23,8 @@ import webdataset as wds
 from tqdm import tqdm
 
 from data_prep import image_io, storage
-from data_prep.manifest import FORMAT, MANIFEST_NAME, write_json_atomic
+from data_prep.files import TMP_SUFFIX, sha256_file
+from data_prep.manifest import FORMAT, MANIFEST_NAME
 
 BUILD_DIR = ".build"
 
@@ -56,14 +56,6 @@ class EncodeOptions:
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _encode(args) -> tuple[str, int | None, str, bytes | None, str | None]:
@@ -134,7 +126,7 @@ def write_split(out_dir: str | Path, split: str, source: SplitSource, opts: Enco
                     yield x
             record = _write_shard(path, counted(encoded), opts.fmt, num_classes)
             record["inputs"] = len(chunk)
-            write_json_atomic(record_path, record)
+            storage.write_text(record_path, json.dumps(record, indent=1))
             records.append(record)
         leftover = next(items, None)
         if leftover is not None:
@@ -172,19 +164,25 @@ def build_dataset(out_dir: str | Path, dataset: str, options: dict, class_names:
     if overwrite:
         storage.remove_tree(storage.join(out_dir, BUILD_DIR))
         for name in storage.listdir(out_dir):
-            if name.endswith((".tar", ".tar.tmp")) or name == MANIFEST_NAME:
+            if name.endswith(".tar") or name == MANIFEST_NAME:
                 storage.remove(storage.join(out_dir, name))
     elif storage.isfile(config_path) and json.loads(storage.read_text(config_path)) != config:
         raise SystemExit(f"error: {out_dir} holds a build with other settings; pass --overwrite to "
                          f"replace it or choose another --out")
+    # half-written files of a build that was killed (an exception removes its own; an object store
+    # never shows a half-uploaded object)
+    for folder in (out_dir, storage.join(out_dir, BUILD_DIR)):
+        for name in storage.listdir(folder):
+            if name.endswith(TMP_SUFFIX):
+                storage.remove(storage.join(folder, name))
     storage.makedirs(storage.join(out_dir, BUILD_DIR))
-    write_json_atomic(config_path, config)
+    storage.write_text(config_path, json.dumps(config, indent=1))
     manifest = {"format": FORMAT, "dataset": dataset, "source": options, "image_format": opts.fmt,
                 "resize": opts.resize, "class_names": list(class_names), "splits": {}}
     for split, source in splits.items():
         manifest["splits"][split] = write_split(out_dir, split, source, opts, len(class_names),
                                                 shard_size=shard_size, workers=workers, progress=progress)
-    write_json_atomic(storage.join(out_dir, MANIFEST_NAME), manifest)
+    storage.write_text(storage.join(out_dir, MANIFEST_NAME), json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -13,13 +13,14 @@ write-then-rename of a local file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import posixpath
 import re
 import shutil
 import tempfile
 from typing import IO, Iterator
+
+from data_prep import files
 
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -176,7 +177,11 @@ def read_text(path) -> str:
 
 
 def sha256(path) -> str:
-    """Hex SHA-256 of a file's or object's bytes, read in 4 MiB blocks."""
+    """Hex SHA-256 of a file's or object's bytes (:func:`data_prep.files.sha256_file` for local files)."""
+    if not is_url(path):
+        return files.sha256_file(path)
+    import hashlib
+
     h = hashlib.sha256()
     with open_read(path) as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -197,8 +202,8 @@ def makedirs(path) -> None:
 def write_atomic(path) -> Iterator[IO[bytes]]:
     """A binary file that appears at ``path`` whole, when the block exits cleanly, or not at all.
 
-    Local: a temporary file beside ``path``, fsynced and renamed onto it. URL: a local temporary file
-    uploaded in one put (an object is visible only once its upload completes).
+    Local: :func:`data_prep.files.atomic_write`. URL: a local temporary file uploaded in one put (an
+    object is visible only once its upload completes). ``f.name`` names the local file in both cases.
     """
     path = str(path)
     if is_url(path):
@@ -209,17 +214,8 @@ def write_atomic(path) -> Iterator[IO[bytes]]:
             with _errors(path):
                 fs.put_file(f.name, p)
         return
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with files.atomic_write(path, "wb") as f:
+        yield f
 
 
 def write_bytes(path, data: bytes) -> None:

@@ -122,3 +122,31 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     cfg = load_config(None, ["data.shards=shards/digits", "run.root=runs", "run.storage_path=s3://bucket/x"])
     assert cfg.data.shards == str(tmp_path / "shards" / "digits") and cfg.run.root == str(tmp_path / "runs")
     assert cfg.run.storage_path == "s3://bucket/x"
+
+
+@pytest.mark.parametrize("config", ["jigsaw_ce_imagenet10", "jigsaw_eta_imagenet10", "demo_jigsaw_eta"])
+def test_every_seed_trains_on_the_one_committed_permutation_set(config, shards):
+    from data_prep.jigsaw import permutation_set, permutations_sha256
+    from pretrain.train import permutations_of
+
+    committed, digest = permutation_set(None, 100)
+    for seed in range(4):
+        cfg = load_config(REPO / "configs" / f"{config}.yaml", [f"run.seed={seed}", f"data.shards={shards}"])
+        validate(cfg)
+        perms = permutations_of(cfg)
+        assert (perms.numpy() == committed).all() and permutations_sha256(perms.numpy()) == digest
+
+
+def test_another_permutation_set_by_path(tmp_path, shards):
+    from data_prep.jigsaw import max_hamming_permutations
+    from pretrain.train import permutations_of
+
+    other = max_hamming_permutations(20, seed=5)
+    np.save(tmp_path / "published.npy", other)
+    base = [f"data.shards={shards}", "data.num_permutations=20", "data.perms_per_image=4"]
+    cfg = load_config(REPO / "configs" / "demo_jigsaw_eta.yaml", base + [f"data.permutations={tmp_path / 'published.npy'}"])
+    validate(cfg)
+    assert (permutations_of(cfg).numpy() == other).all()
+    cfg = load_config(REPO / "configs" / "demo_jigsaw_eta.yaml", base + [f"data.permutations={tmp_path / 'missing.npy'}"])
+    with pytest.raises(ConfigError, match="data.permutations: permutation set .*missing.npy does not exist"):
+        validate(cfg)
