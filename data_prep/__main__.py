@@ -109,6 +109,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"verify: {args.dir} matches its manifest")
         return 0
 
+    from data_prep.writable import NotWritableError, check_writable_dir
+    try:
+        check_writable_dir(args.out, "--out", "choose another output directory")
+    except NotWritableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     resize = getattr(args, "resize", None)
     if args.command == "cifar10":
         from data_prep import cifar10

@@ -137,6 +137,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         except Exception as exc:  # YAML syntax error
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{path}: cannot parse YAML: {first}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"{path}: the top level is a {type(file_cfg).__name__}, not a mapping of "
+                              f"sections (run:, data:, model:, task:, optim:, train:)")
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
         except OmegaConfBaseException as exc:

@@ -62,6 +62,7 @@ def test_yaml_then_command_line_overrides(tmp_path):
     ("", ["nosuch.key=1"], "nosuch"),
     ("", ["train.steps"], "not key=value"),
     ("train: [1, 2\n", [], "cannot parse YAML"),
+    ("- train\n- steps: 5\n", [], "top level is a ListConfig, not a mapping"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, overrides, match):
     with pytest.raises(ConfigError, match=match) as info:
