@@ -64,7 +64,7 @@ class ModelSection:
 
 @dataclass
 class TaskSection:
-    kind: str = "jigsaw-ce"  # a kind of pretrain.tasks.kinds(): jigsaw-ce | jigsaw-mi | infomax
+    kind: str = "jigsaw-ce"  # a kind of pretrain.tasks.kinds(): jigsaw-ce | jigsaw-mi | infomax | supervised
     # MI bound for jigsaw-mi and infomax (eta-mine, dv-mine, ...); None for jigsaw-ce
     estimator: Optional[str] = None
     estimator_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {n_critic: 1}
@@ -237,7 +237,15 @@ def validate(cfg: DictConfig) -> None:
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 
     try:
-        read_manifest(d.shards)
+        manifest = read_manifest(d.shards)
         shard_paths(d.shards, d.split)
     except ManifestError as exc:
         raise ConfigError(f"data.shards: {exc}") from None
+    if spec.needs_labels:
+        if not manifest["splits"][d.split].get("labelled", True):
+            raise ConfigError(f"data.split {d.split!r} of {d.shards} has no labels; task.kind={cfg.task.kind} "
+                              f"trains on labels (choose a labelled split, e.g. data.split=train)")
+        n_classes, given = len(manifest["class_names"]), cfg.task.kwargs.get("num_classes")
+        if given != n_classes:
+            raise ConfigError(f"task.kwargs.num_classes is {given}, but {d.shards} has {n_classes} classes; "
+                              f"set task.kwargs.num_classes={n_classes}")
