@@ -144,9 +144,9 @@ def step_flops(cfg: DictConfig) -> float:
     """Counted FLOPs of one training step of one rank (forward, backward, optimiser step)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pretrain.train import build_optimizers, build_task_from_config, permutation_set
+    from pretrain.train import build_optimizers, build_task_from_config, permutations_of
 
-    permutations = permutation_set(cfg)
+    permutations = permutations_of(cfg)
     torch.manual_seed(cfg.run.seed)
     task = build_task_from_config(cfg, permutations)
     task.train()
@@ -180,9 +180,9 @@ def data_rate(cfg: DictConfig, seconds: float = 2.0) -> tuple[float, str]:
     if _is_jigsaw(cfg):
         import functools
 
-        from pretrain.train import permutation_set
+        from pretrain.train import permutations_of
 
-        permutations = permutation_set(cfg).numpy()
+        permutations = permutations_of(cfg).numpy()
         decode = jigsaw_stream.decode_for_jigsaw
         collate = functools.partial(jigsaw_stream.collate_jigsaw, permutations=permutations,
                                     perms_per_image=d.perms_per_image, train=True, gather=not d.unique_tiles)
