@@ -196,6 +196,7 @@ def prepare_features(
         "num_classes": len(manifest["class_names"]),
         "feature_dim": int(train["features"].shape[1]),
         "feature_cache": {"train": train["cache_path"], "test": test["cache_path"], "hit": train["cache_hit"] and test["cache_hit"]},
+        "skipped": {"train": train["skipped"], "test": test["skipped"]},
         "feature_seconds": seconds,
     }
     out = {"meta": meta, "train": (train["features"], train["labels"]), "test": (test["features"], test["labels"])}
@@ -250,6 +251,7 @@ def summarise(meta: dict, per_seed: list[dict], knn: dict, *, epochs: int, lr: f
         "knn": knn,
         "encoder_unchanged": True,
         "feature_cache": meta["feature_cache"],
+        "skipped": meta["skipped"],
         "feature_seconds": meta["feature_seconds"],
     }
 
@@ -358,6 +360,9 @@ def evaluate_checkpoints(
         cache_dir = os.path.abspath(cache_dir)
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    check_output_dir(out)
+    if cache_dir is not None and not _writable(cache_dir):
+        cache_dir = None
     prep_kw = dict(random_init=random_init, train_split=train_split, test_split=test_split, cache_dir=cache_dir,
                    batch_size=extract_batch_size, num_workers=num_workers, device=device)
     probe_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, device=device)
@@ -392,6 +397,25 @@ def evaluate_checkpoints(
         write_results(res_dir, res)
         results.append(res)
     return results
+
+
+def check_output_dir(out) -> None:
+    """Before any work: the results directory must be writable (`NotWritableError`, one line)."""
+    from data_prep.writable import check_writable_dir
+
+    check_writable_dir(Path("runs") / "eval" if out is None else out, "--out", "choose another with --out")
+
+
+def _writable(cache_dir) -> bool:
+    """An unwritable feature cache only costs time: warn and evaluate without it."""
+    from data_prep.writable import NotWritableError, check_writable_dir
+
+    try:
+        check_writable_dir(cache_dir, "--cache-dir")
+    except NotWritableError as exc:
+        print(f"warning: {exc}; evaluating without the feature cache", file=sys.stderr)
+        return False
+    return True
 
 
 def _out_dir(out, meta: dict, several: bool) -> Path:
@@ -480,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             extract_batch_size=args.extract_batch_size, num_workers=args.num_workers, device=args.device,
             progress=not args.no_progress and sys.stderr.isatty(), ray_address=args.ray_address,
         )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # OSError: FileNotFoundError, NotWritableError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for res in results:
