@@ -1,7 +1,8 @@
 """Deterministic evaluation batches: every sample exactly once, in shard order, any number of workers.
 
 The shards are indexed once (tar member offsets), so a map-style DataLoader can read samples by
-position: batches come out in shard order whatever ``num_workers`` is.
+position: batches come out in shard order whatever ``num_workers`` is. Shards may sit behind an
+``s3://``/``gs://`` URL (:mod:`data_prep.storage`; samples are then ranged reads).
 - ``kind="jigsaw"``: squash to 232×232, centre crop 192, gapless 3×3 grid of 64×64 tiles, each patch's
   channels standardised: ``patches`` float32 [B, 9, 3, 64, 64] (tiles in natural row-major order).
 - ``kind="infomax"``: ``images`` float32 [B, 3, 32, 32] normalised as the InfoMax stream in test mode.
@@ -18,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-from data_prep import jigsaw
+from data_prep import jigsaw, storage
 from data_prep.image_io import decode_resized
 from data_prep.infomax_stream import normalise
 from data_prep.manifest import read_manifest, shard_paths, split_member_name
@@ -34,18 +35,20 @@ def index_shard(path: str) -> tuple[list[tuple[str, dict[str, tuple[int, int]]]]
     whose members lie wholly before the damage are kept (the last, possibly incomplete one is dropped).
     """
     samples: list = []
-    file_size = os.path.getsize(path)
     try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if member.offset_data + member.size > file_size:
-                    raise tarfile.ReadError(f"member {member.name} ends past the end of the file")
-                key, ext = split_member_name(member.name)
-                if not samples or samples[-1][0] != key:
-                    samples.append((key, {}))
-                samples[-1][1][ext] = (member.offset_data, member.size)
+        with storage.open_read(path) as f:
+            file_size = f.seek(0, 2)
+            f.seek(0)
+            with tarfile.open(fileobj=f) as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    if member.offset_data + member.size > file_size:
+                        raise tarfile.ReadError(f"member {member.name} ends past the end of the file")
+                    key, ext = split_member_name(member.name)
+                    if not samples or samples[-1][0] != key:
+                        samples.append((key, {}))
+                    samples[-1][1][ext] = (member.offset_data, member.size)
     except (tarfile.TarError, EOFError, OSError) as e:
         return samples[:-1], f"{type(e).__name__}: {e}"
     return samples, None
@@ -76,7 +79,7 @@ class ShardIndexDataset(torch.utils.data.Dataset):
     def _read(self, path: str, offset: int, size: int) -> bytes:
         f = self._files.get(path)
         if f is None:
-            f = self._files[path] = open(path, "rb")
+            f = self._files[path] = storage.open_read(path)
         f.seek(offset)
         return f.read(size)
 

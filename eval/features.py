@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from data_prep.files import atomic_write, sha256_file
+from data_prep import storage
+from data_prep.files import atomic_write
 
 # Bump when the crops or the pooling change: old cache entries then stop matching.
 FEATURE_PROTOCOL = 1
@@ -117,7 +118,7 @@ def shard_checksums(paths: list[str], manifest: dict, split: str) -> list[tuple[
     recorded = {s["name"]: s["sha256"] for s in manifest["splits"][split]["shards"]}
     out = []
     for p in paths:
-        name, sha = Path(p).name, sha256_file(p)
+        name, sha = storage.basename(p), storage.sha256(p)
         if recorded.get(name) != sha:
             warnings.warn(f"shard {p} differs from its manifest checksum (a damaged or replaced copy); "
                           f"features are keyed by the bytes read, not by the manifest", UserWarning)
@@ -188,7 +189,7 @@ def cached_features(
     total = int(manifest["splits"][split]["num_samples"])
     entry = extract_features(encoder, loader, kind, device=device, total=total, progress=progress, desc=f"features {split}")
     read = set(entry["keys"])
-    skipped = {"samples": [f"{Path(p).name}:{k}" for p, k, _ in dataset.entries if k not in read],
+    skipped = {"samples": [f"{storage.basename(p)}:{k}" for p, k, _ in dataset.entries if k not in read],
                "shards": dataset.damaged_shards}
     if path is not None and not skipped["samples"] and not skipped["shards"]:
         save_cached(path, key, entry)

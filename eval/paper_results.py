@@ -58,8 +58,9 @@ def paper_reference(result: dict) -> dict | None:
     pre = result.get("pretraining") or {}
     task, estimator, encoder = pre.get("task"), pre.get("estimator"), pre.get("encoder")
     pre_ds, probe_ds = pre.get("dataset"), result.get("dataset")
-    if task == "infomax" and encoder == "dcgan":
-        value = TABLE2_TOP1.get((pre_ds, probe_ds), {}).get(estimator)
+    if task in ("infomax", "supervised") and encoder == "dcgan":
+        method = "supervised" if task == "supervised" else estimator
+        value = TABLE2_TOP1.get((pre_ds, probe_ds), {}).get(method)
         return None if value is None else {"table": "Table 2", "top1": (value, None)}
     if task in ("jigsaw-ce", "jigsaw-mi") and encoder == "resnet50":
         if not (is_imagenet10(pre_ds, pre.get("dataset_source")) and is_imagenet10(probe_ds, result.get("dataset_source"))):

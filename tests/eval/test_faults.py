@@ -27,8 +27,8 @@ def garble_first_image(shard):
     shard.write_bytes(out.getvalue())
 
 
-def run(args, capsys):
-    rc = main(["--epochs", "2", "--seeds", "1", "--no-progress", *map(str, args)])
+def run(capsys, **settings):
+    rc = main(["epochs=2", "seeds=1", "progress=false", *(f"{k}={v}" for k, v in settings.items())])
     return rc, capsys.readouterr().err
 
 
@@ -39,7 +39,7 @@ def test_damaged_copy_is_named_and_its_features_are_never_served_for_intact_shar
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a truncated shard
     cache, ckpt = tmp_path / "cache", eval_world["infomax_run"]
 
-    rc, err = run(["--checkpoint", ckpt, "--data", damaged, "--out", tmp_path / "a", "--cache-dir", cache], capsys)
+    rc, err = run(capsys, checkpoint=ckpt, data=damaged, out=tmp_path / "a", cache_dir=cache)
     assert rc == 0, err
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     skipped = res["skipped"]["train"]
@@ -49,11 +49,11 @@ def test_damaged_copy_is_named_and_its_features_are_never_served_for_intact_shar
     assert not res["feature_cache"]["hit"]
 
     # the intact shards (same manifest) must be read afresh, not served the damaged pass
-    rc, err = run(["--checkpoint", ckpt, "--data", eval_world["small"], "--out", tmp_path / "b", "--cache-dir", cache], capsys)
+    rc, err = run(capsys, checkpoint=ckpt, data=eval_world["small"], out=tmp_path / "b", cache_dir=cache)
     res = json.loads((tmp_path / "b" / "results.json").read_text())
     assert rc == 0 and res["num_train"] == 60 and not res["feature_cache"]["hit"]
     assert res["skipped"]["train"] == {"samples": [], "shards": []}
-    rc, err = run(["--checkpoint", ckpt, "--data", eval_world["small"], "--out", tmp_path / "c", "--cache-dir", cache], capsys)
+    rc, err = run(capsys, checkpoint=ckpt, data=eval_world["small"], out=tmp_path / "c", cache_dir=cache)
     assert json.loads((tmp_path / "c" / "results.json").read_text())["feature_cache"]["hit"]
 
 
@@ -62,12 +62,11 @@ def test_unwritable_out_is_one_line_before_extraction(eval_world, tmp_path, caps
     blocker = tmp_path / "file"
     blocker.write_text("x")
     cache = tmp_path / "cache"
-    rc, err = run(["--checkpoint", eval_world["infomax_run"], "--data", eval_world["small"], "--out", blocker / "out",
-                   "--cache-dir", cache], capsys)
-    assert rc == 2 and err.strip().count("\n") == 0 and "--out" in err and "is a file" in err
+    rc, err = run(capsys, checkpoint=eval_world["infomax_run"], data=eval_world["small"], out=blocker / "out", cache_dir=cache)
+    assert rc == 2 and err.strip().count("\n") == 0 and "out " in err and "is a file" in err
     assert not cache.exists()  # nothing was extracted
 
-    rc, err = run(["--checkpoint", eval_world["infomax_run"], "--data", eval_world["small"], "--out", tmp_path / "ok",
-                   "--cache-dir", blocker / "cache"], capsys)
-    assert rc == 0 and "warning: --cache-dir" in err and "without the feature cache" in err
+    rc, err = run(capsys, checkpoint=eval_world["infomax_run"], data=eval_world["small"], out=tmp_path / "ok",
+                  cache_dir=blocker / "cache")
+    assert rc == 0 and "warning: cache_dir" in err and "without the feature cache" in err
     assert json.loads((tmp_path / "ok" / "results.json").read_text())["feature_cache"]["train"] is None

@@ -82,6 +82,8 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, overrides, match)
     (["data.shards={shards}", "data.perms_per_image=20", "data.num_permutations=10"], "exceeds"),
     (["data.shards={shards}", "data.split=val"], "split 'val' not in"),
     (["data.shards=/no/such/dir"], "no manifest.json in /no/such/dir"),
+    (["data.shards={shards}", "task.kind=supervised"], "task.kwargs.num_classes is None, but .* has 2 classes"),
+    (["data.shards={shards}", "task.kind=supervised", "task.kwargs.num_classes=10"], "set task.kwargs.num_classes=2"),
 ])
 def test_validate_rejects(shards, overrides, match):
     cfg = load_config(None, [o.format(shards=shards) for o in overrides])
@@ -94,10 +96,13 @@ def test_every_shipped_config_loads_and_validates(shards):
     names = {p.name for p in CONFIGS}
     for required in ("jigsaw_ce_imagenet10.yaml", "jigsaw_dv_imagenet10.yaml", "jigsaw_eta_imagenet10.yaml",
                      "infomax_dv_cifar10.yaml", "infomax_eta_cifar10.yaml", "infomax_eta_stl10.yaml",
-                     "demo_infomax_eta.yaml", "demo_infomax_dv.yaml", "demo_jigsaw_eta.yaml"):
+                     "demo_infomax_eta.yaml", "demo_infomax_dv.yaml", "demo_jigsaw_eta.yaml",
+                     "infomax_dv_stl10.yaml", "supervised_cifar10.yaml", "supervised_stl10.yaml"):
         assert required in names
     for path in CONFIGS:
-        cfg = load_config(path, [f"data.shards={shards}", "data.split=train"])  # the tiny shards hold train only
+        # the tiny shards hold train only, with 2 classes
+        labels = ["task.kwargs.num_classes=2"] if "supervised" in path.name else []
+        cfg = load_config(path, [f"data.shards={shards}", "data.split=train", *labels])
         validate(cfg)
         assert cfg.run.name == path.stem, path.name
 
