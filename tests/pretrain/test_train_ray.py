@@ -230,3 +230,57 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(ray_session, digits,
     assert payload["step"] == info_file["step"] and str(info.value).count("\n") == 0
     for v in list(payload["encoder"].values()) + list(payload["task"].values()):
         assert torch.isfinite(v.float()).all()
+
+
+def test_cli_prints_progress_and_tracks_to_tensorboard_and_mlflow(ray_session, digits, tmp_path, capfd, monkeypatch):
+    """`python -m pretrain` as a user runs it: readable progress lines (parsed back), the run
+    directory at start and end; TensorBoard gets the config and hparams; MLflow (a file store)
+    gets params, every report's metrics and the exported encoder."""
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.__main__ import main as cli
+    from pretrain.progress import LINE_RE
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    config = tmp_path / "infomax.yaml"
+    OmegaConf.save(infomax_cfg(digits, tmp_path / "runs"), config)
+    uri = f"file:{tmp_path / 'mlruns'}"
+    assert cli(["--config", str(config), "train.num_workers=1", "train.steps=6", "train.report_every=2",
+                "train.checkpoint_every=6", f"track.mlflow_uri={uri}", "track.mlflow_experiment=t"]) == 0
+    out = capfd.readouterr().out.splitlines()
+    run = next((tmp_path / "runs").glob("im-*"))
+    assert out[0] == out[-2] == f"run directory: {run}"
+    lines = [LINE_RE.match(line) for line in out if line.startswith("step ")]
+    assert all(lines) and [int(m["step"]) for m in lines] == [2, 4, 6], out
+    recorded = read_metrics(run)
+    for m, rec in zip(lines, recorded):
+        assert int(m["total"]) == 6 and float(m["loss"]) == pytest.approx(rec["loss"], abs=1e-4)
+        assert float(m["mi"]) == pytest.approx(rec["mi"], abs=1e-3)
+        assert float(m["eta"]) == pytest.approx(rec["eta"], abs=1e-4)
+        assert float(m["images_per_s"]) == pytest.approx(rec["samples_per_s"], abs=0.1)
+    assert lines[0]["eta_time"] == "-" and lines[-1]["eta_time"] == "0:00:00"
+    assert not any("TrainingReport(" in line for line in out)
+
+    events = EventAccumulator(str(run / "tb")).Reload()
+    assert "config/text_summary" in events.Tags()["tensors"]
+    config_text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "    steps: 6" in config_text and "mlflow_experiment: t" in config_text
+    assert "_hparams_/session_start_info" in events.summary_metadata
+    assert events.Scalars("final/mi")[0].value == pytest.approx(recorded[-1]["mi"])
+
+    client = MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert found.info.status == "FINISHED" and found.info.run_name == run.name
+    assert found.data.params["train.steps"] == "6" and found.data.params["task.estimator"] == "eta-mine"
+    history = client.get_metric_history(found.info.run_id, "mi")
+    assert [h.step for h in history] == [2, 4, 6]
+    assert [h.value for h in history] == pytest.approx([r["mi"] for r in recorded])
+    assert client.get_metric_history(found.info.run_id, "eta_rank0")[-1].value == recorded[-1]["eta/rank0"]
+    artifacts = tmp_path / "artifacts"
+    client.download_artifacts(found.info.run_id, "encoder.safetensors", str(artifacts))
+    exported = load_file(str(artifacts / "encoder.safetensors"))
+    final = ck.load_checkpoint(run)["encoder"]
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
