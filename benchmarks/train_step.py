@@ -57,11 +57,11 @@ def bench_config(args, shards: Path, root: Path, steps: int):
 
 def plain_loop(cfg, warmup: int, steps: int) -> dict:
     """(a): the same pieces as the Ray loop, in this process, no Ray, no DDP."""
-    from data_prep.jigsaw import max_hamming_permutations
+    from data_prep.jigsaw import permutation_set
     from pretrain.train import batch_stream, build_optimizers, build_task_from_config, train_step
 
     torch.manual_seed(cfg.run.seed)
-    perms = torch.as_tensor(max_hamming_permutations(cfg.data.num_permutations, seed=cfg.run.seed))
+    perms = torch.as_tensor(permutation_set(cfg.data.permutations, cfg.data.num_permutations)[0])
     task = build_task_from_config(cfg, perms)
     main, eta = build_optimizers(cfg, task)
     task.train()

@@ -1,7 +1,8 @@
 """Deterministic evaluation batches: every sample exactly once, in shard order, any number of workers.
 
 The shards are indexed once (tar member offsets), so a map-style DataLoader can read samples by
-position: batches come out in shard order whatever ``num_workers`` is.
+position: batches come out in shard order whatever ``num_workers`` is. Shards may sit behind an
+``s3://``/``gs://`` URL (:mod:`data_prep.storage`; samples are then ranged reads).
 - ``kind="jigsaw"``: squash to 232×232, centre crop 192, gapless 3×3 grid of 64×64 tiles, each patch's
   channels standardised: ``patches`` float32 [B, 9, 3, 64, 64] (tiles in natural row-major order).
 - ``kind="infomax"``: ``images`` float32 [B, 3, 32, 32] normalised as the InfoMax stream in test mode.
@@ -16,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from data_prep import jigsaw
+from data_prep import jigsaw, storage
 from data_prep.image_io import decode_resized
 from data_prep.infomax_stream import normalise
 from data_prep.manifest import read_manifest, shard_paths, split_member_name
@@ -28,7 +29,7 @@ KINDS = ("jigsaw", "infomax")
 def index_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     """[(key, {ext: (byte offset, size)})] of a shard, in stored order."""
     samples: list = []
-    with tarfile.open(path) as tar:
+    with storage.open_read(path) as f, tarfile.open(fileobj=f) as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -57,7 +58,7 @@ class ShardIndexDataset(torch.utils.data.Dataset):
     def _read(self, path: str, offset: int, size: int) -> bytes:
         f = self._files.get(path)
         if f is None:
-            f = self._files[path] = open(path, "rb")
+            f = self._files[path] = storage.open_read(path)
         f.seek(offset)
         return f.read(size)
 

@@ -1,12 +1,16 @@
 """The engine shared by the training streams: shards -> samples -> groups -> batches, per rank/worker.
 
-Built from webdataset's own stages (``ResampledShards`` or ``SimpleShardList``, ``tarfile_to_samples``,
-``shuffle``) inside one ``DataPipeline`` per (rank, worker), followed by decoding, grouping and the
-task's batch maker. Each rank yields exactly ``batches_per_epoch`` batches (DDP never waits at an epoch
-end); corrupt samples are skipped with a warning and counted, never crash a run.
+Built from webdataset's own stages (``ResampledShards`` or ``SimpleShardList``, its tar expander and
+key grouper, ``shuffle``) inside one ``DataPipeline`` per (rank, worker), followed by decoding, grouping
+and the task's batch maker. Shards are opened through :mod:`data_prep.storage`, so a shard directory
+may be an ``s3://``/``gs://`` URL, streamed by fsspec (whose clients retry transient errors). Each rank yields exactly ``batches_per_epoch`` batches (DDP never waits at an epoch
+end); corrupt samples are skipped with a warning and counted, never crash a run. A split that yields
+nothing decodable (as many consecutive failures as it has samples, or every shard unreadable in turn)
+raises :class:`UndecodableSplitError` instead of looping forever over resampled shards.
 """
 from __future__ import annotations
 
+import functools
 import random
 import warnings
 from typing import Any, Callable, Iterator
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from data_prep import sharding
+from data_prep import sharding, storage
 from data_prep.manifest import read_manifest, shard_paths, shard_sample_counts
 
 
@@ -23,9 +27,38 @@ class CorruptSampleWarning(UserWarning):
     """A sample in a shard could not be decoded and was skipped."""
 
 
-def _warn_and_continue(exn: Exception) -> bool:
-    warnings.warn(f"skipping unreadable shard data: {exn!r}", CorruptSampleWarning)
-    return True
+class UndecodableSplitError(RuntimeError):
+    """A split whose shards gave no decodable sample for a whole pass: the data, not the run, is broken."""
+
+
+# Warnings per stream before they thin out to one per LOG_EVERY skips (a broken split must not flood logs).
+WARN_FIRST = 10
+LOG_EVERY = 1000
+
+
+def _open_shards(src: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """webdataset's ``url_opener`` through :func:`data_prep.storage.open_read` (local paths and URLs).
+
+    A :class:`~data_prep.storage.StorageError` (no credentials, no access, a store still failing after
+    its client's retries) ends the stream: skipping would spin over shards none can read.
+    """
+    for source in src:
+        try:
+            stream = storage.open_read(source["url"])
+        except storage.StorageError:
+            raise
+        except Exception as exn:
+            if handler(exn):
+                continue
+            break
+        yield {**source, "stream": stream}
+
+
+def tar_samples(src: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """``{"url": shard}`` dicts -> samples ``{"__key__", "__url__", ext: bytes}`` (webdataset's
+    ``tarfile_samples`` with shards opened by :func:`_open_shards`)."""
+    files = wds.tariterators.tar_file_expander(_open_shards(src, handler), handler=handler)
+    return wds.tariterators.group_by_keys(files, handler=handler)
 
 
 class ShardBatchStream(torch.utils.data.IterableDataset):
@@ -59,6 +92,13 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
         self.train, self.seed, self.epoch = train, seed, epoch
         self.skip_batches, self.shuffle_buffer = skip_batches, shuffle_buffer
         self.corrupt = 0  # samples skipped in this process (per worker when num_workers > 0)
+        self.split = split
+        # Resampled (or repeated) shards never run dry, so a split with nothing decodable would loop
+        # forever: give up after a pass's worth of consecutive failures, or after every shard failed
+        # to open 20 times in a row (a good shard among n is then missed with odds e^-20).
+        self.max_bad_samples = max(1, sum(self.counts))
+        self.max_bad_shards = 20 * len(self.urls)
+        self._bad_samples = self._bad_shards = 0
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.skip_batches
@@ -73,22 +113,50 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
             mine = sharding.slot_shards(self.urls, self.rank, self.world_size, virtual, W)
             pipeline = wds.DataPipeline(wds.SimpleShardList(mine, seed=stream_seed if self.train else None))
             pipeline.repeat()  # a slot that runs dry (corrupt samples, a long epoch) starts over
-        pipeline.append(wds.tarfile_to_samples(handler=_warn_and_continue))
+        pipeline.append(functools.partial(tar_samples, handler=self._unreadable_shard))
+        pipeline.append(self._shards_readable)
         if self.train and self.shuffle_buffer > 1:
             pipeline.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
                                         rng=random.Random(stream_seed)))
         return iter(pipeline)
 
+    def _unreadable_shard(self, exn: Exception) -> bool:
+        """webdataset's handler for a shard that cannot be read (truncated tar, missing file)."""
+        self._bad_shards += 1
+        if self._bad_shards <= WARN_FIRST or self._bad_shards % LOG_EVERY == 0:
+            warnings.warn(f"skipping unreadable shard data: {exn!r}", CorruptSampleWarning)
+        if self._bad_shards >= self.max_bad_shards:
+            raise self._undecodable(f"{self._bad_shards} shard reads in a row failed")
+        return True
+
+    def _shards_readable(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            self._bad_shards = 0
+            yield sample
+
+    def _undecodable(self, what: str) -> UndecodableSplitError:
+        folder = self.urls[0].rsplit("/", 1)[0]
+        shards = ", ".join(u.rsplit("/", 1)[-1] for u in self.urls[:5]) + (" ..." if len(self.urls) > 5 else "")
+        return UndecodableSplitError(
+            f"split {self.split!r} of {folder} gives no decodable images ({what}; shards {shards}); "
+            f"check them with `python -m data_prep verify {folder}`")
+
     def _groups(self, samples: Iterator[dict]) -> Iterator[list]:
         group: list = []
         for sample in samples:
             try:
-                group.append(self.decode(sample))
+                item = self.decode(sample)
             except Exception as e:  # a corrupt image must never end a run
                 self.corrupt += 1
-                warnings.warn(f"skipping sample {sample.get('__key__')!r} of {sample.get('__url__')}: "
-                              f"{type(e).__name__}: {e} ({self.corrupt} skipped so far)", CorruptSampleWarning)
+                self._bad_samples += 1
+                if self.corrupt <= WARN_FIRST or self.corrupt % LOG_EVERY == 0:
+                    warnings.warn(f"skipping sample {sample.get('__key__')!r} of {sample.get('__url__')}: "
+                                  f"{type(e).__name__}: {e} ({self.corrupt} skipped so far)", CorruptSampleWarning)
+                if self._bad_samples >= self.max_bad_samples:
+                    raise self._undecodable(f"{self._bad_samples} samples in a row failed to decode") from None
                 continue
+            self._bad_samples = 0
+            group.append(item)
             if len(group) == self.group_size:
                 yield group
                 group = []

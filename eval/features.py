@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from data_prep.files import atomic_write
+
 # Bump when the crops or the pooling change: old cache entries then stop matching.
 FEATURE_PROTOCOL = 1
 KINDS = ("jigsaw", "infomax")
@@ -89,15 +91,6 @@ def extract_features(
     return {"features": torch.cat(feats), "labels": torch.cat(labels), "keys": keys}
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (a ResNet50 checkpoint takes well under a second)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_key(checkpoint_sha256: str, manifest: dict, split: str, kind: str, variant: str = "", size: int = 32) -> str:
     """Hex key of one (checkpoint, dataset split, feature protocol) combination.
 
@@ -142,9 +135,8 @@ def save_cached(path: str | os.PathLike, key: str, entry: dict) -> None:
     """Write features atomically (temporary file, then rename), so an interrupted run leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"key": key, "protocol": FEATURE_PROTOCOL, **entry}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save({"key": key, "protocol": FEATURE_PROTOCOL, **entry}, f)
 
 
 def cached_features(

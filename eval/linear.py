@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.features import cached_features, file_sha256, kind_of
+from data_prep.files import sha256_file
+from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
 from eval.probe import train_linear_probe
 
@@ -168,7 +169,7 @@ def prepare_features(
     train_split, test_split = default_splits(manifest, train_split, test_split)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder.to(dev).eval().requires_grad_(False)
-    sha = file_sha256(file)
+    sha = sha256_file(file)
     size = int((config.get("data") or {}).get("size") or 32)
     common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant, size=size,
                   batch_size=batch_size, num_workers=num_workers, device=dev, progress=progress)

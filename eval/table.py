@@ -55,6 +55,8 @@ def _method(res: dict) -> str:
         return "random init"
     if pre.get("task") == "jigsaw-ce":
         return "CE"
+    if pre.get("task") == "supervised":
+        return "supervised"
     return pre.get("estimator") or "-"
 
 

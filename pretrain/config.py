@@ -38,6 +38,10 @@ class DataSection:
     images_per_batch: int = 10
     perms_per_image: int = 16
     num_permutations: int = 100  # size of the maximal-Hamming permutation set
+    # None: the committed set (data_prep/permutations/max_hamming_100.txt), the same for every
+    # run.seed as in the paper; a path (.npy or text, 9 integers a line) takes another, e.g. a
+    # published one. Its first num_permutations rows are used; checkpoints record their sha256.
+    permutations: Optional[str] = None
     # infomax: batch_size images of size x size pixels per rank (STL10 is scaled to 32)
     batch_size: int = 64
     size: int = 32
@@ -60,7 +64,7 @@ class ModelSection:
 
 @dataclass
 class TaskSection:
-    kind: str = "jigsaw-ce"  # a kind of pretrain.tasks.kinds(): jigsaw-ce | jigsaw-mi | infomax
+    kind: str = "jigsaw-ce"  # a kind of pretrain.tasks.kinds(): jigsaw-ce | jigsaw-mi | infomax | supervised
     # MI bound for jigsaw-mi and infomax (eta-mine, dv-mine, ...); None for jigsaw-ce
     estimator: Optional[str] = None
     estimator_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {n_critic: 1}
@@ -142,6 +146,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         except Exception as exc:  # YAML syntax error
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{path}: cannot parse YAML: {first}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"{path}: the top level is a {type(file_cfg).__name__}, not a mapping of "
+                              f"sections (run:, data:, model:, task:, optim:, train:)")
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
         except OmegaConfBaseException as exc:
@@ -157,12 +164,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 def absolute_paths(cfg: DictConfig) -> DictConfig:
-    """Make the local paths (``data.shards``, ``run.root``, ``run.storage_path``) absolute.
+    """Make the local paths (``data.shards``, ``data.permutations``, ``run.root``, ``run.storage_path``) absolute.
 
     Ray Train runs the workers in another working directory, so a relative path given on the
     command line must be resolved where it was given. URIs (``scheme://...``) are left as they are.
     """
-    for section, key in (("data", "shards"), ("run", "root"), ("run", "storage_path")):
+    for section, key in (("data", "shards"), ("data", "permutations"), ("run", "root"), ("run", "storage_path")):
         node = cfg[section]
         if OmegaConf.is_missing(node, key) or node[key] is None or "://" in str(node[key]):
             continue
@@ -227,6 +234,13 @@ def validate(cfg: DictConfig) -> None:
     if spec.uses_permutations and d.perms_per_image > d.num_permutations:
         raise ConfigError(f"data.perms_per_image ({d.perms_per_image}) exceeds data.num_permutations "
                           f"({d.num_permutations})")
+    if spec.uses_permutations:
+        from data_prep.jigsaw import permutation_set
+
+        try:
+            permutation_set(d.permutations, d.num_permutations)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"data.permutations: {exc}") from None
     if t.sync_batchnorm and t.use_gpu is False:
         raise ConfigError("train.sync_batchnorm needs GPUs (CPU process groups cannot sync batch norm)")
     if cfg.track.mlflow_uri:
@@ -237,7 +251,15 @@ def validate(cfg: DictConfig) -> None:
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 
     try:
-        read_manifest(d.shards)
+        manifest = read_manifest(d.shards)
         shard_paths(d.shards, d.split)
     except ManifestError as exc:
         raise ConfigError(f"data.shards: {exc}") from None
+    if spec.needs_labels:
+        if not manifest["splits"][d.split].get("labelled", True):
+            raise ConfigError(f"data.split {d.split!r} of {d.shards} has no labels; task.kind={cfg.task.kind} "
+                              f"trains on labels (choose a labelled split, e.g. data.split=train)")
+        n_classes, given = len(manifest["class_names"]), cfg.task.kwargs.get("num_classes")
+        if given != n_classes:
+            raise ConfigError(f"task.kwargs.num_classes is {given}, but {d.shards} has {n_classes} classes; "
+                              f"set task.kwargs.num_classes={n_classes}")

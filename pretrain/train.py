@@ -163,11 +163,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # ---- the task: same initial weights on every rank (DDP also broadcasts rank 0's) ----------
     torch.manual_seed(cfg.run.seed)
-    permutations = None
-    if task_spec(cfg.task.kind).uses_permutations:
-        from data_prep.jigsaw import max_hamming_permutations
-
-        permutations = torch.as_tensor(max_hamming_permutations(cfg.data.num_permutations, seed=cfg.run.seed))
+    permutations = permutations_of(cfg)
     task = build_task_from_config(cfg, permutations).to(device)
     main_opt, eta_opt = build_optimizers(cfg, task)
 
@@ -261,6 +257,19 @@ def build_task_from_config(cfg: DictConfig, permutations: torch.Tensor | None) -
         num_permutations=cfg.data.num_permutations,
         **dict(cfg.task.kwargs),
     )
+
+
+def permutations_of(cfg: DictConfig) -> torch.Tensor | None:
+    """The jigsaw permutation set, int64 [data.num_permutations, 9]; None for tasks without one.
+
+    The same set for every ``run.seed`` (the paper's seeds share one set): the committed one, or
+    ``data.permutations``.
+    """
+    if not task_spec(cfg.task.kind).uses_permutations:
+        return None
+    from data_prep.jigsaw import permutation_set
+
+    return torch.as_tensor(permutation_set(cfg.data.permutations, cfg.data.num_permutations)[0])
 
 
 def build_optimizers(cfg: DictConfig, task: nn.Module):

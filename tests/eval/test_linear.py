@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_prep.files import sha256_file
 from data_prep.manifest import read_manifest
-from eval.features import cached_features, file_sha256
+from eval.features import cached_features
 from eval.linear import main, prepare_features, run_linear_eval, verify_encoder_unchanged
 from eval.probe import train_linear_probe
 from eval.topk import topk_accuracy, topk_correct
@@ -109,7 +110,7 @@ def test_encoder_unchanged_check_catches_a_modified_encoder(eval_world):
 def test_cached_features_equal_uncached(eval_world, tmp_path):
     encoder, _ = load_encoder(eval_world["jigsaw_run"])
     file = resolve_checkpoint_file(eval_world["jigsaw_run"])
-    kw = dict(checkpoint_sha256=file_sha256(file), shard_dir=eval_world["big"], manifest=read_manifest(eval_world["big"]),
+    kw = dict(checkpoint_sha256=sha256_file(file), shard_dir=eval_world["big"], manifest=read_manifest(eval_world["big"]),
               split="train", kind="jigsaw", batch_size=5, progress=False)
     plain = cached_features(encoder, cache_dir=None, **kw)
     first = cached_features(encoder, cache_dir=tmp_path, **kw)

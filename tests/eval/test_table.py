@@ -29,6 +29,8 @@ IMNET10 = {"fraction": 0.1, "per_class": None, "subset_list": None}
 def test_paper_numbers_only_where_the_setting_matches():
     assert paper_reference(_result("a", "infomax", "eta-mine", "dcgan", "cifar10", "stl10")) == {"table": "Table 2", "top1": (56.4, None)}
     assert paper_reference(_result("b", "infomax", "dv-mine", "dcgan", "stl10", "stl10"))["top1"] == (61.8, None)
+    assert paper_reference(_result("s", "supervised", None, "dcgan", "stl10", "stl10"))["top1"] == (61.3, None)
+    assert paper_reference(_result("t", "supervised", None, "dcgan", "stl10", "cifar10")) is None  # not in the paper
     # another dataset, another bound, another encoder, or a random encoder: nothing to compare with
     assert paper_reference(_result("c", "infomax", "eta-mine", "dcgan", "digits", "digits")) is None
     assert paper_reference(_result("d", "infomax", "infonce", "dcgan", "cifar10", "cifar10")) is None
@@ -40,7 +42,7 @@ def test_paper_numbers_only_where_the_setting_matches():
     assert paper_reference(eta)["top10"] == (32.7, 2.2)
     full = {"fraction": 1.0, "per_class": None, "subset_list": None}
     assert paper_reference(_result("i", "jigsaw-ce", None, "resnet50", "imagenet", "imagenet", source=full, pre_source=full)) is None
-    assert is_imagenet10("imagenet", {"per_class": 128}) and not is_imagenet10("imagenet", {"per_class": 50})
+    assert not is_imagenet10("imagenet", {"per_class": 128})  # kept all of validation: not the setting
 
 
 def test_table_rows_and_means(tmp_path):
