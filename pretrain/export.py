@@ -28,7 +28,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from torch import nn
 
 # safetensors metadata keys (string values only)
@@ -46,8 +45,9 @@ def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dic
     anything is written. Returns the metadata written: the model section, feature dimension, step
     and source checkpoint.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from data_prep.files import atomic_write_bytes
     from pretrain.checkpoint import encoder_from_payload, load_checkpoint
 
     out = Path(out)
@@ -65,9 +65,7 @@ def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dic
         META_SOURCE: str(payload["path"]),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, out)
+    atomic_write_bytes(out, save(state, metadata=metadata))
     return metadata
 
 
