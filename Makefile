@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest
 
+# No Ray and no long end-to-end runs: a quick check while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "not e2e and not ray"
 
 demo: $(STAMP)
 	$(PY) -m demo

@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = (run_dir_of(output), shards)
 
     results = out / "results"
-    probe = ["--epochs", str(epochs), "--seeds", str(seeds), "--no-progress", "--cache-dir", str(out / "feature_cache")]
+    probe = [f"epochs={epochs}", f"seeds={seeds}", "progress=false", f"cache_dir={out / 'feature_cache'}"]
     evals = [(name, run_dir, shards, []) for name, (run_dir, shards) in runs.items()]
-    evals += [("infomax random init", runs["infomax η-MINE"][0], digits, ["--random-init"]),
-              ("jigsaw random init", runs["jigsaw η-MINE"][0], photos, ["--random-init"])]
+    evals += [("infomax random init", runs["infomax η-MINE"][0], digits, ["random_init=true"]),
+              ("jigsaw random init", runs["jigsaw η-MINE"][0], photos, ["random_init=true"])]
     for name, run_dir, shards, extra in evals:
         tag = re.sub(r"\W+", "_", name.lower().replace("η", "eta"))
-        run([py, "-m", "eval.linear", "--checkpoint", run_dir, "--data", str(shards), "--out", str(results / tag),
+        run([py, "-m", "eval.linear", f"checkpoint={run_dir}", f"data={shards}", f"out={results / tag}",
              *probe, *extra], logs / f"eval_{tag}.log")
 
     table = run([py, "-m", "eval.table", str(results), "--out", str(out / "table.md")], logs / "table.log")

@@ -1,6 +1,6 @@
 """Linear-probe evaluation of pretrained checkpoints (the paper's target task), plus a kNN read.
 
-    python -m eval.linear --checkpoint runs/infomax-eta-... --data shards/cifar10 --epochs 200 --seeds 2
+    python -m eval.linear checkpoint=runs/infomax-eta-cifar10-... data=data/shards/cifar10 epochs=200 seeds=2
 
 Reads top to bottom: load the frozen encoder (`weights_only=True`), extract train and test features
 once (cached on disk, keyed by checkpoint and dataset), check that no encoder tensor changed, train
@@ -9,7 +9,9 @@ Appendix D), score top-1/5/10 on the test split, run a faiss weighted kNN (k = 2
 features, check the encoder again, and write `results.json`, `results.md` and TensorBoard curves.
 
 Several checkpoints, and the seeds of each, run as parallel Ray tasks when a Ray cluster is there
-(`--ray-address`, `RAY_ADDRESS`, or `ray.init` already called from Python); otherwise in this process.
+(`ray_address=`, `RAY_ADDRESS`, or `ray.init` already called from Python); otherwise in this process.
+Settings: the defaults of :class:`LinearConfig`, then an optional `--config` YAML, then `key=value`
+arguments (as for `python -m pretrain`; `--help` lists every key with its default).
 """
 from __future__ import annotations
 
@@ -26,12 +28,13 @@ import torch
 from torch import nn
 
 from data_prep.files import sha256_file
+from eval.config import LinearConfig, load_linear_config
 from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
 from eval.probe import train_linear_probe
+from pretrain.config import ConfigError, defaults_help
 
 KS = (1, 5, 10)
-DEFAULT_CACHE_DIR = "runs/feature_cache"
 
 
 # ----------------------------------------------------------------------------- frozen-encoder check
@@ -84,7 +87,7 @@ def default_splits(manifest: dict, train_split: str | None, test_split: str | No
         if name is None or name not in splits:
             raise ValueError(
                 f"{manifest['dataset']} shards have no {role} split {name!r}; available: {', '.join(splits)} "
-                f"(choose with --{role}-split)"
+                f"(choose with {role}_split=NAME)"
             )
         if not manifest["splits"][name].get("labelled", True):
             raise ValueError(f"split {name!r} of {manifest['dataset']} has no labels; a probe needs a labelled {role} split")
@@ -136,9 +139,9 @@ def prepare_features(
     random_init_seed: int = 0,
     train_split: str | None = None,
     test_split: str | None = None,
-    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-    batch_size: int = 64,
-    num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = LinearConfig.cache_dir,
+    batch_size: int = LinearConfig.extract_batch_size,
+    num_workers: int = LinearConfig.num_workers,
     device: str | None = None,
     progress: bool = True,
     keep_encoder: bool = False,
@@ -289,7 +292,7 @@ def write_results(out: str | os.PathLike, res: dict) -> None:
 def _seed_list(seeds: int | Sequence[int]) -> list[int]:
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seeds:
-        raise ValueError("need at least one probe seed (--seeds N with N >= 1)")
+        raise ValueError("need at least one probe seed (seeds=N with N >= 1)")
     return seeds
 
 
@@ -305,67 +308,47 @@ def _history_to_tensorboard(tb_dir: str, history: dict) -> None:
 # ----------------------------------------------------------------------------- entry points
 
 
-def run_linear_eval(
-    checkpoint: str | os.PathLike,
-    data: str | os.PathLike,
-    epochs: int = 200,
-    seeds: int | Sequence[int] = 2,
-    out: str | os.PathLike | None = None,
-    **options,
-) -> dict:
+def run_linear_eval(checkpoint: str | os.PathLike, data: str | os.PathLike, **settings) -> dict:
     """Evaluate one checkpoint on one shard directory; write results to `out` and return them.
 
-    `options` are those of `evaluate_checkpoints` (lr, batch_size, knn_k, random_init, cache_dir, ...).
-    Returns the results.json record (top1/top5/top10 as {"mean", "std"} in %, "knn": {"top1", "top5"}).
+    `settings` are fields of :class:`LinearConfig` (epochs, seeds, out, lr, ...; seeds may also be a
+    list of seeds) plus `use_ray`. Returns the results.json record (top1/top5/top10 as
+    {"mean", "std"} in %, "knn": {"top1", "top5"}).
     """
-    return evaluate_checkpoints([checkpoint], data, epochs=epochs, seeds=seeds, out=out, **options)[0]
+    return evaluate_checkpoints([checkpoint], data, **settings)[0]
 
 
-def evaluate_checkpoints(
-    checkpoints: Sequence[str | os.PathLike],
-    data: str | os.PathLike,
-    *,
-    epochs: int = 200,
-    seeds: int | Sequence[int] = 2,
-    out: str | os.PathLike | None = None,
-    lr: float = 1e-4,
-    batch_size: int = 256,
-    knn_k: int = 20,
-    knn_temperature: float = 0.07,
-    random_init: bool = False,
-    train_split: str | None = None,
-    test_split: str | None = None,
-    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-    extract_batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | None = None,
-    progress: bool = True,
-    use_ray: bool | None = None,
-    ray_address: str | None = None,
-) -> list[dict]:
+def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *,
+                         use_ray: bool | None = None, **settings) -> list[dict]:
     """Evaluate several checkpoints on one dataset; one results directory each.
 
+    `settings` are fields of :class:`LinearConfig` (an unknown one is a `TypeError` naming it).
     With one checkpoint its results go to `out` itself; with several, to `out/<checkpoint name>/`.
-    `out=None` means `runs/eval/<checkpoint name>-<dataset>`. `use_ray=None` uses Ray when an address
-    is given, `RAY_ADDRESS` is set, or Ray is already initialised: feature extraction runs as one task
-    per checkpoint and the probe as one task per (checkpoint, seed).
+    `out=None` means `runs/eval/<checkpoint name>-<dataset>`. `use_ray=None` uses Ray when
+    `ray_address` is given, `RAY_ADDRESS` is set, or Ray is already initialised: feature extraction
+    runs as one task per checkpoint and the probe as one task per (checkpoint, seed).
     """
-    seed_list = _seed_list(seeds)
+    return evaluate(LinearConfig(checkpoint=[str(c) for c in checkpoints], data=str(data), **settings), use_ray=use_ray)
+
+
+def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
+    """Run the evaluation `cfg` describes (see :func:`evaluate_checkpoints`); returns one results record per checkpoint."""
+    seed_list = _seed_list(cfg.seeds)
     # Ray tasks run in another working directory: resolve local paths where they were given.
-    checkpoints = [os.path.abspath(c) for c in checkpoints]
-    data = os.path.abspath(data)
-    if cache_dir is not None:
-        cache_dir = os.path.abspath(cache_dir)
-    if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
-    prep_kw = dict(random_init=random_init, train_split=train_split, test_split=test_split, cache_dir=cache_dir,
-                   batch_size=extract_batch_size, num_workers=num_workers, device=device)
-    probe_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, device=device)
+    checkpoints = [os.path.abspath(c) for c in cfg.checkpoint]
+    data = os.path.abspath(cfg.data)
+    cache_dir = None if cfg.cache_dir is None else os.path.abspath(cfg.cache_dir)
+    out, progress = cfg.out, cfg.progress
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    prep_kw = dict(random_init=cfg.random_init, train_split=cfg.train_split, test_split=cfg.test_split, cache_dir=cache_dir,
+                   batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers, device=cfg.device)
+    probe_kw = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, device=cfg.device)
     if use_ray is None:
-        use_ray = ray_address is not None or "RAY_ADDRESS" in os.environ or _ray_initialised()
+        use_ray = cfg.ray_address is not None or "RAY_ADDRESS" in os.environ or _ray_initialised()
     t0 = time.perf_counter()
     if use_ray:
-        prepared, probes = _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, progress)
+        prepared, probes = _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, cfg.ray_address, progress)
     else:
         prepared, probes = [], []
         for ckpt in checkpoints:
@@ -385,8 +368,8 @@ def evaluate_checkpoints(
             if not r.pop("history_written", False):
                 _history_to_tensorboard(str(res_dir / "tb" / f"seed{r['seed']}"), r["history"])
         (x, y), (xt, yt) = feats["train"], feats["test"]
-        knn = knn_accuracy(x, y, xt, yt, meta["num_classes"], k=knn_k, temperature=knn_temperature)
-        res = summarise(meta, per_seed, knn, epochs=epochs, lr=lr, batch_size=batch_size)
+        knn = knn_accuracy(x, y, xt, yt, meta["num_classes"], k=cfg.knn_k, temperature=cfg.knn_temperature)
+        res = summarise(meta, per_seed, knn, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
         res["wall_seconds"] = time.perf_counter() - t0
         res["out"] = str(res_dir)
         write_results(res_dir, res)
@@ -445,42 +428,25 @@ def _probe_remote(features: dict, seed: int, probe_kw: dict) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m eval.linear", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, nargs="+",
-                    help="run directory (its latest checkpoint), checkpoint directory or checkpoint.pt; several run in parallel on Ray")
-    ap.add_argument("--data", required=True, help="data_prep shard directory to probe on (imagenet, cifar10, stl10 or any)")
-    ap.add_argument("--epochs", type=int, default=200, help="probe epochs over the train features (paper: 200)")
-    ap.add_argument("--seeds", type=int, default=2, help="number of probe seeds (0..N-1); results are mean ± std over them")
-    ap.add_argument("--out", help="results directory (default runs/eval/<checkpoint>-<dataset>)")
-    ap.add_argument("--lr", type=float, default=1e-4, help="probe Adam learning rate (paper: 1e-4)")
-    ap.add_argument("--batch-size", type=int, default=256, help="probe batch size on the cached features")
-    ap.add_argument("--knn-k", type=int, default=20, help="neighbours of the weighted kNN")
-    ap.add_argument("--knn-temperature", type=float, default=0.07, help="kNN vote weight exp(cos / T)")
-    ap.add_argument("--random-init", action="store_true",
-                    help="evaluate a randomly initialised encoder of the checkpoint's architecture (baseline)")
-    ap.add_argument("--train-split", help="split to train the probe on (default train)")
-    ap.add_argument("--test-split", help="split to score on (default test, else val)")
-    ap.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="feature cache; 'none' to disable")
-    ap.add_argument("--extract-batch-size", type=int, default=64, help="images per forward pass during extraction")
-    ap.add_argument("--num-workers", type=int, default=0, help="data loader processes for extraction")
-    ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--ray-address", help="Ray cluster to run checkpoints and seeds on as parallel tasks (e.g. auto)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.linear", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings (key=default), overridden by --config and then by key=value:\n" + defaults_help(LinearConfig))
+    ap.add_argument("--config", help="YAML of settings (keys below); key=value arguments override it")
+    ap.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="settings, e.g. checkpoint=runs/NAME-TIME data=data/shards/cifar10 epochs=20")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, unknown = parser().parse_known_args(argv)
     try:
-        results = evaluate_checkpoints(
-            args.checkpoint, args.data, epochs=args.epochs, seeds=args.seeds, out=args.out, lr=args.lr,
-            batch_size=args.batch_size, knn_k=args.knn_k, knn_temperature=args.knn_temperature,
-            random_init=args.random_init, train_split=args.train_split, test_split=args.test_split,
-            cache_dir=None if args.cache_dir.lower() == "none" else args.cache_dir,
-            extract_batch_size=args.extract_batch_size, num_workers=args.num_workers, device=args.device,
-            progress=not args.no_progress and sys.stderr.isatty(), ray_address=args.ray_address,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]}: settings are key=value (e.g. epochs=20; see --help)")
+        cfg = load_linear_config(args.config, args.overrides)
+        cfg.progress = cfg.progress and sys.stderr.isatty()
+        results = evaluate(cfg)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for res in results:

@@ -12,13 +12,16 @@ import sys
 from pathlib import Path
 
 from pretrain.checkpoint import CONFIG_FILE
-from pretrain.config import ConfigError, load_config
+from pretrain.config import ConfigError, PretrainConfig, defaults_help, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m pretrain",
-        description="Self-supervised pretraining (jigsaw CE/MI, InfoMax) on Ray Train.")
+        description="Self-supervised pretraining (jigsaw CE/MI, InfoMax) on Ray Train.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys and their defaults (what each means: pretrain/config.py):\n"
+               + defaults_help(PretrainConfig))
     p.add_argument("--config", help="YAML config (see configs/); values override the dataclass defaults")
     p.add_argument("--address", default=None,
                    help="Ray cluster address to join (e.g. ray://host:10001 or auto); default: start a local Ray")

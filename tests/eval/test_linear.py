@@ -174,14 +174,46 @@ def test_bad_checkpoints_give_one_clear_line(eval_world, tmp_path, capsys):
         prepare_features(tmp_path / "mismatch.pt", data, cache_dir=None, progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         prepare_features(tmp_path / "nowhere", data, cache_dir=None, progress=False)
-    for args in (["--checkpoint", str(bad)], ["--checkpoint", str(tmp_path / "nowhere")],
-                 ["--checkpoint", str(eval_world["infomax_run"]), "--test-split", "val"]):
-        assert main([*args, "--data", data, "--epochs", "1", "--cache-dir", "none", "--out", str(tmp_path / "o")]) == 2
+    for args in ([f"checkpoint={bad}"], [f"checkpoint={tmp_path / 'nowhere'}"],
+                 [f"checkpoint={eval_world['infomax_run']}", "test_split=val"]):
+        assert main([*args, f"data={data}", "epochs=1", "cache_dir=null", f"out={tmp_path / 'o'}"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["checkpoint=r", "data=d", "epoch=3"], "epoch"),  # unknown key: named
+    (["checkpoint=r", "data=d", "epochs=three"], "epochs"),  # wrong type: named
+    (["data=d"], "checkpoint is required"),
+    (["checkpoint=r"], "data is required"),
+    (["--checkpoint", "r", "data=d"], "unknown option --checkpoint: settings are key=value"),
+    (["checkpoint=r", "data=d", "epochs"], "not key=value"),
+])
+def test_settings_errors_are_one_line_naming_the_key(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_settings_defaults_yaml_and_overrides(tmp_path, capsys):
+    from eval.config import LinearConfig, load_linear_config
+
+    cfg = load_linear_config(None, ["checkpoint=[runs/a,runs/b]", "data=data/shards/cifar10", "cache_dir=null"])
+    assert cfg.checkpoint == ["runs/a", "runs/b"] and cfg.cache_dir is None and cfg.epochs == LinearConfig.epochs
+    (tmp_path / "eval.yaml").write_text("checkpoint: runs/a\ndata: d\nepochs: 7\nseeds: 3\n")
+    cfg = load_linear_config(tmp_path / "eval.yaml", ["seeds=1"])
+    assert (cfg.checkpoint, cfg.epochs, cfg.seeds, cfg.lr) == (["runs/a"], 7, 1, LinearConfig.lr)
+    # --help shows the dataclass defaults, each key once
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = capsys.readouterr().out
+    for name, value in (("epochs", "200"), ("seeds", "2"), ("lr", "0.0001"), ("cache_dir", "runs/feature_cache"),
+                        ("checkpoint", "(required)"), ("random_init", "false"), ("out", "null")):
+        assert f"  {name}={value} " in shown, name
+
+
 @pytest.mark.e2e
+@pytest.mark.ray
 def test_two_worker_pretraining_checkpoints_evaluate_on_ray_as_in_process(eval_world, tmp_path, ray_session):
     """A real 2-worker Ray Train run (InfoMax, η-MINE, DCGAN) writes two checkpoints; both evaluate, their
     seeds as parallel Ray tasks, with exactly the numbers of the in-process evaluation."""

@@ -1,4 +1,4 @@
-"""The Ray Train loop end to end on tiny shards, 2 workers, one Ray session for the module.
+"""The Ray Train loop end to end on tiny shards, 2 workers, on the test session's Ray (``ray_session``).
 
 Uninterrupted, worker-crash and driver-restart runs of one InfoMax config must end with identical
 weights, η and optimiser state; a jigsaw run logs η from both ranks and a puzzle grid; two ranks
@@ -8,9 +8,6 @@ clear message and keeps its last good checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +18,7 @@ from PIL import Image
 from pretrain import checkpoint as ck
 from pretrain.config import load_config
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
-    tmp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must stay under ~107 chars
-    ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
