@@ -1,4 +1,4 @@
-"""``python -m pretrain --config configs/X.yaml [key=value ...] [--address ADDR] [--resume RUN_DIR]``
+"""``python -m pretrain --config configs/X.yaml [key=value ...] [--address ADDR] [--resume RUN_DIR] [--print-config]``
 
 Without ``--address`` a local Ray starts on this machine; with one the run joins that cluster.
 ``--resume RUN_DIR`` continues a run whose driver died: its saved ``config.yaml`` is the base
@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tflops", type=float, default=None,
                    help="accelerator rate of the whole run for --plan, TFLOP/s (default: 40%% of one H200's "
                         "989 TFLOP/s dense bf16 peak)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults <- YAML <- key=value) and exit without training")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides in dotted form, applied after the YAML (e.g. train.steps=100)")
     args = p.parse_args(argv)
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_dir = None
             cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+            return 0
         from pretrain.config import validate
 
         validate(cfg, check_shards=not args.plan)

@@ -105,6 +105,14 @@ class TrainSection:
 
 
 @dataclass
+class TrackSection:
+    # MLflow tracking URI (file:./mlruns, sqlite:///mlflow.db, http://host:5000); None: TensorBoard
+    # only. Needs pip install -e .[mlflow]; the driver logs params, metrics and the exported encoder.
+    mlflow_uri: Optional[str] = None
+    mlflow_experiment: str = "pretrain"
+
+
+@dataclass
 class PretrainConfig:
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
@@ -112,6 +120,7 @@ class PretrainConfig:
     task: TaskSection = field(default_factory=TaskSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    track: TrackSection = field(default_factory=TrackSection)
 
 
 def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
@@ -273,6 +282,11 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
             raise ConfigError(f"data.permutations: {exc}") from None
     if t.sync_batchnorm and t.use_gpu is False:
         raise ConfigError("train.sync_batchnorm needs GPUs (CPU process groups cannot sync batch norm)")
+    if cfg.track.mlflow_uri:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]")
     if not check_shards:
         return
     from data_prep.manifest import ManifestError, read_manifest, shard_paths

@@ -213,6 +213,7 @@ def test_settings_defaults_yaml_and_overrides(tmp_path, capsys):
 
 
 @pytest.mark.e2e
+@pytest.mark.ray
 def test_two_worker_pretraining_checkpoints_evaluate_on_ray_as_in_process(eval_world, tmp_path, ray_session):
     """A real 2-worker Ray Train run (InfoMax, η-MINE, DCGAN) writes two checkpoints; both evaluate, their
     seeds as parallel Ray tasks, with exactly the numbers of the in-process evaluation."""
