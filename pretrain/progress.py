@@ -143,6 +143,39 @@ def format_line(record: dict, total: int, samples_per_image: int = 1, eta_s: flo
     return " | ".join(parts)
 
 
+LOG_INTERVAL_S = 30.0  # a progress line this often when the output is a log, not a terminal
+
+
+class _LogLines:
+    """A stream for tqdm in a log: every refresh on a line of its own. (tqdm redraws with carriage
+    returns and cursor moves, which in a log file run together into one unreadable line.)"""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").replace("\x1b[A", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def bar(iterable=None, *, total: float | None = None, desc: str = "", enabled: bool = True,
+        stream: TextIO | None = None, **kwargs):
+    """A tqdm progress bar that redraws on a terminal and, when the output is piped or logged,
+    prints a plain line every :data:`LOG_INTERVAL_S` seconds (and at the end) instead."""
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    if stream.isatty():
+        return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=stream, dynamic_ncols=True, **kwargs)
+    kwargs["leave"] = True  # the last line (100%) is the one a log reader wants
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=_LogLines(stream),
+                mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100, **kwargs)
+
+
 def quiet_ray_report_logs() -> None:
     """Keep Ray Train from logging every report as ``Reporting training result N: TrainingReport(...)``.
 
