@@ -200,6 +200,7 @@ def prepare_features(
         "num_classes": len(manifest["class_names"]),
         "feature_dim": int(train["features"].shape[1]),
         "feature_cache": {"train": train["cache_path"], "test": test["cache_path"], "hit": train["cache_hit"] and test["cache_hit"]},
+        "skipped": {"train": train["skipped"], "test": test["skipped"]},
         "feature_seconds": seconds,
     }
     out = {"meta": meta, "train": (train["features"], train["labels"]), "test": (test["features"], test["labels"])}
@@ -254,6 +255,7 @@ def summarise(meta: dict, per_seed: list[dict], knn: dict, *, epochs: int, lr: f
         "knn": knn,
         "encoder_unchanged": True,
         "feature_cache": meta["feature_cache"],
+        "skipped": meta["skipped"],
         "feature_seconds": meta["feature_seconds"],
     }
 
@@ -381,6 +383,9 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
     out, progress = cfg.out, cfg.progress
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    check_output_dir(out)
+    if cache_dir is not None and not _writable(cache_dir):
+        cache_dir = None
     prep_kw = dict(random_init=cfg.random_init, train_split=cfg.train_split, test_split=cfg.test_split, cache_dir=cache_dir,
                    batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers, device=cfg.device)
     probe_kw = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, device=cfg.device)
@@ -416,6 +421,25 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
         write_results(res_dir, res)
         results.append(res)
     return results
+
+
+def check_output_dir(out) -> None:
+    """Before any work: the results directory must be writable (`NotWritableError`, one line)."""
+    from data_prep.writable import check_writable_dir
+
+    check_writable_dir(Path("runs") / "eval" if out is None else out, "out", "choose another with out=DIR")
+
+
+def _writable(cache_dir) -> bool:
+    """An unwritable feature cache only costs time: warn and evaluate without it."""
+    from data_prep.writable import NotWritableError, check_writable_dir
+
+    try:
+        check_writable_dir(cache_dir, "cache_dir")
+    except NotWritableError as exc:
+        print(f"warning: {exc}; evaluating without the feature cache", file=sys.stderr)
+        return False
+    return True
 
 
 def _out_dir(out, meta: dict, several: bool) -> Path:
@@ -486,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown option {unknown[0]}: settings are key=value (e.g. epochs=20; see --help)")
         cfg = load_linear_config(args.config, args.overrides)
         results = evaluate(cfg)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:  # OSError: FileNotFoundError, NotWritableError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for res in results:

@@ -225,10 +225,11 @@ def from_plain(d: dict) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(PretrainConfig), d)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     """Check what types cannot; raise :class:`ConfigError` with one line naming the key.
 
-    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker.
+    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker;
+    ``check_shards=False`` skips that (a cost plan needs no data).
     """
     if OmegaConf.is_missing(cfg.data, "shards"):
         raise ConfigError("data.shards is required: a data_prep output directory (data.shards=DIR)")
@@ -286,6 +287,8 @@ def validate(cfg: DictConfig) -> None:
 
         if importlib.util.find_spec("mlflow") is None:
             raise ConfigError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]")
+    if not check_shards:
+        return
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 
     try:
