@@ -43,7 +43,8 @@ def run(cmd: list[str], log: Path) -> str:
                 print(f"    {line.rstrip()}", flush=True)
     output = "".join(lines)
     if proc.returncode != 0:
-        print(output[-4000:], file=sys.stderr)
+        hidden = [line for line in lines if RAY_PROCESS_LINE.match(line)]  # a worker's traceback is here
+        print("".join(hidden[-40:]), file=sys.stderr)
         raise SystemExit(f"demo: stage failed (exit {proc.returncode}); full log in {log}")
     print(f"  done in {time.time() - start:.0f} s (log: {log})", flush=True)
     return output
