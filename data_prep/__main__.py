@@ -1,7 +1,8 @@
 """Command line: ``python -m data_prep {cifar10,stl10,imagenet,folder,digits,skimage-crops,verify} ...``.
 
-Each builder writes ``--out DIR/manifest.json`` and ``DIR/<split>-%06d.tar``. Re-running the same
-command resumes an interrupted build; ``--overwrite`` rebuilds. Bad images are skipped and listed
+Each builder writes ``--out DIR/manifest.json`` and ``DIR/<split>-%06d.tar``; ``DIR`` may be a local
+directory or an ``s3://BUCKET/PATH`` / ``gs://BUCKET/PATH`` URL. Re-running the same command resumes an
+interrupted build; ``--overwrite`` rebuilds. Bad images are skipped and listed
 (exit 0), or make the command fail with ``--strict`` (exit 2, after the manifest names them all).
 """
 from __future__ import annotations
@@ -10,11 +11,11 @@ import argparse
 import os
 import sys
 
-from data_prep import shard_writer
+from data_prep import shard_writer, storage
 
 
 def _common(p: argparse.ArgumentParser, fmt: str) -> None:
-    p.add_argument("--out", required=True, help="output directory for manifest.json and the shards")
+    p.add_argument("--out", required=True, help="output directory (or s3:// / gs:// URL) for manifest.json and the shards")
     p.add_argument("--shard-size", type=int, default=1000,
                    help="inputs per shard; use at least (ranks × loader workers) shards per split so "
                         "non-resampled streams can give every worker its own shards")
@@ -78,13 +79,25 @@ def parser() -> argparse.ArgumentParser:
     _common(p, "jpg")
 
     p = sub.add_parser("verify", help="check every shard against manifest.json")
-    p.add_argument("dir")
+    p.add_argument("dir", help="shard directory or s3:// / gs:// URL")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the images (faster)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except storage.StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    target = args.dir if args.command == "verify" else args.out
+    if storage.is_url(target):  # before any expensive work: a bad scheme, a missing bucket, no credentials
+        storage.check_url(target)
+        storage.check_bucket(target)
     if args.command == "verify":
         from data_prep.verify import verify
         problems = verify(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty())

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep import storage
 from data_prep.folder import items_from_files, list_class_tree
 
 WNID = re.compile(r"n\d{8}")
@@ -160,9 +161,9 @@ def sources(train_dir: str | Path, val_dir: str | Path | None = None, val_labels
                              f"check the list or the --fraction/--per-class options")
         selection[split] = {"kept": len(files), "available": total, "share": len(files) / total}
         if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            Path(out_dir, f"subset_{split}.txt").write_text(
-                "".join(f"{rel} {lab}\n" for f, lab, rel in files))
+            storage.makedirs(out_dir)
+            storage.write_text(storage.join(out_dir, f"subset_{split}.txt"),
+                               "".join(f"{rel} {lab}\n" for f, lab, rel in files))
         splits[split] = items_from_files(split, [(f, lab, f"{Path(rel).parent}/{f.name}") for f, lab, rel in files])
     return wnids, splits, selection
 

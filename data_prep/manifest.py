@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from data_prep import storage
+
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
 
@@ -23,14 +25,17 @@ class ManifestError(ValueError):
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
-    """Load ``shard_dir/manifest.json``; raise :class:`ManifestError` with one line if missing/bad."""
-    path = Path(shard_dir) / MANIFEST_NAME
-    if not path.is_file():
+    """Load ``shard_dir/manifest.json``; raise :class:`ManifestError` with one line if missing/bad.
+
+    ``shard_dir`` may be an ``s3://``/``gs://`` URL; an unusable URL raises :class:`data_prep.storage.StorageError`.
+    """
+    path = storage.join(shard_dir, MANIFEST_NAME)
+    if not storage.isfile(path):
         raise ManifestError(
             f"no {MANIFEST_NAME} in {shard_dir}: build the shards first with "
             f"`python -m data_prep <cifar10|stl10|imagenet|folder> ... --out {shard_dir}`")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(storage.read_text(path))
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path} is not valid JSON ({e}); rebuild the shards") from None
     for key in ("format", "dataset", "splits", "class_names"):
@@ -71,14 +76,16 @@ def num_samples(manifest: dict, split: str) -> int:
 
 
 def shard_paths(shard_dir: str | Path, split: str, manifest: dict | None = None) -> list[str]:
-    """Absolute paths of the shards of ``split``, in manifest order; errors if one is missing."""
+    """Absolute paths (or URLs) of the shards of ``split``, in manifest order; errors if one is missing."""
     manifest = read_manifest(shard_dir) if manifest is None else manifest
+    shard_dir = storage.resolve(shard_dir)
+    present = set(storage.listdir(shard_dir))  # one listing, not a request per shard
     paths = []
     for shard in split_info(manifest, split)["shards"]:
-        p = Path(shard_dir) / shard["name"]
-        if not p.is_file():
+        p = storage.join(shard_dir, shard["name"])
+        if shard["name"] not in present:
             raise ManifestError(f"shard {p} listed in the manifest is missing; re-run the builder to resume")
-        paths.append(str(p.resolve()))
+        paths.append(p)
     if not paths:
         raise ManifestError(f"split {split!r} in {shard_dir} has no shards")
     return paths

@@ -1,14 +1,16 @@
 """The engine shared by the training streams: shards -> samples -> groups -> batches, per rank/worker.
 
-Built from webdataset's own stages (``ResampledShards`` or ``SimpleShardList``, ``tarfile_to_samples``,
-``shuffle``) inside one ``DataPipeline`` per (rank, worker), followed by decoding, grouping and the
-task's batch maker. Each rank yields exactly ``batches_per_epoch`` batches (DDP never waits at an epoch
+Built from webdataset's own stages (``ResampledShards`` or ``SimpleShardList``, its tar expander and
+key grouper, ``shuffle``) inside one ``DataPipeline`` per (rank, worker), followed by decoding, grouping
+and the task's batch maker. Shards are opened through :mod:`data_prep.storage`, so a shard directory
+may be an ``s3://``/``gs://`` URL, streamed by fsspec (whose clients retry transient errors). Each rank yields exactly ``batches_per_epoch`` batches (DDP never waits at an epoch
 end); corrupt samples are skipped with a warning and counted, never crash a run. A split that yields
 nothing decodable (as many consecutive failures as it has samples, or every shard unreadable in turn)
 raises :class:`UndecodableSplitError` instead of looping forever over resampled shards.
 """
 from __future__ import annotations
 
+import functools
 import random
 import warnings
 from typing import Any, Callable, Iterator
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from data_prep import sharding
+from data_prep import sharding, storage
 from data_prep.manifest import read_manifest, shard_paths, shard_sample_counts
 
 
@@ -32,6 +34,31 @@ class UndecodableSplitError(RuntimeError):
 # Warnings per stream before they thin out to one per LOG_EVERY skips (a broken split must not flood logs).
 WARN_FIRST = 10
 LOG_EVERY = 1000
+
+
+def _open_shards(src: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """webdataset's ``url_opener`` through :func:`data_prep.storage.open_read` (local paths and URLs).
+
+    A :class:`~data_prep.storage.StorageError` (no credentials, no access, a store still failing after
+    its client's retries) ends the stream: skipping would spin over shards none can read.
+    """
+    for source in src:
+        try:
+            stream = storage.open_read(source["url"])
+        except storage.StorageError:
+            raise
+        except Exception as exn:
+            if handler(exn):
+                continue
+            break
+        yield {**source, "stream": stream}
+
+
+def tar_samples(src: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """``{"url": shard}`` dicts -> samples ``{"__key__", "__url__", ext: bytes}`` (webdataset's
+    ``tarfile_samples`` with shards opened by :func:`_open_shards`)."""
+    files = wds.tariterators.tar_file_expander(_open_shards(src, handler), handler=handler)
+    return wds.tariterators.group_by_keys(files, handler=handler)
 
 
 class ShardBatchStream(torch.utils.data.IterableDataset):
@@ -86,7 +113,7 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
             mine = sharding.slot_shards(self.urls, self.rank, self.world_size, virtual, W)
             pipeline = wds.DataPipeline(wds.SimpleShardList(mine, seed=stream_seed if self.train else None))
             pipeline.repeat()  # a slot that runs dry (corrupt samples, a long epoch) starts over
-        pipeline.append(wds.tarfile_to_samples(handler=self._unreadable_shard))
+        pipeline.append(functools.partial(tar_samples, handler=self._unreadable_shard))
         pipeline.append(self._shards_readable)
         if self.train and self.shuffle_buffer > 1:
             pipeline.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
