@@ -11,9 +11,10 @@ Reads top to bottom:
    STL-10) for ``--seeds`` pretraining seeds, and the probes of each (Table 2 also probes across:
    C10→S10, S10→C10), each with ``--probe-seeds`` probe seeds. Every run has a fixed name, so
    :func:`pretrain_state` can tell a finished run, a half-finished one and one not started.
-2. :func:`add_costs`: FLOPs per step (``torch.utils.flop_counter`` on one batch of the config's
-   shape), total PFLOPs and hours at a stated sustained TFLOP/s. ``--dry-run`` stops here and
-   prints the plan; ``--plan-out`` writes it as JSON.
+2. :func:`add_costs`: each config's cost from :func:`pretrain.plan.plan` (FLOPs per step from
+   ``torch.utils.flop_counter`` on one batch of the config's shape, the data rate it needs and gets),
+   the probes' FLOPs, total PFLOPs and hours at a stated sustained TFLOP/s. ``--dry-run`` stops here
+   and prints the plan; ``--plan-out`` writes it as JSON.
 3. :func:`run_locally` (one run after another, in this process) or :func:`run_on_cluster` (Ray jobs,
    as many at once as the cluster's GPUs hold): finished runs and probes are skipped, a
    half-finished run continues from its last checkpoint (``python -m pretrain --resume``
@@ -39,11 +40,11 @@ from pathlib import Path
 import numpy as np
 
 from eval.paper_results import TABLE2_TOP1, TABLE3
+from pretrain.plan import DEFAULT_TFLOPS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KS = ("top1", "top5", "top10")
-# 40% of an H200's dense bf16 peak (989 TFLOP/s): a sustained rate a well-fed ResNet50 step can hold.
-DEFAULT_TFLOPS = 396.0
+DATA_SECONDS = 2.0  # how long pretrain.plan times each config's data side
 METHOD_NAMES = {"dv-mine": "DV-MINE", "eta-mine": "η-MINE", "ce": "CE", "supervised": "Sup."}
 DATASET_NAMES = {"cifar10": "C10", "stl10": "S10", "imagenet10": "ImageNet-10%"}
 
@@ -126,7 +127,8 @@ class PretrainRun:
     overrides: list[str]
     steps: int
     workers: int
-    flops_per_step: float | None = None
+    flops_per_step: float | None = None  # all ranks: pretrain.plan
+    hours_at_data_rate: float | None = None  # with the config's loader cores, at the measured rate per core
     status: str = "to run"  # done | partial (step k) | to run
 
     @property
@@ -264,41 +266,6 @@ def check_data(plan: Plan, data_root: Path) -> None:
 # ============================================================================ 2. the cost
 
 
-def train_step_flops(config: str, overrides: list[str]) -> float:
-    """FLOPs of one training step (forward + backward) of a config, counted on one batch of its shape."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from pretrain.config import load_config
-    from pretrain.train import build_task_from_config, permutations_of
-
-    cfg = load_config(REPO_ROOT / config, overrides)
-    torch.manual_seed(0)
-    task = build_task_from_config(cfg, permutations_of(cfg)).train()
-    batch = example_batch(cfg, permutations_of(cfg))
-    with FlopCounterMode(display=False) as counter:
-        task(batch)["loss"].backward()
-    return float(counter.get_total_flops())
-
-
-def example_batch(cfg, permutations) -> dict:
-    """One random batch laid out as the config's stream lays it out (for counting FLOPs)."""
-    import torch
-
-    from pretrain.tasks import spec
-
-    rng = np.random.default_rng(0)
-    d = cfg.data
-    if spec(cfg.task.kind).stream == "jigsaw":
-        from data_prep.jigsaw import PATCH, make_batch
-
-        tiles = rng.integers(0, 256, size=(d.images_per_batch, 9, PATCH, PATCH, 3), dtype=np.uint8)
-        return make_batch(tiles, np.zeros(d.images_per_batch, np.int64), permutations.numpy(), d.perms_per_image, rng,
-                          gather=not d.unique_tiles)
-    return {"images": torch.randn(d.batch_size, 3, d.size, d.size),
-            "label": torch.as_tensor(rng.integers(0, 2, d.batch_size))}
-
-
 def probe_flops(config: str, overrides: list[str], probe: ProbeRun) -> float:
     """Feature extraction (one forward pass per train and test image, cached) plus the linear probe."""
     import torch
@@ -321,13 +288,20 @@ def probe_flops(config: str, overrides: list[str], probe: ProbeRun) -> float:
 
 
 def add_costs(plan: Plan) -> None:
-    """Fill in FLOPs per step of every run and the FLOPs of every probe (each config counted once)."""
-    per_config: dict[tuple, float] = {}
+    """Fill in every run's cost (:func:`pretrain.plan.plan` of its config, each config once) and
+    every probe's FLOPs."""
+    from pretrain.config import load_config
+    from pretrain.plan import plan as config_plan
+
+    per_config: dict[tuple, object] = {}
     for run in plan.runs:
         key = (run.config, *[o for o in run.overrides if not o.startswith(("run.", "data.shards="))])
         if key not in per_config:
-            per_config[key] = train_step_flops(run.config, run.overrides)
-        run.flops_per_step = per_config[key]
+            cfg = load_config(REPO_ROOT / run.config, run.overrides)
+            per_config[key] = config_plan(cfg, tflops=plan.tflops, name=run.config, data_seconds=DATA_SECONDS)
+        cost = per_config[key]
+        run.flops_per_step = cost.flops_per_step
+        run.hours_at_data_rate = cost.hours_at_data_rate
     per_probe: dict[tuple, float] = {}
     for probe in plan.probes:
         run = plan.run(probe.run_name)
@@ -410,7 +384,7 @@ def run_locally(plan: Plan) -> None:
         _, run_dir = pretrain_state(plan, plan.run(probe.run_name))
         print(f"[probe] {probe.run_name} on {probe.dataset} ({probe.probe_seeds} seeds)", flush=True)
         run_linear_eval(str(run_dir), probe.data, epochs=probe.epochs, seeds=probe.probe_seeds, out=probe.out,
-                        cache_dir=str(Path(plan.out) / "feature_cache"), use_ray=False, progress=sys.stderr.isatty())
+                        cache_dir=str(Path(plan.out) / "feature_cache"), use_ray=False)
 
 
 def cluster_gpus(address: str) -> int:
@@ -427,8 +401,8 @@ def probe_entrypoint(plan: Plan, probe: ProbeRun, run_dir: Path) -> str:
     """The ``python -m eval.linear`` job command of a probe (through ``cluster.submit.eval_job``)."""
     from cluster.submit import eval_job
 
-    return eval_job([str(run_dir)], probe.data, ["--epochs", str(probe.epochs), "--seeds", str(probe.probe_seeds),
-                                                 "--out", probe.out, "--cache-dir", str(Path(plan.out) / "feature_cache")])
+    return eval_job([f"checkpoint={run_dir}", f"data={probe.data}", f"epochs={probe.epochs}",
+                     f"seeds={probe.probe_seeds}", f"out={probe.out}", f"cache_dir={Path(plan.out) / 'feature_cache'}"])
 
 
 def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: float = 10.0) -> None:
@@ -569,7 +543,8 @@ def make_table(plan: Plan, agg: dict[tuple, dict], seeds: int, probe_seeds: int)
 def plan_json(plan: Plan) -> dict:
     """The plan as JSON: ``{"table", "runs": [{"kind", "method", "seed", "config", "steps", "flops", ...}], "total_flops"}``."""
     runs = [{"kind": "pretrain", "method": r.method, "seed": r.seed, "config": r.config, "dataset": r.dataset,
-             "steps": r.steps, "flops_per_step": r.flops_per_step, "flops": r.flops, "name": r.name,
+             "steps": r.steps, "flops_per_step": r.flops_per_step, "flops": r.flops,
+             "hours_at_data_rate": r.hours_at_data_rate, "name": r.name,
              "out": str(plan.run_root / f"{r.name}-<time>"), "overrides": r.overrides, "status": r.status}
             for r in plan.runs]
     runs += [{"kind": "probe", "method": p.method, "seed": p.seed, "config": plan.run(p.run_name).config,
@@ -577,8 +552,9 @@ def plan_json(plan: Plan) -> dict:
               "steps": p.epochs * math.ceil(p.num_train / 256) * p.probe_seeds, "epochs": p.epochs,
               "flops": p.flops, "out": p.out, "status": p.status} for p in plan.probes]
     total = sum(r["flops"] or 0.0 for r in runs)
+    data_hours = sum(r.get("hours_at_data_rate") or 0.0 for r in runs)
     return {"table": plan.table, "miniature": plan.miniature, "runs": runs, "total_flops": total,
-            "tflops": plan.tflops, "hours": total / (plan.tflops * 1e12) / 3600}
+            "tflops": plan.tflops, "hours": total / (plan.tflops * 1e12) / 3600, "pretrain_hours_at_data_rate": data_hours}
 
 
 def describe(plan_dict: dict) -> str:
@@ -590,13 +566,16 @@ def describe(plan_dict: dict) -> str:
         pf = lambda x: "?" if x is None else f"{x / 1e15:,.3f} PFLOP"  # noqa: E731
         if r["kind"] == "pretrain":
             per_step = "?" if r["flops_per_step"] is None else f"{r['flops_per_step'] / 1e9:,.1f} GFLOP/step"
+            data = "?" if r["hours_at_data_rate"] is None else f"{r['hours_at_data_rate']:,.1f} h"
             lines.append(f"  pretrain {r['method']:<10} {r['dataset']:<10} seed {r['seed']}  {r['config']}  "
-                         f"{r['steps']:,} steps × {per_step} = {pf(r['flops'])}  [{r['status']}]  {r['out']}")
+                         f"{r['steps']:,} steps × {per_step} = {pf(r['flops'])}, data side {data}  [{r['status']}]  {r['out']}")
         else:
             lines.append(f"  probe    {r['method']:<10} {r['pretrained_on']}→{r['dataset']:<10} seed {r['seed']}  "
                          f"{r['probe_seeds']} probe seeds × {r['epochs']} epochs = {pf(r['flops'])}  [{r['status']}]  {r['out']}")
     lines.append(f"total {plan_dict['total_flops'] / 1e15:,.1f} PFLOP = {plan_dict['hours']:,.1f} GPU-hours at a "
-                 f"sustained {plan_dict['tflops']:g} TFLOP/s (--tflops; default 40% of an H200's dense bf16 peak)")
+                 f"sustained {plan_dict['tflops']:g} TFLOP/s (--tflops; default 40% of an H200's dense bf16 peak); "
+                 f"the pretraining's data side at its measured rate per core, with each config's loader cores: "
+                 f"{plan_dict['pretrain_hours_at_data_rate']:,.1f} hours")
     return "\n".join(lines)
 
 

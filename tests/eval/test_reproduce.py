@@ -40,7 +40,8 @@ def test_table2_plan_has_cross_probes_and_the_supervised_column(tmp_path):
     assert {(p.dataset, p.num_train, p.num_test) for p in plan.probes} == {("cifar10", 50_000, 10_000), ("stl10", 5_000, 8_000)}
 
 
-def test_dry_run_writes_the_plan_with_costs(tmp_path, capsys):
+def test_dry_run_writes_the_plan_with_costs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(reproduce, "DATA_SECONDS", 0.2)  # pretrain.plan times each config's data side
     plan_file = tmp_path / "plan.json"
     assert reproduce.main(["table2", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
                            "--seeds", "1", "--probe-seeds", "2", "--dry-run", "--plan-out", str(plan_file)]) == 0
@@ -49,7 +50,7 @@ def test_dry_run_writes_the_plan_with_costs(tmp_path, capsys):
     for run in plan["runs"]:
         assert {"kind", "method", "seed", "config", "steps", "flops"} <= set(run) and run["flops"] > 0
     pre = next(r for r in plan["runs"] if r["kind"] == "pretrain" and r["method"] == "eta-mine")
-    assert pre["flops"] == pytest.approx(pre["flops_per_step"] * 78_100)
+    assert pre["flops"] == pytest.approx(pre["flops_per_step"] * 78_100) and pre["hours_at_data_rate"] > 0
     assert plan["total_flops"] == pytest.approx(sum(r["flops"] for r in plan["runs"]))
     assert plan["hours"] == pytest.approx(plan["total_flops"] / (plan["tflops"] * 1e12) / 3600)
     out = capsys.readouterr().out
@@ -101,6 +102,7 @@ def test_miniature_end_to_end_skips_finished_work_and_continues_runs(tmp_path, m
                            "--workers", "1", "--no-progress"]) == 0
     monkeypatch.setitem(reproduce.MINIATURE_STEPS, "table3", 4)
     monkeypatch.setattr(reproduce, "MINIATURE_PROBE_EPOCHS", 3)
+    monkeypatch.setattr(reproduce, "DATA_SECONDS", 0.05)
     args = dict(seeds=1, probe_seeds=2, miniature=True, methods=["eta-mine"])
     table = reproduce.reproduce("table3", data, tmp_path / "out", **args)
     assert "| η-MINE | 2 of 2 |" in table and (tmp_path / "out" / "table.md").read_text() == table
@@ -121,3 +123,21 @@ def test_miniature_end_to_end_skips_finished_work_and_continues_runs(tmp_path, m
     assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_000000004", "checkpoint_000000008"]
     second = json.loads(results.read_text())
     assert second["step"] == 8 and first["step"] == 4
+
+
+def test_cluster_jobs_resume_named_runs_and_probe_their_directory(tmp_path):
+    """On a cluster a run is a `cluster.resume` job under its fixed name; its probe an eval.linear job."""
+    import shlex
+
+    from cluster.submit import pretrain_job
+
+    plan = build_plan("table3", tmp_path / "data", tmp_path / "out", seeds=1, probe_seeds=2, methods=["ce"])
+    run = plan.runs[0]
+    entrypoint, name, _ = pretrain_job(reproduce.REPO_ROOT / run.config, run.overrides, reproduce.REPO_ROOT)
+    assert name == "table3-ce-imagenet10-seed0"
+    assert shlex.split(entrypoint)[:5] == ["python", "-m", "cluster.resume", "--config", "configs/jigsaw_ce_imagenet10.yaml"]
+    assert f"run.root={tmp_path / 'out' / 'runs'}" in shlex.split(entrypoint)
+    probe = shlex.split(reproduce.probe_entrypoint(plan, plan.probes[0], tmp_path / "out" / "runs" / "r-1"))
+    assert probe[:3] == ["python", "-m", "eval.linear"]
+    assert {f"checkpoint={tmp_path / 'out' / 'runs' / 'r-1'}", "seeds=2", "epochs=200",
+            f"out={tmp_path / 'out' / 'probes' / 'table3-ce-imagenet10-seed0-on-imagenet10'}"} <= set(probe[3:])
