@@ -498,6 +498,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings (key=default), overridden by --config and then by key=value:\n" + defaults_help(LinearConfig))
     ap.add_argument("--config", help="YAML of settings (keys below); key=value arguments override it")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
     ap.add_argument("overrides", nargs="*", metavar="key=value",
                     help="settings, e.g. checkpoint=runs/NAME-TIME data=data/shards/cifar10 epochs=20")
     return ap
@@ -509,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]}: settings are key=value (e.g. epochs=20; see --help)")
         cfg = load_linear_config(args.config, args.overrides)
+        if args.print_config:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+            return 0
         results = evaluate(cfg)
     except (ConfigError, OSError, ValueError, RuntimeError) as exc:  # OSError: FileNotFoundError, NotWritableError
         print(f"error: {exc}", file=sys.stderr)
