@@ -105,6 +105,14 @@ class TrainSection:
 
 
 @dataclass
+class TrackSection:
+    # MLflow tracking URI (file:./mlruns, sqlite:///mlflow.db, http://host:5000); None: TensorBoard
+    # only. Needs pip install -e .[mlflow]; the driver logs params, metrics and the exported encoder.
+    mlflow_uri: Optional[str] = None
+    mlflow_experiment: str = "pretrain"
+
+
+@dataclass
 class PretrainConfig:
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
@@ -112,6 +120,7 @@ class PretrainConfig:
     task: TaskSection = field(default_factory=TaskSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    track: TrackSection = field(default_factory=TrackSection)
 
 
 def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
@@ -216,10 +225,11 @@ def from_plain(d: dict) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(PretrainConfig), d)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     """Check what types cannot; raise :class:`ConfigError` with one line naming the key.
 
-    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker.
+    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker;
+    ``check_shards=False`` skips that (a cost plan needs no data).
     """
     if OmegaConf.is_missing(cfg.data, "shards"):
         raise ConfigError("data.shards is required: a data_prep output directory (data.shards=DIR)")
@@ -272,6 +282,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"data.permutations: {exc}") from None
     if t.sync_batchnorm and t.use_gpu is False:
         raise ConfigError("train.sync_batchnorm needs GPUs (CPU process groups cannot sync batch norm)")
+    if cfg.track.mlflow_uri:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]")
+    if not check_shards:
+        return
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 
     try:
