@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"Demo results ({'quick' if args.quick else 'full'}; sklearn-digits for InfoMax, skimage-crops for jigsaw):")
     print(table)
-    print(f"total {time.time() - t0:.0f} s. TensorBoard: tensorboard --logdir {out / 'runs'}  "
-          f"(probe curves: --logdir {results})")
+    print(f"total {time.time() - t0:.0f} s. TensorBoard (each run with its config, hparams and probe curves): "
+          f"tensorboard --logdir {out / 'runs'}")
     return 0
 
 
