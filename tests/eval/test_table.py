@@ -74,10 +74,29 @@ def test_cli_gathers_directories_and_rejects_bad_input(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text('{"top1": 1}')
     assert main([str(tmp_path / "bad")]) == 2
-    assert "not an eval.linear results file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not an eval.linear results file" in err and "no eval.linear results under" in err
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_other_results_files_are_skipped_with_a_note(tmp_path, capsys):
+    """Directories that also hold the experiments' own results.json (a list, another object, broken
+    JSON) give the table of the probe results, and a note per skipped file."""
+    write_results(tmp_path / "probe", _result("x", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10"))
+    (tmp_path / "mi_gaussian").mkdir()
+    (tmp_path / "mi_gaussian" / "results.json").write_text('[{"estimator": "eta-mine", "dim": 2}]')
+    (tmp_path / "mi_gan").mkdir()
+    (tmp_path / "mi_gan" / "results.json").write_text('{"config": {}, "summary": {}}')
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text('{"top1": ')
+    assert main([str(tmp_path), "--out", str(tmp_path / "table.md")]) == 0
+    captured = capsys.readouterr()
+    assert "| x |" in captured.out and (tmp_path / "table.md").read_text() == captured.out
+    notes = captured.err.strip().splitlines()
+    assert len(notes) == 3 and all(n.startswith("note: skipped ") for n in notes)
+    assert any("mi_gaussian" in n and "a JSON list" in n for n in notes)
 
 
 def test_results_markdown_mentions_setting():
