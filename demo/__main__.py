@@ -43,7 +43,8 @@ def run(cmd: list[str], log: Path) -> str:
                 print(f"    {line.rstrip()}", flush=True)
     output = "".join(lines)
     if proc.returncode != 0:
-        print(output[-4000:], file=sys.stderr)
+        hidden = [line for line in lines if RAY_PROCESS_LINE.match(line)]  # a worker's traceback is here
+        print("".join(hidden[-40:]), file=sys.stderr)
         raise SystemExit(f"demo: stage failed (exit {proc.returncode}); full log in {log}")
     print(f"  done in {time.time() - start:.0f} s (log: {log})", flush=True)
     return output
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"Demo results ({'quick' if args.quick else 'full'}; sklearn-digits for InfoMax, skimage-crops for jigsaw):")
     print(table)
-    print(f"total {time.time() - t0:.0f} s. TensorBoard: tensorboard --logdir {out / 'runs'}  "
-          f"(probe curves: --logdir {results})")
+    print(f"total {time.time() - t0:.0f} s. TensorBoard (each run with its config, hparams and probe curves): "
+          f"tensorboard --logdir {out / 'runs'}")
     return 0
 
 

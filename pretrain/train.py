@@ -4,7 +4,9 @@ Reads top to bottom:
 
 1. :func:`launch` (driver): validate the config, make the run directory, start or join Ray, run a
    ``TorchTrainer`` with ``FailureConfig(max_failures)``; re-running with the same run directory
-   continues from its latest checkpoint (Ray Train restores it from the storage snapshot).
+   continues from its latest checkpoint (Ray Train restores it from the storage snapshot). While it
+   runs, the driver prints a progress line per report and feeds the trackers, both read from
+   ``metrics.jsonl`` (:mod:`pretrain.progress`, :mod:`pretrain.tracking`).
 2. :func:`train_loop_per_worker` (each rank): build the task (encoder + heads + estimator, η
    included) and wrap it whole in DDP, so η's gradient is averaged like every other parameter and
    η stays identical on every rank; restore a checkpoint if Ray hands one over; then step.
@@ -76,13 +78,13 @@ def new_run_dir(cfg: DictConfig) -> Path:
 
 
 def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.PathLike | None = None,
-           ray_init_kwargs: dict | None = None, show_progress: bool = True) -> LaunchResult:
+           ray_init_kwargs: dict | None = None) -> LaunchResult:
     """Run (or continue) a pretraining run and return its run directory and Ray result.
 
     ``run_dir``: an existing run directory to continue (``--resume``) or a new one to use;
     None makes ``<run.root>/<run.name>-<time>``. Config errors raise ``ConfigError`` before Ray
     starts. ``address``: a Ray cluster to join; None starts a local Ray (unless one is running).
-    ``show_progress``: print the run directory and one line per report (:mod:`pretrain.progress`).
+    Prints the run directory at the start and one line per report (:mod:`pretrain.progress`).
     """
     validate(cfg)
     import ray
@@ -121,13 +123,10 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    if show_progress:
-        print(f"run directory: {run_dir}", flush=True)
+    print(f"run directory: {run_dir}", flush=True)
     tracking = Tracking(cfg, run_dir, run_dir / METRICS_FILE)
-    listeners = tracking.listeners()
-    if show_progress:
-        per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
-        listeners.insert(0, ProgressLine(cfg.train.steps, per_image))
+    per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
+    listeners = [ProgressLine(cfg.train.steps, per_image), *tracking.listeners()]
     succeeded = False
     try:
         with follow(run_dir / METRICS_FILE, listeners):
