@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,6 @@ class Dataset:
     folder: str
     build: str  # the data_prep command (shown when the shards are missing)
     sizes: tuple[int, int]  # (probe train, probe test) images, for the plan when no manifest is there
-    pretrain_split: str = "train"
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,7 @@ class Pretraining:
 
 DATASETS = {
     "cifar10": Dataset("cifar10", "python -m data_prep cifar10 --src cifar-10-python.tar.gz --out {dir}", (50_000, 10_000)),
-    "stl10": Dataset("stl10", "python -m data_prep stl10 --src stl10_binary.tar.gz --out {dir}", (5_000, 8_000),
-                     pretrain_split="unlabeled"),
+    "stl10": Dataset("stl10", "python -m data_prep stl10 --src stl10_binary.tar.gz --out {dir}", (5_000, 8_000)),
     "imagenet10": Dataset("imagenet10", "python -m data_prep imagenet --train-dir ILSVRC2012/train --val-dir "
                           "ILSVRC2012/val --val-labels LOC_val_solution.csv --fraction 0.1 --resize 292 --out {dir}",
                           (128_116, 5_000)),
