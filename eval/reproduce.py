@@ -411,10 +411,14 @@ def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: fl
 
     client = cs.connect(address)
     env = cs.runtime_env(REPO_ROOT)
-    if gpus is None:
-        gpus = cluster_gpus(address)
+    try:
+        reported = cluster_gpus(address)
+    except Exception as exc:  # the state API is unreachable or refuses: say so in one line
+        raise ReproduceError(f"cannot read the GPUs of {address} ({' '.join(str(exc).split())[:200]})") from None
+    gpus = gpus or reported
     if gpus < 1:
-        raise ReproduceError(f"the cluster at {address} reports no GPU; pass --gpus N if it has some")
+        raise ReproduceError(f"the cluster at {address} reports no GPU; pass --gpus N to run N jobs at once on its CPUs")
+    probe_gpus = 1 if reported else 0  # a probe job asks for a GPU only where there are GPUs
     queue: list[tuple[str, object]] = [("pretrain", r) for r in plan.runs if pretrain_state(plan, r)[0] != "done"]
     queue += [("probe", p) for p in plan.probes if probe_state(plan, p) != "done"]
     running: dict[str, tuple[str, object, int]] = {}  # job id -> (kind, item, GPUs)
@@ -427,7 +431,7 @@ def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: fl
                 if item.run_name in failed:
                     queue.remove((kind, item))
                 continue
-            need = item.workers if kind == "pretrain" else 1
+            need = item.workers if kind == "pretrain" else 1  # a CPU-only cluster: --gpus counts job slots
             if need > free:
                 continue
             if kind == "pretrain":
@@ -435,7 +439,8 @@ def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: fl
                 job = cs.submit(client, entrypoint, env, kind="pretrain", run_name=run_name)
             else:
                 _, run_dir = pretrain_state(plan, plan.run(item.run_name))
-                job = cs.submit(client, probe_entrypoint(plan, item, run_dir), env, kind="eval", entrypoint_gpus=1)
+                job = cs.submit(client, probe_entrypoint(plan, item, run_dir), env, kind="eval",
+                                entrypoint_gpus=probe_gpus)
             print(f"[job {job}] {kind} {getattr(item, 'name', None) or f'{item.run_name} on {item.dataset}'}", flush=True)
             running[job] = (kind, item, need)
             queue.remove((kind, item))
