@@ -14,6 +14,7 @@ Then the achieved FLOP/s of a ResNet50 jigsaw step (forward + backward + Adam, F
 
     nice -n 10 python benchmarks/train_step.py                       # small defaults for 2 CPU cores
     nice -n 10 python benchmarks/train_step.py --encoder resnet50 --images 10 --perms 16 --steps 40
+    python benchmarks/train_step.py --quick      # seconds: every part runs, the figures mean nothing (tests)
 """
 from __future__ import annotations
 
@@ -112,17 +113,19 @@ def ray_loop(cfg) -> dict:
 
     from pretrain.train import launch
 
-    tmp = tempfile.mkdtemp(prefix="rb")
+    own = not ray.is_initialized()  # a caller's Ray (the tests') is used as it is
     t0 = time.time()
-    ray.init(num_cpus=cfg.train.threads_per_worker + cfg.data.loader_workers, _temp_dir=tmp,
-             include_dashboard=False, log_to_driver=False)
+    if own:
+        ray.init(num_cpus=cfg.train.threads_per_worker + cfg.data.loader_workers, _temp_dir=tempfile.mkdtemp(prefix="rb"),
+                 include_dashboard=False, log_to_driver=False)
     ray_init_s = time.time() - t0
     try:
         started = time.time()
         run = launch(cfg).run_dir
         ended = time.time()
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
     return {"ray_init_s": ray_init_s, **split(started, event_times(run), ended, cfg.train.steps)}
 
 
@@ -139,15 +142,15 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, budget_s: float = 3.0) -> fl
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def resnet50_step_flops(puzzles: int, bf16: bool, reps: int) -> tuple[float, float]:
-    """(FLOPs of one jigsaw-CE step on ``puzzles`` puzzles, achieved FLOP/s)."""
+def jigsaw_step_flops(puzzles: int, bf16: bool, reps: int, encoder: str = "resnet50") -> tuple[float, float]:
+    """(FLOPs of one jigsaw-CE step of ``encoder`` on ``puzzles`` puzzles, achieved FLOP/s)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from pretrain.models import build_encoder
     from pretrain.tasks import build_task
 
     torch.manual_seed(0)
-    task = build_task("jigsaw-ce", build_encoder("resnet50"))
+    task = build_task("jigsaw-ce", build_encoder(encoder))
     task = task.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(task.parameters(), lr=1e-4)
     batch = {"patches": torch.randn(puzzles, 9, 3, 64, 64), "perm_index": torch.randint(0, 100, (puzzles,))}
@@ -168,7 +171,7 @@ def resnet50_step_flops(puzzles: int, bf16: bool, reps: int) -> tuple[float, flo
     return flops, flops * reps / (time.perf_counter() - t)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoder", default="resnet18", help="timm encoder of the a/b comparison")
     p.add_argument("--images", type=int, default=2, help="images per batch (jigsaw)")
@@ -184,7 +187,14 @@ def main() -> None:
     p.add_argument("--skip-ab", action="store_true", help="only the FLOP/s part")
     p.add_argument("--work", default=None, help="folder for shards and runs (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write the figures here")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run in seconds: 2 steps, 2 puzzles, small matmuls, resnet18 in the FLOP/s part")
+    args = p.parse_args(argv)
+    # (matmul side fp32, bf16; seconds a matmul is repeated; encoder of the FLOP/s part)
+    flops_setup = (2048, 1024, 3.0, "resnet50")
+    if args.quick:
+        args.steps, args.checkpoint_every, args.flops_puzzles, args.flops_reps = 3, 2, 2, 1  # 2: batch norm needs more than one
+        flops_setup = (256, 64, 0.05, "resnet18")
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))
     shards = make_shards(work) if not args.skip_ab else work
@@ -206,12 +216,13 @@ def main() -> None:
               f"  after start-up a/b = {ratio:.3f} (goal >= 0.95)", flush=True)
     if not args.skip_flops:
         # bf16 matmul runs far slower than fp32 on CPUs without a bf16 GEMM path: a smaller n keeps it short
-        for name, dtype, bf16, n in (("fp32", torch.float32, False, 2048), ("bf16", torch.bfloat16, True, 1024)):
-            mm = matmul_flops(dtype, n)
-            flops, rate = resnet50_step_flops(args.flops_puzzles, bf16, args.flops_reps)
+        n32, n16, budget_s, flops_encoder = flops_setup
+        for name, dtype, bf16, n in (("fp32", torch.float32, False, n32), ("bf16", torch.bfloat16, True, n16)):
+            mm = matmul_flops(dtype, n, budget_s)
+            flops, rate = jigsaw_step_flops(args.flops_puzzles, bf16, args.flops_reps, flops_encoder)
             out[f"flops_{name}"] = {"matmul_n": n, "matmul_flop_s": mm, "resnet50_step_flops": flops, "resnet50_flop_s": rate,
                                     "fraction_of_matmul": rate / mm}
-            print(f"{name}: matmul {n}^2 {mm / 1e9:.1f} GFLOP/s; ResNet50 jigsaw step "
+            print(f"{name}: matmul {n}^2 {mm / 1e9:.1f} GFLOP/s; {flops_encoder} jigsaw step "
                   f"({args.flops_puzzles} puzzles, {flops / 1e9:.1f} GFLOP) {rate / 1e9:.1f} GFLOP/s "
                   f"= {rate / mm:.0%} of matmul", flush=True)
     if args.json:

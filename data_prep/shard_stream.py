@@ -197,8 +197,8 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
 class BatchLoader:
     """An epoch of batches from a :class:`ShardBatchStream`, through a DataLoader when num_workers > 0.
 
-    ``len()`` is the number of batches this epoch will yield; ``set_epoch(e)`` and
-    ``set_skip_batches(k)`` re-target the next iteration (e.g. resuming mid-epoch).
+    ``len()`` is the number of batches this epoch will yield (the stream's ``epoch`` and
+    ``skip_batches`` say which epoch, and where in it to resume).
     """
 
     def __init__(self, stream: ShardBatchStream, num_workers: int, pin_memory: bool = False):
@@ -208,22 +208,8 @@ class BatchLoader:
 
     @property
     def batches_per_epoch(self) -> int:
+        """Batches in a whole epoch (``len()`` counts those left in the current one)."""
         return self.stream.batches_per_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.stream.epoch = epoch
-        self.stream.skip_batches = 0
-
-    def set_skip_batches(self, skip_batches: int) -> None:
-        if not 0 <= skip_batches <= self.stream.batches_per_epoch:
-            raise ValueError(f"skip_batches={skip_batches} outside 0..{self.stream.batches_per_epoch}")
-        self.stream.skip_batches = skip_batches
-
-    def state_dict(self, batches_done: int) -> dict:
-        """What a checkpoint records to resume after ``batches_done`` batches of this epoch."""
-        return {"epoch": self.stream.epoch, "batches_done": self.stream.skip_batches + batches_done,
-                "seed": self.stream.seed, "num_workers": self.num_workers,
-                "rank": self.stream.rank, "world_size": self.stream.world_size}
 
     def __len__(self) -> int:
         return len(self.stream)

@@ -109,6 +109,8 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / NONFINITE_FILE).unlink(missing_ok=True)
     OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    print(f"run directory: {run_dir}", flush=True)
+    tracking = Tracking(cfg, run_dir, run_dir / METRICS_FILE)  # before Ray: a bad tracking URI fails fast
     # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
     storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else run_dir.parent
 
@@ -135,8 +137,6 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    print(f"run directory: {run_dir}", flush=True)
-    tracking = Tracking(cfg, run_dir, run_dir / METRICS_FILE)
     per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
     listeners = [ProgressLine(run_schedule(cfg)[0], per_image), *tracking.listeners()]
     succeeded = False

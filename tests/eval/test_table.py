@@ -11,7 +11,7 @@ from eval.table import main, make_table
 def _result(name, task, estimator, encoder, pre_ds, probe_ds, *, source=None, pre_source=None, random_init=False, top1=(50.0, 60.0)):
     meta = {
         "checkpoint": f"/runs/{name}/checkpoint_000000100/checkpoint.pt", "checkpoint_name": name, "step": 100,
-        "random_init": random_init, "dataset": probe_ds, "dataset_source": source, "data": f"/shards/{probe_ds}",
+        "random_init": random_init, "run_dir": None, "dataset": probe_ds, "dataset_source": source, "data": f"/shards/{probe_ds}",
         "pretraining": {"task": task, "estimator": estimator, "encoder": encoder, "depth": 2 if encoder == "dcgan" else None,
                         "dataset": pre_ds, "dataset_source": pre_source, "shards": f"/shards/{pre_ds}"},
         "train_split": "train", "test_split": "test", "num_train": 100, "num_test": 50, "num_classes": 10,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,23 @@ def test_resume_continues_the_same_mlflow_run_and_a_failure_is_recorded(tmp_path
     assert [m.step for m in client.get_metric_history(run_id, "mi")] == [1, 2, 3]
     assert only.data.params["train.steps"] == "4"  # MLflow params never change; the first value stays
     assert {a.path for a in client.list_artifacts(run_id)} == {"config.yaml", "encoder.safetensors"}
+
+
+def test_an_unusable_tracking_uri_is_one_line_before_ray_starts(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from pretrain.__main__ import main
+
+    from ..eval.conftest import build_synthetic_shards
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    shards = build_synthetic_shards(tmp_path / "shards", 32, {"train": 4})
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the store should be")
+    config = Path(__file__).resolve().parents[2] / "configs" / "demo_infomax_eta.yaml"
+    ray_was_up = ray.is_initialized()
+    assert main(["--config", str(config), f"data.shards={shards}", f"run.root={tmp_path / 'runs'}",
+                 f"track.mlflow_uri=file:{blocked}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tracking error: track.mlflow_uri=file:{blocked}: cannot start an MLflow run: ")
+    assert err.count("\n") == 1 and ray.is_initialized() == ray_was_up
