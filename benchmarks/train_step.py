@@ -156,12 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default=None, help="folder for shards and runs (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write the figures here")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run in seconds: 2 steps, 2 puzzles, small matmuls, resnet18 in the FLOP/s part")
+                   help="a smoke run: 2 steps of 2 images x 2 permutations, small matmuls, resnet18 in the FLOP/s part")
     args = p.parse_args(argv)
     # (matmul side fp32, bf16; seconds a matmul is repeated; encoder of the FLOP/s part)
     flops_setup = (2048, 1024, 3.0, "resnet50")
     if args.quick:
-        args.steps, args.flops_puzzles, args.flops_reps = 2, 2, 1  # 2: batch norm needs more than one
+        args.steps, args.perms, args.flops_puzzles, args.flops_reps = 2, 2, 2, 1  # 2 puzzles: batch norm needs more than one
         flops_setup = (256, 64, 0.05, "resnet18")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
