@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_prep.files import sha256_file
+from data_prep import storage
 from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
 from eval.probe import train_linear_probe
@@ -106,8 +106,8 @@ def describe_pretraining(config: dict) -> dict:
         try:
             m = read_manifest(shards)
             dataset, source = m["dataset"], m.get("source")
-        except ManifestError:
-            dataset = Path(str(shards)).name
+        except (ManifestError, storage.StorageError):
+            dataset = storage.basename(shards)
     return {
         "task": task.get("kind"),
         "estimator": task.get("estimator"),
@@ -119,9 +119,10 @@ def describe_pretraining(config: dict) -> dict:
     }
 
 
-def _checkpoint_name(file: Path, step: int) -> str:
-    """A readable name for a checkpoint file: `<run dir>-step<step>`."""
-    run = file.parent.parent.name if file.parent.name.startswith("checkpoint_") else file.parent.name
+def _checkpoint_name(file: Path | str, step: int) -> str:
+    """A readable name for a checkpoint file (a path or URL): `<run dir>-step<step>`."""
+    folder = storage.parent(file)
+    run = storage.basename(storage.parent(folder) if storage.basename(folder).startswith("checkpoint_") else folder)
     return f"{run}-step{step}"
 
 
@@ -169,7 +170,7 @@ def prepare_features(
     train_split, test_split = default_splits(manifest, train_split, test_split)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder.to(dev).eval().requires_grad_(False)
-    sha = sha256_file(file)
+    sha = storage.sha256(file)
     size = int((config.get("data") or {}).get("size") or 32)
     common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant, size=size,
                   batch_size=batch_size, num_workers=num_workers, device=dev, progress=progress)
@@ -179,8 +180,8 @@ def prepare_features(
     seconds = time.perf_counter() - t0
     verify_encoder_unchanged(encoder, reference)
     meta = {
-        "checkpoint": str(Path(file).resolve()),
-        "checkpoint_name": _checkpoint_name(Path(file), step) + ("-random-init" if random_init else ""),
+        "checkpoint": storage.resolve(file),
+        "checkpoint_name": _checkpoint_name(file, step) + ("-random-init" if random_init else ""),
         "checkpoint_sha256": sha,
         "step": step,
         "random_init": random_init,
@@ -188,7 +189,7 @@ def prepare_features(
         "kind": kind,
         "dataset": manifest["dataset"],
         "dataset_source": manifest.get("source"),
-        "data": str(Path(data).resolve()),
+        "data": storage.resolve(data),
         "train_split": train_split,
         "test_split": test_split,
         "num_train": int(train["labels"].numel()),
@@ -352,8 +353,12 @@ def evaluate_checkpoints(
     """
     seed_list = _seed_list(seeds)
     # Ray tasks run in another working directory: resolve local paths where they were given.
-    checkpoints = [os.path.abspath(c) for c in checkpoints]
-    data = os.path.abspath(data)
+    checkpoints = [storage.resolve(c) for c in checkpoints]  # URLs stay URLs
+    data = storage.resolve(data)
+    for name, local in (("--out", out), ("--cache-dir", cache_dir)):
+        if local is not None and storage.is_url(local):
+            raise ValueError(f"{name} {local}: give a local directory (checkpoints and shards may be URLs; "
+                             f"results and feature caches are written locally)")
     if cache_dir is not None:
         cache_dir = os.path.abspath(cache_dir)
     if epochs < 1:
@@ -418,10 +423,10 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=False)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    data = str(Path(data).resolve())
+    data = storage.resolve(data)
     extract = ray.remote(num_cpus=1, num_gpus=1 if has_gpu else 0)(_prepare_remote)
     probe = ray.remote(num_cpus=1, num_gpus=0.25 if has_gpu else 0)(_probe_remote)
-    feature_refs = [extract.remote(str(Path(c).resolve()), data, prep_kw) for c in checkpoints]
+    feature_refs = [extract.remote(storage.resolve(c), data, prep_kw) for c in checkpoints]
     probe_refs = [[probe.remote(ref, s, probe_kw) for s in seed_list] for ref in feature_refs]
     flat = [r for refs in probe_refs for r in refs]
     bar = tqdm(total=len(flat), desc="probe tasks", disable=not progress, dynamic_ncols=True)
@@ -480,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             extract_batch_size=args.extract_batch_size, num_workers=args.num_workers, device=args.device,
             progress=not args.no_progress and sys.stderr.isatty(), ray_address=args.ray_address,
         )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for res in results:
