@@ -134,6 +134,7 @@ def _info(path: str) -> dict | None:
     """fsspec's info of a URL, None when nothing is there. (fsspec's own exists/isfile answer False
     for any error, which would read missing credentials as a missing file.)"""
     fs, p = _fs(path)
+    fs.invalidate_cache(p)  # fsspec caches listings; an object written since must be seen
     with _errors(path):
         try:
             return fs.info(p)
@@ -170,6 +171,7 @@ def open_read(path) -> IO[bytes]:
     if not is_url(path):
         return open(path, "rb")
     fs, p = _fs(str(path))
+    fs.invalidate_cache(p)
     with _errors(str(path)):
         return fs.open(p, "rb")
 

@@ -8,7 +8,8 @@
    the frozen encoders, and on a randomly initialised encoder of the same architecture.
 4. One table (``python -m eval.table``) printed and written to ``<out>/table.md``.
 
-Each stage is the project's own command line, run as a subprocess, exactly as a user would run it.
+Each stage is the project's own command line, run as a subprocess, exactly as a user would run it;
+its progress shows as it runs (pretraining: a line per report; probes: a line every 30 s).
 Re-running reuses the shards; ``--quick`` cuts steps and epochs (what the tests run).
 """
 from __future__ import annotations
@@ -22,19 +23,30 @@ import time
 from pathlib import Path
 
 
+# Lines Ray forwards from its actors and workers, "(TrainController pid=123) ...": in the log only.
+RAY_PROCESS_LINE = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+")
+
+
 def run(cmd: list[str], log: Path) -> str:
-    """Run one stage, teeing its output to ``log``; exit with its status on failure."""
+    """Run one stage: its output goes to ``log`` and, as it comes, to the console (progress lines,
+    results; Ray's per-process lines only to the log). Exit with the stage's status on failure."""
     print(f"$ {' '.join(cmd)}", flush=True)
     start = time.time()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        f.write(proc.stdout)
+    lines = []
+    with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                               env=env) as proc:
+        for line in proc.stdout:
+            f.write(line)
+            lines.append(line)
+            if not RAY_PROCESS_LINE.match(line):
+                print(f"    {line.rstrip()}", flush=True)
+    output = "".join(lines)
     if proc.returncode != 0:
-        print(proc.stdout[-4000:], file=sys.stderr)
+        print(output[-4000:], file=sys.stderr)
         raise SystemExit(f"demo: stage failed (exit {proc.returncode}); full log in {log}")
     print(f"  done in {time.time() - start:.0f} s (log: {log})", flush=True)
-    return proc.stdout
+    return output
 
 
 def run_dir_of(output: str) -> str:
@@ -77,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = (run_dir_of(output), shards)
 
     results = out / "results"
-    probe = ["--epochs", str(epochs), "--seeds", str(seeds), "--no-progress", "--cache-dir", str(out / "feature_cache")]
+    probe = [f"epochs={epochs}", f"seeds={seeds}", f"cache_dir={out / 'feature_cache'}"]
     evals = [(name, run_dir, shards, []) for name, (run_dir, shards) in runs.items()]
-    evals += [("infomax random init", runs["infomax η-MINE"][0], digits, ["--random-init"]),
-              ("jigsaw random init", runs["jigsaw η-MINE"][0], photos, ["--random-init"])]
+    evals += [("infomax random init", runs["infomax η-MINE"][0], digits, ["random_init=true"]),
+              ("jigsaw random init", runs["jigsaw η-MINE"][0], photos, ["random_init=true"])]
     for name, run_dir, shards, extra in evals:
         tag = re.sub(r"\W+", "_", name.lower().replace("η", "eta"))
-        run([py, "-m", "eval.linear", "--checkpoint", run_dir, "--data", str(shards), "--out", str(results / tag),
+        run([py, "-m", "eval.linear", f"checkpoint={run_dir}", f"data={shards}", f"out={results / tag}",
              *probe, *extra], logs / f"eval_{tag}.log")
 
     table = run([py, "-m", "eval.table", str(results), "--out", str(out / "table.md")], logs / "table.log")

@@ -8,6 +8,7 @@ error is reported in one line before Ray starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
 
 class ConfigError(ValueError):
     """A bad config: the message is one line naming the key and what to do."""
@@ -103,6 +105,14 @@ class TrainSection:
 
 
 @dataclass
+class TrackSection:
+    # MLflow tracking URI (file:./mlruns, sqlite:///mlflow.db, http://host:5000); None: TensorBoard
+    # only. Needs pip install -e .[mlflow]; the driver logs params, metrics and the exported encoder.
+    mlflow_uri: Optional[str] = None
+    mlflow_experiment: str = "pretrain"
+
+
+@dataclass
 class PretrainConfig:
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
@@ -110,6 +120,7 @@ class PretrainConfig:
     task: TaskSection = field(default_factory=TaskSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    track: TrackSection = field(default_factory=TrackSection)
 
 
 def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
@@ -121,15 +132,18 @@ def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
     return ConfigError(f"{source}: {msg}")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Defaults <- YAML at ``path`` <- ``key=value`` overrides; returns a typed ``DictConfig``.
+def merge_config(schema: type, path: str | os.PathLike | None = None,
+                 overrides: list[str] | None = None) -> DictConfig:
+    """The defaults of the dataclass ``schema`` <- YAML at ``path`` <- ``key=value`` overrides.
 
+    The one way every entry point (``pretrain``, ``eval.linear``, ``cluster``) reads its config.
     Raises :class:`ConfigError` (one line) for an unknown key, a wrong type, a malformed
-    override, or a missing/unreadable YAML file. ``path`` may be a URL (a run's saved config).
+    override, or a missing/unreadable YAML file. Paths are left as given; ``path`` may be a URL
+    (a run's saved config).
     """
     from data_prep import storage
 
-    cfg = OmegaConf.structured(PretrainConfig)
+    cfg = OmegaConf.structured(schema)
     if path is not None:
         path = path if storage.is_url(path) else Path(path)
         try:
@@ -144,8 +158,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{path}: cannot parse YAML: {first}") from None
         if not isinstance(file_cfg, DictConfig):
+            keys = ", ".join(f"{f.name}:" for f in dataclasses.fields(schema))
             raise ConfigError(f"{path}: the top level is a {type(file_cfg).__name__}, not a mapping of "
-                              f"sections (run:, data:, model:, task:, optim:, train:)")
+                              f"settings ({keys})")
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
         except OmegaConfBaseException as exc:
@@ -157,7 +172,40 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
     except OmegaConfBaseException as exc:
         raise _one_line(exc, "command line") from None
-    return absolute_paths(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """The pretraining config: :func:`merge_config` of :class:`PretrainConfig`, local paths made absolute."""
+    return absolute_paths(merge_config(PretrainConfig, path, overrides))
+
+
+def defaults_help(schema: type, prefix: str = "") -> str:
+    """One line per key of the dataclass ``schema``: ``key=default``, then the field's
+    ``metadata["help"]`` if it has one. For ``--help``: the defaults shown are the ones that apply."""
+    lines = []
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if dataclasses.is_dataclass(default):
+            lines.append(defaults_help(type(default), prefix=f"{key}."))
+            continue
+        if isinstance(default, str) and default == MISSING:
+            shown = "(required)"
+        elif default is None or isinstance(default, bool):
+            shown = str(default).lower().replace("none", "null")
+        else:
+            shown = str(default)
+        text = f"  {key}={shown}"
+        if f.metadata.get("help"):
+            text = f"{text:<34} {f.metadata['help']}"
+        lines.append(text)
+    return "\n".join(lines)
 
 
 def absolute_paths(cfg: DictConfig) -> DictConfig:
@@ -190,10 +238,11 @@ def from_plain(d: dict) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(PretrainConfig), d)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     """Check what types cannot; raise :class:`ConfigError` with one line naming the key.
 
-    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker.
+    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker;
+    ``check_shards=False`` skips that (a cost plan needs no data).
     """
     if OmegaConf.is_missing(cfg.data, "shards"):
         raise ConfigError("data.shards is required: a data_prep output directory (data.shards=DIR)")
@@ -246,6 +295,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"data.permutations: {exc}") from None
     if t.sync_batchnorm and t.use_gpu is False:
         raise ConfigError("train.sync_batchnorm needs GPUs (CPU process groups cannot sync batch norm)")
+    if cfg.track.mlflow_uri:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]")
+    if not check_shards:
+        return
     from data_prep import storage
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 

@@ -82,17 +82,21 @@ def new_run_dir(cfg: DictConfig) -> Path | str:
 
 
 def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.PathLike | None = None,
-           ray_init_kwargs: dict | None = None) -> LaunchResult:
+           ray_init_kwargs: dict | None = None, show_progress: bool = True) -> LaunchResult:
     """Run (or continue) a pretraining run and return its run directory and Ray result.
 
     ``run_dir``: an existing run directory to continue (``--resume``) or a new one to use;
     None makes ``<run.root>/<run.name>-<time>``. Config errors raise ``ConfigError`` before Ray
     starts. ``address``: a Ray cluster to join; None starts a local Ray (unless one is running).
+    ``show_progress``: print the run directory and one line per report (:mod:`pretrain.progress`).
     """
     validate(cfg)
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from pretrain.progress import ProgressLine, follow
+    from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking
 
     run_dir = storage.resolve(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir = run_dir if storage.is_url(run_dir) else Path(run_dir)
@@ -121,10 +125,30 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
             storage_path=experiments,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            # the driver prints readable progress (pretrain.progress); Ray's INFO lines drown it
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    result = trainer.fit()
+    if show_progress:
+        print(f"run directory: {run_dir}", flush=True)
+    metrics_file = storage.join(run_dir, METRICS_FILE)
+    # the driver's TensorBoard text/hparams and MLflow id: in the run directory, or for a URL in a
+    # local mirror pushed there at the end
+    driver_files = storage.LocalMirror(run_dir, fetch=(MLFLOW_RUN_ID_FILE,))
+    tracking = Tracking(cfg, Path(driver_files.dir), metrics_file)
+    listeners = tracking.listeners()
+    if show_progress:
+        per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
+        listeners.insert(0, ProgressLine(cfg.train.steps, per_image))
+    succeeded = False
     stopped = storage.join(run_dir, NONFINITE_FILE)
+    try:
+        with follow(metrics_file, listeners):
+            result = trainer.fit()
+        succeeded = not storage.isfile(stopped)
+    finally:
+        tracking.finish(succeeded)
+        driver_files.push()
     if storage.isfile(stopped):
         info = json.loads(storage.read_text(stopped))
         raise TrainingStopped(
@@ -141,6 +165,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from pretrain.progress import quiet_ray_report_logs
+
+    quiet_ray_report_logs()
     cfg = from_plain(loop_config["config"])
     run_dir = loop_config["run_dir"]  # a local path or a URL
     torch.set_num_threads(cfg.train.threads_per_worker)

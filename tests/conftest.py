@@ -1,11 +1,14 @@
 """Test-wide settings: one intra-op thread (2-core machine; Ray workers and data loaders share it),
+one local Ray session for every test that needs one (fixture ``ray_session``), the ``ray`` marker,
 and an S3-compatible server on 127.0.0.1 for the object-storage tests (fixture ``s3``)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -14,6 +17,36 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+# Fixtures that start Ray: `ray_session` (below) and `head` (tests/cluster/conftest.py, a `ray start` head).
+RAY_FIXTURES = {"ray_session", "head"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses a Ray fixture gets the ``ray`` marker, so ``-m "not ray"`` (``make
+    test-fast``) starts no Ray; tests that start Ray some other way mark themselves.
+
+    The tests that share ``ray_session`` run last, one after another: the session starts once, never
+    sits idle beside other tests, and is never found by a test that did not ask for it
+    (``eval.linear`` uses a running Ray when there is one).
+    """
+    for item in items:
+        if RAY_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.ray)
+    items.sort(key=lambda item: "ray_session" in item.fixturenames)  # stable: the order is kept otherwise
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local 2-CPU Ray for the whole test session, its files in a short temporary directory."""
+    import ray
+
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
+    ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass

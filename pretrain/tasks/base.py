@@ -41,6 +41,11 @@ class Task(nn.Module):
             metrics["normaliser"] = self.estimator.normaliser.detach().clone()
         return metrics
 
+    def host_prepare(self, batch: dict) -> dict:
+        """Check the batch's values and add what is derived from them, on the host, before the batch
+        moves to the device: reading values of device tensors would stall the step. Base: as is."""
+        return batch
+
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, C, H, W] in the encoder's memory format (channels_last when its conv weights are)."""
         for p in self.encoder.parameters():

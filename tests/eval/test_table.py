@@ -16,6 +16,7 @@ def _result(name, task, estimator, encoder, pre_ds, probe_ds, *, source=None, pr
                         "dataset": pre_ds, "dataset_source": pre_source, "shards": f"/shards/{pre_ds}"},
         "train_split": "train", "test_split": "test", "num_train": 100, "num_test": 50, "num_classes": 10,
         "feature_dim": 8192, "kind": "infomax", "feature_cache": {"train": None, "test": None, "hit": False},
+        "skipped": {"train": {"samples": [], "shards": []}, "test": {"samples": [], "shards": []}},
         "feature_seconds": 1.0,
     }
     per_seed = [{"seed": i, "epochs": 3, "top1": t, "top5": t + 20, "top10": 100.0, "train_loss": 1.0, "history": {}}
