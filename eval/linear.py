@@ -382,12 +382,13 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
     # Ray tasks run in another working directory: resolve local paths where they were given.
     checkpoints = [storage.resolve(c) for c in cfg.checkpoint]  # URLs stay URLs
     data = storage.resolve(cfg.data)
-    for name, local in (("out", cfg.out), ("cache_dir", cfg.cache_dir)):
-        if local is not None and storage.is_url(local):
-            raise ValueError(f"{name}={local}: give a local directory (checkpoints and shards may be URLs; "
-                             f"results and feature caches are written locally)")
+    if cfg.cache_dir is not None and storage.is_url(cfg.cache_dir):
+        raise ValueError(f"cache_dir={cfg.cache_dir}: give a local directory (the feature cache is read back "
+                         f"at random; checkpoints, shards and out may be URLs)")
     cache_dir = None if cfg.cache_dir is None else os.path.abspath(cfg.cache_dir)
-    out, progress = cfg.out, cfg.progress
+    # results for a URL are written to a local mirror and uploaded at the end
+    mirror = storage.LocalMirror(storage.resolve(cfg.out)) if cfg.out is not None and storage.is_url(cfg.out) else None
+    out, progress = (mirror.dir if mirror else cfg.out), cfg.progress
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
     check_output_dir(out)
@@ -424,9 +425,14 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
         res = summarise(meta, per_seed, knn, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
         res["wall_seconds"] = time.perf_counter() - t0
         res["out"] = str(res_dir)
+        if mirror is not None:
+            rel = os.path.relpath(res_dir, mirror.dir)
+            res["out"] = mirror.path if rel == "." else storage.join(mirror.path, rel)
         res["run_tensorboard"] = probe_to_run_tensorboard(res, per_seed)
         write_results(res_dir, res)
         results.append(res)
+    if mirror is not None:
+        mirror.push()
     return results
 
 
