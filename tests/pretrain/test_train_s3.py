@@ -155,11 +155,12 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
     assert cli(["--resume", run, "train.steps=12"]) == 0
     assert_same_state(ck.load_checkpoint(run), reference)
 
-    # the probe reads the checkpoint and the shards from the bucket
+    # the probe reads the checkpoint and the shards from the bucket, and writes its results there
     from eval.linear import evaluate_checkpoints
 
-    (res,) = evaluate_checkpoints([run], shards, epochs=2, seeds=1, out=tmp_path / "eval", cache_dir=None,
+    (res,) = evaluate_checkpoints([run], shards, epochs=2, seeds=1, out=f"{runs}/eval", cache_dir=None,
                                   use_ray=False, progress=False)
     assert res["checkpoint"] == f"{run}/checkpoint_000000012/checkpoint.pt" and res["data"] == shards
     assert res["step"] == 12 and 0.0 <= res["top1"]["mean"] <= 100.0
-    assert not [p for p in tmp_path.iterdir() if p.name not in ("empty.yaml", "eval")]
+    assert json.loads(storage.read_text(f"{runs}/eval/results.json"))["checkpoint_sha256"] == res["checkpoint_sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]  # nothing local was made
