@@ -40,11 +40,6 @@ def _all_permutations() -> np.ndarray:
     return perms
 
 
-def all_permutations() -> np.ndarray:
-    """All 9! permutations of 9 tiles, lexicographic: int8 [362880, 9]."""
-    return _all_permutations().copy()
-
-
 def _distances(columns: list[np.ndarray], p: np.ndarray) -> np.ndarray:
     same = np.zeros(len(columns[0]), dtype=np.int32)
     for k, col in enumerate(columns):

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_plan(plan(cfg, tflops=args.tflops or DEFAULT_TFLOPS, name=name)))
         return 0
 
+    from pretrain.tracking import TrackingError
     from pretrain.train import TrainingStopped, launch
 
     try:
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as exc:
         print(f"training stopped: {exc}", file=sys.stderr)
         return 1
+    except TrackingError as exc:
+        print(f"tracking error: {exc}", file=sys.stderr)
+        return 2
     print(f"run directory: {out.run_dir}")
     if out.result.checkpoint is not None:
         print(f"latest checkpoint: {out.result.checkpoint.path}")

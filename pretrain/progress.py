@@ -28,7 +28,7 @@ from data_prep import storage
 
 Listener = Callable[[dict], None]
 
-# What a progress line looks like, for tools that read the output (the demo, tests).
+# The progress line's format, for whatever reads a run's output (the tests parse it with this).
 LINE_RE = re.compile(
     r"^step (?P<step>\d+)/(?P<total>\d+) \((?P<percent>\d+)%\)"
     r"(?: \| loss (?P<loss>\S+))?(?: \| MI (?P<mi>\S+))?(?: \| η (?P<eta>\S+))?"

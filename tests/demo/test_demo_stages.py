@@ -25,6 +25,7 @@ def test_stage_output_reaches_console_and_log(tmp_path, capsys):
     assert run_dir_of(output) == "/runs/x"
 
 
-def test_failing_stage_exits_naming_its_log(tmp_path):
+def test_failing_stage_exits_naming_its_log_and_shows_what_was_hidden(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"stage failed \(exit 3\); full log in .*stage.log"):
         run([sys.executable, "-c", STAGE, "3"], tmp_path / "stage.log")
+    assert "(TrainController pid=123)" in capsys.readouterr().err  # where a worker's traceback would be
