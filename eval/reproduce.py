@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,6 @@ class Dataset:
     folder: str
     build: str  # the data_prep command (shown when the shards are missing)
     sizes: tuple[int, int]  # (probe train, probe test) images, for the plan when no manifest is there
-    pretrain_split: str = "train"
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,7 @@ class Pretraining:
 
 DATASETS = {
     "cifar10": Dataset("cifar10", "python -m data_prep cifar10 --src cifar-10-python.tar.gz --out {dir}", (50_000, 10_000)),
-    "stl10": Dataset("stl10", "python -m data_prep stl10 --src stl10_binary.tar.gz --out {dir}", (5_000, 8_000),
-                     pretrain_split="unlabeled"),
+    "stl10": Dataset("stl10", "python -m data_prep stl10 --src stl10_binary.tar.gz --out {dir}", (5_000, 8_000)),
     "imagenet10": Dataset("imagenet10", "python -m data_prep imagenet --train-dir ILSVRC2012/train --val-dir "
                           "ILSVRC2012/val --val-labels LOC_val_solution.csv --fraction 0.1 --resize 292 --out {dir}",
                           (128_116, 5_000)),
@@ -225,7 +223,7 @@ def _class_count(shards: Path) -> int:
     try:
         return len(read_manifest(shards)["class_names"])
     except ManifestError:
-        return 10  # the miniature builds them before running; the plan only needs a number
+        return 10  # a dry run before the miniature's data exist: the plan only needs a number
 
 
 def _probe_sizes(data: Path, dataset: str) -> tuple[int, int]:
@@ -240,14 +238,15 @@ def _probe_sizes(data: Path, dataset: str) -> tuple[int, int]:
     return splits["train"]["num_samples"], splits.get(test, {}).get("num_samples", 0)
 
 
-def check_data(plan: Plan, data_root: Path) -> None:
-    """Every shard folder the plan reads exists (the miniature builds its own); else one line per table."""
+def check_data(table: str, data_root: Path, miniature: bool, methods: list[str] | None = None) -> None:
+    """Every shard folder the table reads exists (the miniature builds its own); else one line naming
+    the command that builds it."""
     from data_prep.manifest import ManifestError, read_manifest
 
-    needed = sorted({r.dataset for r in plan.runs} | {p.dataset for p in plan.probes})
-    for dataset in needed:
-        folder = shard_dir(data_root, dataset, plan.miniature)
-        if plan.miniature:
+    used = [p for p in TABLES[table] if not methods or p.method in methods]
+    for dataset in sorted({p.dataset for p in used} | {d for p in used for d in p.probes}):
+        folder = shard_dir(data_root, dataset, miniature)
+        if miniature:
             if not (folder / "manifest.json").is_file():
                 from data_prep.__main__ import main as data_prep_main
 
@@ -412,10 +411,14 @@ def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: fl
 
     client = cs.connect(address)
     env = cs.runtime_env(REPO_ROOT)
-    if gpus is None:
-        gpus = cluster_gpus(address)
+    try:
+        reported = cluster_gpus(address)
+    except Exception as exc:  # the state API is unreachable or refuses: say so in one line
+        raise ReproduceError(f"cannot read the GPUs of {address} ({' '.join(str(exc).split())[:200]})") from None
+    gpus = gpus or reported
     if gpus < 1:
-        raise ReproduceError(f"the cluster at {address} reports no GPU; pass --gpus N if it has some")
+        raise ReproduceError(f"the cluster at {address} reports no GPU; pass --gpus N to run N jobs at once on its CPUs")
+    probe_gpus = 1 if reported else 0  # a probe job asks for a GPU only where there are GPUs
     queue: list[tuple[str, object]] = [("pretrain", r) for r in plan.runs if pretrain_state(plan, r)[0] != "done"]
     queue += [("probe", p) for p in plan.probes if probe_state(plan, p) != "done"]
     running: dict[str, tuple[str, object, int]] = {}  # job id -> (kind, item, GPUs)
@@ -428,7 +431,7 @@ def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: fl
                 if item.run_name in failed:
                     queue.remove((kind, item))
                 continue
-            need = item.workers if kind == "pretrain" else 1
+            need = item.workers if kind == "pretrain" else 1  # a CPU-only cluster: --gpus counts job slots
             if need > free:
                 continue
             if kind == "pretrain":
@@ -436,7 +439,8 @@ def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: fl
                 job = cs.submit(client, entrypoint, env, kind="pretrain", run_name=run_name)
             else:
                 _, run_dir = pretrain_state(plan, plan.run(item.run_name))
-                job = cs.submit(client, probe_entrypoint(plan, item, run_dir), env, kind="eval", entrypoint_gpus=1)
+                job = cs.submit(client, probe_entrypoint(plan, item, run_dir), env, kind="eval",
+                                entrypoint_gpus=probe_gpus)
             print(f"[job {job}] {kind} {getattr(item, 'name', None) or f'{item.run_name} on {item.dataset}'}", flush=True)
             running[job] = (kind, item, need)
             queue.remove((kind, item))
@@ -557,22 +561,32 @@ def plan_json(plan: Plan) -> dict:
             "tflops": plan.tflops, "hours": total / (plan.tflops * 1e12) / 3600, "pretrain_hours_at_data_rate": data_hours}
 
 
+def _flop_text(flops: float | None) -> str:
+    if flops is None:
+        return "?"
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if flops >= scale:
+            return f"{flops / scale:,.1f} {unit}"
+    return f"{flops:,.0f} FLOP"
+
+
 def describe(plan_dict: dict) -> str:
     """The plan as text: one line a run, then the totals."""
     lines = [f"{plan_dict['table']}{' (miniature)' if plan_dict['miniature'] else ''}: "
              f"{sum(r['kind'] == 'pretrain' for r in plan_dict['runs'])} pretraining runs, "
              f"{sum(r['kind'] == 'probe' for r in plan_dict['runs'])} probes"]
     for r in plan_dict["runs"]:
-        pf = lambda x: "?" if x is None else f"{x / 1e15:,.3f} PFLOP"  # noqa: E731
         if r["kind"] == "pretrain":
             per_step = "?" if r["flops_per_step"] is None else f"{r['flops_per_step'] / 1e9:,.1f} GFLOP/step"
             data = "?" if r["hours_at_data_rate"] is None else f"{r['hours_at_data_rate']:,.1f} h"
             lines.append(f"  pretrain {r['method']:<10} {r['dataset']:<10} seed {r['seed']}  {r['config']}  "
-                         f"{r['steps']:,} steps × {per_step} = {pf(r['flops'])}, data side {data}  [{r['status']}]  {r['out']}")
+                         f"{r['steps']:,} steps × {per_step} = {_flop_text(r['flops'])}, data side {data}  [{r['status']}]  {r['out']}")
         else:
             lines.append(f"  probe    {r['method']:<10} {r['pretrained_on']}→{r['dataset']:<10} seed {r['seed']}  "
-                         f"{r['probe_seeds']} probe seeds × {r['epochs']} epochs = {pf(r['flops'])}  [{r['status']}]  {r['out']}")
-    lines.append(f"total {plan_dict['total_flops'] / 1e15:,.1f} PFLOP = {plan_dict['hours']:,.1f} GPU-hours at a "
+                         f"{r['probe_seeds']} probe seeds × {r['epochs']} epochs = {_flop_text(r['flops'])}  [{r['status']}]  {r['out']}")
+    hours = plan_dict["hours"]
+    gpu_time = f"{hours:,.1f} GPU-hours" if hours >= 1 else f"{hours * 60:,.1f} GPU-minutes"
+    lines.append(f"total {_flop_text(plan_dict['total_flops'])} = {gpu_time} at a "
                  f"sustained {plan_dict['tflops']:g} TFLOP/s (--tflops; default 40% of an H200's dense bf16 peak); "
                  f"the pretraining's data side at its measured rate per core, with each config's loader cores: "
                  f"{plan_dict['pretrain_hours_at_data_rate']:,.1f} hours")
@@ -584,11 +598,13 @@ def reproduce(table: str, data_root: str | os.PathLike, out: str | os.PathLike, 
               address: str | None = None, gpus: int | None = None, dry_run: bool = False,
               plan_out: str | os.PathLike | None = None, tflops: float = DEFAULT_TFLOPS) -> str | None:
     """Plan, run what is not finished, and write ``<out>/table.md``; returns the table (None for a dry run)."""
+    if table not in TABLES:
+        raise ReproduceError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
+    if not dry_run:  # before the plan: the miniature's supervised runs read the class count of its data
+        check_data(table, Path(data_root).resolve(), miniature, methods)
     plan = build_plan(table, data_root, out, seeds=seeds, probe_seeds=probe_seeds, miniature=miniature,
                       methods=methods)
     plan.tflops = tflops
-    if not dry_run:
-        check_data(plan, Path(data_root).resolve())
     add_costs(plan)
     refresh_status(plan)
     summary = plan_json(plan)

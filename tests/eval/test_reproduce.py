@@ -54,7 +54,7 @@ def test_dry_run_writes_the_plan_with_costs(tmp_path, capsys, monkeypatch):
     assert plan["total_flops"] == pytest.approx(sum(r["flops"] for r in plan["runs"]))
     assert plan["hours"] == pytest.approx(plan["total_flops"] / (plan["tflops"] * 1e12) / 3600)
     out = capsys.readouterr().out
-    assert "6 pretraining runs, 10 probes" in out and "GPU-hours" in out
+    assert "6 pretraining runs, 10 probes" in out and "GPU-minutes at a sustained" in out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing else
     assert reproduce.main(["table3", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "no imagenet10 shards in" in capsys.readouterr().err  # before any run, with the command to build them
