@@ -538,7 +538,7 @@ def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position:
     from one epoch into the next.
     """
     loader = open_loader(cfg, permutations, rank, world, position["epoch"], position["batch"], pin_memory)
-    per_epoch = loader.batches_per_epoch
+    per_epoch = loader.stream.batches_per_epoch
     epoch, index = position["epoch"], position["batch"]
     for batch in loader:
         if index == per_epoch:

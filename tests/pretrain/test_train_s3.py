@@ -152,7 +152,12 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
         driver.wait()
     assert storage.read_text(f"{run}/{CRASH_MARKER}") == "6"
 
-    assert cli(["--resume", run, "train.steps=12"]) == 0
+    # cluster.resume finds the run in the bucket by its name and resumes it
+    from cluster.resume import pretrain_command
+
+    command = pretrain_command(Path(empty_config), overrides(shards, root, "train.crash_at_step=6"))
+    assert command[3:5] == ["--resume", run]
+    assert cli(command[3:]) == 0
     assert_same_state(ck.load_checkpoint(run), reference)
 
     # the probe reads the checkpoint and the shards from the bucket, and writes its results there
