@@ -96,8 +96,6 @@ def describe(exc: BaseException, url: str) -> str:
         return f"{url}: no credentials for the object store ({text}); provide them via {where}"
     if isinstance(exc, PermissionError):
         return f"{url}: access denied ({text}); check the credentials' permissions on the bucket"
-    if isinstance(exc, FileNotFoundError):
-        return f"{url}: not found ({text})"
     return f"{url}: {name}: {text}"
 
 
@@ -119,9 +117,10 @@ def check_bucket(url: str) -> None:
     fs, path = _fs(url)
     bucket = path.split("/", 1)[0]
     scheme = _URL.match(url).group(1)
+    fs.invalidate_cache(bucket)
     with _errors(url):
         try:
-            fs.ls(bucket, refresh=True)
+            fs.info(bucket)  # one HEAD request for the bucket itself
         except FileNotFoundError:
             raise StorageError(f"{url}: bucket {scheme}://{bucket} does not exist (or is not visible to these "
                                f"credentials); create it or fix the URL") from None
