@@ -21,7 +21,7 @@ import torch
 from data_prep import storage
 from pretrain import checkpoint as ck
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -167,5 +167,6 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
                                   use_ray=False, progress=False)
     assert res["checkpoint"] == f"{run}/checkpoint_000000012/checkpoint.pt" and res["data"] == shards
     assert res["step"] == 12 and 0.0 <= res["top1"]["mean"] <= 100.0
-    assert json.loads(storage.read_text(f"{runs}/eval/results.json"))["checkpoint_sha256"] == res["checkpoint_sha256"]
+    written = json.loads(storage.read_text(f"{runs}/eval/results.json"))
+    assert written["checkpoint"] == res["checkpoint"] and written["top1"] == res["top1"] and res["out"] == f"{runs}/eval"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]  # nothing local was made
