@@ -54,6 +54,10 @@ class DataSection:
     # stream's gather=False). Same loss and gradients as encoding every scrambled patch, for
     # 1/perms_per_image of the encoder work and data movement (16x less with the paper's batches).
     unique_tiles: bool = True
+    # jigsaw: where gray, per-patch standardisation and scrambling run. host: the loader workers.
+    # device: workers only decode and crop, and ship uint8 tiles (4x fewer bytes); the rest runs
+    # batched on the training device (needs unique_tiles). Same batches either way.
+    augment_on: str = "host"
 
 
 @dataclass
@@ -81,6 +85,12 @@ class OptimSection:
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
+    # Many workers: none keeps train.steps and lr as given (then keep the paper's global batch by
+    # splitting data.images_per_batch over the workers). linear|sqrt read the config as one worker's
+    # run: each of W workers takes the full per-worker batch, the steps are divided by W (the same
+    # images seen) and lr is multiplied by W or sqrt(W) (η's lr is left as it is).
+    lr_scaling: str = "none"
+    warmup_steps: int = 0  # linear warm-up of the main lr over the first N steps (0: none)
 
 
 @dataclass
@@ -109,6 +119,9 @@ class TrainSection:
     image_every: int = 0  # TensorBoard grid of scrambled puzzles every N steps (0: first report only)
     max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the last checkpoint)
     threads_per_worker: int = 1  # torch threads per worker (one CPU each)
+    # torch.compile the task (forward and backward); on CUDA with CUDA graphs ("reduce-overhead":
+    # a small batch's step is bound by kernel launches). Compiling costs minutes at start-up.
+    compile: bool = False
     # Testing fault tolerance: rank world_size-1 exits hard once when it reaches this step.
     crash_at_step: Optional[int] = None
 
@@ -256,6 +269,10 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     if OmegaConf.is_missing(cfg.data, "shards"):
         raise ConfigError("data.shards is required: a data_prep output directory (data.shards=DIR)")
     t = cfg.train
+    if cfg.optim.lr_scaling not in ("none", "linear", "sqrt"):
+        raise ConfigError(f"optim.lr_scaling must be none, linear or sqrt, got {cfg.optim.lr_scaling!r}")
+    if cfg.optim.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
     if t.controller_poll_s <= 0:
         raise ConfigError(f"train.controller_poll_s must be > 0, got {t.controller_poll_s}")
     if t.bf16_grad_allreduce and t.use_gpu is False:
@@ -296,6 +313,10 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     for key in ("images_per_batch", "perms_per_image", "num_permutations", "batch_size", "size"):
         if d[key] < 1:
             raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
+    if d.augment_on not in ("host", "device"):
+        raise ConfigError(f"data.augment_on must be host or device, got {d.augment_on!r}")
+    if d.augment_on == "device" and not (spec.uses_permutations and d.unique_tiles):
+        raise ConfigError("data.augment_on=device is for jigsaw tasks with data.unique_tiles=true")
     if spec.uses_permutations and d.perms_per_image > d.num_permutations:
         raise ConfigError(f"data.perms_per_image ({d.perms_per_image}) exceeds data.num_permutations "
                           f"({d.num_permutations})")

@@ -175,7 +175,7 @@ def bar(iterable=None, *, total: float | None = None, desc: str = "", enabled: b
     from tqdm import tqdm
 
     stream = stream or sys.stderr
-    if stream.isatty():
+    if getattr(stream, "isatty", lambda: False)():  # some captured streams have no isatty
         return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=stream, dynamic_ncols=True, **kwargs)
     kwargs["leave"] = True  # the last line (100%) is the one a log reader wants
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=_LogLines(stream),

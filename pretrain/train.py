@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -149,7 +150,7 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
         ),
     )
     per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
-    listeners = [ProgressLine(cfg.train.steps, per_image), *tracking.listeners()]
+    listeners = [ProgressLine(run_schedule(cfg)[0], per_image), *tracking.listeners()]
     succeeded = False
     stopped = storage.join(run_dir, NONFINITE_FILE)
     try:
@@ -209,6 +210,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     permutations = permutations_of(cfg)
     task = build_task_from_config(cfg, permutations).to(device)
     main_opt, eta_opt = build_optimizers(cfg, task)
+    total_steps, peak_lr = run_schedule(cfg)
 
     # ---- restore, or seed each rank's own RNG stream (dropout, marginal pairs) -----------------
     step, position = 0, {"epoch": 0, "batch": 0}
@@ -224,6 +226,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if cfg.train.sync_batchnorm and device.type == "cuda":
         task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
     model = wrap_ddp(task, device, bf16_grad_allreduce=cfg.train.bf16_grad_allreduce)
+    if cfg.train.compile:
+        model = compile_model(model, device)
     model.train()
 
     writer = None
@@ -239,13 +243,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=pin)
     window = MetricWindow(device)
     t_window = time.perf_counter()
-    while step < cfg.train.steps:
+    while step < total_steps:
         t0 = time.perf_counter()
         host_batch, next_position = next(stream)
         batch = to_device(task.host_prepare(host_batch), device)
         window.data_s += time.perf_counter() - t0
 
         maybe_crash(cfg, run_dir, step, rank, world)
+        for group in main_opt.param_groups:
+            group["lr"] = lr_at(step, peak_lr, cfg.optim.warmup_steps)
         out = train_step(model, task, batch, step, main_opt, eta_opt, bf16=cfg.train.bf16)
         if not out["finite"]:
             if rank == 0:
@@ -257,7 +263,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         position = next_position
         window.add(out["metrics"], samples=batch_size_of(batch))
 
-        if step % cfg.train.report_every == 0 or step == cfg.train.steps:
+        if step % cfg.train.report_every == 0 or step == total_steps:
             metrics = window.reduce(world, time.perf_counter() - t_window)
             metrics.update(eta_across_ranks(task))
             metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"]})
@@ -265,7 +271,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
             if writer is not None:
                 log_rank0(writer, logs, metrics, step, host_batch, cfg)
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            if step % cfg.train.checkpoint_every == 0 or step == total_steps:
                 last_checkpoint = report_with_checkpoint(
                     cfg, run_dir, metrics, step, task, main_opt, eta_opt, position, permutations)
             window = MetricWindow(device)
@@ -319,6 +325,38 @@ def build_optimizers(cfg: DictConfig, task: nn.Module):
     eta_params = list(task.eta_parameters())
     eta = torch.optim.Adam(eta_params, lr=o.eta_lr, betas=betas, fused=True) if eta_params else None
     return main, eta
+
+
+def run_schedule(cfg: DictConfig) -> tuple[int, float]:
+    """``(optimiser steps, peak main lr)`` of the run on ``train.num_workers`` workers.
+
+    ``optim.lr_scaling=none``: ``train.steps`` and ``optim.lr``. ``linear``/``sqrt``: the config is
+    one worker's run and W workers each take its per-worker batch, a W times larger global batch:
+    ``ceil(steps / W)`` steps (the same images seen) at ``lr * W`` or ``lr * sqrt(W)``.
+    """
+    w, o = cfg.train.num_workers, cfg.optim
+    if o.lr_scaling == "none":
+        return cfg.train.steps, o.lr
+    return math.ceil(cfg.train.steps / w), o.lr * (w if o.lr_scaling == "linear" else math.sqrt(w))
+
+
+def lr_at(step: int, peak: float, warmup_steps: int) -> float:
+    """The main lr at ``step`` (from 0): linear warm-up to ``peak`` over ``warmup_steps``, then ``peak``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return peak
+
+
+def compile_model(model: nn.Module, device: torch.device, backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` of the (DDP-wrapped) task; forward and backward become compiled graphs.
+
+    On CUDA, mode "reduce-overhead" replays each graph's kernels as one CUDA graph: a jigsaw step of
+    10 images launches thousands of small kernels, so on a GPU it is bound by launches, not FLOPs.
+    ``backend="aot_eager"`` captures the same graphs without generating code (minutes faster: tests).
+    """
+    if backend != "inductor":
+        return torch.compile(model, backend=backend)
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
 def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, rank: int, world: int):

@@ -104,7 +104,7 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
     assert_same_state(final_state(first), reference)
 
 
-def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, monkeypatch):
+def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, monkeypatch, capfd):
     """Also: metrics every step but Ray reports only with the 2 checkpoints, and the controller is
     started with the config's train.controller_poll_s (the session's environment says 0.1)."""
     from ray.train.torch import TorchTrainer
@@ -138,6 +138,12 @@ def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, 
     assert torch.equal(payload["permutations"].sort(dim=1).values, torch.arange(9).expand(10, 9))
     m = read_metrics(run)
     assert [x["step"] for x in m] == [1, 2, 3, 4] and all(x["eta/rank0"] == x["eta/rank1"] for x in m)
+    from pretrain.progress import LINE_RE
+
+    shown = [LINE_RE.match(line) for line in capfd.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [int(x["step"]) for x in shown] == [1, 2, 3, 4]
+    for line, rec in zip(shown, m):  # images/s, not puzzles/s: 4 permutations of each image
+        assert float(line["images_per_s"]) == pytest.approx(rec["samples_per_s"] / 4, abs=0.1)
     events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0}).Reload()
     assert {"loss", "mi", "eta", "normaliser", "eta/rank1", "samples_per_s", "data_wait_fraction",
             "lr/main", "lr/eta"} <= set(events.Tags()["scalars"])
