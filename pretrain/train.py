@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pretrain import dist
+from pretrain import dist, estimators
 from pretrain.checkpoint import (
     CONFIG_FILE,
     build_encoder_from_config,
@@ -298,9 +298,7 @@ def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
         eta_opt.zero_grad(set_to_none=True)
     loss.backward()
     main_opt.step()
-    estimator = getattr(task, "estimator", None)
-    if eta_opt is not None and (not hasattr(estimator, "eta_step_due") or estimator.eta_step_due(step)):
-        eta_opt.step()
+    estimators.eta_step(task, eta_opt, step)
     metrics = {k: float(v) for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
     metrics["loss"] = float(loss.detach())
     return {"finite": True, "global_loss": float(global_loss), "metrics": metrics}
