@@ -14,14 +14,15 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,demo]'
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
 
+# No Ray and no long end-to-end runs: a quick check while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "not e2e and not ray"
 
 demo: $(STAMP)
 	$(PY) -m demo

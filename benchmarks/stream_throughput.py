@@ -116,15 +116,15 @@ def naive_pipeline(src_dir: Path, batches: int, perms: np.ndarray) -> int:
     return n
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1500, help="number of skimage crops to write")
     ap.add_argument("--batches", type=int, default=60, help="jigsaw batches (10 images each) to time")
     ap.add_argument("--workdir", help="where to put crops and shards (default: a temporary directory)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from data_prep.__main__ import main as data_prep_main
-    from data_prep.jigsaw import max_hamming_permutations
+    from data_prep.jigsaw import permutation_set
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
@@ -135,7 +135,7 @@ def main() -> None:
             if not (out / "manifest.json").is_file():
                 assert data_prep_main(["folder", "--src", str(src), "--out", str(out), "--shard-size", "250",
                                        "--name", "skimage-crops", "--no-progress", *extra]) == 0
-        perms = max_hamming_permutations(100, seed=0)
+        perms = permutation_set(None, 100)[0]
         limit = args.batches * 10
         # warm up caches and lazy imports once, untimed
         decode_only(shards, 20, None), jigsaw_stream(shards, 2, perms), naive_pipeline(src, 2, perms)

@@ -8,6 +8,7 @@ the achieved FLOP/s of a ResNet50 jigsaw step (forward + backward + Adam, FLOPs 
 
     nice -n 10 python benchmarks/train_step.py                       # small defaults for 2 CPU cores
     nice -n 10 python benchmarks/train_step.py --encoder resnet50 --images 10 --perms 16 --steps 20
+    python benchmarks/train_step.py --quick      # seconds: every part runs, the figures mean nothing (tests)
 
 (b)'s steps/s comes from the loop's own report window after ``--steps`` warm-up steps, so it holds
 the per-step cost of the Ray loop (DDP wrapper, metric bookkeeping, data) but not the ~0-2 s of each
@@ -57,11 +58,11 @@ def bench_config(args, shards: Path, root: Path, steps: int):
 
 def plain_loop(cfg, warmup: int, steps: int) -> dict:
     """(a): the same pieces as the Ray loop, in this process, no Ray, no DDP."""
-    from data_prep.jigsaw import max_hamming_permutations
+    from data_prep.jigsaw import permutation_set
     from pretrain.train import batch_stream, build_optimizers, build_task_from_config, train_step
 
     torch.manual_seed(cfg.run.seed)
-    perms = torch.as_tensor(max_hamming_permutations(cfg.data.num_permutations, seed=cfg.run.seed))
+    perms = torch.as_tensor(permutation_set(cfg.data.permutations, cfg.data.num_permutations)[0])
     task = build_task_from_config(cfg, perms)
     main, eta = build_optimizers(cfg, task)
     task.train()
@@ -84,12 +85,15 @@ def ray_loop(cfg, samples_per_step: int) -> dict:
 
     from pretrain.train import launch
 
-    tmp = tempfile.mkdtemp(prefix="rb")
-    ray.init(num_cpus=cfg.train.threads_per_worker, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
+    own = not ray.is_initialized()  # a caller's Ray (the tests') is used as it is
+    if own:
+        tmp = tempfile.mkdtemp(prefix="rb")
+        ray.init(num_cpus=cfg.train.threads_per_worker, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
     try:
         run = launch(cfg).run_dir
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     return {"steps_per_s": last["samples_per_s"] / samples_per_step, "data_wait_fraction": last["data_wait_fraction"]}
 
@@ -107,15 +111,15 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, budget_s: float = 3.0) -> fl
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def resnet50_step_flops(puzzles: int, bf16: bool, reps: int) -> tuple[float, float]:
-    """(FLOPs of one jigsaw-CE step on ``puzzles`` puzzles, achieved FLOP/s)."""
+def jigsaw_step_flops(puzzles: int, bf16: bool, reps: int, encoder: str = "resnet50") -> tuple[float, float]:
+    """(FLOPs of one jigsaw-CE step of ``encoder`` on ``puzzles`` puzzles, achieved FLOP/s)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from pretrain.models import build_encoder
     from pretrain.tasks import build_task
 
     torch.manual_seed(0)
-    task = build_task("jigsaw-ce", build_encoder("resnet50"))
+    task = build_task("jigsaw-ce", build_encoder(encoder))
     task = task.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(task.parameters(), lr=1e-4)
     batch = {"patches": torch.randn(puzzles, 9, 3, 64, 64), "perm_index": torch.randint(0, 100, (puzzles,))}
@@ -136,7 +140,7 @@ def resnet50_step_flops(puzzles: int, bf16: bool, reps: int) -> tuple[float, flo
     return flops, flops * reps / (time.perf_counter() - t)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoder", default="resnet18", help="timm encoder of the a/b comparison")
     p.add_argument("--images", type=int, default=2, help="images per batch (jigsaw)")
@@ -151,7 +155,14 @@ def main() -> None:
     p.add_argument("--skip-ab", action="store_true", help="only the FLOP/s part")
     p.add_argument("--work", default=None, help="folder for shards and runs (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write the figures here")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run in seconds: 2 steps, 2 puzzles, small matmuls, resnet18 in the FLOP/s part")
+    args = p.parse_args(argv)
+    # (matmul side fp32, bf16; seconds a matmul is repeated; encoder of the FLOP/s part)
+    flops_setup = (2048, 1024, 3.0, "resnet50")
+    if args.quick:
+        args.steps, args.flops_puzzles, args.flops_reps = 2, 2, 1  # 2: batch norm needs more than one
+        flops_setup = (256, 64, 0.05, "resnet18")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))
@@ -170,12 +181,13 @@ def main() -> None:
               f"b/a = {out['ratio_b_over_a']:.3f}", flush=True)
     if not args.skip_flops:
         # bf16 matmul runs far slower than fp32 on CPUs without a bf16 GEMM path: a smaller n keeps it short
-        for name, dtype, bf16, n in (("fp32", torch.float32, False, 2048), ("bf16", torch.bfloat16, True, 1024)):
-            mm = matmul_flops(dtype, n)
-            flops, rate = resnet50_step_flops(args.flops_puzzles, bf16, args.flops_reps)
+        n32, n16, budget_s, flops_encoder = flops_setup
+        for name, dtype, bf16, n in (("fp32", torch.float32, False, n32), ("bf16", torch.bfloat16, True, n16)):
+            mm = matmul_flops(dtype, n, budget_s)
+            flops, rate = jigsaw_step_flops(args.flops_puzzles, bf16, args.flops_reps, flops_encoder)
             out[f"flops_{name}"] = {"matmul_n": n, "matmul_flop_s": mm, "resnet50_step_flops": flops, "resnet50_flop_s": rate,
                                     "fraction_of_matmul": rate / mm}
-            print(f"{name}: matmul {n}^2 {mm / 1e9:.1f} GFLOP/s; ResNet50 jigsaw step "
+            print(f"{name}: matmul {n}^2 {mm / 1e9:.1f} GFLOP/s; {flops_encoder} jigsaw step "
                   f"({args.flops_puzzles} puzzles, {flops / 1e9:.1f} GFLOP) {rate / 1e9:.1f} GFLOP/s "
                   f"= {rate / mm:.0%} of matmul", flush=True)
     if args.json:

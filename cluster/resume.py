@@ -20,27 +20,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import yaml
+from pretrain.config import ConfigError, PretrainConfig, merge_config
 
 RUN_DIR = r"{name}-(\d{{8}}-\d{{6}})(?:-(\d+))?"  # pretrain.train.new_run_dir: <name>-<YYYYmmdd-HHMMSS>[-n]
 CONFIG_FILE = "config.yaml"  # written into every run directory by pretrain.train.launch
-
-
-def config_value(config: dict, overrides: Sequence[str], dotted: str):
-    """`dotted` (e.g. "run.root") after the `key=value` overrides (the last one wins), else from
-    the YAML mapping `config`, else None. A malformed override raises ValueError."""
-    for item in reversed(overrides):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r}: expected key=value, e.g. train.steps=1000")
-        if key.strip() == dotted:
-            return yaml.safe_load(value) if value else None
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def latest_run_dir(root: Path, name: str) -> Path | None:
@@ -57,10 +40,9 @@ def latest_run_dir(root: Path, name: str) -> Path | None:
 
 def pretrain_command(config: Path, overrides: Sequence[str]) -> list[str]:
     """The `python -m pretrain` command line this job runs (resuming when the run exists)."""
-    yaml_config = yaml.safe_load(config.read_text()) or {}
-    name = config_value(yaml_config, overrides, "run.name")
-    root = config_value(yaml_config, overrides, "run.root")
-    previous = latest_run_dir(Path(str(root)), str(name)) if name and root else None
+    run = merge_config(PretrainConfig, config, list(overrides)).run  # the defaults, as pretrain sees them
+    name, root = run.name, run.root
+    previous = latest_run_dir(Path(root), name) if name else None
     if previous is None:
         print(f"run {name}: starting under {root}", flush=True)
         return [sys.executable, "-m", "pretrain", "--config", str(config), *overrides]
@@ -71,15 +53,14 @@ def pretrain_command(config: Path, overrides: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.resume", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="pretraining YAML")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config of the run it would start or resume, and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
-    if not args.config.is_file():
-        print(f"error: --config {args.config}: no such file", file=sys.stderr)
-        return 2
     try:
-        command = pretrain_command(args.config, args.overrides)
-    except (ValueError, yaml.YAMLError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        command = pretrain_command(args.config, args.overrides) + (["--print-config"] if args.print_config else [])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     sys.stdout.flush()
     os.execv(command[0], command)

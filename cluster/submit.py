@@ -1,7 +1,7 @@
 """Submit pretraining and linear-evaluation runs to a Ray cluster through Ray's job API.
 
     python -m cluster.submit --address http://127.0.0.1:8265 --config configs/X.yaml [key=value ...]
-    python -m cluster.submit --address URL eval --checkpoint PATH --data SHARD_DIR [--epochs N ...]
+    python -m cluster.submit --address URL eval checkpoint=PATH data=SHARD_DIR out=/SHARED/DIR [key=value ...]
     python -m cluster.submit --address URL status JOB | stop JOB | logs JOB [--follow]
 
 A submission uploads the working tree (without .venv, runs, .git and other large folders) as the
@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
-from cluster.resume import config_value
+from eval.config import load_linear_config
+from pretrain.config import ConfigError, PretrainConfig, RunSection, merge_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -76,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     job = argparse.ArgumentParser(add_help=False)
     job.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    job.add_argument("--print-config", action="store_true",
+                     help="print the resolved config the job would run (after the checks) and exit; submits nothing")
     job.add_argument(
         "--working-dir",
         type=Path,
@@ -106,13 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, type=Path, help="pretraining YAML inside the working tree")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for python -m pretrain")
 
-    e = sub.add_parser(
-        "eval",
-        parents=[common, job],
-        help="python -m eval.linear; unknown options are passed through",
-    )
-    e.add_argument("--checkpoint", required=True, nargs="+", help="run or checkpoint directories on shared storage")
-    e.add_argument("--data", required=True, help="shard directory on shared storage")
+    e = sub.add_parser("eval", parents=[common, job], help="python -m eval.linear")
+    e.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="settings, as for python -m eval.linear (checkpoint=, data=, out= on shared storage)")
 
     for name, text in (("status", "print a job's status"), ("stop", "stop a job"), ("logs", "print a job's logs")):
         c = sub.add_parser(name, parents=[common], help=text)
@@ -137,12 +134,8 @@ def _with_command(argv: Sequence[str]) -> list[str]:
     return ["pretrain", *argv]
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Returns (arguments, options passed through to eval.linear)."""
-    args, extra = _parser().parse_known_args(_with_command(list(argv)))
-    if extra and args.command != "eval":
-        _parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    return args, extra
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    return _parser().parse_args(_with_command(list(argv)))
 
 
 # ---------------------------------------------------------------- what runs
@@ -179,18 +172,6 @@ def _inside(path: Path, root: Path, what: str) -> str:
         raise SubmitError(f"{what} {path} is outside the uploaded working tree {root}: move it inside") from None
 
 
-def _load_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise SubmitError(f"--config {path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SubmitError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise SubmitError(f"--config {path}: expected a mapping of sections (run:, train:, ...)")
-    return data
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
@@ -201,18 +182,19 @@ def pretrain_job(config_path: Path, overrides: Sequence[str], working_dir: Path)
     Returns (entrypoint, run name, overrides as sent). The job's working directory disappears with
     the job, so `run.root` (run directories: config, TensorBoard logs, checkpoints) and
     `run.storage_path` if set must be absolute paths on storage every node mounts. A run without a
-    name gets one, so that it can be resumed. The entrypoint is `python -m cluster.resume`, which
+    name of its own (none in the YAML or the overrides, or `run.name=` empty) gets one, so that it can
+    be resumed, and so that unrelated configs never resume each other's runs under the default name. The entrypoint is `python -m cluster.resume`, which
     on the cluster becomes `python -m pretrain`, resuming the run if it already exists.
     """
-    overrides = list(overrides)
-    config = _load_yaml(config_path)
+    unnamed = any(o.replace(" ", "") == "run.name=" for o in overrides)
+    overrides = [o for o in overrides if o.replace(" ", "") != "run.name="]
+    try:  # read as pretrain reads it: defaults, YAML, overrides; unknown keys fail here, not on the cluster
+        run = merge_config(PretrainConfig, config_path, overrides).run
+    except ConfigError as err:
+        raise SubmitError(f"--config {err}" if str(err).startswith("config file") else str(err)) from None
     rel_config = _inside(config_path, working_dir, "--config")
-    try:
-        root = config_value(config, overrides, "run.root")
-        storage = config_value(config, overrides, "run.storage_path")
-        name = config_value(config, overrides, "run.name")
-    except ValueError as err:
-        raise SubmitError(str(err)) from None
+    root, storage = run.root, run.storage_path
+    name = None if unnamed or run.name == RunSection.name else run.name
 
     if not root or not os.path.isabs(str(root)):
         raise SubmitError(
@@ -231,21 +213,19 @@ def pretrain_job(config_path: Path, overrides: Sequence[str], working_dir: Path)
     return entrypoint, str(name), overrides
 
 
-def eval_job(checkpoints: Sequence[str], data: str, extra: Sequence[str]) -> str:
-    """The linear-evaluation command line. Its paths must be readable on the cluster, and the
-    results directory (`--out`) absolute on shared storage, or they vanish with the job."""
-    out = None
-    for i, item in enumerate(extra):
-        if item == "--out" and i + 1 < len(extra):
-            out = extra[i + 1]
-        elif item.startswith("--out="):
-            out = item.split("=", 1)[1]
-    if not out or not os.path.isabs(out):
+def eval_job(overrides: Sequence[str]) -> str:
+    """The linear-evaluation command line, its settings checked here. Its paths must be readable on
+    the cluster, and the results directory (`out=`) absolute on shared storage, or they vanish with the job."""
+    try:
+        cfg = load_linear_config(None, overrides)
+    except ConfigError as err:
+        raise SubmitError(str(err)) from None
+    if not cfg.out or not os.path.isabs(cfg.out):
         raise SubmitError(
-            f"--out {out!r}: give the results directory as an absolute path on shared storage "
-            "(e.g. --out /mnt/shared/eval/RUN); a job's working directory disappears with the job"
+            f"out={cfg.out!r}: give the results directory as an absolute path on shared storage "
+            "(e.g. out=/mnt/shared/eval/RUN); a job's working directory disappears with the job"
         )
-    return shlex.join(["python", "-m", "eval.linear", "--checkpoint", *checkpoints, "--data", data, *extra])
+    return shlex.join(["python", "-m", "eval.linear", *overrides])
 
 
 def _git_version(root: Path) -> str | None:
@@ -413,13 +393,22 @@ def _report(client, job_id: str, status: str) -> int:
 
 
 def run(argv: Sequence[str]) -> int:
-    args, extra = parse_args(argv)
+    args = parse_args(argv)
     if args.command in ("pretrain", "eval"):
-        env = runtime_env(args.working_dir.resolve())
         if args.command == "pretrain":
-            entrypoint, run_name, _ = pretrain_job(args.config, args.overrides, args.working_dir)
+            entrypoint, run_name, sent = pretrain_job(args.config, args.overrides, args.working_dir)
         else:
-            entrypoint, run_name = eval_job(args.checkpoint, args.data, extra), None
+            entrypoint, run_name = eval_job(args.overrides), None
+        if args.print_config:
+            from omegaconf import OmegaConf
+
+            if args.command == "pretrain":
+                cfg = merge_config(PretrainConfig, args.config, sent)
+            else:
+                cfg = OmegaConf.structured(load_linear_config(None, args.overrides))
+            print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+            return 0
+        env = runtime_env(args.working_dir.resolve())
         client = connect(args.address)
         job_id = submit(
             client,

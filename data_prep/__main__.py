@@ -1,7 +1,8 @@
 """Command line: ``python -m data_prep {cifar10,stl10,imagenet,folder,digits,skimage-crops,verify} ...``.
 
-Each builder writes ``--out DIR/manifest.json`` and ``DIR/<split>-%06d.tar``. Re-running the same
-command resumes an interrupted build; ``--overwrite`` rebuilds. Bad images are skipped and listed
+Each builder writes ``--out DIR/manifest.json`` and ``DIR/<split>-%06d.tar``; ``DIR`` may be a local
+directory or an ``s3://BUCKET/PATH`` / ``gs://BUCKET/PATH`` URL. Re-running the same command resumes an
+interrupted build; ``--overwrite`` rebuilds. Bad images are skipped and listed
 (exit 0), or make the command fail with ``--strict`` (exit 2, after the manifest names them all).
 """
 from __future__ import annotations
@@ -10,11 +11,11 @@ import argparse
 import os
 import sys
 
-from data_prep import shard_writer
+from data_prep import shard_writer, storage
 
 
 def _common(p: argparse.ArgumentParser, fmt: str) -> None:
-    p.add_argument("--out", required=True, help="output directory for manifest.json and the shards")
+    p.add_argument("--out", required=True, help="output directory (or s3:// / gs:// URL) for manifest.json and the shards")
     p.add_argument("--shard-size", type=int, default=1000,
                    help="inputs per shard; use at least (ranks × loader workers) shards per split so "
                         "non-resampled streams can give every worker its own shards")
@@ -47,7 +48,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-meta", help="devkit meta.mat, to read ILSVRC2012_validation_ground_truth.txt")
     p.add_argument("--fraction", type=float, default=0.1, help="share of each class to keep (default 0.1)")
     p.add_argument("--per-class", type=int, help="keep exactly N files a class instead of --fraction")
-    p.add_argument("--subset-list", help="keep exactly the files named in this list (e.g. a published one)")
+    p.add_argument("--subset-list", help="keep exactly the files named in this list (e.g. a published one); "
+                                          "validation keeps the listed val files, or else training's share")
+    p.add_argument("--val-fraction", type=float,
+                   help="share of each validation class to keep (default: the same share as training)")
+    p.add_argument("--val-per-class", type=int, help="keep exactly N validation files a class")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-class draw")
     p.add_argument("--resize", type=int, help="store images squashed to N×N (292 is the jigsaw stream's "
                                               "first step, which it then skips; smaller shards to decode)")
@@ -74,13 +79,25 @@ def parser() -> argparse.ArgumentParser:
     _common(p, "jpg")
 
     p = sub.add_parser("verify", help="check every shard against manifest.json")
-    p.add_argument("dir")
+    p.add_argument("dir", help="shard directory or s3:// / gs:// URL")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the images (faster)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except storage.StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    target = args.dir if args.command == "verify" else args.out
+    if storage.is_url(target):  # before any expensive work: a bad scheme, a missing bucket, no credentials
+        storage.check_url(target)
+        storage.check_bucket(target)
     if args.command == "verify":
         from data_prep.verify import verify
         problems = verify(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty())
@@ -92,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verify: {args.dir} matches its manifest")
         return 0
 
+    from data_prep.writable import NotWritableError, check_writable_dir
+    try:
+        check_writable_dir(args.out, "--out", "choose another output directory")
+    except NotWritableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     resize = getattr(args, "resize", None)
     if args.command == "cifar10":
         from data_prep import cifar10
@@ -103,13 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         options = {"src": os.path.abspath(args.src)}
     elif args.command == "imagenet":
         from data_prep import imagenet
-        class_names, splits = imagenet.sources(
+        class_names, splits, selection = imagenet.sources(
             args.train_dir, args.val_dir, args.val_labels, args.val_meta, args.fraction, args.per_class,
-            args.seed, args.subset_list, out_dir=args.out)
+            args.seed, args.subset_list, out_dir=args.out, val_fraction=args.val_fraction,
+            val_per_class=args.val_per_class)
         options = {"train_dir": os.path.abspath(args.train_dir),
                    "val_dir": args.val_dir and os.path.abspath(args.val_dir), "val_labels": args.val_labels,
                    "fraction": args.fraction, "per_class": args.per_class, "subset_list": args.subset_list,
-                   "seed": args.seed}
+                   "val_fraction": args.val_fraction, "val_per_class": args.val_per_class,
+                   "seed": args.seed, "selection": selection}
     elif args.command == "digits":
         from data_prep.sample_images import digits_sources
         class_names, splits = digits_sources(args.size, args.test_fraction, args.seed)

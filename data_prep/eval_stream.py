@@ -1,22 +1,25 @@
 """Deterministic evaluation batches: every sample exactly once, in shard order, any number of workers.
 
 The shards are indexed once (tar member offsets), so a map-style DataLoader can read samples by
-position: batches come out in shard order whatever ``num_workers`` is.
+position: batches come out in shard order whatever ``num_workers`` is. Shards may sit behind an
+``s3://``/``gs://`` URL (:mod:`data_prep.storage`; samples are then ranged reads).
 - ``kind="jigsaw"``: squash to 232×232, centre crop 192, gapless 3×3 grid of 64×64 tiles, each patch's
   channels standardised: ``patches`` float32 [B, 9, 3, 64, 64] (tiles in natural row-major order).
 - ``kind="infomax"``: ``images`` float32 [B, 3, 32, 32] normalised as the InfoMax stream in test mode.
 Plus ``label`` int64 [B] (-1 when unlabelled) and ``key`` (list of str). A sample that fails to decode
-is dropped from its batch with a warning.
+is dropped from its batch with a warning (a batch with none left is ``None``); a truncated or unreadable
+shard keeps the samples stored before the damage, is named in a warning and in ``damaged_shards``.
 """
 from __future__ import annotations
 
+import os
 import tarfile
 import warnings
 
 import numpy as np
 import torch
 
-from data_prep import jigsaw
+from data_prep import jigsaw, storage
 from data_prep.image_io import decode_resized
 from data_prep.infomax_stream import normalise
 from data_prep.manifest import read_manifest, shard_paths, split_member_name
@@ -25,18 +28,30 @@ from data_prep.shard_stream import CorruptSampleWarning
 KINDS = ("jigsaw", "infomax")
 
 
-def index_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """[(key, {ext: (byte offset, size)})] of a shard, in stored order."""
+def index_shard(path: str) -> tuple[list[tuple[str, dict[str, tuple[int, int]]]], str | None]:
+    """``([(key, {ext: (byte offset, size)})], damage)`` of a shard, in stored order.
+
+    ``damage`` is None for an intact tar, else one line saying what cut the index short; the samples
+    whose members lie wholly before the damage are kept (the last, possibly incomplete one is dropped).
+    """
     samples: list = []
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, ext = split_member_name(member.name)
-            if not samples or samples[-1][0] != key:
-                samples.append((key, {}))
-            samples[-1][1][ext] = (member.offset_data, member.size)
-    return samples
+    try:
+        with storage.open_read(path) as f:
+            file_size = f.seek(0, 2)
+            f.seek(0)
+            with tarfile.open(fileobj=f) as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    if member.offset_data + member.size > file_size:
+                        raise tarfile.ReadError(f"member {member.name} ends past the end of the file")
+                    key, ext = split_member_name(member.name)
+                    if not samples or samples[-1][0] != key:
+                        samples.append((key, {}))
+                    samples[-1][1][ext] = (member.offset_data, member.size)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        return samples[:-1], f"{type(e).__name__}: {e}"
+    return samples, None
 
 
 class ShardIndexDataset(torch.utils.data.Dataset):
@@ -48,7 +63,14 @@ class ShardIndexDataset(torch.utils.data.Dataset):
         manifest = read_manifest(shard_dir)
         self.paths = shard_paths(shard_dir, split, manifest)
         self.kind, self.size = kind, size
-        self.entries = [(p, key, files) for p in self.paths for key, files in index_shard(p)]
+        self.entries, self.damaged_shards = [], []
+        for p in self.paths:
+            samples, damage = index_shard(p)
+            self.entries += [(p, key, files) for key, files in samples]
+            if damage is not None:
+                self.damaged_shards.append({"shard": p, "problem": damage, "samples_kept": len(samples)})
+                warnings.warn(f"shard {p} is damaged ({damage}); evaluating the {len(samples)} sample(s) "
+                              f"before the damage", CorruptSampleWarning)
         self._files: dict = {}
 
     def __len__(self) -> int:
@@ -57,7 +79,7 @@ class ShardIndexDataset(torch.utils.data.Dataset):
     def _read(self, path: str, offset: int, size: int) -> bytes:
         f = self._files.get(path)
         if f is None:
-            f = self._files[path] = open(path, "rb")
+            f = self._files[path] = storage.open_read(path)
         f.seek(offset)
         return f.read(size)
 
@@ -86,10 +108,10 @@ class ShardIndexDataset(torch.utils.data.Dataset):
         return state
 
 
-def collate_eval(items: list, kind: str) -> dict:
+def collate_eval(items: list, kind: str) -> dict | None:
     items = [it for it in items if it[1] is not None]
     if not items:
-        raise RuntimeError("a whole evaluation batch failed to decode")
+        return None  # every sample of the batch failed to decode (each was warned about)
     stacked = np.stack([x for _, x, _ in items])
     batch = {"patches": jigsaw.standardise(stacked)} if kind == "jigsaw" else {"images": normalise(stacked)}
     batch["label"] = torch.tensor([lab for _, _, lab in items], dtype=torch.int64)

@@ -8,9 +8,15 @@ out per class (``<wnid>/<file>``) or flat with ``--val-labels``, which may be
 - the devkit's ``ILSVRC2012_validation_ground_truth.txt`` (one ILSVRC2012_ID per line, in file order),
   which needs ``--val-meta meta.mat`` from the devkit to map IDs to wnids.
 
-The subset takes ``round(fraction · n)`` files of each class (or ``--per-class N``; Kolesnikov et al.'s
-published list has 128) by a seeded draw, or exactly the files of ``--subset-list``. The chosen files
-are saved as ``subset_<split>.txt``. Odd files (CMYK, grayscale, PNG named ``.JPEG``) are converted.
+The training subset takes ``round(fraction · n)`` files of each class (or ``--per-class N``;
+Kolesnikov et al.'s published list has 128) by a seeded draw, or exactly the files of
+``--subset-list``. Validation takes the same share in every mode (the paper: 10% of each class of
+both, 128K and 5K): with ``--fraction`` the same fraction of each class; with ``--per-class`` or a
+list that names no validation file, the share training kept overall (128 a class of ImageNet's
+1,281,167 is 9.99%, so 5 of each class's 50). ``--val-fraction`` / ``--val-per-class`` choose
+explicitly. A split left empty is an error. The chosen files are saved as ``subset_<split>.txt`` and
+the kept/available counts go into the manifest's ``source.selection``. Odd files (CMYK, grayscale,
+PNG named ``.JPEG``) are converted.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep import storage
 from data_prep.folder import items_from_files, list_class_tree
 
 WNID = re.compile(r"n\d{8}")
@@ -109,10 +116,21 @@ def read_val_labels(path: Path, val_files: list[Path], wnids: list[str], meta: P
 
 def sources(train_dir: str | Path, val_dir: str | Path | None = None, val_labels: str | Path | None = None,
             val_meta: str | Path | None = None, fraction: float = 0.1, per_class: int | None = None,
-            seed: int = 0, subset_list: str | Path | None = None, out_dir: str | Path | None = None):
-    """Class names (sorted wnids) and the per-split inputs; writes ``subset_<split>.txt`` to ``out_dir``."""
-    if not 0 < fraction <= 1:
-        raise SystemExit(f"error: --fraction must be in (0, 1], got {fraction}")
+            seed: int = 0, subset_list: str | Path | None = None, out_dir: str | Path | None = None,
+            val_fraction: float | None = None, val_per_class: int | None = None):
+    """Class names (sorted wnids), the per-split inputs and the selection record.
+
+    Returns ``(wnids, {split: SplitSource}, {split: {"kept", "available", "share"}})``; writes
+    ``subset_<split>.txt`` to ``out_dir``. Exits with one line on an empty split.
+    """
+    for name, value in (("--fraction", fraction), ("--val-fraction", val_fraction)):
+        if value is not None and not 0 < value <= 1:
+            raise SystemExit(f"error: {name} must be in (0, 1], got {value}")
+    for name, value in (("--per-class", per_class), ("--val-per-class", val_per_class)):
+        if value is not None and value < 1:
+            raise SystemExit(f"error: {name} must be >= 1, got {value}")
+    if val_fraction is not None and val_per_class is not None:
+        raise SystemExit("error: give --val-fraction or --val-per-class, not both")
     train_tree = list_class_tree(Path(train_dir))
     wnids = sorted(train_tree)
     bad = [w for w in wnids if not WNID.fullmatch(w)]
@@ -122,44 +140,73 @@ def sources(train_dir: str | Path, val_dir: str | Path | None = None, val_labels
     label = {w: i for i, w in enumerate(wnids)}
     listed = read_subset_list(Path(subset_list)) if subset_list else None
 
-    def pick(tree: dict[str, list[Path]]) -> dict[str, list[Path]]:
-        if listed is not None:
-            return {w: [f for f in files if f.stem in listed] for w, files in tree.items()}
-        return {w: choose_subset(files, label[w], fraction, per_class, seed) for w, files in tree.items()}
-
-    trees = {"train": (Path(train_dir), pick(train_tree))}
+    if listed is not None:
+        train_pick = {w: [f for f in files if f.stem in listed] for w, files in train_tree.items()}
+    else:
+        train_pick = {w: choose_subset(files, label[w], fraction, per_class, seed) for w, files in train_tree.items()}
+    trees = {"train": (Path(train_dir), train_pick, train_tree)}
     if val_dir is not None:
-        val_dir = Path(val_dir)
-        if not val_dir.is_dir():
-            raise SystemExit(f"error: --val-dir {val_dir} is not a directory")
-        if val_labels is None:
-            val_tree = list_class_tree(val_dir)
-            unknown = sorted(set(val_tree) - set(wnids))
-            if unknown:
-                raise SystemExit(f"error: {val_dir} has class folders not in the train set ({unknown[0]}...); "
-                                 f"for a flat val folder pass --val-labels")
-        else:
-            flat = sorted(f for f in val_dir.iterdir() if f.is_file() and not f.name.startswith("."))
-            if not flat:
-                raise SystemExit(f"error: {val_dir} holds no files; expected the 50,000 ILSVRC2012_val_*.JPEG")
-            mapping = read_val_labels(Path(val_labels), flat, wnids, Path(val_meta) if val_meta else None)
-            missing = [f.name for f in flat if f.stem not in mapping]
-            if missing:
-                raise SystemExit(f"error: {len(missing)} validation files have no label in {val_labels} "
-                                 f"(first: {missing[0]})")
-            val_tree = {w: [] for w in wnids}
-            for f in flat:
-                if mapping[f.stem] not in label:
-                    raise SystemExit(f"error: {val_labels} labels {f.name} as {mapping[f.stem]}, not a train class")
-                val_tree[mapping[f.stem]].append(f)
-        trees["val"] = (val_dir, pick({w: files for w, files in val_tree.items() if files}))
+        val_tree = _val_tree(Path(val_dir), val_labels, val_meta, wnids, label)
+        trees["val"] = (Path(val_dir), _pick_val(val_tree, train_pick, train_tree, label, listed, fraction,
+                                                 per_class, seed, val_fraction, val_per_class), val_tree)
 
-    splits = {}
-    for split, (root, tree) in trees.items():
+    splits, selection = {}, {}
+    for split, (root, tree, available) in trees.items():
         files = [(f, label[w], f"{w}/{f.name}") for w in sorted(tree) for f in tree[w]]
+        total = sum(len(v) for v in available.values())
+        if not files:
+            how = f"--subset-list {subset_list} names none of its files" if listed is not None and split == "train" \
+                else "the selection keeps no file"
+            raise SystemExit(f"error: the {split} split of the subset is empty ({how}, of {total} available); "
+                             f"check the list or the --fraction/--per-class options")
+        selection[split] = {"kept": len(files), "available": total, "share": len(files) / total}
         if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            Path(out_dir, f"subset_{split}.txt").write_text(
-                "".join(f"{rel} {lab}\n" for f, lab, rel in files))
+            storage.makedirs(out_dir)
+            storage.write_text(storage.join(out_dir, f"subset_{split}.txt"),
+                               "".join(f"{rel} {lab}\n" for f, lab, rel in files))
         splits[split] = items_from_files(split, [(f, lab, f"{Path(rel).parent}/{f.name}") for f, lab, rel in files])
-    return wnids, splits
+    return wnids, splits, selection
+
+
+def _val_tree(val_dir: Path, val_labels, val_meta, wnids: list[str], label: dict) -> dict[str, list[Path]]:
+    """``{wnid: files}`` of the validation set, per-class folders or flat with a label file."""
+    if not val_dir.is_dir():
+        raise SystemExit(f"error: --val-dir {val_dir} is not a directory")
+    if val_labels is None:
+        val_tree = list_class_tree(val_dir)
+        unknown = sorted(set(val_tree) - set(wnids))
+        if unknown:
+            raise SystemExit(f"error: {val_dir} has class folders not in the train set ({unknown[0]}...); "
+                             f"for a flat val folder pass --val-labels")
+        return {w: files for w, files in val_tree.items() if files}
+    flat = sorted(f for f in val_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+    if not flat:
+        raise SystemExit(f"error: {val_dir} holds no files; expected the 50,000 ILSVRC2012_val_*.JPEG")
+    mapping = read_val_labels(Path(val_labels), flat, wnids, Path(val_meta) if val_meta else None)
+    missing = [f.name for f in flat if f.stem not in mapping]
+    if missing:
+        raise SystemExit(f"error: {len(missing)} validation files have no label in {val_labels} "
+                         f"(first: {missing[0]})")
+    val_tree = {w: [] for w in wnids}
+    for f in flat:
+        if mapping[f.stem] not in label:
+            raise SystemExit(f"error: {val_labels} labels {f.name} as {mapping[f.stem]}, not a train class")
+        val_tree[mapping[f.stem]].append(f)
+    return {w: files for w, files in val_tree.items() if files}
+
+
+def _pick_val(val_tree: dict[str, list[Path]], train_pick: dict, train_tree: dict, label: dict,
+              listed: set[str] | None, fraction: float, per_class: int | None, seed: int,
+              val_fraction: float | None, val_per_class: int | None) -> dict[str, list[Path]]:
+    """The validation files: the same per-class share as training unless chosen explicitly."""
+    if val_per_class is not None or val_fraction is not None:
+        return {w: choose_subset(files, label[w], val_fraction or 1.0, val_per_class, seed)
+                for w, files in val_tree.items()}
+    if listed is not None and any(f.stem in listed for files in val_tree.values() for f in files):
+        return {w: [f for f in files if f.stem in listed] for w, files in val_tree.items()}
+    if listed is None and per_class is None:
+        return {w: choose_subset(files, label[w], fraction, None, seed) for w, files in val_tree.items()}
+    # --per-class N or a train-only list: the share training kept overall, for each class
+    share = sum(map(len, train_pick.values())) / sum(map(len, train_tree.values()))
+    return {w: choose_subset(files, label[w], share, None, seed) if train_pick.get(w) else []
+            for w, files in val_tree.items()}

@@ -12,6 +12,7 @@ tile ``p[j]`` (tiles numbered row-major): ``puzzle = patches[p]``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import mmap
 import sys
@@ -37,11 +38,6 @@ def _all_permutations() -> np.ndarray:
                         dtype=np.int8, count=362880 * 9).reshape(-1, 9)
     perms.flags.writeable = False
     return perms
-
-
-def all_permutations() -> np.ndarray:
-    """All 9! permutations of 9 tiles, lexicographic: int8 [362880, 9]."""
-    return _all_permutations().copy()
 
 
 def _distances(columns: list[np.ndarray], p: np.ndarray) -> np.ndarray:
@@ -89,17 +85,77 @@ def hamming_stats(perms: np.ndarray) -> dict:
     return {"min": int(off.min()), "mean": float(off.mean())}
 
 
-def save_permutations(path: str | Path, perms: np.ndarray) -> None:
-    """Save the set as ``.npy`` (every run stores the set it trained with)."""
-    np.save(path, np.asarray(perms, dtype=np.int64))
+# The one permutation set every jigsaw run uses, whatever its run.seed (the paper trains all its
+# seeds on one set): max_hamming_permutations(100, seed=0), generated once and committed with its
+# sha256 (`python -m data_prep.jigsaw` writes both; `sha256sum -c` checks the file).
+PERMUTATIONS_DIR = Path(__file__).resolve().parent / "permutations"
+DEFAULT_PERMUTATIONS = PERMUTATIONS_DIR / "max_hamming_100.txt"
+
+
+def permutations_text(perms: np.ndarray) -> str:
+    """The canonical text of a set [n, 9]: one permutation a line, 0-based, space-separated."""
+    return "".join(" ".join(str(int(v)) for v in row) + "\n" for row in np.asarray(perms))
+
+
+def permutations_sha256(perms: np.ndarray) -> str:
+    """sha256 of :func:`permutations_text`: equal sets have equal digests, whatever file they came from."""
+    return hashlib.sha256(permutations_text(perms).encode()).hexdigest()
+
+
+def save_permutations(path: str | Path, perms: np.ndarray) -> str:
+    """Write the set as canonical text and ``<path>.sha256`` (``sha256sum`` format); returns the digest."""
+    path = Path(path)
+    path.write_text(permutations_text(perms))
+    digest = permutations_sha256(perms)
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    return digest
 
 
 def load_permutations(path: str | Path) -> np.ndarray:
-    """Load and check a saved set: int64 [n, 9], each row a permutation of 0..8."""
-    perms = np.load(path)
+    """Load and check a set: int64 [n, 9], each row a permutation of 0..8.
+
+    ``.npy`` (read with ``allow_pickle=False``) or text with 9 integers a line. A set numbered 1..9
+    (as some published ones are) is shifted to 0..8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"permutation set {path} does not exist")
+    try:
+        perms = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.int64, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a .npy array or a text file of 9 integers a line ({exc})") from None
+    perms = np.asarray(perms)
+    if perms.ndim == 2 and perms.shape[1] == 9 and perms.size and perms.min() == 1 and perms.max() == 9:
+        perms = perms - 1
     if perms.ndim != 2 or perms.shape[1] != 9 or not (np.sort(perms, 1) == np.arange(9)).all():
         raise ValueError(f"{path} does not hold an [n, 9] set of permutations of 0..8")
     return perms.astype(np.int64)
+
+
+def permutation_set(path: str | Path | None, n: int) -> tuple[np.ndarray, str]:
+    """The first ``n`` rows of the set at ``path`` (None: the committed set) and their sha256.
+
+    The committed set is checked against its committed digest. Greedy max-Hamming sets are built
+    row by row, so their first ``n`` rows are the greedy set of ``n``. Raises ``ValueError`` (one
+    line) for a set with fewer than ``n`` rows or a committed file that does not match its digest.
+    """
+    file = DEFAULT_PERMUTATIONS if path is None else Path(path)
+    perms = load_permutations(file)
+    if path is None:
+        expected = file.with_name(file.name + ".sha256").read_text().split()[0]
+        if permutations_sha256(perms) != expected:
+            raise ValueError(f"{file} does not match its sha256 ({expected}); restore it with git checkout")
+    if len(perms) < n:
+        raise ValueError(f"permutation set {file} has {len(perms)} rows, data.num_permutations asks for {n}")
+    perms = perms[:n]
+    return perms, permutations_sha256(perms)
+
+
+def main() -> None:
+    """Regenerate the committed set (it should come out identical: the generator is deterministic)."""
+    PERMUTATIONS_DIR.mkdir(exist_ok=True)
+    digest = save_permutations(DEFAULT_PERMUTATIONS, max_hamming_permutations(100, seed=0))
+    print(f"{DEFAULT_PERMUTATIONS}: sha256 {digest}")
 
 
 def tile_crops(image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
@@ -231,3 +287,7 @@ def make_batch(tiles: np.ndarray, labels: np.ndarray, permutations: np.ndarray, 
         batch["tiles"] = x
         batch["perm_rows"] = perm_rows
     return batch
+
+
+if __name__ == "__main__":
+    main()

@@ -44,7 +44,8 @@ def jigsaw_loader(shard_dir, split: str = "train", *, permutations, images_per_b
                   perms_per_image: int = 16, train: bool = True, seed: int = 0, epoch: int = 0,
                   batches_per_epoch: int | None = None, num_workers: int = 0, rank: int | None = None,
                   world_size: int | None = None, resampled: bool = True, skip_batches: int = 0,
-                  shuffle_buffer: int = 1000, pin_memory: bool = False, gather: bool = True) -> BatchLoader:
+                  shuffle_buffer: int = 1000, pin_memory: bool = False, gather: bool = True,
+                  endless: bool = False) -> BatchLoader:
     """Iterable of jigsaw batches (dicts described in the module docstring), one epoch per iteration.
 
     permutations: int [n, 9] set (e.g. :func:`data_prep.jigsaw.max_hamming_permutations`).
@@ -57,6 +58,7 @@ def jigsaw_loader(shard_dir, split: str = "train", *, permutations, images_per_b
     gather=False: yield ``tiles`` [I, 9, 3, 64, 64] and ``perm_rows`` [P, 9] instead of ``patches``
     (P times less data through the DataLoader; rebuild with :func:`data_prep.jigsaw.scramble`, or run the
     encoder on the I·9 unique tiles: BatchNorm statistics are the same, as every tile appears P times).
+    endless: one iteration runs through epoch after epoch in the same loader workers.
     """
     perms = np.asarray(permutations, dtype=np.int64)
     if perms.ndim != 2 or perms.shape[1] != 9 or not (np.sort(perms, 1) == np.arange(9)).all():
@@ -69,5 +71,5 @@ def jigsaw_loader(shard_dir, split: str = "train", *, permutations, images_per_b
                                   gather=gather),
         train=train, seed=seed, epoch=epoch, batches_per_epoch=batches_per_epoch, num_workers=num_workers,
         rank=rank, world_size=world_size, resampled=resampled, skip_batches=skip_batches,
-        shuffle_buffer=shuffle_buffer)
+        shuffle_buffer=shuffle_buffer, endless=endless)
     return BatchLoader(stream, num_workers, pin_memory=pin_memory)

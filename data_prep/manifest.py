@@ -12,8 +12,9 @@ Layout (format 1)::
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from data_prep import storage
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
@@ -23,26 +24,18 @@ class ManifestError(ValueError):
     """A shard directory or its manifest is missing or malformed (one-line message)."""
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_manifest(shard_dir: str | Path) -> dict:
-    """Load ``shard_dir/manifest.json``; raise :class:`ManifestError` with one line if missing/bad."""
-    path = Path(shard_dir) / MANIFEST_NAME
-    if not path.is_file():
+    """Load ``shard_dir/manifest.json``; raise :class:`ManifestError` with one line if missing/bad.
+
+    ``shard_dir`` may be an ``s3://``/``gs://`` URL; an unusable URL raises :class:`data_prep.storage.StorageError`.
+    """
+    path = storage.join(shard_dir, MANIFEST_NAME)
+    if not storage.isfile(path):
         raise ManifestError(
             f"no {MANIFEST_NAME} in {shard_dir}: build the shards first with "
             f"`python -m data_prep <cifar10|stl10|imagenet|folder> ... --out {shard_dir}`")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(storage.read_text(path))
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path} is not valid JSON ({e}); rebuild the shards") from None
     for key in ("format", "dataset", "splits", "class_names"):
@@ -51,21 +44,6 @@ def read_manifest(shard_dir: str | Path) -> dict:
     if manifest["format"] != FORMAT:
         raise ManifestError(f"{path} has format {manifest['format']}, this code reads format {FORMAT}")
     return manifest
-
-
-def class_names(manifest: dict) -> list[str]:
-    """Class names in label order (label ``i`` is ``class_names[i]``)."""
-    return list(manifest["class_names"])
-
-
-def num_classes(manifest: dict) -> int:
-    """Number of classes (0 for a dataset without labels)."""
-    return len(manifest["class_names"])
-
-
-def split_names(manifest: dict) -> list[str]:
-    """Splits the directory holds, e.g. ``["train", "test"]``."""
-    return list(manifest["splits"])
 
 
 def split_info(manifest: dict, split: str) -> dict:
@@ -77,20 +55,19 @@ def split_info(manifest: dict, split: str) -> dict:
     return manifest["splits"][split]
 
 
-def num_samples(manifest: dict, split: str) -> int:
-    """Number of samples stored for ``split``."""
-    return int(split_info(manifest, split)["num_samples"])
 
 
 def shard_paths(shard_dir: str | Path, split: str, manifest: dict | None = None) -> list[str]:
-    """Absolute paths of the shards of ``split``, in manifest order; errors if one is missing."""
+    """Absolute paths (or URLs) of the shards of ``split``, in manifest order; errors if one is missing."""
     manifest = read_manifest(shard_dir) if manifest is None else manifest
+    shard_dir = storage.resolve(shard_dir)
+    present = set(storage.listdir(shard_dir))  # one listing, not a request per shard
     paths = []
     for shard in split_info(manifest, split)["shards"]:
-        p = Path(shard_dir) / shard["name"]
-        if not p.is_file():
+        p = storage.join(shard_dir, shard["name"])
+        if shard["name"] not in present:
             raise ManifestError(f"shard {p} listed in the manifest is missing; re-run the builder to resume")
-        paths.append(str(p.resolve()))
+        paths.append(p)
     if not paths:
         raise ManifestError(f"split {split!r} in {shard_dir} has no shards")
     return paths

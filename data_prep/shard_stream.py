@@ -1,12 +1,16 @@
 """The engine shared by the training streams: shards -> samples -> groups -> batches, per rank/worker.
 
-Built from webdataset's own stages (``ResampledShards`` or ``SimpleShardList``, ``tarfile_to_samples``,
-``shuffle``) inside one ``DataPipeline`` per (rank, worker), followed by decoding, grouping and the
-task's batch maker. Each rank yields exactly ``batches_per_epoch`` batches (DDP never waits at an epoch
-end); corrupt samples are skipped with a warning and counted, never crash a run.
+Built from webdataset's own stages (``ResampledShards`` or ``SimpleShardList``, its tar expander and
+key grouper, ``shuffle``) inside one ``DataPipeline`` per (rank, worker), followed by decoding, grouping
+and the task's batch maker. Shards are opened through :mod:`data_prep.storage`, so a shard directory
+may be an ``s3://``/``gs://`` URL, streamed by fsspec (whose clients retry transient errors). Each rank yields exactly ``batches_per_epoch`` batches (DDP never waits at an epoch
+end); corrupt samples are skipped with a warning and counted, never crash a run. A split that yields
+nothing decodable (as many consecutive failures as it has samples, or every shard unreadable in turn)
+raises :class:`UndecodableSplitError` instead of looping forever over resampled shards.
 """
 from __future__ import annotations
 
+import functools
 import random
 import warnings
 from typing import Any, Callable, Iterator
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from data_prep import sharding
+from data_prep import sharding, storage
 from data_prep.manifest import read_manifest, shard_paths, shard_sample_counts
 
 
@@ -23,9 +27,38 @@ class CorruptSampleWarning(UserWarning):
     """A sample in a shard could not be decoded and was skipped."""
 
 
-def _warn_and_continue(exn: Exception) -> bool:
-    warnings.warn(f"skipping unreadable shard data: {exn!r}", CorruptSampleWarning)
-    return True
+class UndecodableSplitError(RuntimeError):
+    """A split whose shards gave no decodable sample for a whole pass: the data, not the run, is broken."""
+
+
+# Warnings per stream before they thin out to one per LOG_EVERY skips (a broken split must not flood logs).
+WARN_FIRST = 10
+LOG_EVERY = 1000
+
+
+def _open_shards(src: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """webdataset's ``url_opener`` through :func:`data_prep.storage.open_read` (local paths and URLs).
+
+    A :class:`~data_prep.storage.StorageError` (no credentials, no access, a store still failing after
+    its client's retries) ends the stream: skipping would spin over shards none can read.
+    """
+    for source in src:
+        try:
+            stream = storage.open_read(source["url"])
+        except storage.StorageError:
+            raise
+        except Exception as exn:
+            if handler(exn):
+                continue
+            break
+        yield {**source, "stream": stream}
+
+
+def tar_samples(src: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """``{"url": shard}`` dicts -> samples ``{"__key__", "__url__", ext: bytes}`` (webdataset's
+    ``tarfile_samples`` with shards opened by :func:`_open_shards`)."""
+    files = wds.tariterators.tar_file_expander(_open_shards(src, handler), handler=handler)
+    return wds.tariterators.group_by_keys(files, handler=handler)
 
 
 class ShardBatchStream(torch.utils.data.IterableDataset):
@@ -37,8 +70,9 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
     def __init__(self, shard_dir: str, split: str, *, group_size: int, decode: Callable[[dict], Any],
                  collate: Callable[[list, np.random.Generator], dict], train: bool, seed: int, epoch: int,
                  batches_per_epoch: int | None, num_workers: int, rank: int | None, world_size: int | None,
-                 resampled: bool, skip_batches: int = 0, shuffle_buffer: int = 1000):
+                 resampled: bool, skip_batches: int = 0, shuffle_buffer: int = 1000, endless: bool = False):
         super().__init__()
+        self.endless = endless
         manifest = read_manifest(shard_dir)
         self.urls = shard_paths(shard_dir, split, manifest)
         self.counts = shard_sample_counts(manifest, split)
@@ -59,12 +93,19 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
         self.train, self.seed, self.epoch = train, seed, epoch
         self.skip_batches, self.shuffle_buffer = skip_batches, shuffle_buffer
         self.corrupt = 0  # samples skipped in this process (per worker when num_workers > 0)
+        self.split = split
+        # Resampled (or repeated) shards never run dry, so a split with nothing decodable would loop
+        # forever: give up after a pass's worth of consecutive failures, or after every shard failed
+        # to open 20 times in a row (a good shard among n is then missed with odds e^-20).
+        self.max_bad_samples = max(1, sum(self.counts))
+        self.max_bad_shards = 20 * len(self.urls)
+        self._bad_samples = self._bad_shards = 0
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.skip_batches
 
-    def _samples(self, virtual: int, W: int) -> Iterator[dict]:
-        stream_seed = sharding.derive_seed(self.seed, self.epoch, self.rank, virtual)
+    def _samples(self, epoch: int, virtual: int, W: int) -> Iterator[dict]:
+        stream_seed = sharding.derive_seed(self.seed, epoch, self.rank, virtual)
         if self.resampled:
             # webdataset draws shards with random.Random(make_seed(worker_seed(), epoch, seed)) when deterministic
             shards = wds.ResampledShards(self.urls, seed=stream_seed, worker_seed=lambda: 0, deterministic=True)
@@ -73,34 +114,76 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
             mine = sharding.slot_shards(self.urls, self.rank, self.world_size, virtual, W)
             pipeline = wds.DataPipeline(wds.SimpleShardList(mine, seed=stream_seed if self.train else None))
             pipeline.repeat()  # a slot that runs dry (corrupt samples, a long epoch) starts over
-        pipeline.append(wds.tarfile_to_samples(handler=_warn_and_continue))
+        pipeline.append(functools.partial(tar_samples, handler=self._unreadable_shard))
+        pipeline.append(self._shards_readable)
         if self.train and self.shuffle_buffer > 1:
             pipeline.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
                                         rng=random.Random(stream_seed)))
         return iter(pipeline)
 
+    def _unreadable_shard(self, exn: Exception) -> bool:
+        """webdataset's handler for a shard that cannot be read (truncated tar, missing file)."""
+        self._bad_shards += 1
+        if self._bad_shards <= WARN_FIRST or self._bad_shards % LOG_EVERY == 0:
+            warnings.warn(f"skipping unreadable shard data: {exn!r}", CorruptSampleWarning)
+        if self._bad_shards >= self.max_bad_shards:
+            raise self._undecodable(f"{self._bad_shards} shard reads in a row failed")
+        return True
+
+    def _shards_readable(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            self._bad_shards = 0
+            yield sample
+
+    def _undecodable(self, what: str) -> UndecodableSplitError:
+        folder = self.urls[0].rsplit("/", 1)[0]
+        shards = ", ".join(u.rsplit("/", 1)[-1] for u in self.urls[:5]) + (" ..." if len(self.urls) > 5 else "")
+        return UndecodableSplitError(
+            f"split {self.split!r} of {folder} gives no decodable images ({what}; shards {shards}); "
+            f"check them with `python -m data_prep verify {folder}`")
+
     def _groups(self, samples: Iterator[dict]) -> Iterator[list]:
         group: list = []
         for sample in samples:
             try:
-                group.append(self.decode(sample))
+                item = self.decode(sample)
             except Exception as e:  # a corrupt image must never end a run
                 self.corrupt += 1
-                warnings.warn(f"skipping sample {sample.get('__key__')!r} of {sample.get('__url__')}: "
-                              f"{type(e).__name__}: {e} ({self.corrupt} skipped so far)", CorruptSampleWarning)
+                self._bad_samples += 1
+                if self.corrupt <= WARN_FIRST or self.corrupt % LOG_EVERY == 0:
+                    warnings.warn(f"skipping sample {sample.get('__key__')!r} of {sample.get('__url__')}: "
+                                  f"{type(e).__name__}: {e} ({self.corrupt} skipped so far)", CorruptSampleWarning)
+                if self._bad_samples >= self.max_bad_samples:
+                    raise self._undecodable(f"{self._bad_samples} samples in a row failed to decode") from None
                 continue
+            self._bad_samples = 0
+            group.append(item)
             if len(group) == self.group_size:
                 yield group
                 group = []
 
     def __iter__(self) -> Iterator[dict]:
+        """One epoch from ``epoch`` after ``skip_batches``; with ``endless`` the epochs after it follow.
+
+        Epochs after the first run on in the same worker processes, so a training loop never pays for
+        new workers and refilled shuffle buffers at an epoch's end. The DataLoader hands out the g-th
+        batch from worker ``g % W``; an epoch that starts after ``done`` batches of this iteration is
+        therefore dealt out from worker ``done % W`` on, which is the rotation a resume uses.
+        """
         worker, W = sharding.loader_worker()
         if W != self.num_workers:
             raise RuntimeError(f"the stream was built for {self.num_workers} worker(s) but runs in {W}")
-        virtual = sharding.virtual_worker(worker, W, self.skip_batches)
+        epoch, skip, done = self.epoch, self.skip_batches, 0
+        while True:
+            yield from self._epoch(epoch, skip, sharding.virtual_worker(worker, W, skip - done), W)
+            if not self.endless:
+                return
+            epoch, skip, done = epoch + 1, 0, done + self.batches_per_epoch - skip
+
+    def _epoch(self, epoch: int, skip: int, virtual: int, W: int) -> Iterator[dict]:
         n_mine = sharding.quota(self.batches_per_epoch, virtual, W)
-        skip_mine = sharding.quota(self.skip_batches, virtual, W)
-        groups = self._groups(self._samples(virtual, W))
+        skip_mine = sharding.quota(skip, virtual, W)
+        groups = self._groups(self._samples(epoch, virtual, W))
         for j in range(n_mine):
             group = next(groups, None)
             if group is None:
@@ -108,14 +191,14 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
             if j < skip_mine:
                 continue
             b = virtual + j * W  # the global batch index within this rank's epoch
-            yield self.collate(group, np.random.default_rng([self.seed, self.epoch, self.rank, b]))
+            yield self.collate(group, np.random.default_rng([self.seed, epoch, self.rank, b]))
 
 
 class BatchLoader:
     """An epoch of batches from a :class:`ShardBatchStream`, through a DataLoader when num_workers > 0.
 
-    ``len()`` is the number of batches this epoch will yield; ``set_epoch(e)`` and
-    ``set_skip_batches(k)`` re-target the next iteration (e.g. resuming mid-epoch).
+    ``len()`` is the number of batches this epoch will yield (the stream's ``epoch`` and
+    ``skip_batches`` say which epoch, and where in it to resume).
     """
 
     def __init__(self, stream: ShardBatchStream, num_workers: int, pin_memory: bool = False):
@@ -125,22 +208,8 @@ class BatchLoader:
 
     @property
     def batches_per_epoch(self) -> int:
+        """Batches in a whole epoch (``len()`` counts those left in the current one)."""
         return self.stream.batches_per_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.stream.epoch = epoch
-        self.stream.skip_batches = 0
-
-    def set_skip_batches(self, skip_batches: int) -> None:
-        if not 0 <= skip_batches <= self.stream.batches_per_epoch:
-            raise ValueError(f"skip_batches={skip_batches} outside 0..{self.stream.batches_per_epoch}")
-        self.stream.skip_batches = skip_batches
-
-    def state_dict(self, batches_done: int) -> dict:
-        """What a checkpoint records to resume after ``batches_done`` batches of this epoch."""
-        return {"epoch": self.stream.epoch, "batches_done": self.stream.skip_batches + batches_done,
-                "seed": self.stream.seed, "num_workers": self.num_workers,
-                "rank": self.stream.rank, "world_size": self.stream.world_size}
 
     def __len__(self) -> int:
         return len(self.stream)

@@ -1,20 +1,18 @@
 """Write one dataset split as WebDataset shards, atomically and resumably.
 
 Shard ``i`` of a split always holds inputs ``[i*shard_size, (i+1)*shard_size)`` of the builder's
-deterministic input order (minus skipped bad images). Each shard is written to ``<name>.tmp`` and
-renamed when complete; a small record in ``DIR/.build/`` (written after the rename) says the shard is
+deterministic input order (minus skipped bad images). Each shard is written to a ``*.tmp`` file and
+renamed when complete (:func:`data_prep.files.atomic_write`); a small record in ``DIR/.build/`` (written after the rename) says the shard is
 done. A re-run therefore reuses finished shards (checked by sha256) and rewrites the rest: nothing is
-duplicated or lost, whatever point the previous run died at.
+duplicated or lost, whatever point the previous run died at. ``DIR`` may be an ``s3://``/``gs://`` URL
+(:mod:`data_prep.storage`): each shard is then uploaded whole once written, and ``manifest.json`` last.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
 import multiprocessing
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +22,9 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from data_prep import image_io
-from data_prep.manifest import FORMAT, MANIFEST_NAME, write_json_atomic
+from data_prep import image_io, storage
+from data_prep.files import TMP_SUFFIX, sha256_file
+from data_prep.manifest import FORMAT, MANIFEST_NAME
 
 BUILD_DIR = ".build"
 
@@ -59,14 +58,6 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _encode(args) -> tuple[str, int | None, str, bytes | None, str | None]:
     item, opts = args
     try:
@@ -83,11 +74,10 @@ def _encode(args) -> tuple[str, int | None, str, bytes | None, str | None]:
         return item.key, item.label, item.origin, None, f"cannot read ({e.strerror or e})"
 
 
-def _write_shard(path: Path, encoded, ext: str, num_classes: int) -> dict:
-    tmp = path.with_name(path.name + ".tmp")
+def _write_shard(path: str, encoded, ext: str, num_classes: int) -> dict:
     counts = [0] * num_classes
     skipped, n = [], 0
-    with open(tmp, "wb") as f:
+    with storage.write_atomic(path) as f:
         with wds.TarWriter(f, encoder=False, mtime=0.0) as sink:
             for key, label, origin, data, error in encoded:
                 if error is not None:
@@ -100,18 +90,16 @@ def _write_shard(path: Path, encoded, ext: str, num_classes: int) -> dict:
                 sink.write(sample)
                 n += 1
         f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return {"name": path.name, "num_samples": n, "sha256": sha256_file(path),
+        digest = sha256_file(f.name)  # the bytes about to be published
+    return {"name": storage.basename(path), "num_samples": n, "sha256": digest,
             "class_counts": counts, "skipped": skipped}
 
 
-def write_split(out_dir: Path, split: str, source: SplitSource, opts: EncodeOptions, num_classes: int,
+def write_split(out_dir: str | Path, split: str, source: SplitSource, opts: EncodeOptions, num_classes: int,
                 shard_size: int = 1000, workers: int = 1, progress: bool = True) -> dict:
     """Write (or resume) the shards of one split; returns its manifest entry."""
-    out_dir = Path(out_dir)
-    records_dir = out_dir / BUILD_DIR
-    records_dir.mkdir(parents=True, exist_ok=True)
+    records_dir = storage.join(out_dir, BUILD_DIR)
+    storage.makedirs(records_dir)
     n_shards = max(1, math.ceil(source.total / shard_size))
     items = iter(source.items())
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
@@ -121,11 +109,11 @@ def write_split(out_dir: Path, split: str, source: SplitSource, opts: EncodeOpti
     try:
         for index in range(n_shards):
             chunk = list(itertools.islice(items, shard_size))
-            path = out_dir / shard_name(split, index)
-            record_path = records_dir / (path.name + ".json")
-            if record_path.is_file() and path.is_file():
-                record = json.loads(record_path.read_text())
-                if record.get("inputs") == len(chunk) and sha256_file(path) == record["sha256"]:
+            path = storage.join(out_dir, shard_name(split, index))
+            record_path = storage.join(records_dir, shard_name(split, index) + ".json")
+            if storage.isfile(record_path) and storage.isfile(path):
+                record = json.loads(storage.read_text(record_path))
+                if record.get("inputs") == len(chunk) and storage.sha256(path) == record["sha256"]:
                     records.append(record)
                     bar.update(len(chunk))
                     continue
@@ -138,7 +126,7 @@ def write_split(out_dir: Path, split: str, source: SplitSource, opts: EncodeOpti
                     yield x
             record = _write_shard(path, counted(encoded), opts.fmt, num_classes)
             record["inputs"] = len(chunk)
-            write_json_atomic(record_path, record)
+            storage.write_text(record_path, json.dumps(record, indent=1))
             records.append(record)
         leftover = next(items, None)
         if leftover is not None:
@@ -166,26 +154,35 @@ def build_dataset(out_dir: str | Path, dataset: str, options: dict, class_names:
     ``options`` (the build settings) is stored in ``.build/config.json``; a directory built with other
     settings is refused unless ``overwrite``, which deletes its shards first.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = storage.resolve(out_dir)
+    if storage.is_url(out_dir):
+        storage.check_bucket(out_dir)
+    storage.makedirs(out_dir)
     config = {"dataset": dataset, "options": options, "shard_size": shard_size,
               "image_format": opts.fmt, "quality": opts.quality, "resize": opts.resize}
-    config_path = out_dir / BUILD_DIR / "config.json"
+    config_path = storage.join(out_dir, BUILD_DIR, "config.json")
     if overwrite:
-        shutil.rmtree(out_dir / BUILD_DIR, ignore_errors=True)
-        for p in list(out_dir.glob("*.tar")) + list(out_dir.glob("*.tar.tmp")) + [out_dir / MANIFEST_NAME]:
-            p.unlink(missing_ok=True)
-    elif config_path.is_file() and json.loads(config_path.read_text()) != config:
+        storage.remove_tree(storage.join(out_dir, BUILD_DIR))
+        for name in storage.listdir(out_dir):
+            if name.endswith(".tar") or name == MANIFEST_NAME:
+                storage.remove(storage.join(out_dir, name))
+    elif storage.isfile(config_path) and json.loads(storage.read_text(config_path)) != config:
         raise SystemExit(f"error: {out_dir} holds a build with other settings; pass --overwrite to "
                          f"replace it or choose another --out")
-    (out_dir / BUILD_DIR).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(config_path, config)
+    # half-written files of a build that was killed (an exception removes its own; an object store
+    # never shows a half-uploaded object)
+    for folder in (out_dir, storage.join(out_dir, BUILD_DIR)):
+        for name in storage.listdir(folder):
+            if name.endswith(TMP_SUFFIX):
+                storage.remove(storage.join(folder, name))
+    storage.makedirs(storage.join(out_dir, BUILD_DIR))
+    storage.write_text(config_path, json.dumps(config, indent=1))
     manifest = {"format": FORMAT, "dataset": dataset, "source": options, "image_format": opts.fmt,
                 "resize": opts.resize, "class_names": list(class_names), "splits": {}}
     for split, source in splits.items():
         manifest["splits"][split] = write_split(out_dir, split, source, opts, len(class_names),
                                                 shard_size=shard_size, workers=workers, progress=progress)
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    storage.write_text(storage.join(out_dir, MANIFEST_NAME), json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -1,4 +1,4 @@
-"""``python -m data_prep verify DIR``: re-read every shard and check it against the manifest.
+"""``python -m data_prep verify DIR`` (or a ``s3://``/``gs://`` URL): re-read every shard and check it against the manifest.
 
 Checks per split: each listed shard exists and has the recorded sha256, sample counts per shard and
 in total, unique keys, one decodable image per sample, a ``.cls`` label in range exactly when the split
@@ -12,17 +12,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_prep import storage
 from data_prep.image_io import BadImage, open_fully
 from data_prep.manifest import ManifestError, read_manifest, split_member_name
-from data_prep.shard_writer import sha256_file
 
 IMAGE_EXTS = ("png", "jpg")
 
 
-def _samples(path: Path):
+def _samples(path: str):
     """Yield (key, {ext: bytes}) from a shard, in order, grouping consecutive members by key."""
     key, files = None, {}
-    with tarfile.open(path) as tar:
+    with storage.open_read(path) as f, tarfile.open(fileobj=f) as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -38,10 +38,9 @@ def _samples(path: Path):
 
 def verify(shard_dir: str | Path, decode: bool = True, progress: bool = False) -> list[str]:
     """Return one line per mismatch between ``shard_dir``'s shards and its manifest."""
-    shard_dir = Path(shard_dir)
     try:
         manifest = read_manifest(shard_dir)
-    except ManifestError as e:
+    except (ManifestError, storage.StorageError) as e:
         return [str(e)]
     n_classes = len(manifest["class_names"])
     problems: list[str] = []
@@ -50,11 +49,11 @@ def verify(shard_dir: str | Path, decode: bool = True, progress: bool = False) -
         counts: Counter = Counter()
         total = 0
         for shard in tqdm(info["shards"], desc=f"verify {split}", disable=not progress):
-            path = shard_dir / shard["name"]
-            if not path.is_file():
+            path = storage.join(shard_dir, shard["name"])
+            if not storage.isfile(path):
                 problems.append(f"{split}: shard {shard['name']} is missing")
                 continue
-            if sha256_file(path) != shard["sha256"]:
+            if storage.sha256(path) != shard["sha256"]:
                 problems.append(f"{split}: shard {shard['name']} sha256 differs from the manifest (modified or corrupt)")
             n = 0
             try:

@@ -6,21 +6,27 @@ encoder is frozen. Extracting them once and training the linear probe on the cac
 the probe that forwards every image every epoch, at the cost of one forward pass instead of
 `epochs` of them (see `benchmarks/linear_probe.py`).
 
-The cache key is content-based: the checkpoint file's SHA-256, the split's shard checksums from
-the manifest, the task kind and `FEATURE_PROTOCOL`. A retrained checkpoint or rebuilt shards can
-therefore never be served stale features.
+The cache key is content-based: the checkpoint file's SHA-256, the SHA-256 of the shard files as
+they are on disk now (not the manifest's record of them), the task kind and `FEATURE_PROTOCOL`. A
+retrained checkpoint, rebuilt shards or a damaged copy can therefore never be served features made
+from other bytes. A pass that skipped samples (undecodable images, a truncated shard) is never
+cached: its skipped samples are returned (and listed in `results.json`) instead.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from data_prep import storage
+from data_prep.files import atomic_write
+from pretrain.progress import bar as progress_bar
 
 # Bump when the crops or the pooling change: old cache entries then stop matching.
 FEATURE_PROTOCOL = 1
@@ -73,9 +79,11 @@ def extract_features(
     was_training = encoder.training
     encoder.eval()  # batch-norm must use, never update, its running statistics
     feats, labels, keys = [], [], []
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=desc, unit="img", enabled=progress, leave=False)
     try:
         for batch in batches:
+            if batch is None:  # a batch in which no image decoded
+                continue
             f = encode_batch(encoder, batch, kind, device)
             feats.append(f)
             labels.append(torch.as_tensor(batch["label"]).long().cpu())
@@ -89,33 +97,33 @@ def extract_features(
     return {"features": torch.cat(feats), "labels": torch.cat(labels), "keys": keys}
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (a ResNet50 checkpoint takes well under a second)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+def cache_key(checkpoint_sha256: str, dataset: str, split: str, shards: list[tuple[str, str]], kind: str,
+              variant: str = "", size: int = 32) -> str:
+    """Hex key of one (checkpoint, shard bytes, feature protocol) combination.
 
-
-def cache_key(checkpoint_sha256: str, manifest: dict, split: str, kind: str, variant: str = "", size: int = 32) -> str:
-    """Hex key of one (checkpoint, dataset split, feature protocol) combination.
-
-    `variant` separates encoders that share a checkpoint file (e.g. `random-init-seed0`); `size` is the
-    InfoMax image side (jigsaw crops are fixed).
+    `shards`: `(file name, sha256 of its bytes as read now)` of every shard of the split. `variant`
+    separates encoders that share a checkpoint file (e.g. `random-init-seed0`); `size` is the InfoMax
+    image side (jigsaw crops are fixed).
     """
-    split_entry = manifest["splits"][split]
-    dataset = {
-        "dataset": manifest["dataset"],
-        "split": split,
-        "shards": [(s["name"], s["sha256"]) for s in split_entry["shards"]],
-    }
     blob = json.dumps(
-        {"checkpoint": checkpoint_sha256, "data": dataset, "kind": kind, "protocol": FEATURE_PROTOCOL, "variant": variant,
-         "size": size if kind == "infomax" else None},
+        {"checkpoint": checkpoint_sha256, "data": {"dataset": dataset, "split": split, "shards": [list(s) for s in shards]},
+         "kind": kind, "protocol": FEATURE_PROTOCOL, "variant": variant, "size": size if kind == "infomax" else None},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def shard_checksums(paths: list[str], manifest: dict, split: str) -> list[tuple[str, str]]:
+    """`(name, sha256)` of the shard files as they are now; warns for each that differs from the manifest."""
+    recorded = {s["name"]: s["sha256"] for s in manifest["splits"][split]["shards"]}
+    out = []
+    for p in paths:
+        name, sha = storage.basename(p), storage.sha256(p)
+        if recorded.get(name) != sha:
+            warnings.warn(f"shard {p} differs from its manifest checksum (a damaged or replaced copy); "
+                          f"features are keyed by the bytes read, not by the manifest", UserWarning)
+        out.append((name, sha))
+    return out
 
 
 def cache_path(cache_dir: str | os.PathLike, key: str, dataset: str, split: str) -> Path:
@@ -142,9 +150,8 @@ def save_cached(path: str | os.PathLike, key: str, entry: dict) -> None:
     """Write features atomically (temporary file, then rename), so an interrupted run leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"key": key, "protocol": FEATURE_PROTOCOL, **entry}, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save({"key": key, "protocol": FEATURE_PROTOCOL, **entry}, f)
 
 
 def cached_features(
@@ -166,17 +173,24 @@ def cached_features(
     """Features of `split` of the shard directory: from the cache when present, else extracted and stored.
 
     `size`: InfoMax image side (the pretraining config's `data.size`). `cache_dir=None` disables the
-    cache. Returns {"features" [N, D], "labels" [N], "keys", "cache_hit", "cache_path"}.
+    cache. Returns {"features" [N, D], "labels" [N], "keys", "skipped", "cache_hit", "cache_path"};
+    `skipped` = {"samples": ["<shard>:<key>" not decodable], "shards": [damaged shards]}.
     """
     from data_prep.eval_stream import eval_loader
 
-    key = cache_key(checkpoint_sha256, manifest, split, kind, variant, size)
+    loader = eval_loader(str(shard_dir), split, kind=kind, batch_size=batch_size, num_workers=num_workers, size=size)
+    dataset = loader.dataset
+    key = cache_key(checkpoint_sha256, manifest["dataset"], split, shard_checksums(dataset.paths, manifest, split),
+                    kind, variant, size)
     path = cache_path(cache_dir, key, manifest["dataset"], split) if cache_dir is not None else None
     if path is not None and (entry := load_cached(path, key)) is not None:
-        return {"features": entry["features"], "labels": entry["labels"], "keys": list(entry["keys"]), "cache_hit": True, "cache_path": str(path)}
-    loader = eval_loader(str(shard_dir), split, kind=kind, batch_size=batch_size, num_workers=num_workers, size=size)
+        return {"features": entry["features"], "labels": entry["labels"], "keys": list(entry["keys"]),
+                "skipped": {"samples": [], "shards": []}, "cache_hit": True, "cache_path": str(path)}
     total = int(manifest["splits"][split]["num_samples"])
     entry = extract_features(encoder, loader, kind, device=device, total=total, progress=progress, desc=f"features {split}")
-    if path is not None:
+    read = set(entry["keys"])
+    skipped = {"samples": [f"{storage.basename(p)}:{k}" for p, k, _ in dataset.entries if k not in read],
+               "shards": dataset.damaged_shards}
+    if path is not None and not skipped["samples"] and not skipped["shards"]:
         save_cached(path, key, entry)
-    return {**entry, "cache_hit": False, "cache_path": None if path is None else str(path)}
+    return {**entry, "skipped": skipped, "cache_hit": False, "cache_path": None if path is None else str(path)}

@@ -1,6 +1,6 @@
 """Linear-probe evaluation of pretrained checkpoints (the paper's target task), plus a kNN read.
 
-    python -m eval.linear --checkpoint runs/infomax-eta-... --data shards/cifar10 --epochs 200 --seeds 2
+    python -m eval.linear checkpoint=runs/infomax-eta-cifar10-... data=data/shards/cifar10 epochs=200 seeds=2
 
 Reads top to bottom: load the frozen encoder (`weights_only=True`), extract train and test features
 once (cached on disk, keyed by checkpoint and dataset), check that no encoder tensor changed, train
@@ -9,7 +9,9 @@ Appendix D), score top-1/5/10 on the test split, run a faiss weighted kNN (k = 2
 features, check the encoder again, and write `results.json`, `results.md` and TensorBoard curves.
 
 Several checkpoints, and the seeds of each, run as parallel Ray tasks when a Ray cluster is there
-(`--ray-address`, `RAY_ADDRESS`, or `ray.init` already called from Python); otherwise in this process.
+(`ray_address=`, `RAY_ADDRESS`, or `ray.init` already called from Python); otherwise in this process.
+Settings: the defaults of :class:`LinearConfig`, then an optional `--config` YAML, then `key=value`
+arguments (as for `python -m pretrain`; `--help` lists every key with its default).
 """
 from __future__ import annotations
 
@@ -25,12 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.features import cached_features, file_sha256, kind_of
+from data_prep.files import sha256_file
+from eval.config import LinearConfig, load_linear_config
+from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
 from eval.probe import train_linear_probe
+from pretrain.config import ConfigError, defaults_help
 
 KS = (1, 5, 10)
-DEFAULT_CACHE_DIR = "runs/feature_cache"
 
 
 # ----------------------------------------------------------------------------- frozen-encoder check
@@ -83,7 +87,7 @@ def default_splits(manifest: dict, train_split: str | None, test_split: str | No
         if name is None or name not in splits:
             raise ValueError(
                 f"{manifest['dataset']} shards have no {role} split {name!r}; available: {', '.join(splits)} "
-                f"(choose with --{role}-split)"
+                f"(choose with {role}_split=NAME)"
             )
         if not manifest["splits"][name].get("labelled", True):
             raise ValueError(f"split {name!r} of {manifest['dataset']} has no labels; a probe needs a labelled {role} split")
@@ -135,9 +139,9 @@ def prepare_features(
     random_init_seed: int = 0,
     train_split: str | None = None,
     test_split: str | None = None,
-    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-    batch_size: int = 64,
-    num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = LinearConfig.cache_dir,
+    batch_size: int = LinearConfig.extract_batch_size,
+    num_workers: int = LinearConfig.num_workers,
     device: str | None = None,
     progress: bool = True,
     keep_encoder: bool = False,
@@ -168,7 +172,7 @@ def prepare_features(
     train_split, test_split = default_splits(manifest, train_split, test_split)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder.to(dev).eval().requires_grad_(False)
-    sha = file_sha256(file)
+    sha = sha256_file(file)
     size = int((config.get("data") or {}).get("size") or 32)
     common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant, size=size,
                   batch_size=batch_size, num_workers=num_workers, device=dev, progress=progress)
@@ -183,6 +187,7 @@ def prepare_features(
         "checkpoint_sha256": sha,
         "step": step,
         "random_init": random_init,
+        "run_dir": run_dir_of(Path(file), config),
         "pretraining": describe_pretraining(config),
         "kind": kind,
         "dataset": manifest["dataset"],
@@ -195,6 +200,7 @@ def prepare_features(
         "num_classes": len(manifest["class_names"]),
         "feature_dim": int(train["features"].shape[1]),
         "feature_cache": {"train": train["cache_path"], "test": test["cache_path"], "hit": train["cache_hit"] and test["cache_hit"]},
+        "skipped": {"train": train["skipped"], "test": test["skipped"]},
         "feature_seconds": seconds,
     }
     out = {"meta": meta, "train": (train["features"], train["labels"]), "test": (test["features"], test["labels"])}
@@ -238,7 +244,7 @@ def summarise(meta: dict, per_seed: list[dict], knn: dict, *, epochs: int, lr: f
     """The results record written to results.json."""
     per_seed = sorted(per_seed, key=lambda r: r["seed"])
     return {
-        **{k: meta[k] for k in ("checkpoint", "checkpoint_name", "step", "random_init", "pretraining", "dataset", "dataset_source", "data",
+        **{k: meta[k] for k in ("checkpoint", "checkpoint_name", "step", "random_init", "run_dir", "pretraining", "dataset", "dataset_source", "data",
                                 "train_split", "test_split", "num_train", "num_test", "num_classes", "feature_dim", "kind")},
         "epochs": epochs,
         "seeds": [r["seed"] for r in per_seed],
@@ -249,6 +255,7 @@ def summarise(meta: dict, per_seed: list[dict], knn: dict, *, epochs: int, lr: f
         "knn": knn,
         "encoder_unchanged": True,
         "feature_cache": meta["feature_cache"],
+        "skipped": meta["skipped"],
         "feature_seconds": meta["feature_seconds"],
     }
 
@@ -288,8 +295,47 @@ def write_results(out: str | os.PathLike, res: dict) -> None:
 def _seed_list(seeds: int | Sequence[int]) -> list[int]:
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seeds:
-        raise ValueError("need at least one probe seed (--seeds N with N >= 1)")
+        raise ValueError("need at least one probe seed (seeds=N with N >= 1)")
     return seeds
+
+
+def run_dir_of(checkpoint_file: Path, config: dict) -> str | None:
+    """The pretraining run directory (the one with ``config.yaml``) a checkpoint file belongs to, or
+    None for a checkpoint outside one. Checkpoints sit in ``<run dir>/checkpoint_*/``, or in
+    ``<run.storage_path>/<run dir name>/checkpoint_*/`` with the run directory under ``run.root``."""
+    from pretrain.checkpoint import CONFIG_FILE
+
+    ckpt_dir = checkpoint_file.resolve().parent
+    if not ckpt_dir.name.startswith("checkpoint_"):
+        return None
+    candidates = [ckpt_dir.parent]
+    root = (config.get("run") or {}).get("root")
+    if root:
+        candidates.append(Path(root) / ckpt_dir.parent.name)
+    return next((str(c) for c in candidates if (c / CONFIG_FILE).is_file()), None)
+
+
+def probe_to_run_tensorboard(res: dict, per_seed: list[dict]) -> str | None:
+    """Put the probe's curves next to the pretraining run's, in ``<run dir>/tb/probe-<dataset>[-random-init]``:
+    top-1/5 and kNN top-1 at the checkpoint's pretraining step (several checkpoints make a curve), and
+    each seed's per-epoch curves under ``step<step>/seed<s>``. Returns that directory (None when the
+    checkpoint is not in a run directory or the run directory is not writable)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    if not res.get("run_dir"):
+        return None
+    tb = Path(res["run_dir"]) / "tb" / (f"probe-{res['dataset']}" + ("-random-init" if res["random_init"] else ""))
+    try:
+        with SummaryWriter(str(tb)) as w:
+            for k in KS[:2]:
+                w.add_scalar(f"probe/top{k}", res[f"top{k}"]["mean"], res["step"])
+            w.add_scalar("probe/knn_top1", res["knn"]["top1"], res["step"])
+        for r in per_seed:
+            _history_to_tensorboard(str(tb / f"step{res['step']}" / f"seed{r['seed']}"), r["history"])
+    except OSError as exc:  # a read-only run directory (shared storage): the results directory has the curves
+        print(f"note: probe curves not written next to the run ({tb}): {exc}", file=sys.stderr)
+        return None
+    return str(tb)
 
 
 def _history_to_tensorboard(tb_dir: str, history: dict) -> None:
@@ -304,67 +350,50 @@ def _history_to_tensorboard(tb_dir: str, history: dict) -> None:
 # ----------------------------------------------------------------------------- entry points
 
 
-def run_linear_eval(
-    checkpoint: str | os.PathLike,
-    data: str | os.PathLike,
-    epochs: int = 200,
-    seeds: int | Sequence[int] = 2,
-    out: str | os.PathLike | None = None,
-    **options,
-) -> dict:
+def run_linear_eval(checkpoint: str | os.PathLike, data: str | os.PathLike, **settings) -> dict:
     """Evaluate one checkpoint on one shard directory; write results to `out` and return them.
 
-    `options` are those of `evaluate_checkpoints` (lr, batch_size, knn_k, random_init, cache_dir, ...).
-    Returns the results.json record (top1/top5/top10 as {"mean", "std"} in %, "knn": {"top1", "top5"}).
+    `settings` are fields of :class:`LinearConfig` (epochs, seeds, out, lr, ...; seeds may also be a
+    list of seeds) plus `use_ray`. Returns the results.json record (top1/top5/top10 as
+    {"mean", "std"} in %, "knn": {"top1", "top5"}).
     """
-    return evaluate_checkpoints([checkpoint], data, epochs=epochs, seeds=seeds, out=out, **options)[0]
+    return evaluate_checkpoints([checkpoint], data, **settings)[0]
 
 
-def evaluate_checkpoints(
-    checkpoints: Sequence[str | os.PathLike],
-    data: str | os.PathLike,
-    *,
-    epochs: int = 200,
-    seeds: int | Sequence[int] = 2,
-    out: str | os.PathLike | None = None,
-    lr: float = 1e-4,
-    batch_size: int = 256,
-    knn_k: int = 20,
-    knn_temperature: float = 0.07,
-    random_init: bool = False,
-    train_split: str | None = None,
-    test_split: str | None = None,
-    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-    extract_batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | None = None,
-    progress: bool = True,
-    use_ray: bool | None = None,
-    ray_address: str | None = None,
-) -> list[dict]:
+def evaluate_checkpoints(checkpoints: Sequence[str | os.PathLike], data: str | os.PathLike, *,
+                         use_ray: bool | None = None, **settings) -> list[dict]:
     """Evaluate several checkpoints on one dataset; one results directory each.
 
+    `settings` are fields of :class:`LinearConfig` (an unknown one is a `TypeError` naming it).
     With one checkpoint its results go to `out` itself; with several, to `out/<checkpoint name>/`.
-    `out=None` means `runs/eval/<checkpoint name>-<dataset>`. `use_ray=None` uses Ray when an address
-    is given, `RAY_ADDRESS` is set, or Ray is already initialised: feature extraction runs as one task
-    per checkpoint and the probe as one task per (checkpoint, seed).
+    `out=None` means `runs/eval/<checkpoint name>-<dataset>`. `use_ray=None` uses Ray when
+    `ray_address` is given, `RAY_ADDRESS` is set, or Ray is already initialised: feature extraction
+    runs as one task per checkpoint and the probe as one task per (checkpoint, seed).
     """
-    seed_list = _seed_list(seeds)
+    return evaluate(LinearConfig(checkpoint=[str(c) for c in checkpoints], data=str(data), **settings), use_ray=use_ray)
+
+
+def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
+    """Run the evaluation `cfg` describes (see :func:`evaluate_checkpoints`); returns one results record per checkpoint."""
+    seed_list = _seed_list(cfg.seeds)
     # Ray tasks run in another working directory: resolve local paths where they were given.
-    checkpoints = [os.path.abspath(c) for c in checkpoints]
-    data = os.path.abspath(data)
-    if cache_dir is not None:
-        cache_dir = os.path.abspath(cache_dir)
-    if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
-    prep_kw = dict(random_init=random_init, train_split=train_split, test_split=test_split, cache_dir=cache_dir,
-                   batch_size=extract_batch_size, num_workers=num_workers, device=device)
-    probe_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, device=device)
+    checkpoints = [os.path.abspath(c) for c in cfg.checkpoint]
+    data = os.path.abspath(cfg.data)
+    cache_dir = None if cfg.cache_dir is None else os.path.abspath(cfg.cache_dir)
+    out, progress = cfg.out, cfg.progress
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    check_output_dir(out)
+    if cache_dir is not None and not _writable(cache_dir):
+        cache_dir = None
+    prep_kw = dict(random_init=cfg.random_init, train_split=cfg.train_split, test_split=cfg.test_split, cache_dir=cache_dir,
+                   batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers, device=cfg.device)
+    probe_kw = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, device=cfg.device)
     if use_ray is None:
-        use_ray = ray_address is not None or "RAY_ADDRESS" in os.environ or _ray_initialised()
+        use_ray = cfg.ray_address is not None or "RAY_ADDRESS" in os.environ or _ray_initialised()
     t0 = time.perf_counter()
     if use_ray:
-        prepared, probes = _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, progress)
+        prepared, probes = _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, cfg.ray_address, progress)
     else:
         prepared, probes = [], []
         for ckpt in checkpoints:
@@ -384,13 +413,33 @@ def evaluate_checkpoints(
             if not r.pop("history_written", False):
                 _history_to_tensorboard(str(res_dir / "tb" / f"seed{r['seed']}"), r["history"])
         (x, y), (xt, yt) = feats["train"], feats["test"]
-        knn = knn_accuracy(x, y, xt, yt, meta["num_classes"], k=knn_k, temperature=knn_temperature)
-        res = summarise(meta, per_seed, knn, epochs=epochs, lr=lr, batch_size=batch_size)
+        knn = knn_accuracy(x, y, xt, yt, meta["num_classes"], k=cfg.knn_k, temperature=cfg.knn_temperature)
+        res = summarise(meta, per_seed, knn, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
         res["wall_seconds"] = time.perf_counter() - t0
         res["out"] = str(res_dir)
+        res["run_tensorboard"] = probe_to_run_tensorboard(res, per_seed)
         write_results(res_dir, res)
         results.append(res)
     return results
+
+
+def check_output_dir(out) -> None:
+    """Before any work: the results directory must be writable (`NotWritableError`, one line)."""
+    from data_prep.writable import check_writable_dir
+
+    check_writable_dir(Path("runs") / "eval" if out is None else out, "out", "choose another with out=DIR")
+
+
+def _writable(cache_dir) -> bool:
+    """An unwritable feature cache only costs time: warn and evaluate without it."""
+    from data_prep.writable import NotWritableError, check_writable_dir
+
+    try:
+        check_writable_dir(cache_dir, "cache_dir")
+    except NotWritableError as exc:
+        print(f"warning: {exc}; evaluating without the feature cache", file=sys.stderr)
+        return False
+    return True
 
 
 def _out_dir(out, meta: dict, several: bool) -> Path:
@@ -412,7 +461,7 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
     """Extraction tasks (one per checkpoint, a GPU each when the cluster has GPUs), then probe tasks
     (one per checkpoint and seed) on the features passed through the object store."""
     import ray
-    from tqdm.auto import tqdm
+    from pretrain.progress import bar as progress_bar
 
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=False)
@@ -423,7 +472,7 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
     feature_refs = [extract.remote(str(Path(c).resolve()), data, prep_kw) for c in checkpoints]
     probe_refs = [[probe.remote(ref, s, probe_kw) for s in seed_list] for ref in feature_refs]
     flat = [r for refs in probe_refs for r in refs]
-    bar = tqdm(total=len(flat), desc="probe tasks", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(flat), desc="probe tasks", enabled=progress)
     pending = list(flat)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
@@ -444,47 +493,37 @@ def _probe_remote(features: dict, seed: int, probe_kw: dict) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m eval.linear", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, nargs="+",
-                    help="run directory (its latest checkpoint), checkpoint directory or checkpoint.pt; several run in parallel on Ray")
-    ap.add_argument("--data", required=True, help="data_prep shard directory to probe on (imagenet, cifar10, stl10 or any)")
-    ap.add_argument("--epochs", type=int, default=200, help="probe epochs over the train features (paper: 200)")
-    ap.add_argument("--seeds", type=int, default=2, help="number of probe seeds (0..N-1); results are mean ± std over them")
-    ap.add_argument("--out", help="results directory (default runs/eval/<checkpoint>-<dataset>)")
-    ap.add_argument("--lr", type=float, default=1e-4, help="probe Adam learning rate (paper: 1e-4)")
-    ap.add_argument("--batch-size", type=int, default=256, help="probe batch size on the cached features")
-    ap.add_argument("--knn-k", type=int, default=20, help="neighbours of the weighted kNN")
-    ap.add_argument("--knn-temperature", type=float, default=0.07, help="kNN vote weight exp(cos / T)")
-    ap.add_argument("--random-init", action="store_true",
-                    help="evaluate a randomly initialised encoder of the checkpoint's architecture (baseline)")
-    ap.add_argument("--train-split", help="split to train the probe on (default train)")
-    ap.add_argument("--test-split", help="split to score on (default test, else val)")
-    ap.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="feature cache; 'none' to disable")
-    ap.add_argument("--extract-batch-size", type=int, default=64, help="images per forward pass during extraction")
-    ap.add_argument("--num-workers", type=int, default=0, help="data loader processes for extraction")
-    ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--ray-address", help="Ray cluster to run checkpoints and seeds on as parallel tasks (e.g. auto)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.linear", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings (key=default), overridden by --config and then by key=value:\n" + defaults_help(LinearConfig))
+    ap.add_argument("--config", help="YAML of settings (keys below); key=value arguments override it")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    ap.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="settings, e.g. checkpoint=runs/NAME-TIME data=data/shards/cifar10 epochs=20")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, unknown = parser().parse_known_args(argv)
     try:
-        results = evaluate_checkpoints(
-            args.checkpoint, args.data, epochs=args.epochs, seeds=args.seeds, out=args.out, lr=args.lr,
-            batch_size=args.batch_size, knn_k=args.knn_k, knn_temperature=args.knn_temperature,
-            random_init=args.random_init, train_split=args.train_split, test_split=args.test_split,
-            cache_dir=None if args.cache_dir.lower() == "none" else args.cache_dir,
-            extract_batch_size=args.extract_batch_size, num_workers=args.num_workers, device=args.device,
-            progress=not args.no_progress and sys.stderr.isatty(), ray_address=args.ray_address,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]}: settings are key=value (e.g. epochs=20; see --help)")
+        cfg = load_linear_config(args.config, args.overrides)
+        if args.print_config:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+            return 0
+        results = evaluate(cfg)
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:  # OSError: FileNotFoundError, NotWritableError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for res in results:
         print(results_markdown(res))
         print(f"results: {res['out']}/results.json; curves: tensorboard --logdir {res['out']}/tb")
+        if res["run_tensorboard"]:
+            print(f"probe curves beside the run's: tensorboard --logdir {Path(res['run_tensorboard']).parent}")
     return 0
 
 

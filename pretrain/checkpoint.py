@@ -6,7 +6,8 @@ Format (``docs/design.md``), loaded with ``torch.load(..., weights_only=True)``:
      "encoder": state_dict, "task": state_dict (heads + estimator incl. η, without the encoder),
      "optimizer": {"main": state_dict, "eta": state_dict or None},
      "rng": [per-rank RNG state], "data_position": [per-rank stream position],
-     "permutations": LongTensor [100, 9] or None}
+     "permutations": LongTensor [100, 9] or None,
+     "permutations_sha256": sha256 of the set's canonical text (data_prep.jigsaw) or None}
 
 Checkpoint directories are named ``checkpoint_<step, 9 digits>`` so the latest sorts last. They
 sit in the Ray Train experiment directory, which is the run directory itself unless
@@ -23,6 +24,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from data_prep.files import atomic_write
+from data_prep.jigsaw import permutations_sha256
 
 FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -158,11 +162,11 @@ def save_checkpoint(
         "rng": rng,
         "data_position": data_position,
         "permutations": None if permutations is None else permutations.to(torch.long).cpu(),
+        "permutations_sha256": None if permutations is None else permutations_sha256(permutations.cpu().numpy()),
     }
     path = directory / CHECKPOINT_FILE
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save(payload, f)
     return path
 
 

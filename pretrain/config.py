@@ -8,6 +8,7 @@ error is reported in one line before Ray starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
 
 class ConfigError(ValueError):
     """A bad config: the message is one line naming the key and what to do."""
@@ -38,6 +40,10 @@ class DataSection:
     images_per_batch: int = 10
     perms_per_image: int = 16
     num_permutations: int = 100  # size of the maximal-Hamming permutation set
+    # None: the committed set (data_prep/permutations/max_hamming_100.txt), the same for every
+    # run.seed as in the paper; a path (.npy or text, 9 integers a line) takes another, e.g. a
+    # published one. Its first num_permutations rows are used; checkpoints record their sha256.
+    permutations: Optional[str] = None
     # infomax: batch_size images of size x size pixels per rank (STL10 is scaled to 32)
     batch_size: int = 64
     size: int = 32
@@ -60,7 +66,7 @@ class ModelSection:
 
 @dataclass
 class TaskSection:
-    kind: str = "jigsaw-ce"  # a kind of pretrain.tasks.kinds(): jigsaw-ce | jigsaw-mi | infomax
+    kind: str = "jigsaw-ce"  # a kind of pretrain.tasks.kinds(): jigsaw-ce | jigsaw-mi | infomax | supervised
     # MI bound for jigsaw-mi and infomax (eta-mine, dv-mine, ...); None for jigsaw-ce
     estimator: Optional[str] = None
     estimator_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {n_critic: 1}
@@ -79,23 +85,40 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
-    num_workers: int = 1  # Ray Train workers (DDP ranks), one CPU (or GPU) each
+    # Ray Train workers (DDP ranks); each reserves one GPU (when used) and
+    # threads_per_worker + data.loader_workers CPUs (the processes it really runs)
+    num_workers: int = 1
     use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
     bf16: bool = False  # autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)
     channels_last: bool = False  # NHWC memory format for conv encoders (faster on CPU and GPU)
     # GPU only: batch-norm statistics over the global batch (CPU process groups cannot sync BN)
     sync_batchnorm: bool = False
     steps: int = 1000  # optimiser steps in total (a resumed run continues to this number)
-    # Metrics are all-reduced and reported every report_every steps; each report is a barrier
-    # that costs up to ~2 s of Ray Train's controller poll, so keep it well above 1 on CPUs.
+    # Every report_every steps the metrics are all-reduced and rank 0 writes TensorBoard and
+    # metrics.jsonl (cheap: one collective). Only checkpoints travel through ray.train.report.
     report_every: int = 10
-    checkpoint_every: int = 100  # a multiple of report_every (checkpoints travel with a report)
+    checkpoint_every: int = 100  # a multiple of report_every
+    # Ray Train's controller polls the workers this often (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, set by
+    # the launcher for the run). Each ray.train.report waits for a poll: Ray's default 2 s made every
+    # report cost ~1.8 s; also how fast a finished or failed worker is noticed.
+    controller_poll_s: float = 0.5
+    # Multi-node DDP: all-reduce gradients in bfloat16 (half the bytes on the network; DDP's
+    # bf16_compress_hook, NCCL only). Off: gradients travel in float32.
+    bf16_grad_allreduce: bool = False
     keep_checkpoints: Optional[int] = None  # None: keep all
     image_every: int = 0  # TensorBoard grid of scrambled puzzles every N steps (0: first report only)
     max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the last checkpoint)
     threads_per_worker: int = 1  # torch threads per worker (one CPU each)
     # Testing fault tolerance: rank world_size-1 exits hard once when it reaches this step.
     crash_at_step: Optional[int] = None
+
+
+@dataclass
+class TrackSection:
+    # MLflow tracking URI (file:./mlruns, sqlite:///mlflow.db, http://host:5000); None: TensorBoard
+    # only. Needs pip install -e .[mlflow]; the driver logs params, metrics and the exported encoder.
+    mlflow_uri: Optional[str] = None
+    mlflow_experiment: str = "pretrain"
 
 
 @dataclass
@@ -106,6 +129,7 @@ class PretrainConfig:
     task: TaskSection = field(default_factory=TaskSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    track: TrackSection = field(default_factory=TrackSection)
 
 
 def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
@@ -117,13 +141,15 @@ def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
     return ConfigError(f"{source}: {msg}")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Defaults <- YAML at ``path`` <- ``key=value`` overrides; returns a typed ``DictConfig``.
+def merge_config(schema: type, path: str | os.PathLike | None = None,
+                 overrides: list[str] | None = None) -> DictConfig:
+    """The defaults of the dataclass ``schema`` <- YAML at ``path`` <- ``key=value`` overrides.
 
+    The one way every entry point (``pretrain``, ``eval.linear``, ``cluster``) reads its config.
     Raises :class:`ConfigError` (one line) for an unknown key, a wrong type, a malformed
-    override, or a missing/unreadable YAML file.
+    override, or a missing/unreadable YAML file. Paths are left as given.
     """
-    cfg = OmegaConf.structured(PretrainConfig)
+    cfg = OmegaConf.structured(schema)
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -133,6 +159,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         except Exception as exc:  # YAML syntax error
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{path}: cannot parse YAML: {first}") from None
+        if not isinstance(file_cfg, DictConfig):
+            keys = ", ".join(f"{f.name}:" for f in dataclasses.fields(schema))
+            raise ConfigError(f"{path}: the top level is a {type(file_cfg).__name__}, not a mapping of "
+                              f"settings ({keys})")
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
         except OmegaConfBaseException as exc:
@@ -144,16 +174,49 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
     except OmegaConfBaseException as exc:
         raise _one_line(exc, "command line") from None
-    return absolute_paths(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """The pretraining config: :func:`merge_config` of :class:`PretrainConfig`, local paths made absolute."""
+    return absolute_paths(merge_config(PretrainConfig, path, overrides))
+
+
+def defaults_help(schema: type, prefix: str = "") -> str:
+    """One line per key of the dataclass ``schema``: ``key=default``, then the field's
+    ``metadata["help"]`` if it has one. For ``--help``: the defaults shown are the ones that apply."""
+    lines = []
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if dataclasses.is_dataclass(default):
+            lines.append(defaults_help(type(default), prefix=f"{key}."))
+            continue
+        if isinstance(default, str) and default == MISSING:
+            shown = "(required)"
+        elif default is None or isinstance(default, bool):
+            shown = str(default).lower().replace("none", "null")
+        else:
+            shown = str(default)
+        text = f"  {key}={shown}"
+        if f.metadata.get("help"):
+            text = f"{text:<34} {f.metadata['help']}"
+        lines.append(text)
+    return "\n".join(lines)
 
 
 def absolute_paths(cfg: DictConfig) -> DictConfig:
-    """Make the local paths (``data.shards``, ``run.root``, ``run.storage_path``) absolute.
+    """Make the local paths (``data.shards``, ``data.permutations``, ``run.root``, ``run.storage_path``) absolute.
 
     Ray Train runs the workers in another working directory, so a relative path given on the
     command line must be resolved where it was given. URIs (``scheme://...``) are left as they are.
     """
-    for section, key in (("data", "shards"), ("run", "root"), ("run", "storage_path")):
+    for section, key in (("data", "shards"), ("data", "permutations"), ("run", "root"), ("run", "storage_path")):
         node = cfg[section]
         if OmegaConf.is_missing(node, key) or node[key] is None or "://" in str(node[key]):
             continue
@@ -171,21 +234,26 @@ def from_plain(d: dict) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(PretrainConfig), d)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     """Check what types cannot; raise :class:`ConfigError` with one line naming the key.
 
-    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker.
+    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker;
+    ``check_shards=False`` skips that (a cost plan needs no data).
     """
     if OmegaConf.is_missing(cfg.data, "shards"):
         raise ConfigError("data.shards is required: a data_prep output directory (data.shards=DIR)")
     t = cfg.train
+    if t.controller_poll_s <= 0:
+        raise ConfigError(f"train.controller_poll_s must be > 0, got {t.controller_poll_s}")
+    if t.bf16_grad_allreduce and t.use_gpu is False:
+        raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL); gloo cannot all-reduce bfloat16 hooks")
     for key in ("steps", "report_every", "checkpoint_every", "num_workers", "threads_per_worker"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
     if t.checkpoint_every % t.report_every:
         raise ConfigError(
             f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of "
-            f"train.report_every ({t.report_every}): checkpoints travel with a report")
+            f"train.report_every ({t.report_every}): a checkpoint carries the metrics of its report")
     if t.max_failures < 0:
         raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
     from pretrain import tasks
@@ -218,12 +286,34 @@ def validate(cfg: DictConfig) -> None:
     if spec.uses_permutations and d.perms_per_image > d.num_permutations:
         raise ConfigError(f"data.perms_per_image ({d.perms_per_image}) exceeds data.num_permutations "
                           f"({d.num_permutations})")
+    if spec.uses_permutations:
+        from data_prep.jigsaw import permutation_set
+
+        try:
+            permutation_set(d.permutations, d.num_permutations)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"data.permutations: {exc}") from None
     if t.sync_batchnorm and t.use_gpu is False:
         raise ConfigError("train.sync_batchnorm needs GPUs (CPU process groups cannot sync batch norm)")
+    if cfg.track.mlflow_uri:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]")
+    if not check_shards:
+        return
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 
     try:
-        read_manifest(d.shards)
+        manifest = read_manifest(d.shards)
         shard_paths(d.shards, d.split)
     except ManifestError as exc:
         raise ConfigError(f"data.shards: {exc}") from None
+    if spec.needs_labels:
+        if not manifest["splits"][d.split].get("labelled", True):
+            raise ConfigError(f"data.split {d.split!r} of {d.shards} has no labels; task.kind={cfg.task.kind} "
+                              f"trains on labels (choose a labelled split, e.g. data.split=train)")
+        n_classes, given = len(manifest["class_names"]), cfg.task.kwargs.get("num_classes")
+        if given != n_classes:
+            raise ConfigError(f"task.kwargs.num_classes is {given}, but {d.shards} has {n_classes} classes; "
+                              f"set task.kwargs.num_classes={n_classes}")

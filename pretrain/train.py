@@ -4,15 +4,23 @@ Reads top to bottom:
 
 1. :func:`launch` (driver): validate the config, make the run directory, start or join Ray, run a
    ``TorchTrainer`` with ``FailureConfig(max_failures)``; re-running with the same run directory
-   continues from its latest checkpoint (Ray Train restores it from the storage snapshot).
+   continues from its latest checkpoint (Ray Train restores it from the storage snapshot). While it
+   runs, the driver prints a progress line per report and feeds the trackers, both read from
+   ``metrics.jsonl`` (:mod:`pretrain.progress`, :mod:`pretrain.tracking`).
 2. :func:`train_loop_per_worker` (each rank): build the task (encoder + heads + estimator, η
    included) and wrap it whole in DDP, so η's gradient is averaged like every other parameter and
    η stays identical on every rank; restore a checkpoint if Ray hands one over; then step.
-3. Every ``train.report_every`` steps the metrics are all-reduced, η is gathered from every rank
-   and compared (a difference is an error), rank 0 writes TensorBoard and ``metrics.jsonl``, and
-   every rank calls ``ray.train.report`` (a barrier). Every ``train.checkpoint_every`` steps rank 0
-   attaches a checkpoint with everything needed to continue exactly: weights, η, optimiser states,
-   step, every rank's RNG state and data position, the config and the permutation set.
+3. Every ``train.report_every`` steps the metrics (kept on the device in between) are all-reduced,
+   η is gathered from every rank and compared (a difference is an error), and rank 0 writes
+   TensorBoard and ``metrics.jsonl``; the driver follows that file. Only every
+   ``train.checkpoint_every`` steps do the ranks call ``ray.train.report`` (which waits for the
+   controller's next poll): rank 0 attaches a checkpoint with everything needed to continue exactly:
+   weights, η, optimiser states, step, every rank's RNG state and data position, the config and the
+   permutation set.
+
+A step reads nothing back from the device but one flag (is the loss finite on every rank?), so the
+host runs ahead of an accelerator; batches are checked and their pair masks built on the host
+(``Task.host_prepare``) before they move to the device.
 
 A non-finite loss stops every rank before the bad update: ``nonfinite.json`` in the run directory
 says where, the last good checkpoint stays the latest, and :func:`launch` raises
@@ -20,6 +28,7 @@ says where, the last good checkpoint stays the latest, and :func:`launch` raises
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -50,6 +59,9 @@ from pretrain.tasks import spec as task_spec
 NONFINITE_FILE = "nonfinite.json"
 METRICS_FILE = "metrics.jsonl"
 CRASH_MARKER = ".crashed_at_step"
+# Ray Train V2's controller reads its poll interval from this variable of the driver's environment
+# when fit() starts it (ray/train/v2/_internal/constants.py, ENV_VARS_TO_PROPAGATE).
+CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 class TrainingStopped(RuntimeError):
@@ -82,16 +94,22 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     ``run_dir``: an existing run directory to continue (``--resume``) or a new one to use;
     None makes ``<run.root>/<run.name>-<time>``. Config errors raise ``ConfigError`` before Ray
     starts. ``address``: a Ray cluster to join; None starts a local Ray (unless one is running).
+    Prints the run directory at the start and one line per report (:mod:`pretrain.progress`).
     """
     validate(cfg)
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from pretrain.progress import ProgressLine, follow
+    from pretrain.tracking import Tracking
 
     run_dir = Path(run_dir).resolve() if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / NONFINITE_FILE).unlink(missing_ok=True)
     OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    print(f"run directory: {run_dir}", flush=True)
+    tracking = Tracking(cfg, run_dir, run_dir / METRICS_FILE)  # before Ray: a bad tracking URI fails fast
     # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
     storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else run_dir.parent
 
@@ -100,7 +118,8 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"CPU": cfg.train.threads_per_worker}
+    # a rank runs its torch threads and data.loader_workers loader processes: reserve them all
+    resources = {"CPU": cfg.train.threads_per_worker + cfg.data.loader_workers}
     if use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
@@ -113,9 +132,19 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            # the driver prints readable progress (pretrain.progress); Ray's INFO lines drown it
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    result = trainer.fit()
+    per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
+    listeners = [ProgressLine(cfg.train.steps, per_image), *tracking.listeners()]
+    succeeded = False
+    try:
+        with follow(run_dir / METRICS_FILE, listeners), controller_poll(cfg.train.controller_poll_s):
+            result = trainer.fit()
+        succeeded = not (run_dir / NONFINITE_FILE).is_file()
+    finally:
+        tracking.finish(succeeded)
     stopped = run_dir / NONFINITE_FILE
     if stopped.is_file():
         info = json.loads(stopped.read_text())
@@ -123,6 +152,20 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
             f"non-finite loss ({info['loss']}) at step {info['step']}: stopped before applying it; "
             f"last good checkpoint: {info['last_checkpoint'] or 'none'} (run dir {run_dir})")
     return LaunchResult(run_dir, result)
+
+
+@contextlib.contextmanager
+def controller_poll(seconds: float):
+    """Set Ray Train's controller poll interval for the trainers started inside (then restore it)."""
+    before = os.environ.get(CONTROLLER_POLL_ENV)
+    os.environ[CONTROLLER_POLL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CONTROLLER_POLL_ENV, None)
+        else:
+            os.environ[CONTROLLER_POLL_ENV] = before
 
 
 # ============================================================================ worker
@@ -133,19 +176,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from pretrain.progress import quiet_ray_report_logs
+
+    quiet_ray_report_logs()
     cfg = from_plain(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     torch.set_num_threads(cfg.train.threads_per_worker)
     rank, world = dist.rank(), dist.world_size()
     device = ray.train.torch.get_device()
+    dist.bind_device(device)
+    if device.type == "cuda":
+        # fixed input shapes: let cuDNN pick its fastest kernels once; TF32 for what is not autocast
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     # ---- the task: same initial weights on every rank (DDP also broadcasts rank 0's) ----------
     torch.manual_seed(cfg.run.seed)
-    permutations = None
-    if task_spec(cfg.task.kind).uses_permutations:
-        from data_prep.jigsaw import max_hamming_permutations
-
-        permutations = torch.as_tensor(max_hamming_permutations(cfg.data.num_permutations, seed=cfg.run.seed))
+    permutations = permutations_of(cfg)
     task = build_task_from_config(cfg, permutations).to(device)
     main_opt, eta_opt = build_optimizers(cfg, task)
 
@@ -156,24 +204,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            payload = load_checkpoint(ckpt_dir, map_location=device)
-        if len(payload["rng"]) != world:
-            raise RuntimeError(f"checkpoint {payload['path']} was written by {len(payload['rng'])} ranks; "
-                               f"resume with train.num_workers={len(payload['rng'])}")
-        load_task_state(task, payload["encoder"], payload["task"])
-        main_opt.load_state_dict(payload["optimizer"]["main"])
-        if eta_opt is not None:
-            eta_opt.load_state_dict(payload["optimizer"]["eta"])
-        if payload["permutations"] is not None:
-            permutations = payload["permutations"]
-        step, position = payload["step"], payload["data_position"][rank]
-        restore_rng(payload["rng"][rank])
-        last_checkpoint = payload["path"]
+            step, position, restored_perms, last_checkpoint = resume(ckpt_dir, task, main_opt, eta_opt, rank, world)
+        permutations = restored_perms if restored_perms is not None else permutations
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
     if cfg.train.sync_batchnorm and device.type == "cuda":
         task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
-    model = wrap_ddp(task, device)
+    model = wrap_ddp(task, device, bf16_grad_allreduce=cfg.train.bf16_grad_allreduce)
     model.train()
 
     writer = None
@@ -183,14 +220,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=step)
 
     # ---- the loop ------------------------------------------------------------------------------
-    stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=device.type == "cuda")
-    window = MetricWindow()
+    # pinned pages only pay off when loader processes fill them while the step runs
+    pin = device.type == "cuda" and cfg.data.loader_workers > 0
+    stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=pin)
+    window = MetricWindow(device)
     t_window = time.perf_counter()
     while step < cfg.train.steps:
         t0 = time.perf_counter()
-        batch, next_position = next(stream)
-        batch = to_device(batch, device)
-        t_data = time.perf_counter() - t0
+        host_batch, next_position = next(stream)
+        batch = to_device(task.host_prepare(host_batch), device)
+        window.data_s += time.perf_counter() - t0
 
         maybe_crash(cfg, run_dir, step, rank, world)
         out = train_step(model, task, batch, step, main_opt, eta_opt, bf16=cfg.train.bf16)
@@ -202,8 +241,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             return
         step += 1
         position = next_position
-        window.add(out["metrics"], samples=batch_size_of(batch), data_s=t_data,
-                   step_s=time.perf_counter() - t0)
+        window.add(out["metrics"], samples=batch_size_of(batch))
 
         if step % cfg.train.report_every == 0 or step == cfg.train.steps:
             metrics = window.reduce(world, time.perf_counter() - t_window)
@@ -212,13 +250,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if eta_opt is not None:
                 metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
             if writer is not None:
-                log_rank0(writer, run_dir, metrics, step, batch, cfg)
+                log_rank0(writer, run_dir, metrics, step, host_batch, cfg)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                 last_checkpoint = report_with_checkpoint(
                     cfg, run_dir, metrics, step, task, main_opt, eta_opt, position, permutations)
-            else:
-                ray.train.report(metrics)
-            window = MetricWindow()
+            window = MetricWindow(device)
             t_window = time.perf_counter()
     if writer is not None:
         writer.close()
@@ -241,18 +277,53 @@ def build_task_from_config(cfg: DictConfig, permutations: torch.Tensor | None) -
     )
 
 
+def permutations_of(cfg: DictConfig) -> torch.Tensor | None:
+    """The jigsaw permutation set, int64 [data.num_permutations, 9]; None for tasks without one.
+
+    The same set for every ``run.seed`` (the paper's seeds share one set): the committed one, or
+    ``data.permutations``.
+    """
+    if not task_spec(cfg.task.kind).uses_permutations:
+        return None
+    from data_prep.jigsaw import permutation_set
+
+    return torch.as_tensor(permutation_set(cfg.data.permutations, cfg.data.num_permutations)[0])
+
+
 def build_optimizers(cfg: DictConfig, task: nn.Module):
     """Adam on encoder + heads (``optim.lr``) and a separate Adam on η (``optim.eta_lr``).
 
     η gets its own optimiser so that Algorithm 1's ``n_critic`` schedule can step it less often
     without Adam's moments moving it on the steps in between. Returns ``(main, eta or None)``.
+    Fused Adam (CPU and CUDA): one kernel per step instead of several per parameter, and its step
+    counters stay on the parameters' device, where the unfused one reads them back every step.
     """
     o = cfg.optim
     betas = (o.beta1, o.beta2)
-    main = torch.optim.Adam(list(task.main_parameters()), lr=o.lr, betas=betas, weight_decay=o.weight_decay)
+    main = torch.optim.Adam(list(task.main_parameters()), lr=o.lr, betas=betas, weight_decay=o.weight_decay,
+                            fused=True)
     eta_params = list(task.eta_parameters())
-    eta = torch.optim.Adam(eta_params, lr=o.eta_lr, betas=betas) if eta_params else None
+    eta = torch.optim.Adam(eta_params, lr=o.eta_lr, betas=betas, fused=True) if eta_params else None
     return main, eta
+
+
+def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, rank: int, world: int):
+    """Load a checkpoint into ``task`` and the optimisers and restore this rank's RNG states.
+
+    Returns ``(step, data position, permutations or None, checkpoint file)``. The file is read to
+    the CPU: RNG states and permutations must stay there (``torch.set_rng_state`` and NumPy take
+    CPU tensors), and ``load_state_dict`` moves weights and Adam's moments to the parameters' device.
+    """
+    payload = load_checkpoint(ckpt_dir, map_location="cpu")
+    if len(payload["rng"]) != world:
+        raise RuntimeError(f"checkpoint {payload['path']} was written by {len(payload['rng'])} ranks; "
+                           f"resume with train.num_workers={len(payload['rng'])}")
+    load_task_state(task, payload["encoder"], payload["task"])
+    main_opt.load_state_dict(payload["optimizer"]["main"])
+    if eta_opt is not None:
+        eta_opt.load_state_dict(payload["optimizer"]["eta"])
+    restore_rng(payload["rng"][rank])
+    return payload["step"], payload["data_position"][rank], payload["permutations"], payload["path"]
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -267,14 +338,23 @@ def seed_rank(seed: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
-def wrap_ddp(task: nn.Module, device: torch.device) -> nn.Module:
-    """The whole task in DDP (η included) when there is more than one rank; else the task."""
+def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = False) -> nn.Module:
+    """The whole task in DDP (η included) when there is more than one rank; else the task.
+
+    Gradients are views into DDP's buckets (no copy in and out of them, less memory);
+    ``bf16_grad_allreduce`` all-reduces them in bfloat16 (for slow links between nodes).
+    """
     if not dist.is_distributed():
         return task
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(task, device_ids=ids)
+    model = DistributedDataParallel(task, device_ids=ids, gradient_as_bucket_view=True)
+    if bf16_grad_allreduce:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        model.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    return model
 
 
 def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
@@ -282,51 +362,60 @@ def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
                *, bf16: bool = False) -> dict:
     """One optimiser step; ``step`` counts from 0 (Algorithm 1's η schedule reads it).
 
-    The loss is all-reduced before ``backward``: if it is non-finite on any rank every rank
-    returns ``finite=False`` without updating. Returns ``{"finite", "global_loss", "metrics"}``
-    with this rank's detached metrics (floats).
+    ``batch``: a device batch after ``task.host_prepare``. After ``backward`` the loss is
+    all-reduced and its finiteness read on the host: the step's one device sync. If it is
+    non-finite on any rank, every rank returns ``finite=False`` without updating anything.
+    Returns ``{"finite", "global_loss" (float, only when not finite), "metrics"}``, the metrics
+    being this rank's detached 0-d tensors, still on the device.
     """
     device_type = next(task.parameters()).device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         out = model(batch)
     loss = out["loss"]
-    global_loss = dist.all_reduce_mean_detached(loss.float())
-    if not torch.isfinite(global_loss):
-        return {"finite": False, "global_loss": float(global_loss), "metrics": {}}
     main_opt.zero_grad(set_to_none=True)
     if eta_opt is not None:
         eta_opt.zero_grad(set_to_none=True)
     loss.backward()
+    global_loss = dist.all_reduce_mean_detached(loss.detach().float())
+    if not torch.isfinite(global_loss):
+        return {"finite": False, "global_loss": float(global_loss), "metrics": {}}
     main_opt.step()
     estimators.eta_step(task, eta_opt, step)
-    metrics = {k: float(v) for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
-    metrics["loss"] = float(loss.detach())
-    return {"finite": True, "global_loss": float(global_loss), "metrics": metrics}
+    metrics = {k: v.detach() for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
+    metrics["loss"] = loss.detach()
+    return {"finite": True, "metrics": metrics}
 
 
 class MetricWindow:
-    """Sums of per-step metrics and timings over one report window on this rank."""
+    """Sums of per-step metrics over one report window on this rank, kept on ``device``.
 
-    def __init__(self):
-        self.sums: dict[str, float] = {}
+    Adding a step's metrics reads nothing back from the device; :meth:`reduce` does, once a window.
+    ``data_s``: seconds this rank waited for data in the window (the loop adds to it).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.keys: list[str] | None = None
+        self.sums: torch.Tensor | None = None  # float64 [len(keys)] on device
         self.steps = 0
         self.samples = 0
         self.data_s = 0.0
-        self.step_s = 0.0
 
-    def add(self, metrics: dict, *, samples: int, data_s: float, step_s: float) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+    def add(self, metrics: dict[str, torch.Tensor], *, samples: int) -> None:
+        """metrics: name -> 0-d tensor on the device (the same names every step)."""
+        if self.keys is None:
+            self.keys = sorted(metrics)
+            self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=self.device)
+        self.sums += torch.stack([metrics[k].reshape(()).to(torch.float64) for k in self.keys])
         self.steps += 1
         self.samples += samples
-        self.data_s += data_s
-        self.step_s += step_s
 
     def reduce(self, world: int, wall_s: float) -> dict:
         """Window means all-reduced over ranks (one collective), plus throughput and data wait."""
-        keys = sorted(self.sums)
-        local = torch.tensor([self.sums[k] / max(self.steps, 1) for k in keys]
-                             + [self.data_s / max(self.step_s, 1e-12)], dtype=torch.float64)
+        keys = self.keys or []
+        sums = self.sums if self.sums is not None else torch.zeros(0, dtype=torch.float64, device=self.device)
+        wait = torch.full((1,), self.data_s / max(wall_s, 1e-12), dtype=torch.float64, device=self.device)
+        local = torch.cat([sums / max(self.steps, 1), wait])
         mean = dist.all_reduce_mean_detached(local).tolist()
         out = dict(zip(keys, mean[:-1]))
         out["data_wait_fraction"] = mean[-1]
@@ -344,7 +433,7 @@ def eta_across_ranks(task: nn.Module) -> dict:
     if not torch.is_tensor(eta) or eta.numel() != 1:
         return {}
     local = eta.detach().reshape(1).to(torch.float64)
-    values = dist.all_gather_cat(local.clone()).cpu().tolist()
+    values = dist.all_gather_cat(local.clone()).tolist()
     if any(v != values[0] for v in values):
         raise RuntimeError(f"eta differs across ranks: {values}; the DDP replicas have diverged")
     # "eta" is the current value (the window mean the task reported would lag behind it)
@@ -410,7 +499,7 @@ def maybe_crash(cfg: DictConfig, run_dir: Path, step: int, rank: int, world: int
 
 def open_loader(cfg: DictConfig, permutations, rank: int, world: int, epoch: int, start_batch: int,
                 pin_memory: bool = False):
-    """The data_prep stream of this rank for one epoch, resuming after ``start_batch`` batches.
+    """This rank's data_prep stream from epoch ``epoch`` after ``start_batch`` batches, endless.
 
     The streams are seeded by (seed, epoch, rank, batch index), so skipping is exact: a resumed
     run reads the same batches an uninterrupted one would have read next.
@@ -419,7 +508,7 @@ def open_loader(cfg: DictConfig, permutations, rank: int, world: int, epoch: int
     return task_spec(cfg.task.kind).open_stream(
         d, permutations, split=d.split, train=True, seed=cfg.run.seed, epoch=epoch,
         batches_per_epoch=d.batches_per_epoch, num_workers=d.loader_workers,
-        rank=rank, world_size=world, skip_batches=start_batch, pin_memory=pin_memory)
+        rank=rank, world_size=world, skip_batches=start_batch, pin_memory=pin_memory, endless=True)
 
 
 def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position: dict,
@@ -427,18 +516,17 @@ def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position:
     """Endless ``(batch, position after it)`` over epochs, starting at ``position``.
 
     ``position = {"epoch": e, "batch": i}`` names the next batch (``i`` batches of epoch ``e``
-    are done).
+    are done). One loader for the whole run: its worker processes and shuffle buffers carry on
+    from one epoch into the next.
     """
-    epoch, start = position["epoch"], position["batch"]
-    while True:
-        loader = open_loader(cfg, permutations, rank, world, epoch, start, pin_memory)
-        index = start
-        for batch in loader:
-            index += 1
-            yield batch, {"epoch": epoch, "batch": index}
-        if index == 0:  # (a resume at the very end of an epoch legitimately reads nothing here)
-            raise RuntimeError(f"rank {rank}: epoch {epoch} of {cfg.data.shards} gave no batches")
-        epoch, start = epoch + 1, 0
+    loader = open_loader(cfg, permutations, rank, world, position["epoch"], position["batch"], pin_memory)
+    per_epoch = loader.batches_per_epoch
+    epoch, index = position["epoch"], position["batch"]
+    for batch in loader:
+        if index == per_epoch:
+            epoch, index = epoch + 1, 0
+        index += 1
+        yield batch, {"epoch": epoch, "batch": index}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -152,20 +152,22 @@ class EtaMINEEMA(EtaMINE):
     def before_loss(self, log_marg: torch.Tensor) -> None:
         if not self.training:
             return
+        log_marg = log_marg.detach().double()
         if not self.reduce and dist.is_distributed():  # the mean over every rank's pairs (equal batches)
-            shift = dist.all_reduce_max(log_marg.double())
-            log_marg = torch.log(dist.all_reduce_mean_detached(torch.exp(log_marg.double() - shift))) + shift
-        self.batch_log_marg = log_marg.detach().double()
-        if torch.isnan(self.log_ema):
-            self.log_ema.copy_(self.batch_log_marg)
-            self.set_eta(self.log_ema)
+            shift = dist.all_reduce_max(log_marg)
+            log_marg = torch.log(dist.all_reduce_mean_detached(torch.exp(log_marg - shift))) + shift
+        self.batch_log_marg = log_marg
+        # warm start on the first call; torch.where, not `if`: reading a device value would stall the step
+        started = ~torch.isnan(self.log_ema)
+        self.set_eta(torch.where(started, self.eta.double(), log_marg))
+        self.log_ema.copy_(torch.where(started, self.log_ema, log_marg))
 
     @torch.no_grad()
     def closed_form_step(self) -> None:
-        if torch.isnan(self.batch_log_marg):
-            return
-        self.log_ema.copy_(torch.logaddexp(self.log_ema + math.log1p(-self.alpha), self.batch_log_marg + math.log(self.alpha)))
-        self.set_eta(self.log_ema)
+        batch = self.batch_log_marg.to(self.log_ema.device)
+        updated = torch.logaddexp(self.log_ema + math.log1p(-self.alpha), batch + math.log(self.alpha))
+        self.log_ema.copy_(torch.where(torch.isnan(batch), self.log_ema, updated))
+        self.set_eta(torch.where(torch.isnan(self.log_ema), self.eta.double(), self.log_ema))  # no training call yet: keep η
 
 
 def eta_step(module: nn.Module, optimiser: torch.optim.Optimizer | None, step: int) -> bool:

@@ -15,6 +15,7 @@ from .infomax import InfoMax
 from .jigsaw_ce import JigsawCE
 from .jigsaw_mi import JigsawMI, jigsaw_masks
 from .registry import TaskSpec, kinds, register, spec
+from .supervised import Supervised
 
 register(TaskSpec("jigsaw-ce", lambda enc, est, tb, num_permutations, **kw: JigsawCE(enc, num_permutations=num_permutations, **kw),
                   stream="jigsaw", eval_kind="jigsaw", needs_estimator=False))
@@ -22,6 +23,8 @@ register(TaskSpec("jigsaw-mi", lambda enc, est, tb, num_permutations, **kw: Jigs
                   stream="jigsaw", eval_kind="jigsaw", needs_estimator=True))
 register(TaskSpec("infomax", lambda enc, est, tb, num_permutations, **kw: InfoMax(enc, est, tb, **kw),
                   stream="infomax", eval_kind="infomax", needs_estimator=True))
+register(TaskSpec("supervised", lambda enc, est, tb, num_permutations, **kw: Supervised(enc, **kw),
+                  stream="infomax", eval_kind="infomax", needs_estimator=False, needs_labels=True))
 
 
 def build_task(kind: str, encoder: nn.Module, *, estimator: str | None = None, estimator_kwargs: dict | None = None,
@@ -29,12 +32,12 @@ def build_task(kind: str, encoder: nn.Module, *, estimator: str | None = None, e
     """Build the task ``kind`` around ``encoder``.
 
     Args:
-        kind: a registered kind (``kinds()``: ``jigsaw-ce``, ``jigsaw-mi``, ``infomax``, ...).
+        kind: a registered kind (``kinds()``: ``jigsaw-ce``, ``jigsaw-mi``, ``infomax``, ``supervised``).
         encoder: from ``pretrain.models.build_encoder``.
         estimator: name of a bound in ``pretrain.estimators`` (MI tasks only; None otherwise).
         estimator_kwargs: options of that bound (e.g. ``n_critic`` for η-MINE).
         num_permutations: size of the jigsaw permutation set (ignored by tasks without one).
-        **kwargs: the task's head/witness options (see JigsawCE, JigsawMI, InfoMax).
+        **kwargs: the task's head/witness options (see JigsawCE, JigsawMI, InfoMax, Supervised).
     """
     s = spec(kind)
     if not s.needs_estimator:
@@ -45,4 +48,4 @@ def build_task(kind: str, encoder: nn.Module, *, estimator: str | None = None, e
     return s.build(encoder, est, takes_baseline, num_permutations, **kwargs)
 
 
-__all__ = ["Task", "TaskSpec", "InfoMax", "JigsawCE", "JigsawMI", "build_task", "jigsaw_masks", "kinds", "register", "spec"]
+__all__ = ["Task", "TaskSpec", "InfoMax", "JigsawCE", "JigsawMI", "Supervised", "build_task", "jigsaw_masks", "kinds", "register", "spec"]

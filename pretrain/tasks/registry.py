@@ -22,6 +22,8 @@ class TaskSpec:
     stream: the ``data_prep`` stream that feeds it (``jigsaw`` puzzles or ``infomax`` images).
     eval_kind: the feature protocol of ``eval.features`` for its encoder (``jigsaw`` or ``infomax``).
     needs_estimator: an MI bound from ``pretrain.estimators`` is required (else it must be unset).
+    needs_labels: trains on the stream's labels: the config check wants a labelled split and
+        ``task.kwargs.num_classes`` equal to the shards' class count.
     """
 
     kind: str
@@ -29,6 +31,7 @@ class TaskSpec:
     stream: str
     eval_kind: str
     needs_estimator: bool
+    needs_labels: bool = False
 
     @property
     def uses_permutations(self) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.timeout(900)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["red", "green", "blue"]
@@ -79,8 +79,8 @@ def test_pretrain_resume_and_linear_eval_jobs(head, shared):
     assert steps == [2, 4, 6]  # 2 and 4 from the first job, 6 from the second: nothing redone
 
     evaluated = head.cli(
-        "eval", "--checkpoint", str(run_dir), "--data", str(shared / "shards"), "--out", str(shared / "eval"),
-        "--epochs", "2", "--seeds", "1", "--cache-dir", "none", "--device", "cpu", "--no-progress",
+        "eval", f"checkpoint={run_dir}", f"data={shared / 'shards'}", f"out={shared / 'eval'}",
+        "epochs=2", "seeds=1", "cache_dir=null", "device=cpu", "progress=false",
         timeout=600,
     )
     assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]

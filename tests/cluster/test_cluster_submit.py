@@ -1,4 +1,5 @@
-"""`python -m cluster.submit` against a real Ray head on 127.0.0.1 (token auth on), one per module.
+"""`python -m cluster.submit` against a real Ray head on 127.0.0.1 (token auth on), the one head of
+tests/cluster (test_cluster_e2e.py submits to it too).
 
 The jobs run a stand-in project: the real `cluster` package next to a `pretrain` whose
 `__main__` only records what it was asked to do, in run directories named like the real ones.
@@ -38,8 +39,8 @@ else:
     open(os.path.join(run_dir, "config.yaml"), "w").write("run: {}\\n")
 with open(os.path.join(run_dir, "attempts"), "a") as f:
     f.write(" ".join(args) + "\\n")
-time.sleep(float(over.get("standin.sleep", 0)))
-sys.exit(int(over.get("standin.exit", 0)))
+time.sleep(float(over.get("task.kwargs.standin_sleep", 0)))
+sys.exit(int(over.get("task.kwargs.standin_exit", 0)))
 '''
 
 
@@ -52,6 +53,7 @@ def project(tmp_path_factory) -> Path:
     (root / "pretrain").mkdir()
     (root / "pretrain" / "__init__.py").write_text("")
     (root / "pretrain" / "__main__.py").write_text(FAKE_PRETRAIN)
+    shutil.copy(REPO_ROOT / "pretrain" / "config.py", root / "pretrain" / "config.py")  # cluster.resume reads configs with it
     (root / "configs").mkdir()
     (root / "configs" / "tiny.yaml").write_text("run:\n  name: from-yaml\ntrain:\n  steps: 10\n")
     for junk in (".venv/lib/big.so", "runs/old/x", ".git/objects/y", "shards/train-000000.tar",
@@ -107,7 +109,7 @@ def test_job_runs_the_uploaded_tree_and_a_resubmitted_run_resumes(head, project,
 
 
 def test_failed_job_exits_1_and_a_known_job_id_is_rejected(head, project, shared):
-    args = ("--submission-id", "fails-once", f"run.root={shared}/runs", "run.name=gamma", "standin.exit=1")
+    args = ("--submission-id", "fails-once", f"run.root={shared}/runs", "run.name=gamma", "task.kwargs.standin_exit=1")
     failed = pretrain(head, project, *args)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert failed.stdout.rstrip().splitlines()[-1].startswith("job fails-once: FAILED")
@@ -118,7 +120,7 @@ def test_failed_job_exits_1_and_a_known_job_id_is_rejected(head, project, shared
 
 
 def test_no_wait_then_logs_status_stop_and_no_second_start(head, project, shared):
-    submitted = pretrain(head, project, "--no-wait", f"run.root={shared}/runs", "run.name=beta", "standin.sleep=600")
+    submitted = pretrain(head, project, "--no-wait", f"run.root={shared}/runs", "run.name=beta", "task.kwargs.standin_sleep=600")
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job = job_id_of(submitted.stdout)
 
@@ -173,12 +175,12 @@ def test_dashboard_accepts_the_token_in_the_proxy_safe_header(head):
 
 
 def test_command_word_may_come_anywhere_and_defaults_to_pretrain():
-    args, _ = submit.parse_args(["--address", "h:1", "status", "JOB"])
+    args = submit.parse_args(["--address", "h:1", "status", "JOB"])
     assert (args.command, args.job, args.address) == ("status", "JOB", "h:1")
-    args, _ = submit.parse_args(["--config", "c.yaml", "train.steps=5"])
+    args = submit.parse_args(["--config", "c.yaml", "train.steps=5"])
     assert (args.command, args.overrides) == ("pretrain", ["train.steps=5"])
-    args, extra = submit.parse_args(["eval", "--checkpoint", "a", "b", "--data", "d", "--epochs", "3"])
-    assert (args.command, args.checkpoint, extra) == ("eval", ["a", "b"], ["--epochs", "3"])
+    args = submit.parse_args(["eval", "checkpoint=[a,b]", "data=d", "epochs=3"])
+    assert (args.command, args.overrides) == ("eval", ["checkpoint=[a,b]", "data=d", "epochs=3"])
 
 
 def test_addresses_are_http_urls():
@@ -191,9 +193,10 @@ def test_addresses_are_http_urls():
     "overrides, message",
     [
         (["run.root=runs"], "run.root='runs'"),
-        ([], "run.root=None"),
+        ([], "run.root='runs'"),  # pretrain's default, relative: would vanish with the job
         (["run.root=/shared", "run.storage_path=ckpt"], "run.storage_path='ckpt'"),
-        (["run.root=/shared", "train.steps"], "expected key=value"),
+        (["run.root=/shared", "train.steps"], "not key=value"),
+        (["run.root=/shared", "train.step=5"], "Key 'step' not in 'TrainSection'"),
     ],
 )
 def test_pretraining_needs_shared_storage_and_key_value_overrides(project, overrides, message):
@@ -205,21 +208,27 @@ def test_pretraining_entrypoint_names_the_run_and_uses_paths_inside_the_tree(pro
     entrypoint, name, sent = submit.pretrain_job(project / "configs" / "tiny.yaml", ["run.root=/s", "run.name="], project)
     assert name.startswith("tiny-") and sent[-1] == f"run.name={name}"  # an empty name gets one
     assert entrypoint.startswith("python -m cluster.resume --config configs/tiny.yaml run.root=/s")
+    assert "run.name= " not in entrypoint + " "  # the empty override is not sent on
+    (project / "configs" / "nameless.yaml").write_text("train:\n  steps: 10\n")
+    _, name, _ = submit.pretrain_job(project / "configs" / "nameless.yaml", ["run.root=/s"], project)
+    assert name.startswith("nameless-")  # not pretrain's default name, which every config would share
     outside = tmp_path / "x.yaml"
     outside.write_text("run: {}\n")
     with pytest.raises(submit.SubmitError, match="outside the uploaded working tree"):
         submit.pretrain_job(outside, ["run.root=/s"], project)
-    with pytest.raises(submit.SubmitError, match="no such file"):
+    with pytest.raises(submit.SubmitError, match="--config config file .*missing.yaml not found"):
         submit.pretrain_job(project / "configs" / "missing.yaml", ["run.root=/s"], project)
 
 
 def test_evaluation_results_must_go_to_shared_storage():
-    with pytest.raises(submit.SubmitError, match="--out None"):
-        submit.eval_job(["/s/run"], "/s/shards", [])
-    with pytest.raises(submit.SubmitError, match="--out 'out'"):
-        submit.eval_job(["/s/run"], "/s/shards", ["--out", "out"])
-    assert submit.eval_job(["/s/run"], "/s/shards", ["--out=/s/eval", "--epochs", "3"]) == (
-        "python -m eval.linear --checkpoint /s/run --data /s/shards --out=/s/eval --epochs 3"
+    with pytest.raises(submit.SubmitError, match="out=None"):
+        submit.eval_job(["checkpoint=/s/run", "data=/s/shards"])
+    with pytest.raises(submit.SubmitError, match="out='out'"):
+        submit.eval_job(["checkpoint=/s/run", "data=/s/shards", "out=out"])
+    with pytest.raises(submit.SubmitError, match="Key 'epoch' not in 'LinearConfig'"):
+        submit.eval_job(["checkpoint=/s/run", "data=/s/shards", "out=/s/eval", "epoch=3"])
+    assert submit.eval_job(["checkpoint=[/s/a,/s/b]", "data=/s/shards", "out=/s/eval", "epochs=3"]) == (
+        "python -m eval.linear 'checkpoint=[/s/a,/s/b]' data=/s/shards out=/s/eval epochs=3"
     )
 
 
@@ -239,3 +248,20 @@ def test_latest_run_dir_follows_pretrains_naming(tmp_path):
     assert latest_run_dir(tmp_path, "exp") == second
     assert latest_run_dir(tmp_path, "ex") is None
     assert latest_run_dir(tmp_path / "missing", "exp") is None
+
+
+def test_resume_reads_the_config_as_pretrain_does(tmp_path, monkeypatch, capsys):
+    """Defaults come from pretrain.config (run.root is 'runs', not None); an existing run resumes."""
+    from cluster.resume import main as resume_main, pretrain_command
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text("run:\n  name: exp\n")
+    assert pretrain_command(config, [])[-2:] == ["--config", str(config)]
+    assert "run exp: starting under runs" in capsys.readouterr().out
+    (tmp_path / "runs" / "exp-20990101-000000").mkdir(parents=True)
+    (tmp_path / "runs" / "exp-20990101-000000" / "config.yaml").write_text("run: {}\n")
+    assert pretrain_command(config, ["train.steps=9"])[-3:] == ["--resume", "runs/exp-20990101-000000", "train.steps=9"]
+    assert resume_main(["--config", str(config), "train.step=9"]) == 2  # unknown key: one line, nothing started
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'step'" in err and err.count("\n") == 1

@@ -167,7 +167,7 @@ def test_rerun_after_interrupted_build(tmp_path, cifar_archive, monkeypatch):
     def dies_on_third(path, encoded, ext, num_classes):
         calls["n"] += 1
         if calls["n"] == 3:  # die half way through writing a shard
-            with open(path.with_name(path.name + ".tmp"), "wb") as f:
+            with open(f"{path}.tmp", "wb") as f:
                 f.write(b"partial")
             raise KeyboardInterrupt
         return real(path, encoded, ext, num_classes)

@@ -32,11 +32,38 @@ def test_permutation_set_is_distinct_and_far_apart(perms, capsys):
 
 
 def test_permutation_save_load(tmp_path, perms):
-    jigsaw.save_permutations(tmp_path / "p.npy", perms)
+    digest = jigsaw.save_permutations(tmp_path / "p.txt", perms)
+    assert (jigsaw.load_permutations(tmp_path / "p.txt") == perms).all()
+    assert (tmp_path / "p.txt.sha256").read_text().split() == [digest, "p.txt"]
+    np.save(tmp_path / "p.npy", perms)
     assert (jigsaw.load_permutations(tmp_path / "p.npy") == perms).all()
+    np.save(tmp_path / "one_based.npy", perms + 1)  # some published sets number the tiles 1..9
+    assert (jigsaw.load_permutations(tmp_path / "one_based.npy") == perms).all()
     np.save(tmp_path / "bad.npy", np.zeros((3, 9), dtype=np.int64))
     with pytest.raises(ValueError, match="permutations of 0..8"):
         jigsaw.load_permutations(tmp_path / "bad.npy")
+    np.save(tmp_path / "objects.npy", np.array([perms[0], "x"], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="not a .npy array"):  # never unpickled
+        jigsaw.load_permutations(tmp_path / "objects.npy")
+
+
+def test_committed_set_is_the_generated_one(perms):
+    committed, digest = jigsaw.permutation_set(None, 100)
+    assert (committed == perms).all()
+    assert digest == jigsaw.DEFAULT_PERMUTATIONS.with_name("max_hamming_100.txt.sha256").read_text().split()[0]
+    # greedy: the first n rows are the greedy set of n
+    assert (jigsaw.permutation_set(None, 30)[0] == jigsaw.max_hamming_permutations(30, seed=0)).all()
+    with pytest.raises(ValueError, match="has 100 rows"):
+        jigsaw.permutation_set(None, 101)
+
+
+def test_tampered_committed_set_is_refused(tmp_path, monkeypatch, perms):
+    copy = tmp_path / "max_hamming_100.txt"
+    jigsaw.save_permutations(copy, perms)
+    copy.write_text(copy.read_text().replace("0 1 2 3 4 5 6 7 8", "1 0 2 3 4 5 6 7 8", 1))
+    monkeypatch.setattr(jigsaw, "DEFAULT_PERMUTATIONS", copy)
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        jigsaw.permutation_set(None, 100)
 
 
 def coordinate_image(side: int = jigsaw.RESIZE) -> np.ndarray:

@@ -85,20 +85,3 @@ def eval_world(tmp_path_factory):
     jigsaw_run = root / "runs" / "jigsaw-ce"
     write_checkpoint(jigsaw_run, make_config("jigsaw-ce", big, estimator=None, image_size=64), step=4)
     return {"root": root, "small": small, "big": big, "infomax_run": infomax_run, "jigsaw_run": jigsaw_run}
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local 2-CPU Ray for a test module, its files in a short temporary directory."""
-    import os
-    import shutil
-    import tempfile
-
-    import ray
-
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
-    tmp = tempfile.mkdtemp(prefix="rev", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
-    ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_prep.files import sha256_file
 from data_prep.manifest import read_manifest
-from eval.features import cached_features, file_sha256
+from eval.features import cached_features
 from eval.linear import main, prepare_features, run_linear_eval, verify_encoder_unchanged
 from eval.probe import train_linear_probe
 from eval.topk import topk_accuracy, topk_correct
@@ -109,7 +110,7 @@ def test_encoder_unchanged_check_catches_a_modified_encoder(eval_world):
 def test_cached_features_equal_uncached(eval_world, tmp_path):
     encoder, _ = load_encoder(eval_world["jigsaw_run"])
     file = resolve_checkpoint_file(eval_world["jigsaw_run"])
-    kw = dict(checkpoint_sha256=file_sha256(file), shard_dir=eval_world["big"], manifest=read_manifest(eval_world["big"]),
+    kw = dict(checkpoint_sha256=sha256_file(file), shard_dir=eval_world["big"], manifest=read_manifest(eval_world["big"]),
               split="train", kind="jigsaw", batch_size=5, progress=False)
     plain = cached_features(encoder, cache_dir=None, **kw)
     first = cached_features(encoder, cache_dir=tmp_path, **kw)
@@ -173,14 +174,46 @@ def test_bad_checkpoints_give_one_clear_line(eval_world, tmp_path, capsys):
         prepare_features(tmp_path / "mismatch.pt", data, cache_dir=None, progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         prepare_features(tmp_path / "nowhere", data, cache_dir=None, progress=False)
-    for args in (["--checkpoint", str(bad)], ["--checkpoint", str(tmp_path / "nowhere")],
-                 ["--checkpoint", str(eval_world["infomax_run"]), "--test-split", "val"]):
-        assert main([*args, "--data", data, "--epochs", "1", "--cache-dir", "none", "--out", str(tmp_path / "o")]) == 2
+    for args in ([f"checkpoint={bad}"], [f"checkpoint={tmp_path / 'nowhere'}"],
+                 [f"checkpoint={eval_world['infomax_run']}", "test_split=val"]):
+        assert main([*args, f"data={data}", "epochs=1", "cache_dir=null", f"out={tmp_path / 'o'}"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["checkpoint=r", "data=d", "epoch=3"], "epoch"),  # unknown key: named
+    (["checkpoint=r", "data=d", "epochs=three"], "epochs"),  # wrong type: named
+    (["data=d"], "checkpoint is required"),
+    (["checkpoint=r"], "data is required"),
+    (["--checkpoint", "r", "data=d"], "unknown option --checkpoint: settings are key=value"),
+    (["checkpoint=r", "data=d", "epochs"], "not key=value"),
+])
+def test_settings_errors_are_one_line_naming_the_key(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_settings_defaults_yaml_and_overrides(tmp_path, capsys):
+    from eval.config import LinearConfig, load_linear_config
+
+    cfg = load_linear_config(None, ["checkpoint=[runs/a,runs/b]", "data=data/shards/cifar10", "cache_dir=null"])
+    assert cfg.checkpoint == ["runs/a", "runs/b"] and cfg.cache_dir is None and cfg.epochs == LinearConfig.epochs
+    (tmp_path / "eval.yaml").write_text("checkpoint: runs/a\ndata: d\nepochs: 7\nseeds: 3\n")
+    cfg = load_linear_config(tmp_path / "eval.yaml", ["seeds=1"])
+    assert (cfg.checkpoint, cfg.epochs, cfg.seeds, cfg.lr) == (["runs/a"], 7, 1, LinearConfig.lr)
+    # --help shows the dataclass defaults, each key once
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = capsys.readouterr().out
+    for name, value in (("epochs", "200"), ("seeds", "2"), ("lr", "0.0001"), ("cache_dir", "runs/feature_cache"),
+                        ("checkpoint", "(required)"), ("random_init", "false"), ("out", "null")):
+        assert f"  {name}={value} " in shown, name
+
+
 @pytest.mark.e2e
+@pytest.mark.ray
 def test_two_worker_pretraining_checkpoints_evaluate_on_ray_as_in_process(eval_world, tmp_path, ray_session):
     """A real 2-worker Ray Train run (InfoMax, η-MINE, DCGAN) writes two checkpoints; both evaluate, their
     seeds as parallel Ray tasks, with exactly the numbers of the in-process evaluation."""
@@ -222,3 +255,31 @@ def test_default_splits_pick_test_or_val_and_refuse_unlabelled():
         default_splits(manifest(train=True, test=True, unlabeled=False), "unlabeled", None)
     with pytest.raises(ValueError, match="no test split 'holdout'; available: train, test"):
         default_splits(manifest(train=True, test=True), None, "holdout")
+
+
+def test_progress_lines_when_logged_and_probe_curves_beside_the_run(eval_world, tmp_path, capsys):
+    """Piped or logged (not a terminal): readable progress lines, not carriage-return redraws. A
+    checkpoint inside a run directory gets the probe's curves in that run's TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from .conftest import make_config, write_checkpoint
+
+    run = tmp_path / "run"
+    write_checkpoint(run, make_config("infomax", eval_world["small"]), step=9, seed=4)
+    (run / "config.yaml").write_text("run: {name: test}\n")  # what makes a directory a run directory
+    res = run_linear_eval(run, eval_world["small"], epochs=3, seeds=1, out=tmp_path / "out", lr=1e-2,
+                          batch_size=16, cache_dir=None, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert any(line.startswith("features train") and "60/60" in line for line in lines), err
+    assert any(line.startswith("probe seed 0") and "3/3" in line for line in lines), err
+
+    assert res["run_dir"] == str(run) and res["run_tensorboard"] == str(run / "tb" / "probe-synthetic")
+    summary = EventAccumulator(res["run_tensorboard"]).Reload()
+    (top1,) = summary.Scalars("probe/top1")
+    assert top1.step == 9 and top1.value == pytest.approx(res["top1"]["mean"])
+    curves = EventAccumulator(str(run / "tb" / "probe-synthetic" / "step9" / "seed0")).Reload()
+    assert [e.step for e in curves.Scalars("probe/test_top1")] == [1, 2, 3]
+    # a checkpoint outside a run directory (eval_world's have no config.yaml) leaves nothing behind
+    assert not (eval_world["infomax_run"] / "tb").exists()

@@ -11,11 +11,12 @@ from eval.table import main, make_table
 def _result(name, task, estimator, encoder, pre_ds, probe_ds, *, source=None, pre_source=None, random_init=False, top1=(50.0, 60.0)):
     meta = {
         "checkpoint": f"/runs/{name}/checkpoint_000000100/checkpoint.pt", "checkpoint_name": name, "step": 100,
-        "random_init": random_init, "dataset": probe_ds, "dataset_source": source, "data": f"/shards/{probe_ds}",
+        "random_init": random_init, "run_dir": None, "dataset": probe_ds, "dataset_source": source, "data": f"/shards/{probe_ds}",
         "pretraining": {"task": task, "estimator": estimator, "encoder": encoder, "depth": 2 if encoder == "dcgan" else None,
                         "dataset": pre_ds, "dataset_source": pre_source, "shards": f"/shards/{pre_ds}"},
         "train_split": "train", "test_split": "test", "num_train": 100, "num_test": 50, "num_classes": 10,
         "feature_dim": 8192, "kind": "infomax", "feature_cache": {"train": None, "test": None, "hit": False},
+        "skipped": {"train": {"samples": [], "shards": []}, "test": {"samples": [], "shards": []}},
         "feature_seconds": 1.0,
     }
     per_seed = [{"seed": i, "epochs": 3, "top1": t, "top5": t + 20, "top10": 100.0, "train_loss": 1.0, "history": {}}
@@ -29,6 +30,8 @@ IMNET10 = {"fraction": 0.1, "per_class": None, "subset_list": None}
 def test_paper_numbers_only_where_the_setting_matches():
     assert paper_reference(_result("a", "infomax", "eta-mine", "dcgan", "cifar10", "stl10")) == {"table": "Table 2", "top1": (56.4, None)}
     assert paper_reference(_result("b", "infomax", "dv-mine", "dcgan", "stl10", "stl10"))["top1"] == (61.8, None)
+    assert paper_reference(_result("s", "supervised", None, "dcgan", "stl10", "stl10"))["top1"] == (61.3, None)
+    assert paper_reference(_result("t", "supervised", None, "dcgan", "stl10", "cifar10")) is None  # not in the paper
     # another dataset, another bound, another encoder, or a random encoder: nothing to compare with
     assert paper_reference(_result("c", "infomax", "eta-mine", "dcgan", "digits", "digits")) is None
     assert paper_reference(_result("d", "infomax", "infonce", "dcgan", "cifar10", "cifar10")) is None
@@ -40,7 +43,7 @@ def test_paper_numbers_only_where_the_setting_matches():
     assert paper_reference(eta)["top10"] == (32.7, 2.2)
     full = {"fraction": 1.0, "per_class": None, "subset_list": None}
     assert paper_reference(_result("i", "jigsaw-ce", None, "resnet50", "imagenet", "imagenet", source=full, pre_source=full)) is None
-    assert is_imagenet10("imagenet", {"per_class": 128}) and not is_imagenet10("imagenet", {"per_class": 50})
+    assert not is_imagenet10("imagenet", {"per_class": 128})  # kept all of validation: not the setting
 
 
 def test_table_rows_and_means(tmp_path):
@@ -71,10 +74,29 @@ def test_cli_gathers_directories_and_rejects_bad_input(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text('{"top1": 1}')
     assert main([str(tmp_path / "bad")]) == 2
-    assert "not an eval.linear results file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not an eval.linear results file" in err and "no eval.linear results under" in err
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_other_results_files_are_skipped_with_a_note(tmp_path, capsys):
+    """Directories that also hold the experiments' own results.json (a list, another object, broken
+    JSON) give the table of the probe results, and a note per skipped file."""
+    write_results(tmp_path / "probe", _result("x", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10"))
+    (tmp_path / "mi_gaussian").mkdir()
+    (tmp_path / "mi_gaussian" / "results.json").write_text('[{"estimator": "eta-mine", "dim": 2}]')
+    (tmp_path / "mi_gan").mkdir()
+    (tmp_path / "mi_gan" / "results.json").write_text('{"config": {}, "summary": {}}')
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text('{"top1": ')
+    assert main([str(tmp_path), "--out", str(tmp_path / "table.md")]) == 0
+    captured = capsys.readouterr()
+    assert "| x |" in captured.out and (tmp_path / "table.md").read_text() == captured.out
+    notes = captured.err.strip().splitlines()
+    assert len(notes) == 3 and all(n.startswith("note: skipped ") for n in notes)
+    assert any("mi_gaussian" in n and "a JSON list" in n for n in notes)
 
 
 def test_results_markdown_mentions_setting():

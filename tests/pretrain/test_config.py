@@ -62,6 +62,7 @@ def test_yaml_then_command_line_overrides(tmp_path):
     ("", ["nosuch.key=1"], "nosuch"),
     ("", ["train.steps"], "not key=value"),
     ("train: [1, 2\n", [], "cannot parse YAML"),
+    ("- train\n- steps: 5\n", [], "top level is a ListConfig, not a mapping"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, overrides, match):
     with pytest.raises(ConfigError, match=match) as info:
@@ -81,6 +82,8 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, overrides, match)
     (["data.shards={shards}", "data.perms_per_image=20", "data.num_permutations=10"], "exceeds"),
     (["data.shards={shards}", "data.split=val"], "split 'val' not in"),
     (["data.shards=/no/such/dir"], "no manifest.json in /no/such/dir"),
+    (["data.shards={shards}", "task.kind=supervised"], "task.kwargs.num_classes is None, but .* has 2 classes"),
+    (["data.shards={shards}", "task.kind=supervised", "task.kwargs.num_classes=10"], "set task.kwargs.num_classes=2"),
 ])
 def test_validate_rejects(shards, overrides, match):
     cfg = load_config(None, [o.format(shards=shards) for o in overrides])
@@ -93,10 +96,13 @@ def test_every_shipped_config_loads_and_validates(shards):
     names = {p.name for p in CONFIGS}
     for required in ("jigsaw_ce_imagenet10.yaml", "jigsaw_dv_imagenet10.yaml", "jigsaw_eta_imagenet10.yaml",
                      "infomax_dv_cifar10.yaml", "infomax_eta_cifar10.yaml", "infomax_eta_stl10.yaml",
-                     "demo_infomax_eta.yaml", "demo_infomax_dv.yaml", "demo_jigsaw_eta.yaml"):
+                     "demo_infomax_eta.yaml", "demo_infomax_dv.yaml", "demo_jigsaw_eta.yaml",
+                     "infomax_dv_stl10.yaml", "supervised_cifar10.yaml", "supervised_stl10.yaml"):
         assert required in names
     for path in CONFIGS:
-        cfg = load_config(path, [f"data.shards={shards}", "data.split=train"])  # the tiny shards hold train only
+        # the tiny shards hold train only, with 2 classes
+        labels = ["task.kwargs.num_classes=2"] if "supervised" in path.name else []
+        cfg = load_config(path, [f"data.shards={shards}", "data.split=train", *labels])
         validate(cfg)
         assert cfg.run.name == path.stem, path.name
 
@@ -122,3 +128,31 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     cfg = load_config(None, ["data.shards=shards/digits", "run.root=runs", "run.storage_path=s3://bucket/x"])
     assert cfg.data.shards == str(tmp_path / "shards" / "digits") and cfg.run.root == str(tmp_path / "runs")
     assert cfg.run.storage_path == "s3://bucket/x"
+
+
+@pytest.mark.parametrize("config", ["jigsaw_ce_imagenet10", "jigsaw_eta_imagenet10", "demo_jigsaw_eta"])
+def test_every_seed_trains_on_the_one_committed_permutation_set(config, shards):
+    from data_prep.jigsaw import permutation_set, permutations_sha256
+    from pretrain.train import permutations_of
+
+    committed, digest = permutation_set(None, 100)
+    for seed in range(4):
+        cfg = load_config(REPO / "configs" / f"{config}.yaml", [f"run.seed={seed}", f"data.shards={shards}"])
+        validate(cfg)
+        perms = permutations_of(cfg)
+        assert (perms.numpy() == committed).all() and permutations_sha256(perms.numpy()) == digest
+
+
+def test_another_permutation_set_by_path(tmp_path, shards):
+    from data_prep.jigsaw import max_hamming_permutations
+    from pretrain.train import permutations_of
+
+    other = max_hamming_permutations(20, seed=5)
+    np.save(tmp_path / "published.npy", other)
+    base = [f"data.shards={shards}", "data.num_permutations=20", "data.perms_per_image=4"]
+    cfg = load_config(REPO / "configs" / "demo_jigsaw_eta.yaml", base + [f"data.permutations={tmp_path / 'published.npy'}"])
+    validate(cfg)
+    assert (permutations_of(cfg).numpy() == other).all()
+    cfg = load_config(REPO / "configs" / "demo_jigsaw_eta.yaml", base + [f"data.permutations={tmp_path / 'missing.npy'}"])
+    with pytest.raises(ConfigError, match="data.permutations: permutation set .*missing.npy does not exist"):
+        validate(cfg)

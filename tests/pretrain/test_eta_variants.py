@@ -119,3 +119,10 @@ def test_eta_step_follows_algorithm_1():
     w.grad = torch.ones(1)
     assert E.eta_step(torch.nn.Linear(1, 1), plain, 0) and w.item() == 0.0
     assert E.eta_step(torch.nn.Linear(1, 1), None, 0)
+
+
+def test_ema_eta_step_before_any_training_call_keeps_eta():
+    est = E.build("eta-mine-ema", eta_init=0.3)
+    assert E.eta_step(est, None, 0) and est.eta.item() == pytest.approx(0.3)
+    est(torch.randn(4, 4))  # now warm-started from this batch
+    assert est.eta.item() != pytest.approx(0.3) and torch.isfinite(est.log_ema)

@@ -1,4 +1,4 @@
-"""The Ray Train loop end to end on tiny shards, 2 workers, one Ray session for the module.
+"""The Ray Train loop end to end on tiny shards, 2 workers, on the test session's Ray (``ray_session``).
 
 Uninterrupted, worker-crash and driver-restart runs of one InfoMax config must end with identical
 weights, η and optimiser state; a jigsaw run logs η from both ranks and a puzzle grid; two ranks
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +19,7 @@ from PIL import Image
 from pretrain import checkpoint as ck
 from pretrain.config import load_config
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
-    tmp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must stay under ~107 chars
-    ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
@@ -118,33 +104,46 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
     assert_same_state(final_state(first), reference)
 
 
-def test_loss_decreases_on_digits(ray_session, digits, tmp_path):
-    """InfoMax on digits: the η-MINE estimate rises and the normaliser heads to 1."""
-    from pretrain.train import launch
-
-    run = launch(infomax_cfg(digits, tmp_path, "train.num_workers=1", "train.steps=60", "train.report_every=10",
-                             "train.checkpoint_every=60", "data.batches_per_epoch=null")).run_dir
-    m = read_metrics(run)
-    assert m[-1]["loss"] < m[0]["loss"] - 0.2, [x["loss"] for x in m]
-    assert m[-1]["mi"] > 0.2
-
-
-def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path):
+def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, monkeypatch, capfd):
+    """Also: metrics every step but Ray reports only with the 2 checkpoints, and the controller is
+    started with the config's train.controller_poll_s (the session's environment says 0.1)."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pretrain.train import launch
+    from pretrain.train import CONTROLLER_POLL_ENV, launch
 
+    controller_env = []
+    fit = TorchTrainer.fit
+
+    def recording_fit(self):  # Ray builds the controller actor's runtime env from this, in fit()
+        controller_env.append(get_env_vars_to_propagate())
+        return fit(self)
+
+    monkeypatch.setattr(TorchTrainer, "fit", recording_fit)
     cfg = load_config(None, [
         f"data.shards={digits}", f"run.root={tmp_path}", "run.name=jig", "task.kind=jigsaw-mi",
         "task.estimator=eta-mine", "model.encoder=dcgan", "model.depth=4", "model.kwargs.image_size=64",
         "data.images_per_batch=2", "data.perms_per_image=4", "data.num_permutations=10",
-        "train.num_workers=2", "train.steps=4", "train.report_every=2", "train.checkpoint_every=4"])
-    run = launch(cfg).run_dir
+        "train.num_workers=2", "train.steps=4", "train.report_every=1", "train.checkpoint_every=2",
+        "train.controller_poll_s=0.25"])
+    out = launch(cfg)
+    run = out.run_dir
+    assert controller_env[0][CONTROLLER_POLL_ENV] == "0.25"
+    assert os.environ[CONTROLLER_POLL_ENV] == "0.1"  # the driver's own setting is back
+    reported = sorted(Path(c.path).name for c, _ in out.result.best_checkpoints)
+    assert reported == ["checkpoint_000000002", "checkpoint_000000004"]
     payload = ck.load_checkpoint(run)
     assert payload["permutations"].shape == (10, 9)
     assert torch.equal(payload["permutations"].sort(dim=1).values, torch.arange(9).expand(10, 9))
     m = read_metrics(run)
-    assert [x["step"] for x in m] == [2, 4] and all(x["eta/rank0"] == x["eta/rank1"] for x in m)
+    assert [x["step"] for x in m] == [1, 2, 3, 4] and all(x["eta/rank0"] == x["eta/rank1"] for x in m)
+    from pretrain.progress import LINE_RE
+
+    shown = [LINE_RE.match(line) for line in capfd.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [int(x["step"]) for x in shown] == [1, 2, 3, 4]
+    for line, rec in zip(shown, m):  # images/s, not puzzles/s: 4 permutations of each image
+        assert float(line["images_per_s"]) == pytest.approx(rec["samples_per_s"] / 4, abs=0.1)
     events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0}).Reload()
     assert {"loss", "mi", "eta", "normaliser", "eta/rank1", "samples_per_s", "data_wait_fraction",
             "lr/main", "lr/eta"} <= set(events.Tags()["scalars"])
@@ -230,3 +229,62 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(ray_session, digits,
     assert payload["step"] == info_file["step"] and str(info.value).count("\n") == 0
     for v in list(payload["encoder"].values()) + list(payload["task"].values()):
         assert torch.isfinite(v.float()).all()
+
+
+def test_loss_decreases_on_digits_with_readable_progress_and_tracking(ray_session, digits, tmp_path, capfd,
+                                                                      monkeypatch):
+    """InfoMax on digits through `python -m pretrain`, as a user runs it: the η-MINE estimate rises;
+    the output has the run directory at start and end and one readable progress line per report
+    (parsed back here); TensorBoard gets the config and the hparams with final metrics; MLflow (a
+    file store) gets the params, every report's metrics and the exported encoder."""
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.__main__ import main as cli
+    from pretrain.progress import LINE_RE
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    config = tmp_path / "infomax.yaml"
+    OmegaConf.save(infomax_cfg(digits, tmp_path / "runs"), config)
+    uri = f"file:{tmp_path / 'mlruns'}"
+    assert cli(["--config", str(config), "train.num_workers=1", "train.steps=60", "train.report_every=10",
+                "train.checkpoint_every=60", "data.batches_per_epoch=null",
+                f"track.mlflow_uri={uri}", "track.mlflow_experiment=t"]) == 0
+    out = capfd.readouterr().out.splitlines()
+    run = next((tmp_path / "runs").glob("im-*"))
+    assert out[0] == out[-2] == f"run directory: {run}"
+    lines = [LINE_RE.match(line) for line in out if line.startswith("step ")]
+    assert all(lines) and [int(m["step"]) for m in lines] == [10, 20, 30, 40, 50, 60], out
+    recorded = read_metrics(run)
+    assert recorded[-1]["loss"] < recorded[0]["loss"] - 0.2, [x["loss"] for x in recorded]
+    assert recorded[-1]["mi"] > 0.2
+    for m, rec in zip(lines, recorded):
+        assert int(m["total"]) == 60 and float(m["loss"]) == pytest.approx(rec["loss"], abs=1e-4)
+        assert float(m["mi"]) == pytest.approx(rec["mi"], abs=1e-3)
+        assert float(m["eta"]) == pytest.approx(rec["eta"], abs=1e-4)
+        assert float(m["images_per_s"]) == pytest.approx(rec["samples_per_s"], abs=0.1)
+    assert lines[0]["eta_time"] == "-" and lines[-1]["eta_time"] == "0:00:00"
+    assert not any("TrainingReport(" in line for line in out)
+
+    events = EventAccumulator(str(run / "tb")).Reload()
+    assert "config/text_summary" in events.Tags()["tensors"]
+    config_text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "    steps: 60" in config_text and "mlflow_experiment: t" in config_text
+    assert "_hparams_/session_start_info" in events.summary_metadata
+    assert events.Scalars("final/mi")[0].value == pytest.approx(recorded[-1]["mi"])
+
+    client = MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert found.info.status == "FINISHED" and found.info.run_name == run.name
+    assert found.data.params["train.steps"] == "60" and found.data.params["task.estimator"] == "eta-mine"
+    history = client.get_metric_history(found.info.run_id, "mi")
+    assert [h.step for h in history] == [10, 20, 30, 40, 50, 60]
+    assert [h.value for h in history] == pytest.approx([r["mi"] for r in recorded])
+    assert client.get_metric_history(found.info.run_id, "eta_rank0")[-1].value == recorded[-1]["eta/rank0"]
+    artifacts = tmp_path / "artifacts"
+    client.download_artifacts(found.info.run_id, "encoder.safetensors", str(artifacts))
+    exported = load_file(str(artifacts / "encoder.safetensors"))
+    final = ck.load_checkpoint(run)["encoder"]
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)

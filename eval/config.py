@@ -1,0 +1,62 @@
+"""The settings of a linear evaluation (`python -m eval.linear`): a dataclass is the one home of their
+defaults, read like the pretraining config (:func:`pretrain.config.merge_config`: YAML, then
+`key=value`; an unknown key is a one-line error naming it).
+
+Kept apart from :mod:`eval.linear` so that launchers (`cluster.submit`) can check an evaluation's
+settings before submitting it without importing torch.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+
+from pretrain.config import ConfigError, merge_config
+
+
+def _setting(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class LinearConfig:
+    """Every setting of a linear evaluation, with its default (the one home of these defaults)."""
+    checkpoint: Any = _setting(MISSING, "run directory (its latest checkpoint), checkpoint directory or checkpoint.pt; "
+                                        "a list [A,B] evaluates several, in parallel on Ray")
+    data: str = _setting(MISSING, "data_prep shard directory to probe on (e.g. data/shards/cifar10)")
+    epochs: int = _setting(200, "probe epochs over the train features (paper: 200)")
+    seeds: int = _setting(2, "probe seeds 0..N-1; results are mean ± std over them")
+    out: Optional[str] = _setting(None, "results directory (null: runs/eval/<checkpoint>-<dataset>)")
+    lr: float = _setting(1e-4, "probe Adam learning rate (paper: 1e-4)")
+    batch_size: int = _setting(256, "probe batch size on the cached features")
+    knn_k: int = _setting(20, "neighbours of the weighted kNN")
+    knn_temperature: float = _setting(0.07, "kNN vote weight exp(cos / T)")
+    random_init: bool = _setting(False, "evaluate a randomly initialised encoder of the checkpoint's architecture (baseline)")
+    train_split: Optional[str] = _setting(None, "split to train the probe on (null: train)")
+    test_split: Optional[str] = _setting(None, "split to score on (null: test, else val)")
+    cache_dir: Optional[str] = _setting("runs/feature_cache", "feature cache (null: no cache)")
+    extract_batch_size: int = _setting(64, "images per forward pass during extraction")
+    num_workers: int = _setting(0, "data loader processes for extraction")
+    device: Optional[str] = _setting(None, "cpu or cuda (null: cuda when available)")
+    ray_address: Optional[str] = _setting(None, "Ray cluster to run checkpoints and seeds on as parallel tasks (e.g. auto)")
+    progress: bool = _setting(True, "progress bars (redrawn on a terminal; a line every 30 s when piped or logged)")
+
+
+def load_linear_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> LinearConfig:
+    """Defaults <- YAML at `path` <- `key=value` overrides, as a :class:`LinearConfig`.
+
+    Raises `ConfigError` (one line) for an unknown key, a wrong type or a missing checkpoint/data.
+    """
+    cfg = merge_config(LinearConfig, path, list(overrides))
+    for key, example in (("checkpoint", "runs/NAME-TIME"), ("data", "data/shards/cifar10")):
+        if OmegaConf.is_missing(cfg, key):
+            raise ConfigError(f"{key} is required ({key}={example}; see --help)")
+    cfg = OmegaConf.to_object(cfg)
+    paths = cfg.checkpoint if isinstance(cfg.checkpoint, list) else [cfg.checkpoint]
+    if not paths or not all(isinstance(c, (str, int)) for c in paths):
+        raise ConfigError(f"checkpoint must be a path or a list [A,B] of paths, got {cfg.checkpoint!r}")
+    cfg.checkpoint = [str(c) for c in paths]
+    return cfg

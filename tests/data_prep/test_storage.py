@@ -1,0 +1,109 @@
+"""Shards in an S3 bucket (a moto server on 127.0.0.1, fixture ``s3``): built, verified, resumed and
+streamed exactly like local shards; a URL is never taken for a local path; each way a URL can be
+unusable (bad scheme, missing bucket, no credentials) gets one line before any work."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep import storage
+from data_prep.__main__ import main
+from data_prep.eval_stream import eval_loader
+from data_prep.infomax_stream import infomax_loader
+from data_prep.manifest import read_manifest, shard_paths
+
+DIGITS = ["digits", "--size", "16", "--shard-size", "300", "--workers", "1", "--no-progress"]
+
+
+def only_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def built(s3, tmp_path_factory):
+    """The same digits command run with a local --out and with an s3:// --out."""
+    local = tmp_path_factory.mktemp("local") / "digits"
+    url = s3.bucket("shards") + "/sets/digits"
+    assert main([*DIGITS, "--out", str(local)]) == 0
+    assert main([*DIGITS, "--out", url]) == 0
+    return local, url
+
+
+@pytest.mark.parametrize("argv", [[*DIGITS, "--out", "htp://bucket/digits"], ["verify", "htp://bucket/digits"],
+                                  [*DIGITS, "--out", "s3:///digits"]])
+def test_a_url_is_never_written_as_a_local_folder(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    line = only_line(capsys.readouterr().err)
+    assert line.startswith("error: ") and ("unsupported URL scheme htp://" in line or "no bucket" in line), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_into_a_bucket_matches_a_local_build_and_verifies(built, tmp_path, monkeypatch, capsys):
+    local, url = built
+    remote = read_manifest(url)
+    assert remote["splits"] == read_manifest(local)["splits"]  # byte-identical shards (same sha256s)
+    assert storage.listdir(url + "/.build")  # resume records sit beside the shards
+    monkeypatch.chdir(tmp_path)
+    assert main(["verify", url]) == 0
+    assert "matches its manifest" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_shard_in_the_bucket_is_reported_and_rebuilt_on_resume(built, capsys):
+    _, url = built
+    victim = url + "/train-000001.tar"
+    good = storage.read_bytes(victim)
+    storage.write_bytes(victim, good[: len(good) // 2])
+    assert main(["verify", "--no-decode", url]) == 1
+    assert "train: shard train-000001.tar sha256 differs" in capsys.readouterr().err
+    assert main([*DIGITS, "--out", url]) == 0  # the same command resumes: only the bad shard is rewritten
+    assert storage.read_bytes(victim) == good
+    assert main(["verify", "--no-decode", url]) == 0
+
+
+def test_missing_bucket_and_missing_credentials_get_one_line(s3, built, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*DIGITS, "--out", "s3://no-such-bucket/digits"]) == 2
+    assert "bucket s3://no-such-bucket does not exist" in only_line(capsys.readouterr().err)
+
+    import s3fs
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        assert main(["verify", built[1]]) == 2
+        assert "no credentials for the object store" in only_line(capsys.readouterr().err)
+    finally:
+        monkeypatch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_streams_read_the_bucket_exactly_like_local_files(built):
+    local, url = built
+    assert all(p.startswith(url + "/train-") for p in shard_paths(url, "train"))
+    for rank in (0, 1):
+        kw = dict(batch_size=8, size=16, seed=3, batches_per_epoch=4, rank=rank, world_size=2, num_workers=0)
+        a, b = list(infomax_loader(local, **kw)), list(infomax_loader(url, **kw))
+        assert len(a) == len(b) == 4
+        for x, y in zip(a, b):
+            assert torch.equal(x["images"], y["images"]) and torch.equal(x["label"], y["label"])
+    a = list(eval_loader(local, "test", kind="infomax", batch_size=64, size=16))
+    b = list(eval_loader(url, "test", kind="infomax", batch_size=64, size=16))
+    assert [x["key"] for x in a] == [y["key"] for y in b]
+    assert torch.equal(torch.cat([x["images"] for x in a]), torch.cat([y["images"] for y in b]))
+    assert np.unique(torch.cat([y["label"] for y in b]).numpy()).tolist() == list(range(10))
+
+
+def test_gs_urls_go_through_gcsfs():
+    import fsspec
+    import gcsfs
+
+    assert fsspec.get_filesystem_class("gs") is gcsfs.GCSFileSystem
+    assert storage.is_url("gs://b/x") and storage.join("gs://b/x/", "m.json") == "gs://b/x/m.json"
+    assert storage.parent("gs://b/x/run") == "gs://b/x" and storage.basename("gs://b/x/run/") == "run"
