@@ -113,8 +113,8 @@ class EtaMINEClip(EtaMINE):
     A valid bound for every f (it is η-MINE of g), at most 2τ, and one marginal pair can add at
     most e^{τ−η}/|marg| to the loss. Clipping only the marginal term
     would not do: the joint term would then push f up without limit wherever f > τ (the loss is
-    unbounded below), which is why SMILE trains with another objective. ``tau`` 7.5: see
-    docs/bounds.md (with τ = 5 the best clipped critic already loses 0.8 nats at 8 nats).
+    unbounded below), which is why SMILE trains with another objective. ``tau`` 7.5 rather than
+    SMILE's 5: a bound of g is at most 2τ, tight for the 8-nat staircase level (docs/bounds.md).
     """
 
     def __init__(self, tau: float = 7.5, eta_init: float = 0.0, n_critic: int = 1, reduce: bool = False):

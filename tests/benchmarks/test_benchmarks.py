@@ -46,3 +46,15 @@ def test_train_step_plain_against_ray_loop(tmp_path, capsys, ray_session):
     assert re.search(r"^bf16: matmul 64\^2 .* resnet18 jigsaw step", out, re.M), out
     saved = json.loads(figures.read_text())
     assert saved["ratio_b_over_a"] > 0 and saved["flops_fp32"]["resnet50_step_flops"] > 0
+
+
+def test_eta_gradient_variance_side_by_side(tmp_path, capsys):
+    figures = tmp_path / "eg.json"
+    out = load("eta_gradient_variance").main(["--dim", "3", "--train-steps", "5", "--batches", "6", "--batch", "16",
+                                               "--n-train", "200", "--json", str(figures)])
+    text = capsys.readouterr().out
+    assert re.search(r"^ratio b/a = \d+\.\d\d, ratio c/a = \d+\.\d\d", text, re.M), text
+    saved = json.loads(figures.read_text())
+    assert saved["noise_ratio_b_over_a"] == out["noise_ratio_b_over_a"] > 0
+    # η below η* over-weights the marginal term: its mean gradient moves away from DV's
+    assert saved["mean_grad_rel_diff"]["c"] > saved["mean_grad_rel_diff"]["b"]
