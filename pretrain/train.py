@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from data_prep import storage
-from pretrain import dist
+from pretrain import dist, estimators
 from pretrain.checkpoint import (
     CONFIG_FILE,
     build_encoder_from_config,
@@ -432,9 +432,7 @@ def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
     if not torch.isfinite(global_loss):
         return {"finite": False, "global_loss": float(global_loss), "metrics": {}}
     main_opt.step()
-    estimator = getattr(task, "estimator", None)
-    if eta_opt is not None and (not hasattr(estimator, "eta_step_due") or estimator.eta_step_due(step)):
-        eta_opt.step()
+    estimators.eta_step(task, eta_opt, step)
     metrics = {k: v.detach() for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
     metrics["loss"] = loss.detach()
     return {"finite": True, "metrics": metrics}

@@ -58,3 +58,15 @@ def test_gpu_throughput_runs_on_cpu(tmp_path, capsys):
     assert [r["images"] for r in saved["steps"]] == [2] and saved["steps"][0]["flops_per_step"] > 0
     assert {d["augment_on"] for d in saved["data"]} == {"host", "device"}
     assert all(d["images_per_s"] > 0 for d in saved["data"])
+
+
+def test_eta_gradient_variance_side_by_side(tmp_path, capsys):
+    figures = tmp_path / "eg.json"
+    out = load("eta_gradient_variance").main(["--dim", "3", "--train-steps", "5", "--batches", "6", "--batch", "16",
+                                               "--n-train", "200", "--json", str(figures)])
+    text = capsys.readouterr().out
+    assert re.search(r"^ratio b/a = \d+\.\d\d, ratio c/a = \d+\.\d\d", text, re.M), text
+    saved = json.loads(figures.read_text())
+    assert saved["noise_ratio_b_over_a"] == out["noise_ratio_b_over_a"] > 0
+    # η below η* over-weights the marginal term: its mean gradient moves away from DV's
+    assert saved["mean_grad_rel_diff"]["c"] > saved["mean_grad_rel_diff"]["b"]
