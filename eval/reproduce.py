@@ -110,6 +110,7 @@ MINIATURE_OVERRIDES = {
                "data.perms_per_image=8", "data.loader_workers=0", "train.bf16=false", "train.channels_last=false"],
 }
 MINIATURE_PROBE_EPOCHS = 10
+MINIATURE_SEEDS = 2
 
 
 # ============================================================================ 1. the plan
@@ -508,9 +509,10 @@ def make_table(plan: Plan, agg: dict[tuple, dict], seeds: int, probe_seeds: int)
     expected = seeds * probe_seeds
     lines = []
     if plan.miniature:
-        lines += ["**Miniature**: a toy-scale stand-in (scikit-learn digits and scikit-image crops, small encoders, "
-                  "tens of steps). It shows that the path runs end to end; its numbers are not comparable with "
-                  "the paper's, which are shown for the layout only.", ""]
+        lines += ["**Miniature**: a toy-scale stand-in (scikit-learn digits for CIFAR-10, scikit-image crops at "
+                  "32×32 for STL-10 and at 292×292 for ImageNet-10%; small encoders, tens of steps). It shows that "
+                  "the path runs end to end; its numbers are not comparable with the paper's, which are shown for "
+                  "the layout only.", ""]
     if plan.table == "table3":
         lines += ["Table 3: jigsaw pretraining on ImageNet-10%, linear probe on ImageNet-10% (top-k %).", "",
                   "| method | models | top-1 | top-5 | top-10 | paper top-1 | paper top-5 | paper top-10 |",
@@ -635,7 +637,7 @@ def parser() -> argparse.ArgumentParser:
                          "with --miniature, where the offline stand-ins are built")
     ap.add_argument("--out", help="runs, probes and the table (default runs/reproduce/<table>[-miniature]); "
                                   "with --address, on storage every node and this machine mount")
-    ap.add_argument("--seeds", type=int, default=4, help="pretraining seeds per method (paper: 4)")
+    ap.add_argument("--seeds", type=int, help="pretraining seeds per method (default 4 as the paper; 2 with --miniature)")
     ap.add_argument("--probe-seeds", type=int, default=2, help="probe seeds per encoder (paper: 2; 8 models = 4 × 2)")
     ap.add_argument("--methods", help="comma-separated subset of the table's methods (dv-mine, eta-mine, ce, supervised)")
     ap.add_argument("--address", help="Ray job API (dashboard) URL: runs go out as jobs; default: here, one after another")
@@ -652,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = args.out or f"runs/reproduce/{args.table}{'-miniature' if args.miniature else ''}"
     try:
-        text = reproduce(args.table, args.data_root, out, seeds=args.seeds, probe_seeds=args.probe_seeds,
+        seeds = args.seeds if args.seeds is not None else (MINIATURE_SEEDS if args.miniature else 4)
+        text = reproduce(args.table, args.data_root, out, seeds=seeds, probe_seeds=args.probe_seeds,
                          miniature=args.miniature, methods=args.methods.split(",") if args.methods else None,
                          address=args.address, gpus=args.gpus, dry_run=args.dry_run, plan_out=args.plan_out,
                          tflops=args.tflops)

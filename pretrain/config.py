@@ -54,6 +54,10 @@ class DataSection:
     # stream's gather=False). Same loss and gradients as encoding every scrambled patch, for
     # 1/perms_per_image of the encoder work and data movement (16x less with the paper's batches).
     unique_tiles: bool = True
+    # jigsaw: where gray, per-patch standardisation and scrambling run. host: the loader workers.
+    # device: workers only decode and crop, and ship uint8 tiles (4x fewer bytes); the rest runs
+    # batched on the training device (needs unique_tiles). Same batches either way.
+    augment_on: str = "host"
 
 
 @dataclass
@@ -81,6 +85,12 @@ class OptimSection:
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
+    # Many workers: none keeps train.steps and lr as given (then keep the paper's global batch by
+    # splitting data.images_per_batch over the workers). linear|sqrt read the config as one worker's
+    # run: each of W workers takes the full per-worker batch, the steps are divided by W (the same
+    # images seen) and lr is multiplied by W or sqrt(W) (η's lr is left as it is).
+    lr_scaling: str = "none"
+    warmup_steps: int = 0  # linear warm-up of the main lr over the first N steps (0: none)
 
 
 @dataclass
@@ -109,6 +119,9 @@ class TrainSection:
     image_every: int = 0  # TensorBoard grid of scrambled puzzles every N steps (0: first report only)
     max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the last checkpoint)
     threads_per_worker: int = 1  # torch threads per worker (one CPU each)
+    # torch.compile the task (forward and backward); on CUDA with CUDA graphs ("reduce-overhead":
+    # a small batch's step is bound by kernel launches). Compiling costs minutes at start-up.
+    compile: bool = False
     # Testing fault tolerance: rank world_size-1 exits hard once when it reaches this step.
     crash_at_step: Optional[int] = None
 
@@ -147,15 +160,22 @@ def merge_config(schema: type, path: str | os.PathLike | None = None,
 
     The one way every entry point (``pretrain``, ``eval.linear``, ``cluster``) reads its config.
     Raises :class:`ConfigError` (one line) for an unknown key, a wrong type, a malformed
-    override, or a missing/unreadable YAML file. Paths are left as given.
+    override, or a missing/unreadable YAML file. Paths are left as given; ``path`` may be a URL
+    (a run's saved config).
     """
+    from data_prep import storage
+
     cfg = OmegaConf.structured(schema)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
+        path = path if storage.is_url(path) else Path(path)
+        try:
+            found = storage.isfile(path)
+        except storage.StorageError as exc:
+            raise ConfigError(str(exc)) from None
+        if not found:
             raise ConfigError(f"config file {path} not found (shipped configs are in configs/)")
         try:
-            file_cfg = OmegaConf.load(path)
+            file_cfg = OmegaConf.create(storage.read_text(path))
         except Exception as exc:  # YAML syntax error
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{path}: cannot parse YAML: {first}") from None
@@ -214,13 +234,19 @@ def absolute_paths(cfg: DictConfig) -> DictConfig:
     """Make the local paths (``data.shards``, ``data.permutations``, ``run.root``, ``run.storage_path``) absolute.
 
     Ray Train runs the workers in another working directory, so a relative path given on the
-    command line must be resolved where it was given. URIs (``scheme://...``) are left as they are.
+    command line must be resolved where it was given. ``s3://``/``gs://`` URLs are kept as they are;
+    any other ``scheme://`` is a :class:`ConfigError` (never a local folder named ``scheme:``).
     """
+    from data_prep import storage
+
     for section, key in (("data", "shards"), ("data", "permutations"), ("run", "root"), ("run", "storage_path")):
         node = cfg[section]
-        if OmegaConf.is_missing(node, key) or node[key] is None or "://" in str(node[key]):
+        if OmegaConf.is_missing(node, key) or node[key] is None:
             continue
-        node[key] = os.path.abspath(os.path.expanduser(str(node[key])))
+        try:
+            node[key] = storage.resolve(node[key])
+        except storage.StorageError as exc:
+            raise ConfigError(f"{section}.{key}: {exc}") from None
     return cfg
 
 
@@ -243,6 +269,10 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     if OmegaConf.is_missing(cfg.data, "shards"):
         raise ConfigError("data.shards is required: a data_prep output directory (data.shards=DIR)")
     t = cfg.train
+    if cfg.optim.lr_scaling not in ("none", "linear", "sqrt"):
+        raise ConfigError(f"optim.lr_scaling must be none, linear or sqrt, got {cfg.optim.lr_scaling!r}")
+    if cfg.optim.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
     if t.controller_poll_s <= 0:
         raise ConfigError(f"train.controller_poll_s must be > 0, got {t.controller_poll_s}")
     if t.bf16_grad_allreduce and t.use_gpu is False:
@@ -283,6 +313,10 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     for key in ("images_per_batch", "perms_per_image", "num_permutations", "batch_size", "size"):
         if d[key] < 1:
             raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
+    if d.augment_on not in ("host", "device"):
+        raise ConfigError(f"data.augment_on must be host or device, got {d.augment_on!r}")
+    if d.augment_on == "device" and not (spec.uses_permutations and d.unique_tiles):
+        raise ConfigError("data.augment_on=device is for jigsaw tasks with data.unique_tiles=true")
     if spec.uses_permutations and d.perms_per_image > d.num_permutations:
         raise ConfigError(f"data.perms_per_image ({d.perms_per_image}) exceeds data.num_permutations "
                           f"({d.num_permutations})")
@@ -302,13 +336,20 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
             raise ConfigError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]")
     if not check_shards:
         return
+    from data_prep import storage
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 
     try:
         manifest = read_manifest(d.shards)
         shard_paths(d.shards, d.split)
-    except ManifestError as exc:
+    except (ManifestError, storage.StorageError) as exc:
         raise ConfigError(f"data.shards: {exc}") from None
+    for key in ("root", "storage_path"):  # a bucket that is missing or unreadable fails here, not in a worker
+        if storage.is_url(cfg.run[key] or ""):
+            try:
+                storage.check_bucket(cfg.run[key])
+            except storage.StorageError as exc:
+                raise ConfigError(f"run.{key}: {exc}") from None
     if spec.needs_labels:
         if not manifest["splits"][d.split].get("labelled", True):
             raise ConfigError(f"data.split {d.split!r} of {d.shards} has no labels; task.kind={cfg.task.kind} "

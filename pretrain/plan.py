@@ -76,7 +76,9 @@ def plan(cfg: DictConfig, *, tflops: float = DEFAULT_TFLOPS, name: str | None = 
     flops = flops_rank * workers
     per_rank_images = cfg.data.images_per_batch if _is_jigsaw(cfg) else cfg.data.batch_size
     images_per_step = per_rank_images * workers
-    steps = cfg.train.steps
+    from pretrain.train import run_schedule
+
+    steps = run_schedule(cfg)[0]
     total = flops * steps
     steps_per_s = tflops * 1e12 / flops
     rate, source = data_rate(cfg, seconds=data_seconds)
@@ -135,7 +137,7 @@ def example_batch(cfg: DictConfig, permutations: torch.Tensor | None, seed: int 
         tiles = rng.integers(0, 256, (d.images_per_batch, 9, jigsaw.PATCH, jigsaw.PATCH, 3), dtype=np.uint8)
         labels = np.zeros(d.images_per_batch, dtype=np.int64)
         return jigsaw.make_batch(tiles, labels, permutations.numpy(), d.perms_per_image, rng,
-                                 gather=not d.unique_tiles)
+                                 gather=not d.unique_tiles, device_augment=d.augment_on == "device")
     images = torch.from_numpy(rng.standard_normal((d.batch_size, 3, d.size, d.size), dtype=np.float32))
     return {"images": images, "label": torch.zeros(d.batch_size, dtype=torch.long)}
 
@@ -185,7 +187,8 @@ def data_rate(cfg: DictConfig, seconds: float = 2.0) -> tuple[float, str]:
         permutations = permutations_of(cfg).numpy()
         decode = jigsaw_stream.decode_for_jigsaw
         collate = functools.partial(jigsaw_stream.collate_jigsaw, permutations=permutations,
-                                    perms_per_image=d.perms_per_image, train=True, gather=not d.unique_tiles)
+                                    perms_per_image=d.perms_per_image, train=True, gather=not d.unique_tiles,
+                                    device_augment=d.augment_on == "device")
         group = d.images_per_batch
     else:
         import functools
