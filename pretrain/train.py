@@ -120,8 +120,9 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     metrics_file = storage.join(run_dir, METRICS_FILE)
     # the driver's TensorBoard text/hparams and MLflow id: in the run directory, or for a URL in a
     # local mirror pushed there at the end
-    driver_files = storage.LocalMirror(run_dir, fetch=(MLFLOW_RUN_ID_FILE,))
-    tracking = Tracking(cfg, Path(driver_files.dir), metrics_file)  # before Ray: a bad tracking URI fails fast
+    driver_files = storage.LocalMirror(run_dir, fetch=(MLFLOW_RUN_ID_FILE, CONFIG_FILE))
+    # before Ray: a bad tracking URI fails fast
+    tracking = Tracking(cfg, Path(driver_files.dir), metrics_file, checkpoints=run_dir)
     # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
     # Ray Train writes to a URL with its own storage layer (pyarrow.fs), from the same credentials.
     experiments = storage.resolve(cfg.run.storage_path) if cfg.run.storage_path else storage.parent(run_dir)
