@@ -11,10 +11,12 @@ Format (``docs/design.md``), loaded with ``torch.load(..., weights_only=True)``:
 
 Checkpoint directories are named ``checkpoint_<step, 9 digits>`` so the latest sorts last. They
 sit in the Ray Train experiment directory, which is the run directory itself unless
-``run.storage_path`` points elsewhere (then ``<storage_path>/<run dir name>``).
+``run.storage_path`` points elsewhere (then ``<storage_path>/<run dir name>``). Run and checkpoint
+paths may be ``s3://``/``gs://`` URLs (:mod:`data_prep.storage`); they are then returned as ``str``.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_prep import storage
 from data_prep.files import atomic_write
 from data_prep.jigsaw import permutations_sha256
 
@@ -182,58 +185,60 @@ def _plain(config: Mapping) -> dict:
     return dict(config)
 
 
-def checkpoint_dirs(experiment_dir: str | os.PathLike) -> list[Path]:
+def checkpoint_dirs(experiment_dir: str | os.PathLike) -> list[Path | str]:
     """Checkpoint directories holding a ``checkpoint.pt`` under ``experiment_dir``, oldest first."""
-    experiment_dir = Path(experiment_dir)
-    if not experiment_dir.is_dir():
-        return []
     found = []
-    for child in experiment_dir.iterdir():
-        m = _DIR_RE.match(child.name)
-        if m and (child / CHECKPOINT_FILE).is_file():
+    for name in storage.listdir(experiment_dir):
+        m = _DIR_RE.match(name)
+        child = _path(storage.join(experiment_dir, name))
+        if m and storage.isfile(storage.join(child, CHECKPOINT_FILE)):
             found.append((int(m.group(1)), child))
     return [p for _, p in sorted(found)]
 
 
-def experiment_dir(run_dir: str | os.PathLike) -> Path:
+def _path(path: str | os.PathLike) -> Path | str:
+    """A local path as ``Path``, a URL as ``str`` (``Path`` would mangle ``s3://`` into ``s3:/``)."""
+    return str(path) if storage.is_url(path) else Path(path)
+
+
+def experiment_dir(run_dir: str | os.PathLike) -> Path | str:
     """Where Ray Train keeps the checkpoints of ``run_dir``.
 
     The run directory itself, unless its ``config.yaml`` names a ``run.storage_path``; then
     ``<storage_path>/<run dir name>``.
     """
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG_FILE
-    if cfg_path.is_file():
+    run_dir = _path(run_dir)
+    cfg_path = storage.join(run_dir, CONFIG_FILE)
+    if storage.isfile(cfg_path):
         import yaml
 
-        with open(cfg_path) as f:
-            cfg = yaml.safe_load(f) or {}
-        storage = (cfg.get("run") or {}).get("storage_path")
-        if storage:
-            return Path(storage) / run_dir.name
+        cfg = yaml.safe_load(storage.read_text(cfg_path)) or {}
+        experiments = (cfg.get("run") or {}).get("storage_path")
+        if experiments:
+            return _path(storage.join(experiments, storage.basename(run_dir)))
     return run_dir
 
 
-def resolve_checkpoint_file(path: str | os.PathLike) -> Path:
+def resolve_checkpoint_file(path: str | os.PathLike) -> Path | str:
     """The ``checkpoint.pt`` that ``path`` names.
 
     ``path`` may be the file itself, a checkpoint directory, or a run directory (its latest
     checkpoint). Raises ``FileNotFoundError`` with a one-line message otherwise.
     """
-    path = Path(path)
-    if path.is_file():
+    path = _path(path)
+    if storage.isfile(path):
         return path
-    if not path.exists():
+    if not storage.exists(path):
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
-    if (path / CHECKPOINT_FILE).is_file():
-        return path / CHECKPOINT_FILE
+    if storage.isfile(storage.join(path, CHECKPOINT_FILE)):
+        return _path(storage.join(path, CHECKPOINT_FILE))
     dirs = checkpoint_dirs(experiment_dir(path)) or checkpoint_dirs(path)
     if not dirs:
         raise FileNotFoundError(
             f"no checkpoint found in {path}: expected {CHECKPOINT_FILE} or checkpoint_<step>/ "
             f"directories (did the run reach train.checkpoint_every steps?)"
         )
-    return dirs[-1] / CHECKPOINT_FILE
+    return _path(storage.join(dirs[-1], CHECKPOINT_FILE))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -244,7 +249,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     file = resolve_checkpoint_file(path)
     try:
-        payload = torch.load(file, map_location=map_location, weights_only=True)
+        source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
+        payload = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, foreign pickle, truncated write
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot read checkpoint {file}: {first}") from None
