@@ -31,6 +31,10 @@ def ray_session(s3):
     """One Ray session for the module, started after ``s3`` so its workers see the S3 endpoint."""
     import ray
 
+    # The test session's Ray (tests/conftest.py) was started without the endpoint in its environment;
+    # the Ray tests run last and this module last of them, so it can go.
+    if ray.is_initialized():
+        ray.shutdown()
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
     tmp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must stay under ~107 chars
     ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
