@@ -9,6 +9,10 @@ Format (``docs/design.md``), loaded with ``torch.load(..., weights_only=True)``:
      "permutations": LongTensor [100, 9] or None,
      "permutations_sha256": sha256 of the set's canonical text (data_prep.jigsaw) or None}
 
+Beside it, ``checkpoint.pt.sha256`` (``sha256sum`` format, so ``sha256sum -c`` checks it too) is
+written atomically *after* the payload: a checkpoint is complete only once its checksum is there, and
+a payload that does not match its checksum (truncated, flipped bytes) is never read.
+
 Checkpoint directories are named ``checkpoint_<step, 9 digits>`` so the latest sorts last. They
 sit in the Ray Train experiment directory, which is the run directory itself unless
 ``run.storage_path`` points elsewhere (then ``<storage_path>/<run dir name>``).
@@ -18,6 +22,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,11 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_prep.files import atomic_write
+from data_prep.files import atomic_write, atomic_write_text, sha256_file
 from data_prep.jigsaw import permutations_sha256
 
 FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKSUM_FILE = CHECKPOINT_FILE + ".sha256"
 CONFIG_FILE = "config.yaml"
 _DIR_RE = re.compile(r"^checkpoint_(\d+)$")
 _REQUIRED = ("format", "step", "config", "encoder", "task")
@@ -167,7 +173,47 @@ def save_checkpoint(
     path = directory / CHECKPOINT_FILE
     with atomic_write(path) as f:
         torch.save(payload, f)
+    atomic_write_text(directory / CHECKSUM_FILE, f"{sha256_file(path)}  {CHECKPOINT_FILE}\n")
     return path
+
+
+def checksum_problem(file: str | os.PathLike) -> str | None:
+    """Why ``file`` (a ``checkpoint.pt``) cannot be trusted, or None when it matches its checksum."""
+    file = Path(file)
+    sidecar = file.with_name(file.name + ".sha256")
+    if not sidecar.is_file():
+        return f"no {sidecar.name} beside it (an interrupted write)"
+    recorded = sidecar.read_text().split()[:1]
+    if not file.is_file():
+        return f"{file.name} is missing"
+    if recorded != [sha256_file(file)]:
+        return f"{file.name} does not match {sidecar.name} (truncated or modified after it was written)"
+    return None
+
+
+def newest_verified(experiment_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
+    """``(newest checkpoint directory whose payload matches its checksum, ["<dir>: why skipped", ...])``.
+
+    Every ``checkpoint_<step>`` directory counts, whether or not Ray Train's own record of the run
+    lists it (after a driver kill that record can lag the directory). The skipped ones are newer
+    than the one returned.
+    """
+    experiment_dir = Path(experiment_dir)
+    found = sorted((int(m.group(1)), child) for child in (experiment_dir.iterdir() if experiment_dir.is_dir() else [])
+                   if (m := _DIR_RE.match(child.name)) and child.is_dir())
+    skipped = []
+    for _, d in reversed(found):
+        problem = checksum_problem(d / CHECKPOINT_FILE)
+        if problem is None:
+            return d, skipped
+        skipped.append(f"{d.name}: {problem}")
+    return None, skipped
+
+
+def step_of(directory: str | os.PathLike) -> int | None:
+    """The step in a ``checkpoint_<step>`` directory name, else None."""
+    m = _DIR_RE.match(Path(directory).name)
+    return int(m.group(1)) if m else None
 
 
 def _plain(config: Mapping) -> dict:
@@ -217,8 +263,9 @@ def experiment_dir(run_dir: str | os.PathLike) -> Path:
 def resolve_checkpoint_file(path: str | os.PathLike) -> Path:
     """The ``checkpoint.pt`` that ``path`` names.
 
-    ``path`` may be the file itself, a checkpoint directory, or a run directory (its latest
-    checkpoint). Raises ``FileNotFoundError`` with a one-line message otherwise.
+    ``path`` may be the file itself, a checkpoint directory, or a run directory (its newest
+    checkpoint that matches its checksum; newer damaged ones are named in a warning). Raises
+    ``FileNotFoundError`` or ``ValueError`` with a one-line message otherwise.
     """
     path = Path(path)
     if path.is_file():
@@ -227,22 +274,32 @@ def resolve_checkpoint_file(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
     if (path / CHECKPOINT_FILE).is_file():
         return path / CHECKPOINT_FILE
-    dirs = checkpoint_dirs(experiment_dir(path)) or checkpoint_dirs(path)
-    if not dirs:
+    exp = experiment_dir(path) if checkpoint_dirs(experiment_dir(path)) else path
+    if not checkpoint_dirs(exp):
         raise FileNotFoundError(
             f"no checkpoint found in {path}: expected {CHECKPOINT_FILE} or checkpoint_<step>/ "
             f"directories (did the run reach train.checkpoint_every steps?)"
         )
-    return dirs[-1] / CHECKPOINT_FILE
+    newest, skipped = newest_verified(exp)
+    if newest is None:
+        raise ValueError(f"no intact checkpoint in {exp}: {'; '.join(skipped)}")
+    if skipped:
+        warnings.warn(f"using {newest.name}, skipping newer damaged checkpoint(s): {'; '.join(skipped)}")
+    return newest / CHECKPOINT_FILE
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load and validate a checkpoint (file, checkpoint directory or run directory).
 
+    A checkpoint with a ``checkpoint.pt.sha256`` beside it is read only if it matches (a lone file
+    without one, e.g. copied out of its run, is read as it is).
+
     Raises ``FileNotFoundError`` or a one-line ``ValueError`` for a file that is not a
     checkpoint of this format.
     """
     file = resolve_checkpoint_file(path)
+    if (file.with_name(file.name + ".sha256")).is_file() and (problem := checksum_problem(file)):
+        raise ValueError(f"checkpoint {file} is damaged: {problem}; resume or evaluate an earlier checkpoint")
     try:
         payload = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, foreign pickle, truncated write

@@ -100,6 +100,9 @@ class TrainSection:
     image_every: int = 0  # TensorBoard grid of scrambled puzzles every N steps (0: first report only)
     max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the last checkpoint)
     threads_per_worker: int = 1  # torch threads per worker (one CPU each)
+    # Seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes)
+    # before failing with what is missing, instead of waiting forever.
+    resource_wait_s: float = 60.0
     # Testing fault tolerance: rank world_size-1 exits hard once when it reaches this step.
     crash_at_step: Optional[int] = None
 

@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pretrain import dist
+from pretrain import dist, fatal, preflight
 from pretrain.checkpoint import (
     CONFIG_FILE,
     build_encoder_from_config,
@@ -45,6 +45,7 @@ from pretrain.checkpoint import (
     save_checkpoint,
 )
 from pretrain.config import from_plain, to_plain, validate
+from pretrain.run_lock import run_dir_lock
 from pretrain.tasks import spec as task_spec
 
 NONFINITE_FILE = "nonfinite.json"
@@ -83,8 +84,19 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     None makes ``<run.root>/<run.name>-<time>``. Config errors raise ``ConfigError`` before Ray
     starts. ``address``: a Ray cluster to join; None starts a local Ray (unless one is running).
     ``show_progress``: print the run directory and one line per report (:mod:`pretrain.progress`).
+    One-line errors: ``ConfigError`` (before Ray starts, or when the cluster lacks the resources),
+    ``RunDirInUse`` (another driver holds the run directory), ``fatal.RunFailed`` (an error in the
+    workers that no retry can fix), :class:`TrainingStopped` (a non-finite loss).
     """
     validate(cfg)
+    preflight.check(cfg, Path(run_dir).resolve() if run_dir is not None else None)
+    run_dir = Path(run_dir).resolve() if run_dir is not None else new_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        return _launch_locked(cfg, run_dir, address, ray_init_kwargs, show_progress)
+
+
+def _launch_locked(cfg: DictConfig, run_dir: Path, address, ray_init_kwargs, show_progress) -> LaunchResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -92,24 +104,32 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     from pretrain.progress import ProgressLine, follow
     from pretrain.tracking import Tracking
 
-    run_dir = Path(run_dir).resolve() if run_dir is not None else new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / NONFINITE_FILE).unlink(missing_ok=True)
-    OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    fatal.clear(run_dir)
     # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
     storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else run_dir.parent
+    resume = preflight.resume_point(cfg, storage / run_dir.name)
+    OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    if show_progress and (resume.path or resume.skipped):
+        print(resume.describe(), flush=True)
 
     if not ray.is_initialized():
-        ray.init(address=address, **(ray_init_kwargs or {}))
+        init_address, init_kwargs = preflight.ray_init_args(address, ray_init_kwargs)
+        ray.init(address=init_address, **init_kwargs)
+        if address is None:
+            preflight.warn_if_not_loopback()
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"CPU": cfg.train.threads_per_worker}
     if use_gpu:
         resources["GPU"] = 1
+    preflight.wait_for_resources(cfg.train.num_workers, resources, cfg.train.resource_wait_s)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir)},
+        train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
+                           "resume": {"path": resume.path and str(resume.path), "step": resume.step,
+                                      "skipped": [s.split(":")[0] for s in resume.skipped]}},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -131,10 +151,16 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     succeeded = False
     try:
         with follow(run_dir / METRICS_FILE, listeners):
-            result = trainer.fit()
-        succeeded = not (run_dir / NONFINITE_FILE).is_file()
+            try:
+                result = trainer.fit()
+            except Exception:
+                if fatal.recorded(run_dir) is None:
+                    raise
+        succeeded = not (run_dir / NONFINITE_FILE).is_file() and fatal.recorded(run_dir) is None
     finally:
         tracking.finish(succeeded)
+    if (message := fatal.recorded(run_dir)) is not None:
+        raise fatal.RunFailed(message)
     stopped = run_dir / NONFINITE_FILE
     if stopped.is_file():
         info = json.loads(stopped.read_text())
@@ -149,14 +175,21 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point: one DDP rank of the pretraining loop (see the module docstring)."""
-    import ray.train
-    import ray.train.torch
-
     from pretrain.progress import quiet_ray_report_logs
 
     quiet_ray_report_logs()
     cfg = from_plain(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
+    if fatal.recorded(run_dir) is not None:  # Ray restarted the group after an error no retry can fix
+        return
+    with fatal.guard(run_dir, dist.rank(), dist.world_size()):
+        _train_loop(cfg, run_dir, loop_config["resume"])
+
+
+def _train_loop(cfg: DictConfig, run_dir: Path, resume: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
     torch.set_num_threads(cfg.train.threads_per_worker)
     rank, world = dist.rank(), dist.world_size()
     device = ray.train.torch.get_device()
@@ -171,13 +204,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     step, position = 0, {"epoch": 0, "batch": 0}
     seed_rank(cfg.run.seed, rank)
     last_checkpoint = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            payload = load_checkpoint(ckpt_dir, map_location=device)
+    payload = restore_payload(ray.train.get_checkpoint(), resume, device)
+    if payload is not None:
         if len(payload["rng"]) != world:
-            raise RuntimeError(f"checkpoint {payload['path']} was written by {len(payload['rng'])} ranks; "
-                               f"resume with train.num_workers={len(payload['rng'])}")
+            raise fatal.FatalError(f"checkpoint {payload['path']} was written by {len(payload['rng'])} ranks; "
+                                   f"resume with train.num_workers={len(payload['rng'])}", every_rank=True)
         load_task_state(task, payload["encoder"], payload["task"])
         main_opt.load_state_dict(payload["optimizer"]["main"])
         if eta_opt is not None:
@@ -243,6 +274,27 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 # ============================================================================ building blocks
+
+
+def restore_payload(ray_checkpoint, resume: dict, device: torch.device) -> dict | None:
+    """The checkpoint to continue from: Ray's when it is newer than where the run resumed (a restart
+    after a worker failure in this run), else the newest intact one the driver chose, else None."""
+    from pretrain.checkpoint import step_of
+
+    path = resume["path"]
+    if ray_checkpoint is not None:
+        name = Path(ray_checkpoint.path).name
+        if name not in resume["skipped"] and (step_of(name) or 0) > resume["step"]:
+            path = None
+    try:
+        if path is not None:
+            return load_checkpoint(path, map_location=device)
+        if ray_checkpoint is None or Path(ray_checkpoint.path).name in resume["skipped"]:
+            return None
+        with ray_checkpoint.as_directory() as ckpt_dir:
+            return load_checkpoint(ckpt_dir, map_location=device)
+    except (OSError, ValueError) as exc:
+        raise fatal.FatalError(str(exc), every_rank=True) from None
 
 
 def build_task_from_config(cfg: DictConfig, permutations: torch.Tensor | None) -> nn.Module:
