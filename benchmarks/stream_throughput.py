@@ -116,12 +116,12 @@ def naive_pipeline(src_dir: Path, batches: int, perms: np.ndarray) -> int:
     return n
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1500, help="number of skimage crops to write")
     ap.add_argument("--batches", type=int, default=60, help="jigsaw batches (10 images each) to time")
     ap.add_argument("--workdir", help="where to put crops and shards (default: a temporary directory)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from data_prep.__main__ import main as data_prep_main
     from data_prep.jigsaw import permutation_set

@@ -1,23 +1,25 @@
-"""Training-step throughput: a plain PyTorch loop against our Ray Train loop, and achieved FLOP/s.
+"""Whole-run wall clock: a plain PyTorch loop against our Ray Train loop; and achieved FLOP/s.
 
 (a) a single-process loop and (b) ``pretrain.train.launch`` with one Ray worker run the same task,
-model, batch, data stream and ``train_step``; both use ``--threads`` torch threads. Prints steps/s
-of each, the ratio b/a (goal >= 0.95), and the fraction of step time spent waiting for data. Then
-the achieved FLOP/s of a ResNet50 jigsaw step (forward + backward + Adam, FLOPs counted by
+model, data stream and ``train_step`` for ``--steps`` steps, both writing TensorBoard and
+``metrics.jsonl`` after every step (``train.report_every=1``, the worst case for reports) and a
+checkpoint every ``--checkpoint-every`` steps and at the end. Both use ``--threads`` torch threads;
+the benchmark sets no Ray environment variable (the launcher's own settings apply). Each run is
+split by the wall-clock times of its TensorBoard events: start-up (launch to the end of step 1),
+then steps 2.. to the end (every report and checkpoint included) until the result is back. The
+ratio of the second parts, a/b, is the figure (goal >= 0.95); start-up is reported apart.
+
+Then the achieved FLOP/s of a ResNet50 jigsaw step (forward + backward + Adam, FLOPs counted by
 ``torch.utils.flop_counter``) against a plain matmul (2048² fp32, 1024² bf16), in fp32 and bf16 autocast.
 
     nice -n 10 python benchmarks/train_step.py                       # small defaults for 2 CPU cores
-    nice -n 10 python benchmarks/train_step.py --encoder resnet50 --images 10 --perms 16 --steps 20
-
-(b)'s steps/s comes from the loop's own report window after ``--steps`` warm-up steps, so it holds
-the per-step cost of the Ray loop (DDP wrapper, metric bookkeeping, data) but not the ~0-2 s of each
-``ray.train.report`` barrier, which a run pays once every ``train.report_every`` steps.
+    nice -n 10 python benchmarks/train_step.py --encoder resnet50 --images 10 --perms 16 --steps 40
+    python benchmarks/train_step.py --quick      # seconds: every part runs, the figures mean nothing (tests)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -44,54 +46,87 @@ def make_shards(work: Path, n_images: int = 64) -> Path:
     return out
 
 
-def bench_config(args, shards: Path, root: Path, steps: int):
+def bench_config(args, shards: Path, root: Path):
     from pretrain.config import load_config
 
     return load_config(None, [
         f"data.shards={shards}", f"run.root={root}", "run.name=bench", "task.kind=jigsaw-ce",
         f"model.encoder={args.encoder}", f"data.images_per_batch={args.images}", f"data.perms_per_image={args.perms}",
         f"data.loader_workers={args.loader_workers}", "train.num_workers=1",
-        f"train.threads_per_worker={args.threads}", f"train.steps={steps}", f"train.report_every={args.steps}",
-        f"train.checkpoint_every={steps}", f"train.bf16={str(args.bf16).lower()}"])
+        f"train.threads_per_worker={args.threads}", f"train.steps={args.steps}", "train.report_every=1",
+        f"train.checkpoint_every={args.checkpoint_every}", f"train.bf16={str(args.bf16).lower()}"])
 
 
-def plain_loop(cfg, warmup: int, steps: int) -> dict:
-    """(a): the same pieces as the Ray loop, in this process, no Ray, no DDP."""
-    from data_prep.jigsaw import permutation_set
-    from pretrain.train import batch_stream, build_optimizers, build_task_from_config, train_step
+def event_times(run_dir: Path) -> list[float]:
+    """Wall-clock times (time.time()) at which rank 0 logged the loss of steps 1, 2, ... to TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    events = EventAccumulator(str(run_dir / "tb")).Reload()
+    return [e.wall_time for e in sorted(events.Scalars("loss"), key=lambda e: e.step)]
+
+
+def split(started: float, times: list[float], ended: float, steps: int) -> dict:
+    return {"startup_s": times[0] - started, "after_startup_s": ended - times[0],
+            "steps_per_s_after_startup": (steps - 1) / (ended - times[0]), "total_s": ended - started}
+
+
+def plain_loop(cfg, run_dir: Path) -> dict:
+    """(a): the Ray loop's pieces in this process, no Ray, no DDP: same steps, logs and checkpoints."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from pretrain.checkpoint import capture_rng, checkpoint_dir_name, save_checkpoint
+    from pretrain.config import to_plain
+    from pretrain.train import (MetricWindow, batch_stream, build_optimizers, build_task_from_config, log_rank0,
+                                permutations_of, train_step)
+
+    started = time.time()
+    run_dir.mkdir(parents=True)
     torch.manual_seed(cfg.run.seed)
-    perms = torch.as_tensor(permutation_set(cfg.data.permutations, cfg.data.num_permutations)[0])
+    perms = permutations_of(cfg)
     task = build_task_from_config(cfg, perms)
     main, eta = build_optimizers(cfg, task)
     task.train()
+    writer = SummaryWriter(str(run_dir / "tb"))
     stream = batch_stream(cfg, perms, 0, 1, {"epoch": 0, "batch": 0})
-    data_s = step_s = 0.0
-    for step in range(warmup + steps):
+    window, t_window = MetricWindow(), time.perf_counter()
+    for step in range(1, cfg.train.steps + 1):
         t0 = time.perf_counter()
-        batch, _ = next(stream)
-        t1 = time.perf_counter()
-        train_step(task, task, batch, step, main, eta, bf16=cfg.train.bf16)
-        t2 = time.perf_counter()
-        if step >= warmup:
-            data_s, step_s = data_s + t1 - t0, step_s + t2 - t0
-    return {"steps_per_s": steps / step_s, "data_wait_fraction": data_s / step_s}
+        host_batch, position = next(stream)
+        batch = task.host_prepare(host_batch)
+        window.data_s += time.perf_counter() - t0
+        out = train_step(task, task, batch, step - 1, main, eta, bf16=cfg.train.bf16)
+        window.add(out["metrics"], samples=int(batch["perm_index"].shape[0]))
+        metrics = {**window.reduce(1, time.perf_counter() - t_window), "step": step}
+        log_rank0(writer, run_dir, metrics, step, host_batch, cfg)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            save_checkpoint(run_dir / checkpoint_dir_name(step), step=step, config=to_plain(cfg), task=task,
+                            optimizer=main, eta_optimizer=eta, rng=[capture_rng()], data_position=[position],
+                            permutations=perms)
+        window, t_window = MetricWindow(), time.perf_counter()
+    writer.close()
+    return split(started, event_times(run_dir), time.time(), cfg.train.steps)
 
 
-def ray_loop(cfg, samples_per_step: int) -> dict:
-    """(b): ``launch`` with one worker; the second report window is the measurement."""
+def ray_loop(cfg) -> dict:
+    """(b): ``launch`` with one worker, from the call to the result (Ray already running)."""
     import ray
 
     from pretrain.train import launch
 
-    tmp = tempfile.mkdtemp(prefix="rb")
-    ray.init(num_cpus=cfg.train.threads_per_worker, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
+    own = not ray.is_initialized()  # a caller's Ray (the tests') is used as it is
+    t0 = time.time()
+    if own:
+        ray.init(num_cpus=cfg.train.threads_per_worker + cfg.data.loader_workers, _temp_dir=tempfile.mkdtemp(prefix="rb"),
+                 include_dashboard=False, log_to_driver=False)
+    ray_init_s = time.time() - t0
     try:
+        started = time.time()
         run = launch(cfg).run_dir
+        ended = time.time()
     finally:
-        ray.shutdown()
-    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    return {"steps_per_s": last["samples_per_s"] / samples_per_step, "data_wait_fraction": last["data_wait_fraction"]}
+        if own:
+            ray.shutdown()
+    return {"ray_init_s": ray_init_s, **split(started, event_times(run), ended, cfg.train.steps)}
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, budget_s: float = 3.0) -> float:
@@ -107,15 +142,15 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, budget_s: float = 3.0) -> fl
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def resnet50_step_flops(puzzles: int, bf16: bool, reps: int) -> tuple[float, float]:
-    """(FLOPs of one jigsaw-CE step on ``puzzles`` puzzles, achieved FLOP/s)."""
+def jigsaw_step_flops(puzzles: int, bf16: bool, reps: int, encoder: str = "resnet50") -> tuple[float, float]:
+    """(FLOPs of one jigsaw-CE step of ``encoder`` on ``puzzles`` puzzles, achieved FLOP/s)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from pretrain.models import build_encoder
     from pretrain.tasks import build_task
 
     torch.manual_seed(0)
-    task = build_task("jigsaw-ce", build_encoder("resnet50"))
+    task = build_task("jigsaw-ce", build_encoder(encoder))
     task = task.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(task.parameters(), lr=1e-4)
     batch = {"patches": torch.randn(puzzles, 9, 3, 64, 64), "perm_index": torch.randint(0, 100, (puzzles,))}
@@ -136,12 +171,13 @@ def resnet50_step_flops(puzzles: int, bf16: bool, reps: int) -> tuple[float, flo
     return flops, flops * reps / (time.perf_counter() - t)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoder", default="resnet18", help="timm encoder of the a/b comparison")
     p.add_argument("--images", type=int, default=2, help="images per batch (jigsaw)")
     p.add_argument("--perms", type=int, default=4, help="permutations per image")
-    p.add_argument("--steps", type=int, default=10, help="measured steps (after as many warm-up steps)")
+    p.add_argument("--steps", type=int, default=60, help="training steps of each run")
+    p.add_argument("--checkpoint-every", type=int, default=30, help="a checkpoint every N steps (and at the end)")
     p.add_argument("--threads", type=int, default=2, help="torch threads in both loops (= Ray worker CPUs)")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers in both loops")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the a/b comparison")
@@ -151,31 +187,42 @@ def main() -> None:
     p.add_argument("--skip-ab", action="store_true", help="only the FLOP/s part")
     p.add_argument("--work", default=None, help="folder for shards and runs (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write the figures here")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run in seconds: 2 steps, 2 puzzles, small matmuls, resnet18 in the FLOP/s part")
+    args = p.parse_args(argv)
+    # (matmul side fp32, bf16; seconds a matmul is repeated; encoder of the FLOP/s part)
+    flops_setup = (2048, 1024, 3.0, "resnet50")
+    if args.quick:
+        args.steps, args.checkpoint_every, args.flops_puzzles, args.flops_reps = 3, 2, 2, 1  # 2: batch norm needs more than one
+        flops_setup = (256, 64, 0.05, "resnet18")
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))
     shards = make_shards(work) if not args.skip_ab else work
-    cfg = bench_config(args, shards, work / "runs", 2 * args.steps)
-    samples = args.images * args.perms
+    cfg = bench_config(args, shards, work / "runs")
 
-    out = {"setup": {k: getattr(args, k) for k in ("encoder", "images", "perms", "steps", "threads", "bf16")}}
+    out = {"setup": {k: getattr(args, k) for k in ("encoder", "images", "perms", "steps", "checkpoint_every",
+                                                    "threads", "loader_workers", "bf16")}}
     if not args.skip_ab:
-        a = plain_loop(cfg, args.steps, args.steps)
-        b = ray_loop(cfg, samples)
-        out.update({"plain": a, "ray_1_worker": b, "ratio_b_over_a": b["steps_per_s"] / a["steps_per_s"]})
-        print(f"{args.encoder}, {samples} puzzles/step, {args.threads} threads: "
-              f"(a) plain {a['steps_per_s']:.3f} steps/s (data wait {a['data_wait_fraction']:.1%}), "
-              f"(b) Ray 1 worker {b['steps_per_s']:.3f} steps/s (data wait {b['data_wait_fraction']:.1%}), "
-              f"b/a = {out['ratio_b_over_a']:.3f}", flush=True)
+        a = plain_loop(cfg, work / "runs" / "plain")
+        b = ray_loop(cfg)
+        ratio = a["after_startup_s"] / b["after_startup_s"]
+        out.update({"plain": a, "ray_1_worker": b, "ratio_a_over_b_after_startup": ratio})
+        print(f"{args.encoder}, {args.images * args.perms} puzzles/step, {args.steps} steps, report every step, "
+              f"checkpoint every {args.checkpoint_every}, {args.threads} threads:\n"
+              f"  (a) plain loop: start-up {a['startup_s']:.2f} s, then {a['after_startup_s']:.2f} s "
+              f"({a['steps_per_s_after_startup']:.3f} steps/s)\n"
+              f"  (b) Ray loop:   ray.init {b['ray_init_s']:.2f} s; launch start-up {b['startup_s']:.2f} s, then "
+              f"{b['after_startup_s']:.2f} s ({b['steps_per_s_after_startup']:.3f} steps/s) to the result\n"
+              f"  after start-up a/b = {ratio:.3f} (goal >= 0.95)", flush=True)
     if not args.skip_flops:
         # bf16 matmul runs far slower than fp32 on CPUs without a bf16 GEMM path: a smaller n keeps it short
-        for name, dtype, bf16, n in (("fp32", torch.float32, False, 2048), ("bf16", torch.bfloat16, True, 1024)):
-            mm = matmul_flops(dtype, n)
-            flops, rate = resnet50_step_flops(args.flops_puzzles, bf16, args.flops_reps)
+        n32, n16, budget_s, flops_encoder = flops_setup
+        for name, dtype, bf16, n in (("fp32", torch.float32, False, n32), ("bf16", torch.bfloat16, True, n16)):
+            mm = matmul_flops(dtype, n, budget_s)
+            flops, rate = jigsaw_step_flops(args.flops_puzzles, bf16, args.flops_reps, flops_encoder)
             out[f"flops_{name}"] = {"matmul_n": n, "matmul_flop_s": mm, "resnet50_step_flops": flops, "resnet50_flop_s": rate,
                                     "fraction_of_matmul": rate / mm}
-            print(f"{name}: matmul {n}^2 {mm / 1e9:.1f} GFLOP/s; ResNet50 jigsaw step "
+            print(f"{name}: matmul {n}^2 {mm / 1e9:.1f} GFLOP/s; {flops_encoder} jigsaw step "
                   f"({args.flops_puzzles} puzzles, {flops / 1e9:.1f} GFLOP) {rate / 1e9:.1f} GFLOP/s "
                   f"= {rate / mm:.0%} of matmul", flush=True)
     if args.json:

@@ -53,10 +53,12 @@ def pretrain_command(config: Path, overrides: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.resume", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="pretraining YAML")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config of the run it would start or resume, and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     try:
-        command = pretrain_command(args.config, args.overrides)
+        command = pretrain_command(args.config, args.overrides) + (["--print-config"] if args.print_config else [])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     job = argparse.ArgumentParser(add_help=False)
     job.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    job.add_argument("--print-config", action="store_true",
+                     help="print the resolved config the job would run (after the checks) and exit; submits nothing")
     job.add_argument(
         "--working-dir",
         type=Path,
@@ -393,11 +395,20 @@ def _report(client, job_id: str, status: str) -> int:
 def run(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     if args.command in ("pretrain", "eval"):
-        env = runtime_env(args.working_dir.resolve())
         if args.command == "pretrain":
-            entrypoint, run_name, _ = pretrain_job(args.config, args.overrides, args.working_dir)
+            entrypoint, run_name, sent = pretrain_job(args.config, args.overrides, args.working_dir)
         else:
             entrypoint, run_name = eval_job(args.overrides), None
+        if args.print_config:
+            from omegaconf import OmegaConf
+
+            if args.command == "pretrain":
+                cfg = merge_config(PretrainConfig, args.config, sent)
+            else:
+                cfg = OmegaConf.structured(load_linear_config(None, args.overrides))
+            print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+            return 0
+        env = runtime_env(args.working_dir.resolve())
         client = connect(args.address)
         job_id = submit(
             client,

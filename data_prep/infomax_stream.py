@@ -42,15 +42,16 @@ def collate_infomax(group: list, rng: np.random.Generator, *, train: bool) -> di
 def infomax_loader(shard_dir, split: str = "train", *, batch_size: int, size: int = 32, train: bool = True,
                    seed: int = 0, epoch: int = 0, batches_per_epoch: int | None = None, num_workers: int = 0,
                    rank: int | None = None, world_size: int | None = None, resampled: bool = True,
-                   skip_batches: int = 0, shuffle_buffer: int = 2000, pin_memory: bool = False) -> BatchLoader:
+                   skip_batches: int = 0, shuffle_buffer: int = 2000, pin_memory: bool = False,
+                   endless: bool = False) -> BatchLoader:
     """Iterable of ``{"images": float32 [B, 3, size, size], "label": int64 [B]}``, one epoch per iteration.
 
     Distribution, seeding, resuming (``skip_batches``) and the epoch length behave as in
-    :func:`data_prep.jigsaw_stream.jigsaw_loader`.
+    :func:`data_prep.jigsaw_stream.jigsaw_loader`, ``endless`` too.
     """
     stream = ShardBatchStream(
         str(shard_dir), split, group_size=batch_size, decode=functools.partial(decode_small, size=size),
         collate=functools.partial(collate_infomax, train=train), train=train, seed=seed, epoch=epoch,
         batches_per_epoch=batches_per_epoch, num_workers=num_workers, rank=rank, world_size=world_size,
-        resampled=resampled, skip_batches=skip_batches, shuffle_buffer=shuffle_buffer)
+        resampled=resampled, skip_batches=skip_batches, shuffle_buffer=shuffle_buffer, endless=endless)
     return BatchLoader(stream, num_workers, pin_memory=pin_memory)

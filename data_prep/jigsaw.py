@@ -40,11 +40,6 @@ def _all_permutations() -> np.ndarray:
     return perms
 
 
-def all_permutations() -> np.ndarray:
-    """All 9! permutations of 9 tiles, lexicographic: int8 [362880, 9]."""
-    return _all_permutations().copy()
-
-
 def _distances(columns: list[np.ndarray], p: np.ndarray) -> np.ndarray:
     same = np.zeros(len(columns[0]), dtype=np.int32)
     for k, col in enumerate(columns):
@@ -184,15 +179,20 @@ def grid_tiles(image: np.ndarray) -> np.ndarray:
     return image.reshape(GRID, PATCH, GRID, PATCH, 3).transpose(0, 2, 1, 3, 4).reshape(GRID * GRID, PATCH, PATCH, 3)
 
 
-def standardise(tiles: np.ndarray | torch.Tensor, gray: torch.Tensor | None = None) -> torch.Tensor:
+def standardise(tiles: np.ndarray | torch.Tensor, gray: torch.Tensor | None = None, *,
+                sync_free: bool = False) -> torch.Tensor:
     """uint8 tiles [..., 64, 64, 3] -> float32 [..., 3, 64, 64], each patch's channels standardised.
 
     ``gray``: bool over the leading dims but the last tile dim ([B] for tiles [B, 9, ...]); those
-    images get the mean of RGB in all three channels first.
+    images get the mean of RGB in all three channels first. Runs where ``tiles`` are; ``sync_free``
+    never reads values back (for an accelerator: ``data.augment_on=device``), the same numbers.
     """
     tiles = torch.as_tensor(tiles)
     x = tiles.movedim(-1, -3).contiguous().float()  # uint8 transpose first: 4× less to move
-    if gray is not None and bool(gray.any()):
+    if gray is not None and sync_free:  # masked indexing would wait for the device
+        gray = gray.to(x.device).reshape(*gray.shape, *[1] * (x.dim() - gray.dim()))
+        x = torch.where(gray, x.mean(dim=-3, keepdim=True).expand_as(x), x)
+    elif gray is not None and bool(gray.any()):
         x[gray] = x[gray].mean(dim=-3, keepdim=True).expand_as(x[gray])
     flat = x.view(-1, x.shape[-2] * x.shape[-1])
     flat.sub_(flat.mean(dim=1, keepdim=True))  # (torch.var_mean measured 15× slower here)
@@ -257,7 +257,8 @@ def scramble(tiles: torch.Tensor, perm_rows: torch.Tensor, image_index: torch.Te
 
 
 def make_batch(tiles: np.ndarray, labels: np.ndarray, permutations: np.ndarray, perms_per_image: int,
-               rng: np.random.Generator, train: bool = True, gather: bool = True) -> dict:
+               rng: np.random.Generator, train: bool = True, gather: bool = True,
+               device_augment: bool = False) -> dict:
     """Scramble every image with each of ``perms_per_image`` permutations drawn for the batch.
 
     tiles: uint8 [I, 9, 64, 64, 3] (from :func:`tile_crops`); labels: int [I].
@@ -267,13 +268,16 @@ def make_batch(tiles: np.ndarray, labels: np.ndarray, permutations: np.ndarray, 
     Each patch is standardised once and then gathered P times (its statistics do not depend on where
     it lands). ``gather=False`` returns ``tiles`` float32 [I, 9, 3, 64, 64] (the standardised tiles in
     natural order) and ``perm_rows`` int64 [P, 9] instead of ``patches``: P times less data to move;
-    :func:`scramble` rebuilds ``patches`` from them.
+    :func:`scramble` rebuilds ``patches`` from them. ``device_augment=True`` leaves the per-patch work to
+    the consumer's device: ``tiles_u8`` uint8 [I, 9, 64, 64, 3] as cropped and ``gray`` bool [I] instead
+    of ``tiles`` (``standardise(tiles_u8, gray)`` gives them, equal to the host's), with ``perm_rows``;
+    the random draws are the same as the host path's.
     """
     n_images, n_perms = len(tiles), perms_per_image
     if n_perms > len(permutations):
         raise ValueError(f"perms_per_image={n_perms} exceeds the {len(permutations)} permutations in the set")
     gray = torch.from_numpy(rng.random(n_images) < GRAY_PROB) if train else None
-    x = standardise(tiles, gray)  # [I, 9, 3, 64, 64]
+    x = None if device_augment else standardise(tiles, gray)  # [I, 9, 3, 64, 64]
     batch_perms = torch.from_numpy(np.sort(rng.choice(len(permutations), size=n_perms, replace=False)))
     perm_rows = torch.as_tensor(permutations, dtype=torch.long)[batch_perms]  # [P, 9]
     image_index = torch.arange(n_images).repeat_interleave(n_perms)
@@ -285,7 +289,11 @@ def make_batch(tiles: np.ndarray, labels: np.ndarray, permutations: np.ndarray, 
         "image_index": image_index,
         "label": torch.as_tensor(np.asarray(labels, dtype=np.int64))[image_index],
     }
-    if gather:
+    if device_augment:
+        batch["tiles_u8"] = torch.from_numpy(np.ascontiguousarray(tiles))
+        batch["gray"] = gray if gray is not None else torch.zeros(n_images, dtype=torch.bool)
+        batch["perm_rows"] = perm_rows
+    elif gather:
         out = _POOL.get((n_images * n_perms, *x.shape[1:]))
         batch["patches"] = scramble(x, perm_rows, image_index, perm_slot, out=out)
     else:

@@ -34,17 +34,19 @@ def decode_for_jigsaw(sample: dict) -> tuple[np.ndarray, int]:
 
 
 def collate_jigsaw(group: list, rng: np.random.Generator, *, permutations: np.ndarray, perms_per_image: int,
-                   train: bool, gather: bool = True) -> dict:
+                   train: bool, gather: bool = True, device_augment: bool = False) -> dict:
     tiles = np.stack([jigsaw.tile_crops(image, rng if train else None) for image, _ in group])
     labels = np.array([label for _, label in group], dtype=np.int64)
-    return jigsaw.make_batch(tiles, labels, permutations, perms_per_image, rng, train=train, gather=gather)
+    return jigsaw.make_batch(tiles, labels, permutations, perms_per_image, rng, train=train, gather=gather,
+                             device_augment=device_augment)
 
 
 def jigsaw_loader(shard_dir, split: str = "train", *, permutations, images_per_batch: int = 10,
                   perms_per_image: int = 16, train: bool = True, seed: int = 0, epoch: int = 0,
                   batches_per_epoch: int | None = None, num_workers: int = 0, rank: int | None = None,
                   world_size: int | None = None, resampled: bool = True, skip_batches: int = 0,
-                  shuffle_buffer: int = 1000, pin_memory: bool = False, gather: bool = True) -> BatchLoader:
+                  shuffle_buffer: int = 1000, pin_memory: bool = False, gather: bool = True,
+                  endless: bool = False, device_augment: bool = False) -> BatchLoader:
     """Iterable of jigsaw batches (dicts described in the module docstring), one epoch per iteration.
 
     permutations: int [n, 9] set (e.g. :func:`data_prep.jigsaw.max_hamming_permutations`).
@@ -57,6 +59,9 @@ def jigsaw_loader(shard_dir, split: str = "train", *, permutations, images_per_b
     gather=False: yield ``tiles`` [I, 9, 3, 64, 64] and ``perm_rows`` [P, 9] instead of ``patches``
     (P times less data through the DataLoader; rebuild with :func:`data_prep.jigsaw.scramble`, or run the
     encoder on the I·9 unique tiles: BatchNorm statistics are the same, as every tile appears P times).
+    endless: one iteration runs through epoch after epoch in the same loader workers.
+    device_augment: batches carry uint8 ``tiles_u8`` and ``gray`` (see :func:`data_prep.jigsaw.make_batch`):
+    the workers only decode and crop; gray, standardisation and scrambling run on the consumer's device.
     """
     perms = np.asarray(permutations, dtype=np.int64)
     if perms.ndim != 2 or perms.shape[1] != 9 or not (np.sort(perms, 1) == np.arange(9)).all():
@@ -66,8 +71,8 @@ def jigsaw_loader(shard_dir, split: str = "train", *, permutations, images_per_b
     stream = ShardBatchStream(
         str(shard_dir), split, group_size=images_per_batch, decode=decode_for_jigsaw,
         collate=functools.partial(collate_jigsaw, permutations=perms, perms_per_image=perms_per_image, train=train,
-                                  gather=gather),
+                                  gather=gather, device_augment=device_augment),
         train=train, seed=seed, epoch=epoch, batches_per_epoch=batches_per_epoch, num_workers=num_workers,
         rank=rank, world_size=world_size, resampled=resampled, skip_batches=skip_batches,
-        shuffle_buffer=shuffle_buffer)
+        shuffle_buffer=shuffle_buffer, endless=endless)
     return BatchLoader(stream, num_workers, pin_memory=pin_memory)

@@ -46,21 +46,6 @@ def read_manifest(shard_dir: str | Path) -> dict:
     return manifest
 
 
-def class_names(manifest: dict) -> list[str]:
-    """Class names in label order (label ``i`` is ``class_names[i]``)."""
-    return list(manifest["class_names"])
-
-
-def num_classes(manifest: dict) -> int:
-    """Number of classes (0 for a dataset without labels)."""
-    return len(manifest["class_names"])
-
-
-def split_names(manifest: dict) -> list[str]:
-    """Splits the directory holds, e.g. ``["train", "test"]``."""
-    return list(manifest["splits"])
-
-
 def split_info(manifest: dict, split: str) -> dict:
     """The manifest entry of ``split``; ``ManifestError`` naming the available splits otherwise."""
     if split not in manifest["splits"]:
@@ -70,9 +55,6 @@ def split_info(manifest: dict, split: str) -> dict:
     return manifest["splits"][split]
 
 
-def num_samples(manifest: dict, split: str) -> int:
-    """Number of samples stored for ``split``."""
-    return int(split_info(manifest, split)["num_samples"])
 
 
 def shard_paths(shard_dir: str | Path, split: str, manifest: dict | None = None) -> list[str]:

@@ -70,8 +70,9 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
     def __init__(self, shard_dir: str, split: str, *, group_size: int, decode: Callable[[dict], Any],
                  collate: Callable[[list, np.random.Generator], dict], train: bool, seed: int, epoch: int,
                  batches_per_epoch: int | None, num_workers: int, rank: int | None, world_size: int | None,
-                 resampled: bool, skip_batches: int = 0, shuffle_buffer: int = 1000):
+                 resampled: bool, skip_batches: int = 0, shuffle_buffer: int = 1000, endless: bool = False):
         super().__init__()
+        self.endless = endless
         manifest = read_manifest(shard_dir)
         self.urls = shard_paths(shard_dir, split, manifest)
         self.counts = shard_sample_counts(manifest, split)
@@ -103,8 +104,8 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         return self.batches_per_epoch - self.skip_batches
 
-    def _samples(self, virtual: int, W: int) -> Iterator[dict]:
-        stream_seed = sharding.derive_seed(self.seed, self.epoch, self.rank, virtual)
+    def _samples(self, epoch: int, virtual: int, W: int) -> Iterator[dict]:
+        stream_seed = sharding.derive_seed(self.seed, epoch, self.rank, virtual)
         if self.resampled:
             # webdataset draws shards with random.Random(make_seed(worker_seed(), epoch, seed)) when deterministic
             shards = wds.ResampledShards(self.urls, seed=stream_seed, worker_seed=lambda: 0, deterministic=True)
@@ -162,13 +163,27 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
                 group = []
 
     def __iter__(self) -> Iterator[dict]:
+        """One epoch from ``epoch`` after ``skip_batches``; with ``endless`` the epochs after it follow.
+
+        Epochs after the first run on in the same worker processes, so a training loop never pays for
+        new workers and refilled shuffle buffers at an epoch's end. The DataLoader hands out the g-th
+        batch from worker ``g % W``; an epoch that starts after ``done`` batches of this iteration is
+        therefore dealt out from worker ``done % W`` on, which is the rotation a resume uses.
+        """
         worker, W = sharding.loader_worker()
         if W != self.num_workers:
             raise RuntimeError(f"the stream was built for {self.num_workers} worker(s) but runs in {W}")
-        virtual = sharding.virtual_worker(worker, W, self.skip_batches)
+        epoch, skip, done = self.epoch, self.skip_batches, 0
+        while True:
+            yield from self._epoch(epoch, skip, sharding.virtual_worker(worker, W, skip - done), W)
+            if not self.endless:
+                return
+            epoch, skip, done = epoch + 1, 0, done + self.batches_per_epoch - skip
+
+    def _epoch(self, epoch: int, skip: int, virtual: int, W: int) -> Iterator[dict]:
         n_mine = sharding.quota(self.batches_per_epoch, virtual, W)
-        skip_mine = sharding.quota(self.skip_batches, virtual, W)
-        groups = self._groups(self._samples(virtual, W))
+        skip_mine = sharding.quota(skip, virtual, W)
+        groups = self._groups(self._samples(epoch, virtual, W))
         for j in range(n_mine):
             group = next(groups, None)
             if group is None:
@@ -176,14 +191,14 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
             if j < skip_mine:
                 continue
             b = virtual + j * W  # the global batch index within this rank's epoch
-            yield self.collate(group, np.random.default_rng([self.seed, self.epoch, self.rank, b]))
+            yield self.collate(group, np.random.default_rng([self.seed, epoch, self.rank, b]))
 
 
 class BatchLoader:
     """An epoch of batches from a :class:`ShardBatchStream`, through a DataLoader when num_workers > 0.
 
-    ``len()`` is the number of batches this epoch will yield; ``set_epoch(e)`` and
-    ``set_skip_batches(k)`` re-target the next iteration (e.g. resuming mid-epoch).
+    ``len()`` is the number of batches this epoch will yield (the stream's ``epoch`` and
+    ``skip_batches`` say which epoch, and where in it to resume).
     """
 
     def __init__(self, stream: ShardBatchStream, num_workers: int, pin_memory: bool = False):
@@ -193,22 +208,8 @@ class BatchLoader:
 
     @property
     def batches_per_epoch(self) -> int:
+        """Batches in a whole epoch (``len()`` counts those left in the current one)."""
         return self.stream.batches_per_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.stream.epoch = epoch
-        self.stream.skip_batches = 0
-
-    def set_skip_batches(self, skip_batches: int) -> None:
-        if not 0 <= skip_batches <= self.stream.batches_per_epoch:
-            raise ValueError(f"skip_batches={skip_batches} outside 0..{self.stream.batches_per_epoch}")
-        self.stream.skip_batches = skip_batches
-
-    def state_dict(self, batches_done: int) -> dict:
-        """What a checkpoint records to resume after ``batches_done`` batches of this epoch."""
-        return {"epoch": self.stream.epoch, "batches_done": self.stream.skip_batches + batches_done,
-                "seed": self.stream.seed, "num_workers": self.num_workers,
-                "rank": self.stream.rank, "world_size": self.stream.world_size}
 
     def __len__(self) -> int:
         return len(self.stream)

@@ -8,7 +8,8 @@
    the frozen encoders, and on a randomly initialised encoder of the same architecture.
 4. One table (``python -m eval.table``) printed and written to ``<out>/table.md``.
 
-Each stage is the project's own command line, run as a subprocess, exactly as a user would run it.
+Each stage is the project's own command line, run as a subprocess, exactly as a user would run it;
+its progress shows as it runs (pretraining: a line per report; probes: a line every 30 s).
 Re-running reuses the shards; ``--quick`` cuts steps and epochs (what the tests run).
 """
 from __future__ import annotations
@@ -22,19 +23,31 @@ import time
 from pathlib import Path
 
 
+# Lines Ray forwards from its actors and workers, "(TrainController pid=123) ...": in the log only.
+RAY_PROCESS_LINE = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+")
+
+
 def run(cmd: list[str], log: Path) -> str:
-    """Run one stage, teeing its output to ``log``; exit with its status on failure."""
+    """Run one stage: its output goes to ``log`` and, as it comes, to the console (progress lines,
+    results; Ray's per-process lines only to the log). Exit with the stage's status on failure."""
     print(f"$ {' '.join(cmd)}", flush=True)
     start = time.time()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        f.write(proc.stdout)
+    lines = []
+    with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                               env=env) as proc:
+        for line in proc.stdout:
+            f.write(line)
+            lines.append(line)
+            if not RAY_PROCESS_LINE.match(line):
+                print(f"    {line.rstrip()}", flush=True)
+    output = "".join(lines)
     if proc.returncode != 0:
-        print(proc.stdout[-4000:], file=sys.stderr)
+        hidden = [line for line in lines if RAY_PROCESS_LINE.match(line)]  # a worker's traceback is here
+        print("".join(hidden[-40:]), file=sys.stderr)
         raise SystemExit(f"demo: stage failed (exit {proc.returncode}); full log in {log}")
     print(f"  done in {time.time() - start:.0f} s (log: {log})", flush=True)
-    return proc.stdout
+    return output
 
 
 def run_dir_of(output: str) -> str:
@@ -42,6 +55,57 @@ def run_dir_of(output: str) -> str:
     if not match:
         raise SystemExit("demo: the pretraining command did not print its run directory")
     return match.group(1).strip()
+
+
+# (name, config, which shards): the three pretraining runs of the demo
+RUNS = (
+    ("infomax η-MINE", "configs/demo_infomax_eta.yaml", "digits"),
+    ("infomax DV-MINE", "configs/demo_infomax_dv.yaml", "digits"),
+    ("jigsaw η-MINE", "configs/demo_jigsaw_eta.yaml", "photos"),
+)
+
+
+def tag_of(name: str) -> str:
+    """A file-name form of a stage name: ``infomax η-MINE`` -> ``infomax_eta_mine``."""
+    return re.sub(r"\W+", "_", name.lower().replace("η", "eta"))
+
+
+def shard_dirs(out: Path) -> dict[str, Path]:
+    return {"digits": out / "shards" / "digits", "photos": out / "shards" / "skimage_crops"}
+
+
+def shard_commands(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
+    """(log name, command) of the two shard builds."""
+    py, dirs = sys.executable, shard_dirs(out)
+    return [
+        ("shards_digits", [py, "-m", "data_prep", "digits", "--out", str(dirs["digits"]), "--no-progress"]),
+        ("shards_skimage", [py, "-m", "data_prep", "skimage-crops", "--images", "60" if quick else "400",
+                            "--resize", "292", "--out", str(dirs["photos"]), "--no-progress"]),
+    ]
+
+
+def pretrain_commands(out: Path, quick: bool, workers: int) -> list[tuple[str, list[str]]]:
+    """(run name, command) of the three pretraining runs, in ``RUNS`` order."""
+    infomax_steps, jigsaw_steps = (20, 6) if quick else (300, 60)
+    dirs = shard_dirs(out)
+    common = [f"run.root={out / 'runs'}", f"train.num_workers={workers}"]
+    return [(name, [sys.executable, "-m", "pretrain", "--config", config, f"data.shards={dirs[data]}",
+                    f"train.steps={jigsaw_steps if data == 'photos' else infomax_steps}", *common])
+            for name, config, data in RUNS]
+
+
+def eval_commands(out: Path, quick: bool, run_dirs: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """(log name, command) of the probes: each run's encoder, then random-init baselines of both architectures."""
+    # The paper probes for 200 epochs; 100 keep the demo near 10 minutes on 2 cores (`eval.linear` defaults to 200).
+    epochs, seeds = (5, 2) if quick else (100, 2)
+    dirs, results = shard_dirs(out), out / "results"
+    probe = [f"epochs={epochs}", f"seeds={seeds}", f"cache_dir={out / 'feature_cache'}"]
+    evals = [(name, run_dirs[name], dirs[data], []) for name, _, data in RUNS]
+    evals += [("infomax random init", run_dirs["infomax η-MINE"], dirs["digits"], ["random_init=true"]),
+              ("jigsaw random init", run_dirs["jigsaw η-MINE"], dirs["photos"], ["random_init=true"])]
+    return [(f"eval_{tag_of(name)}", [sys.executable, "-m", "eval.linear", f"checkpoint={run_dir}", f"data={shards}",
+                                      f"out={results / tag_of(name)}", *probe, *extra])
+            for name, run_dir, shards, extra in evals]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,44 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    py = sys.executable
     t0 = time.time()
-    # The paper probes for 200 epochs; 100 keep the demo near 10 minutes on 2 cores (`eval.linear` defaults to 200).
-    infomax_steps, jigsaw_steps, epochs, seeds = (20, 6, 5, 2) if args.quick else (300, 60, 100, 2)
-
-    digits, photos = out / "shards" / "digits", out / "shards" / "skimage_crops"
-    run([py, "-m", "data_prep", "digits", "--out", str(digits), "--no-progress"], logs / "shards_digits.log")
-    run([py, "-m", "data_prep", "skimage-crops", "--images", "400" if not args.quick else "60", "--resize", "292",
-         "--out", str(photos), "--no-progress"], logs / "shards_skimage.log")
-
-    common = [f"run.root={out / 'runs'}", f"train.num_workers={args.workers}"]
-    runs = {}
-    for name, config, shards, steps in (
-        ("infomax η-MINE", "configs/demo_infomax_eta.yaml", digits, infomax_steps),
-        ("infomax DV-MINE", "configs/demo_infomax_dv.yaml", digits, infomax_steps),
-        ("jigsaw η-MINE", "configs/demo_jigsaw_eta.yaml", photos, jigsaw_steps),
-    ):
-        tag = re.sub(r"\W+", "_", name.lower().replace("η", "eta"))
-        output = run([py, "-m", "pretrain", "--config", config, f"data.shards={shards}", f"train.steps={steps}",
-                      *common], logs / f"pretrain_{tag}.log")
-        runs[name] = (run_dir_of(output), shards)
-
+    for log, command in shard_commands(out, args.quick):
+        run(command, logs / f"{log}.log")
+    run_dirs = {name: run_dir_of(run(command, logs / f"pretrain_{tag_of(name)}.log"))
+                for name, command in pretrain_commands(out, args.quick, args.workers)}
+    for log, command in eval_commands(out, args.quick, run_dirs):
+        run(command, logs / f"{log}.log")
     results = out / "results"
-    probe = [f"epochs={epochs}", f"seeds={seeds}", "progress=false", f"cache_dir={out / 'feature_cache'}"]
-    evals = [(name, run_dir, shards, []) for name, (run_dir, shards) in runs.items()]
-    evals += [("infomax random init", runs["infomax η-MINE"][0], digits, ["random_init=true"]),
-              ("jigsaw random init", runs["jigsaw η-MINE"][0], photos, ["random_init=true"])]
-    for name, run_dir, shards, extra in evals:
-        tag = re.sub(r"\W+", "_", name.lower().replace("η", "eta"))
-        run([py, "-m", "eval.linear", f"checkpoint={run_dir}", f"data={shards}", f"out={results / tag}",
-             *probe, *extra], logs / f"eval_{tag}.log")
-
-    table = run([py, "-m", "eval.table", str(results), "--out", str(out / "table.md")], logs / "table.log")
+    table = run([sys.executable, "-m", "eval.table", str(results), "--out", str(out / "table.md")], logs / "table.log")
     print()
     print(f"Demo results ({'quick' if args.quick else 'full'}; sklearn-digits for InfoMax, skimage-crops for jigsaw):")
     print(table)
-    print(f"total {time.time() - t0:.0f} s. TensorBoard: tensorboard --logdir {out / 'runs'}  "
-          f"(probe curves: --logdir {results})")
+    print(f"total {time.time() - t0:.0f} s. TensorBoard (each run with its config, hparams and probe curves): "
+          f"tensorboard --logdir {out / 'runs'}")
     return 0
 
 

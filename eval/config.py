@@ -42,7 +42,7 @@ class LinearConfig:
     num_workers: int = _setting(0, "data loader processes for extraction")
     device: Optional[str] = _setting(None, "cpu or cuda (null: cuda when available)")
     ray_address: Optional[str] = _setting(None, "Ray cluster to run checkpoints and seeds on as parallel tasks (e.g. auto)")
-    progress: bool = _setting(True, "progress bars (shown only on a terminal)")
+    progress: bool = _setting(True, "progress bars (redrawn on a terminal; a line every 30 s when piped or logged)")
 
 
 def load_linear_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> LinearConfig:

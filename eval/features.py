@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from data_prep import storage
 from data_prep.files import atomic_write
+from pretrain.progress import bar as progress_bar
 
 # Bump when the crops or the pooling change: old cache entries then stop matching.
 FEATURE_PROTOCOL = 1
@@ -79,7 +79,7 @@ def extract_features(
     was_training = encoder.training
     encoder.eval()  # batch-norm must use, never update, its running statistics
     feats, labels, keys = [], [], []
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=desc, unit="img", enabled=progress, leave=False)
     try:
         for batch in batches:
             if batch is None:  # a batch in which no image decoded

@@ -187,6 +187,7 @@ def prepare_features(
         "checkpoint_sha256": sha,
         "step": step,
         "random_init": random_init,
+        "run_dir": run_dir_of(Path(file), config),
         "pretraining": describe_pretraining(config),
         "kind": kind,
         "dataset": manifest["dataset"],
@@ -243,7 +244,7 @@ def summarise(meta: dict, per_seed: list[dict], knn: dict, *, epochs: int, lr: f
     """The results record written to results.json."""
     per_seed = sorted(per_seed, key=lambda r: r["seed"])
     return {
-        **{k: meta[k] for k in ("checkpoint", "checkpoint_name", "step", "random_init", "pretraining", "dataset", "dataset_source", "data",
+        **{k: meta[k] for k in ("checkpoint", "checkpoint_name", "step", "random_init", "run_dir", "pretraining", "dataset", "dataset_source", "data",
                                 "train_split", "test_split", "num_train", "num_test", "num_classes", "feature_dim", "kind")},
         "epochs": epochs,
         "seeds": [r["seed"] for r in per_seed],
@@ -296,6 +297,45 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
     if not seeds:
         raise ValueError("need at least one probe seed (seeds=N with N >= 1)")
     return seeds
+
+
+def run_dir_of(checkpoint_file: Path, config: dict) -> str | None:
+    """The pretraining run directory (the one with ``config.yaml``) a checkpoint file belongs to, or
+    None for a checkpoint outside one. Checkpoints sit in ``<run dir>/checkpoint_*/``, or in
+    ``<run.storage_path>/<run dir name>/checkpoint_*/`` with the run directory under ``run.root``."""
+    from pretrain.checkpoint import CONFIG_FILE
+
+    ckpt_dir = checkpoint_file.resolve().parent
+    if not ckpt_dir.name.startswith("checkpoint_"):
+        return None
+    candidates = [ckpt_dir.parent]
+    root = (config.get("run") or {}).get("root")
+    if root:
+        candidates.append(Path(root) / ckpt_dir.parent.name)
+    return next((str(c) for c in candidates if (c / CONFIG_FILE).is_file()), None)
+
+
+def probe_to_run_tensorboard(res: dict, per_seed: list[dict]) -> str | None:
+    """Put the probe's curves next to the pretraining run's, in ``<run dir>/tb/probe-<dataset>[-random-init]``:
+    top-1/5 and kNN top-1 at the checkpoint's pretraining step (several checkpoints make a curve), and
+    each seed's per-epoch curves under ``step<step>/seed<s>``. Returns that directory (None when the
+    checkpoint is not in a run directory or the run directory is not writable)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    if not res.get("run_dir"):
+        return None
+    tb = Path(res["run_dir"]) / "tb" / (f"probe-{res['dataset']}" + ("-random-init" if res["random_init"] else ""))
+    try:
+        with SummaryWriter(str(tb)) as w:
+            for k in KS[:2]:
+                w.add_scalar(f"probe/top{k}", res[f"top{k}"]["mean"], res["step"])
+            w.add_scalar("probe/knn_top1", res["knn"]["top1"], res["step"])
+        for r in per_seed:
+            _history_to_tensorboard(str(tb / f"step{res['step']}" / f"seed{r['seed']}"), r["history"])
+    except OSError as exc:  # a read-only run directory (shared storage): the results directory has the curves
+        print(f"note: probe curves not written next to the run ({tb}): {exc}", file=sys.stderr)
+        return None
+    return str(tb)
 
 
 def _history_to_tensorboard(tb_dir: str, history: dict) -> None:
@@ -377,6 +417,7 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
         res = summarise(meta, per_seed, knn, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
         res["wall_seconds"] = time.perf_counter() - t0
         res["out"] = str(res_dir)
+        res["run_tensorboard"] = probe_to_run_tensorboard(res, per_seed)
         write_results(res_dir, res)
         results.append(res)
     return results
@@ -420,7 +461,7 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
     """Extraction tasks (one per checkpoint, a GPU each when the cluster has GPUs), then probe tasks
     (one per checkpoint and seed) on the features passed through the object store."""
     import ray
-    from tqdm.auto import tqdm
+    from pretrain.progress import bar as progress_bar
 
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=False)
@@ -431,7 +472,7 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
     feature_refs = [extract.remote(str(Path(c).resolve()), data, prep_kw) for c in checkpoints]
     probe_refs = [[probe.remote(ref, s, probe_kw) for s in seed_list] for ref in feature_refs]
     flat = [r for refs in probe_refs for r in refs]
-    bar = tqdm(total=len(flat), desc="probe tasks", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(flat), desc="probe tasks", enabled=progress)
     pending = list(flat)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
@@ -457,6 +498,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings (key=default), overridden by --config and then by key=value:\n" + defaults_help(LinearConfig))
     ap.add_argument("--config", help="YAML of settings (keys below); key=value arguments override it")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
     ap.add_argument("overrides", nargs="*", metavar="key=value",
                     help="settings, e.g. checkpoint=runs/NAME-TIME data=data/shards/cifar10 epochs=20")
     return ap
@@ -468,7 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ConfigError(f"unknown option {unknown[0]}: settings are key=value (e.g. epochs=20; see --help)")
         cfg = load_linear_config(args.config, args.overrides)
-        cfg.progress = cfg.progress and sys.stderr.isatty()
+        if args.print_config:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+            return 0
         results = evaluate(cfg)
     except (ConfigError, OSError, ValueError, RuntimeError) as exc:  # OSError: FileNotFoundError, NotWritableError
         print(f"error: {exc}", file=sys.stderr)
@@ -476,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         print(results_markdown(res))
         print(f"results: {res['out']}/results.json; curves: tensorboard --logdir {res['out']}/tb")
+        if res["run_tensorboard"]:
+            print(f"probe curves beside the run's: tensorboard --logdir {Path(res['run_tensorboard']).parent}")
     return 0
 
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from eval.topk import topk_accuracy
+from pretrain.progress import bar as progress_bar
 
 
 def make_probe(feature_dim: int, num_classes: int, seed: int, lr: float = 1e-4, device: str | torch.device = "cpu") -> tuple[nn.Linear, torch.optim.Adam]:
@@ -84,7 +84,7 @@ def train_linear_probe(
     probe, opt = make_probe(x.shape[1], num_classes, seed, lr, device)
     order_gen = torch.Generator().manual_seed(seed + 1_000_003)  # batch order: independent of the init stream
     n = x.shape[0]
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(range(epochs), desc=desc, enabled=progress, leave=False)
     loss_epoch = float("nan")
     history = {"train_loss": [], "test_top1": []}
     for epoch in bar:
@@ -97,7 +97,7 @@ def train_linear_probe(
         top1 = topk_accuracy(probe_scores(probe, xt), yt, (1,))[1]
         history["train_loss"].append(loss_epoch)
         history["test_top1"].append(top1)
-        bar.set_postfix(loss=f"{loss_epoch:.3f}", top1=f"{top1:.1f}")
+        bar.set_postfix(loss=f"{loss_epoch:.3f}", top1=f"{top1:.1f}", refresh=False)  # drawn at the next update
         if writer is not None:
             writer.add_scalar("probe/train_loss", loss_epoch, epoch + 1)
             writer.add_scalar("probe/test_top1", top1, epoch + 1)

@@ -1,6 +1,9 @@
 """Gather many `results.json` into one Markdown table, with the paper's numbers where the setting matches.
 
-    python -m eval.table runs/eval/*            # or any directories holding results.json below them
+    python -m eval.table runs/eval --out runs/eval/table.md   # any directories holding results.json below them
+
+A `results.json` that `python -m eval.linear` did not write (the experiments' own results, say) is
+skipped with a note on stderr; only finding no probe result at all is an error.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from data_prep.files import atomic_write_text
 from eval.paper_results import paper_reference
 
 REQUIRED = ("checkpoint_name", "dataset", "pretraining", "epochs", "seeds", "top1", "top5", "top10", "knn")
@@ -29,7 +33,7 @@ def find_results(dirs: Sequence[str | os.PathLike]) -> list[Path]:
             raise FileNotFoundError(f"{p} is neither a results directory nor a results.json (run python -m eval.linear first)")
     unique = sorted({f.resolve() for f in found})
     if not unique:
-        raise FileNotFoundError(f"no results.json under {', '.join(map(str, dirs))} (run python -m eval.linear --out DIR first)")
+        raise FileNotFoundError(f"no results.json under {', '.join(map(str, dirs))} (run python -m eval.linear out=DIR first)")
     return unique
 
 
@@ -39,9 +43,12 @@ def load_result(path: Path) -> dict:
         res = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); re-run python -m eval.linear") from None
+    if not isinstance(res, dict):
+        raise ValueError(f"{path} is not an eval.linear results file: a JSON {type(res).__name__}, not an object")
     missing = [k for k in REQUIRED if k not in res]
     if missing:
-        raise ValueError(f"{path} is not an eval.linear results file: missing {missing}")
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ValueError(f"{path} is not an eval.linear results file: no {', '.join(missing[:3])}{more}")
     return res
 
 
@@ -105,13 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the table to this Markdown file")
     args = ap.parse_args(argv)
     try:
-        table = make_table([load_result(p) for p in find_results(args.dirs)])
-    except (FileNotFoundError, ValueError) as exc:
+        paths = find_results(args.dirs)
+    except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    results = []
+    for path in paths:
+        try:
+            results.append(load_result(path))
+        except ValueError as exc:
+            print(f"note: skipped {exc}", file=sys.stderr)
+    if not results:
+        print(f"error: no eval.linear results under {', '.join(args.dirs)} ({len(paths)} other results.json "
+              f"skipped); run python -m eval.linear out=DIR first", file=sys.stderr)
+        return 2
+    table = make_table(results)
     print(table, end="")
     if args.out:
-        Path(args.out).write_text(table)
+        atomic_write_text(args.out, table)
     return 0
 
 

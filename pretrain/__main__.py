@@ -5,6 +5,8 @@ the run joins that cluster (``docs/reliability.md`` says how to open a Ray to a 
 ``--resume RUN_DIR`` continues a run whose driver died: its saved ``config.yaml`` is the base
 (``--config`` is not needed; ``key=value`` still overrides, e.g. ``train.steps=2000`` to extend).
 Config errors are reported in one line, before Ray starts, with exit status 2.
+``--plan [--tflops T]`` prints what the run would cost (FLOPs, PFLOPs, images/s, hours; see
+:mod:`pretrain.plan`) and exits without starting Ray.
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Ray cluster address to join (e.g. ray://host:10001 or auto); default: start a local Ray")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue this run directory from its latest checkpoint (after the driver died)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the run's cost (FLOPs per step, PFLOPs, images/s needed, hours) and exit; no Ray")
+    p.add_argument("--tflops", type=float, default=None,
+                   help="accelerator rate of the whole run for --plan, TFLOP/s (default: 40%% of one H200's "
+                        "989 TFLOP/s dense bf16 peak)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (defaults <- YAML <- key=value) and exit without training")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -60,13 +67,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from pretrain.config import validate
 
-        validate(cfg)
+        validate(cfg, check_shards=not args.plan)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
 
+    if args.plan:
+        from pretrain.plan import DEFAULT_TFLOPS, format_plan, plan
+
+        name = Path(args.config).stem if args.config else None
+        print(format_plan(plan(cfg, tflops=args.tflops or DEFAULT_TFLOPS, name=name)))
+        return 0
+
     from pretrain.fatal import RunFailed
     from pretrain.run_lock import RunDirInUse
+    from pretrain.tracking import TrackingError
     from pretrain.train import TrainingStopped, launch
 
     try:
@@ -80,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RunFailed, RunDirInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except TrackingError as exc:
+        print(f"tracking error: {exc}", file=sys.stderr)
+        return 2
     print(f"run directory: {out.run_dir}")
     if out.result.checkpoint is not None:
         print(f"latest checkpoint: {out.result.checkpoint.path}")

@@ -54,6 +54,10 @@ class DataSection:
     # stream's gather=False). Same loss and gradients as encoding every scrambled patch, for
     # 1/perms_per_image of the encoder work and data movement (16x less with the paper's batches).
     unique_tiles: bool = True
+    # jigsaw: where gray, per-patch standardisation and scrambling run. host: the loader workers.
+    # device: workers only decode and crop, and ship uint8 tiles (4x fewer bytes); the rest runs
+    # batched on the training device (needs unique_tiles). Same batches either way.
+    augment_on: str = "host"
 
 
 @dataclass
@@ -81,21 +85,36 @@ class OptimSection:
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
+    # Many workers: none keeps train.steps and lr as given (then keep the paper's global batch by
+    # splitting data.images_per_batch over the workers). linear|sqrt read the config as one worker's
+    # run: each of W workers takes the full per-worker batch, the steps are divided by W (the same
+    # images seen) and lr is multiplied by W or sqrt(W) (η's lr is left as it is).
+    lr_scaling: str = "none"
+    warmup_steps: int = 0  # linear warm-up of the main lr over the first N steps (0: none)
 
 
 @dataclass
 class TrainSection:
-    num_workers: int = 1  # Ray Train workers (DDP ranks), one CPU (or GPU) each
+    # Ray Train workers (DDP ranks); each reserves one GPU (when used) and
+    # threads_per_worker + data.loader_workers CPUs (the processes it really runs)
+    num_workers: int = 1
     use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
     bf16: bool = False  # autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)
     channels_last: bool = False  # NHWC memory format for conv encoders (faster on CPU and GPU)
     # GPU only: batch-norm statistics over the global batch (CPU process groups cannot sync BN)
     sync_batchnorm: bool = False
     steps: int = 1000  # optimiser steps in total (a resumed run continues to this number)
-    # Metrics are all-reduced and reported every report_every steps; each report is a barrier
-    # that costs up to ~2 s of Ray Train's controller poll, so keep it well above 1 on CPUs.
+    # Every report_every steps the metrics are all-reduced and rank 0 writes TensorBoard and
+    # metrics.jsonl (cheap: one collective). Only checkpoints travel through ray.train.report.
     report_every: int = 10
-    checkpoint_every: int = 100  # a multiple of report_every (checkpoints travel with a report)
+    checkpoint_every: int = 100  # a multiple of report_every
+    # Ray Train's controller polls the workers this often (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, set by
+    # the launcher for the run). Each ray.train.report waits for a poll: Ray's default 2 s made every
+    # report cost ~1.8 s; also how fast a finished or failed worker is noticed.
+    controller_poll_s: float = 0.5
+    # Multi-node DDP: all-reduce gradients in bfloat16 (half the bytes on the network; DDP's
+    # bf16_compress_hook, NCCL only). Off: gradients travel in float32.
+    bf16_grad_allreduce: bool = False
     keep_checkpoints: Optional[int] = None  # None: keep all
     image_every: int = 0  # TensorBoard grid of scrambled puzzles every N steps (0: first report only)
     max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the last checkpoint)
@@ -103,6 +122,9 @@ class TrainSection:
     # Seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes)
     # before failing with what is missing, instead of waiting forever.
     resource_wait_s: float = 60.0
+    # torch.compile the task (forward and backward); on CUDA with CUDA graphs ("reduce-overhead":
+    # a small batch's step is bound by kernel launches). Compiling costs minutes at start-up.
+    compile: bool = False
     # Testing fault tolerance: rank world_size-1 exits hard once when it reaches this step.
     crash_at_step: Optional[int] = None
 
@@ -228,21 +250,30 @@ def from_plain(d: dict) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(PretrainConfig), d)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     """Check what types cannot; raise :class:`ConfigError` with one line naming the key.
 
-    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker.
+    Reads the shard manifest (cheap) so that missing shards fail here, not in a worker;
+    ``check_shards=False`` skips that (a cost plan needs no data).
     """
     if OmegaConf.is_missing(cfg.data, "shards"):
         raise ConfigError("data.shards is required: a data_prep output directory (data.shards=DIR)")
     t = cfg.train
+    if cfg.optim.lr_scaling not in ("none", "linear", "sqrt"):
+        raise ConfigError(f"optim.lr_scaling must be none, linear or sqrt, got {cfg.optim.lr_scaling!r}")
+    if cfg.optim.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
+    if t.controller_poll_s <= 0:
+        raise ConfigError(f"train.controller_poll_s must be > 0, got {t.controller_poll_s}")
+    if t.bf16_grad_allreduce and t.use_gpu is False:
+        raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL); gloo cannot all-reduce bfloat16 hooks")
     for key in ("steps", "report_every", "checkpoint_every", "num_workers", "threads_per_worker"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {t[key]}")
     if t.checkpoint_every % t.report_every:
         raise ConfigError(
             f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of "
-            f"train.report_every ({t.report_every}): checkpoints travel with a report")
+            f"train.report_every ({t.report_every}): a checkpoint carries the metrics of its report")
     if t.max_failures < 0:
         raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
     from pretrain import tasks
@@ -272,6 +303,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("images_per_batch", "perms_per_image", "num_permutations", "batch_size", "size"):
         if d[key] < 1:
             raise ConfigError(f"data.{key} must be >= 1, got {d[key]}")
+    if d.augment_on not in ("host", "device"):
+        raise ConfigError(f"data.augment_on must be host or device, got {d.augment_on!r}")
+    if d.augment_on == "device" and not (spec.uses_permutations and d.unique_tiles):
+        raise ConfigError("data.augment_on=device is for jigsaw tasks with data.unique_tiles=true")
     if spec.uses_permutations and d.perms_per_image > d.num_permutations:
         raise ConfigError(f"data.perms_per_image ({d.perms_per_image}) exceeds data.num_permutations "
                           f"({d.num_permutations})")
@@ -289,6 +324,8 @@ def validate(cfg: DictConfig) -> None:
 
         if importlib.util.find_spec("mlflow") is None:
             raise ConfigError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]")
+    if not check_shards:
+        return
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 
     try:

@@ -3,11 +3,37 @@
 The reductions used inside losses are autograd-aware: the backward of a sum over ranks is the sum
 of the incoming gradients over ranks. Under DDP, which averages parameter gradients over W ranks,
 this gives exactly the gradient of the loss computed on the global batch.
+
+Collectives are device-strict once the training loop has bound the rank's device
+(:func:`bind_device`): a tensor elsewhere is refused with one line, with or without a process group.
+NCCL takes CUDA tensors only, so a CPU tensor in a collective crashes every multi-GPU run; gloo
+would accept it, and the check makes the CPU tests fail on it the way a GPU cluster would.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
+
+_DEVICE: torch.device | None = None
+
+
+def bind_device(device: torch.device | str | None) -> None:
+    """Make the collectives refuse tensors that are not on ``device`` (None: accept any device)."""
+    global _DEVICE
+    _DEVICE = None if device is None else torch.device(device)
+
+
+def bound_device() -> torch.device | None:
+    """The device bound by :func:`bind_device` (None when unbound)."""
+    return _DEVICE
+
+
+def _on_rank_device(t: torch.Tensor, what: str) -> torch.Tensor:
+    if _DEVICE is not None and t.device != _DEVICE:
+        raise ValueError(f"{what}: tensor on {t.device} but this rank's device is {_DEVICE}; collectives take "
+                         f"tensors on the rank's device (NCCL refuses any other)")
+    return t
 
 
 def is_distributed() -> bool:
@@ -57,12 +83,13 @@ class _AllGatherCat(torch.autograd.Function):
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum of ``t`` over ranks, differentiable (any shape). Identity without a process group."""
+    _on_rank_device(t, "all_reduce_sum")
     return _AllReduceSum.apply(t) if is_distributed() else t
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     """Element-wise max over ranks, detached (for log-sum-exp shifts)."""
-    t = t.detach().clone()
+    t = _on_rank_device(t, "all_reduce_max").detach().clone()
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
@@ -70,7 +97,7 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_mean_detached(t: torch.Tensor) -> torch.Tensor:
     """Mean of ``t`` over ranks, detached: for logging metrics."""
-    t = t.detach().clone()
+    t = _on_rank_device(t, "all_reduce_mean_detached").detach().clone()
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
@@ -82,6 +109,7 @@ def all_gather_cat(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
     All ranks must pass tensors of the same shape. Identity without a process group.
     """
+    _on_rank_device(t, "all_gather_cat")
     return _AllGatherCat.apply(t, dim) if is_distributed() else t
 
 

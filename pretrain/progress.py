@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 Listener = Callable[[dict], None]
 
-# What a progress line looks like, for tools that read the output (the demo, tests).
+# The progress line's format, for whatever reads a run's output (the tests parse it with this).
 LINE_RE = re.compile(
     r"^step (?P<step>\d+)/(?P<total>\d+) \((?P<percent>\d+)%\)"
     r"(?: \| loss (?P<loss>\S+))?(?: \| MI (?P<mi>\S+))?(?: \| η (?P<eta>\S+))?"
@@ -141,6 +141,39 @@ def format_line(record: dict, total: int, samples_per_image: int = 1, eta_s: flo
     else:
         parts.append(f"ETA {timedelta(seconds=round(eta_s))}")
     return " | ".join(parts)
+
+
+LOG_INTERVAL_S = 30.0  # a progress line this often when the output is a log, not a terminal
+
+
+class _LogLines:
+    """A stream for tqdm in a log: every refresh on a line of its own. (tqdm redraws with carriage
+    returns and cursor moves, which in a log file run together into one unreadable line.)"""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").replace("\x1b[A", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def bar(iterable=None, *, total: float | None = None, desc: str = "", enabled: bool = True,
+        stream: TextIO | None = None, **kwargs):
+    """A tqdm progress bar that redraws on a terminal and, when the output is piped or logged,
+    prints a plain line every :data:`LOG_INTERVAL_S` seconds (and at the end) instead."""
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    if getattr(stream, "isatty", lambda: False)():  # some captured streams have no isatty
+        return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=stream, dynamic_ncols=True, **kwargs)
+    kwargs["leave"] = True  # the last line (100%) is the one a log reader wants
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, file=_LogLines(stream),
+                mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100, **kwargs)
 
 
 def quiet_ray_report_logs() -> None:

@@ -24,6 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 
 
+class TrackingError(RuntimeError):
+    """The tracking backend cannot be used; the message is one line naming ``track.mlflow_uri``."""
+
+
 def flat_config(cfg: DictConfig | dict) -> dict[str, Any]:
     """``{"train.steps": 1000, "model.encoder": "resnet50", ...}``: scalars as they are, the
     rest (None, lists, dicts) as their JSON text."""
@@ -107,9 +111,16 @@ class MLflowRun:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise RuntimeError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]") from None
+            raise TrackingError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]") from None
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            self._start(cfg)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"track.mlflow_uri={uri}: cannot start an MLflow run: {first}") from None
+
+    def _start(self, cfg: DictConfig) -> None:
         id_file = self.run_dir / MLFLOW_RUN_ID_FILE
         params = {k: str(v) for k, v in flat_config(cfg).items()}
         if id_file.is_file():  # --resume: the same MLflow run goes on

@@ -4,15 +4,23 @@ Reads top to bottom:
 
 1. :func:`launch` (driver): validate the config, make the run directory, start or join Ray, run a
    ``TorchTrainer`` with ``FailureConfig(max_failures)``; re-running with the same run directory
-   continues from its latest checkpoint (Ray Train restores it from the storage snapshot).
+   continues from its latest checkpoint (Ray Train restores it from the storage snapshot). While it
+   runs, the driver prints a progress line per report and feeds the trackers, both read from
+   ``metrics.jsonl`` (:mod:`pretrain.progress`, :mod:`pretrain.tracking`).
 2. :func:`train_loop_per_worker` (each rank): build the task (encoder + heads + estimator, η
    included) and wrap it whole in DDP, so η's gradient is averaged like every other parameter and
    η stays identical on every rank; restore a checkpoint if Ray hands one over; then step.
-3. Every ``train.report_every`` steps the metrics are all-reduced, η is gathered from every rank
-   and compared (a difference is an error), rank 0 writes TensorBoard and ``metrics.jsonl``, and
-   every rank calls ``ray.train.report`` (a barrier). Every ``train.checkpoint_every`` steps rank 0
-   attaches a checkpoint with everything needed to continue exactly: weights, η, optimiser states,
-   step, every rank's RNG state and data position, the config and the permutation set.
+3. Every ``train.report_every`` steps the metrics (kept on the device in between) are all-reduced,
+   η is gathered from every rank and compared (a difference is an error), and rank 0 writes
+   TensorBoard and ``metrics.jsonl``; the driver follows that file. Only every
+   ``train.checkpoint_every`` steps do the ranks call ``ray.train.report`` (which waits for the
+   controller's next poll): rank 0 attaches a checkpoint with everything needed to continue exactly:
+   weights, η, optimiser states, step, every rank's RNG state and data position, the config and the
+   permutation set.
+
+A step reads nothing back from the device but one flag (is the loss finite on every rank?), so the
+host runs ahead of an accelerator; batches are checked and their pair masks built on the host
+(``Task.host_prepare``) before they move to the device.
 
 A non-finite loss stops every rank before the bad update: ``nonfinite.json`` in the run directory
 says where, the last good checkpoint stays the latest, and :func:`launch` raises
@@ -20,7 +28,9 @@ says where, the last good checkpoint stays the latest, and :func:`launch` raises
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -51,6 +61,9 @@ from pretrain.tasks import spec as task_spec
 NONFINITE_FILE = "nonfinite.json"
 METRICS_FILE = "metrics.jsonl"
 CRASH_MARKER = ".crashed_at_step"
+# Ray Train V2's controller reads its poll interval from this variable of the driver's environment
+# when fit() starts it (ray/train/v2/_internal/constants.py, ENV_VARS_TO_PROPAGATE).
+CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 class TrainingStopped(RuntimeError):
@@ -77,13 +90,13 @@ def new_run_dir(cfg: DictConfig) -> Path:
 
 
 def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.PathLike | None = None,
-           ray_init_kwargs: dict | None = None, show_progress: bool = True) -> LaunchResult:
+           ray_init_kwargs: dict | None = None) -> LaunchResult:
     """Run (or continue) a pretraining run and return its run directory and Ray result.
 
     ``run_dir``: an existing run directory to continue (``--resume``) or a new one to use;
     None makes ``<run.root>/<run.name>-<time>``. Config errors raise ``ConfigError`` before Ray
     starts. ``address``: a Ray cluster to join; None starts a local Ray (unless one is running).
-    ``show_progress``: print the run directory and one line per report (:mod:`pretrain.progress`).
+    Prints the run directory at the start and one line per report (:mod:`pretrain.progress`).
     One-line errors: ``ConfigError`` (before Ray starts, or when the cluster lacks the resources),
     ``RunDirInUse`` (another driver holds the run directory), ``fatal.RunFailed`` (an error in the
     workers that no retry can fix), :class:`TrainingStopped` (a non-finite loss).
@@ -93,10 +106,10 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     run_dir = Path(run_dir).resolve() if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(run_dir):
-        return _launch_locked(cfg, run_dir, address, ray_init_kwargs, show_progress)
+        return _launch_locked(cfg, run_dir, address, ray_init_kwargs)
 
 
-def _launch_locked(cfg: DictConfig, run_dir: Path, address, ray_init_kwargs, show_progress) -> LaunchResult:
+def _launch_locked(cfg: DictConfig, run_dir: Path, address: str | None, ray_init_kwargs: dict | None) -> LaunchResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -110,8 +123,10 @@ def _launch_locked(cfg: DictConfig, run_dir: Path, address, ray_init_kwargs, sho
     storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else run_dir.parent
     resume = preflight.resume_point(cfg, storage / run_dir.name)
     OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
-    if show_progress and (resume.path or resume.skipped):
+    print(f"run directory: {run_dir}", flush=True)
+    if resume.path or resume.skipped:
         print(resume.describe(), flush=True)
+    tracking = Tracking(cfg, run_dir, run_dir / METRICS_FILE)  # before Ray: a bad tracking URI fails fast
 
     if not ray.is_initialized():
         init_address, init_kwargs = preflight.ray_init_args(address, ray_init_kwargs)
@@ -121,15 +136,16 @@ def _launch_locked(cfg: DictConfig, run_dir: Path, address, ray_init_kwargs, sho
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"CPU": cfg.train.threads_per_worker}
+    # a rank runs its torch threads and data.loader_workers loader processes: reserve them all
+    resources = {"CPU": cfg.train.threads_per_worker + cfg.data.loader_workers}
     if use_gpu:
         resources["GPU"] = 1
     preflight.wait_for_resources(cfg.train.num_workers, resources, cfg.train.resource_wait_s)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
-                           "resume": {"path": resume.path and str(resume.path), "step": resume.step,
-                                      "skipped": [s.split(":")[0] for s in resume.skipped]}},
+                           "start": {"path": resume.path and str(resume.path), "step": resume.step,
+                                     "skipped": [s.split(":")[0] for s in resume.skipped]}},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -141,16 +157,11 @@ def _launch_locked(cfg: DictConfig, run_dir: Path, address, ray_init_kwargs, sho
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    if show_progress:
-        print(f"run directory: {run_dir}", flush=True)
-    tracking = Tracking(cfg, run_dir, run_dir / METRICS_FILE)
-    listeners = tracking.listeners()
-    if show_progress:
-        per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
-        listeners.insert(0, ProgressLine(cfg.train.steps, per_image))
+    per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
+    listeners = [ProgressLine(run_schedule(cfg)[0], per_image), *tracking.listeners()]
     succeeded = False
     try:
-        with follow(run_dir / METRICS_FILE, listeners):
+        with follow(run_dir / METRICS_FILE, listeners), controller_poll(cfg.train.controller_poll_s):
             try:
                 result = trainer.fit()
             except Exception:
@@ -170,6 +181,20 @@ def _launch_locked(cfg: DictConfig, run_dir: Path, address, ray_init_kwargs, sho
     return LaunchResult(run_dir, result)
 
 
+@contextlib.contextmanager
+def controller_poll(seconds: float):
+    """Set Ray Train's controller poll interval for the trainers started inside (then restore it)."""
+    before = os.environ.get(CONTROLLER_POLL_ENV)
+    os.environ[CONTROLLER_POLL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CONTROLLER_POLL_ENV, None)
+        else:
+            os.environ[CONTROLLER_POLL_ENV] = before
+
+
 # ============================================================================ worker
 
 
@@ -183,46 +208,46 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if fatal.recorded(run_dir) is not None:  # Ray restarted the group after an error no retry can fix
         return
     with fatal.guard(run_dir, dist.rank(), dist.world_size()):
-        _train_loop(cfg, run_dir, loop_config["resume"])
+        _train_loop(cfg, run_dir, loop_config["start"])
 
 
-def _train_loop(cfg: DictConfig, run_dir: Path, resume: dict) -> None:
+def _train_loop(cfg: DictConfig, run_dir: Path, start: dict) -> None:
     import ray.train
     import ray.train.torch
 
     torch.set_num_threads(cfg.train.threads_per_worker)
     rank, world = dist.rank(), dist.world_size()
     device = ray.train.torch.get_device()
+    dist.bind_device(device)
+    if device.type == "cuda":
+        # fixed input shapes: let cuDNN pick its fastest kernels once; TF32 for what is not autocast
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     # ---- the task: same initial weights on every rank (DDP also broadcasts rank 0's) ----------
     torch.manual_seed(cfg.run.seed)
     permutations = permutations_of(cfg)
     task = build_task_from_config(cfg, permutations).to(device)
     main_opt, eta_opt = build_optimizers(cfg, task)
+    total_steps, peak_lr = run_schedule(cfg)
 
     # ---- restore, or seed each rank's own RNG stream (dropout, marginal pairs) -----------------
     step, position = 0, {"epoch": 0, "batch": 0}
     seed_rank(cfg.run.seed, rank)
     last_checkpoint = None
-    payload = restore_payload(ray.train.get_checkpoint(), resume, device)
-    if payload is not None:
-        if len(payload["rng"]) != world:
-            raise fatal.FatalError(f"checkpoint {payload['path']} was written by {len(payload['rng'])} ranks; "
-                                   f"resume with train.num_workers={len(payload['rng'])}", every_rank=True)
-        load_task_state(task, payload["encoder"], payload["task"])
-        main_opt.load_state_dict(payload["optimizer"]["main"])
-        if eta_opt is not None:
-            eta_opt.load_state_dict(payload["optimizer"]["eta"])
-        if payload["permutations"] is not None:
-            permutations = payload["permutations"]
-        step, position = payload["step"], payload["data_position"][rank]
-        restore_rng(payload["rng"][rank])
-        last_checkpoint = payload["path"]
+    source = checkpoint_to_restore(ray.train.get_checkpoint(), start)
+    if source is not None:
+        with source.as_directory() if hasattr(source, "as_directory") else contextlib.nullcontext(source) as ckpt_dir:
+            step, position, restored_perms, last_checkpoint = resume(ckpt_dir, task, main_opt, eta_opt, rank, world)
+        permutations = restored_perms if restored_perms is not None else permutations
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
     if cfg.train.sync_batchnorm and device.type == "cuda":
         task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
-    model = wrap_ddp(task, device)
+    model = wrap_ddp(task, device, bf16_grad_allreduce=cfg.train.bf16_grad_allreduce)
+    if cfg.train.compile:
+        model = compile_model(model, device)
     model.train()
 
     writer = None
@@ -232,16 +257,20 @@ def _train_loop(cfg: DictConfig, run_dir: Path, resume: dict) -> None:
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=step)
 
     # ---- the loop ------------------------------------------------------------------------------
-    stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=device.type == "cuda")
-    window = MetricWindow()
+    # pinned pages only pay off when loader processes fill them while the step runs
+    pin = device.type == "cuda" and cfg.data.loader_workers > 0
+    stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=pin)
+    window = MetricWindow(device)
     t_window = time.perf_counter()
-    while step < cfg.train.steps:
+    while step < total_steps:
         t0 = time.perf_counter()
-        batch, next_position = next(stream)
-        batch = to_device(batch, device)
-        t_data = time.perf_counter() - t0
+        host_batch, next_position = next(stream)
+        batch = to_device(task.host_prepare(host_batch), device)
+        window.data_s += time.perf_counter() - t0
 
         maybe_crash(cfg, run_dir, step, rank, world)
+        for group in main_opt.param_groups:
+            group["lr"] = lr_at(step, peak_lr, cfg.optim.warmup_steps)
         out = train_step(model, task, batch, step, main_opt, eta_opt, bf16=cfg.train.bf16)
         if not out["finite"]:
             if rank == 0:
@@ -251,23 +280,20 @@ def _train_loop(cfg: DictConfig, run_dir: Path, resume: dict) -> None:
             return
         step += 1
         position = next_position
-        window.add(out["metrics"], samples=batch_size_of(batch), data_s=t_data,
-                   step_s=time.perf_counter() - t0)
+        window.add(out["metrics"], samples=batch_size_of(batch))
 
-        if step % cfg.train.report_every == 0 or step == cfg.train.steps:
+        if step % cfg.train.report_every == 0 or step == total_steps:
             metrics = window.reduce(world, time.perf_counter() - t_window)
             metrics.update(eta_across_ranks(task))
             metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"]})
             if eta_opt is not None:
                 metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
             if writer is not None:
-                log_rank0(writer, run_dir, metrics, step, batch, cfg)
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                log_rank0(writer, run_dir, metrics, step, host_batch, cfg)
+            if step % cfg.train.checkpoint_every == 0 or step == total_steps:
                 last_checkpoint = report_with_checkpoint(
                     cfg, run_dir, metrics, step, task, main_opt, eta_opt, position, permutations)
-            else:
-                ray.train.report(metrics)
-            window = MetricWindow()
+            window = MetricWindow(device)
             t_window = time.perf_counter()
     if writer is not None:
         writer.close()
@@ -276,25 +302,18 @@ def _train_loop(cfg: DictConfig, run_dir: Path, resume: dict) -> None:
 # ============================================================================ building blocks
 
 
-def restore_payload(ray_checkpoint, resume: dict, device: torch.device) -> dict | None:
-    """The checkpoint to continue from: Ray's when it is newer than where the run resumed (a restart
-    after a worker failure in this run), else the newest intact one the driver chose, else None."""
+def checkpoint_to_restore(ray_checkpoint, start: dict):
+    """What to continue from: Ray's checkpoint when it is newer than where this launch started (Ray
+    restarted the workers after a failure in this run), else the newest intact checkpoint the driver
+    found on disk (``start["path"]``, a directory), else None. Checkpoints the driver skipped as
+    damaged are never taken, even when Ray's own record of the run still lists them."""
     from pretrain.checkpoint import step_of
 
-    path = resume["path"]
     if ray_checkpoint is not None:
         name = Path(ray_checkpoint.path).name
-        if name not in resume["skipped"] and (step_of(name) or 0) > resume["step"]:
-            path = None
-    try:
-        if path is not None:
-            return load_checkpoint(path, map_location=device)
-        if ray_checkpoint is None or Path(ray_checkpoint.path).name in resume["skipped"]:
-            return None
-        with ray_checkpoint.as_directory() as ckpt_dir:
-            return load_checkpoint(ckpt_dir, map_location=device)
-    except (OSError, ValueError) as exc:
-        raise fatal.FatalError(str(exc), every_rank=True) from None
+        if name not in start["skipped"] and (step_of(name) or 0) > start["step"]:
+            return ray_checkpoint
+    return start["path"]
 
 
 def build_task_from_config(cfg: DictConfig, permutations: torch.Tensor | None) -> nn.Module:
@@ -329,13 +348,70 @@ def build_optimizers(cfg: DictConfig, task: nn.Module):
 
     η gets its own optimiser so that Algorithm 1's ``n_critic`` schedule can step it less often
     without Adam's moments moving it on the steps in between. Returns ``(main, eta or None)``.
+    Fused Adam (CPU and CUDA): one kernel per step instead of several per parameter, and its step
+    counters stay on the parameters' device, where the unfused one reads them back every step.
     """
     o = cfg.optim
     betas = (o.beta1, o.beta2)
-    main = torch.optim.Adam(list(task.main_parameters()), lr=o.lr, betas=betas, weight_decay=o.weight_decay)
+    main = torch.optim.Adam(list(task.main_parameters()), lr=o.lr, betas=betas, weight_decay=o.weight_decay,
+                            fused=True)
     eta_params = list(task.eta_parameters())
-    eta = torch.optim.Adam(eta_params, lr=o.eta_lr, betas=betas) if eta_params else None
+    eta = torch.optim.Adam(eta_params, lr=o.eta_lr, betas=betas, fused=True) if eta_params else None
     return main, eta
+
+
+def run_schedule(cfg: DictConfig) -> tuple[int, float]:
+    """``(optimiser steps, peak main lr)`` of the run on ``train.num_workers`` workers.
+
+    ``optim.lr_scaling=none``: ``train.steps`` and ``optim.lr``. ``linear``/``sqrt``: the config is
+    one worker's run and W workers each take its per-worker batch, a W times larger global batch:
+    ``ceil(steps / W)`` steps (the same images seen) at ``lr * W`` or ``lr * sqrt(W)``.
+    """
+    w, o = cfg.train.num_workers, cfg.optim
+    if o.lr_scaling == "none":
+        return cfg.train.steps, o.lr
+    return math.ceil(cfg.train.steps / w), o.lr * (w if o.lr_scaling == "linear" else math.sqrt(w))
+
+
+def lr_at(step: int, peak: float, warmup_steps: int) -> float:
+    """The main lr at ``step`` (from 0): linear warm-up to ``peak`` over ``warmup_steps``, then ``peak``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return peak
+
+
+def compile_model(model: nn.Module, device: torch.device, backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` of the (DDP-wrapped) task; forward and backward become compiled graphs.
+
+    On CUDA, mode "reduce-overhead" replays each graph's kernels as one CUDA graph: a jigsaw step of
+    10 images launches thousands of small kernels, so on a GPU it is bound by launches, not FLOPs.
+    ``backend="aot_eager"`` captures the same graphs without generating code (minutes faster: tests).
+    """
+    if backend != "inductor":
+        return torch.compile(model, backend=backend)
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
+def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, rank: int, world: int):
+    """Load a checkpoint into ``task`` and the optimisers and restore this rank's RNG states.
+
+    Returns ``(step, data position, permutations or None, checkpoint file)``. The file is read to
+    the CPU: RNG states and permutations must stay there (``torch.set_rng_state`` and NumPy take
+    CPU tensors), and ``load_state_dict`` moves weights and Adam's moments to the parameters' device.
+    """
+    try:
+        payload = load_checkpoint(ckpt_dir, map_location="cpu")
+    except (OSError, ValueError) as exc:  # every rank reads the same file: no rank is left waiting
+        raise fatal.FatalError(str(exc), every_rank=True) from None
+    if len(payload["rng"]) != world:
+        raise fatal.FatalError(f"checkpoint {payload['path']} was written by {len(payload['rng'])} ranks; "
+                               f"resume with train.num_workers={len(payload['rng'])}", every_rank=True)
+    load_task_state(task, payload["encoder"], payload["task"])
+    main_opt.load_state_dict(payload["optimizer"]["main"])
+    if eta_opt is not None:
+        eta_opt.load_state_dict(payload["optimizer"]["eta"])
+    restore_rng(payload["rng"][rank])
+    return payload["step"], payload["data_position"][rank], payload["permutations"], payload["path"]
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -350,14 +426,23 @@ def seed_rank(seed: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
-def wrap_ddp(task: nn.Module, device: torch.device) -> nn.Module:
-    """The whole task in DDP (η included) when there is more than one rank; else the task."""
+def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = False) -> nn.Module:
+    """The whole task in DDP (η included) when there is more than one rank; else the task.
+
+    Gradients are views into DDP's buckets (no copy in and out of them, less memory);
+    ``bf16_grad_allreduce`` all-reduces them in bfloat16 (for slow links between nodes).
+    """
     if not dist.is_distributed():
         return task
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(task, device_ids=ids)
+    model = DistributedDataParallel(task, device_ids=ids, gradient_as_bucket_view=True)
+    if bf16_grad_allreduce:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        model.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    return model
 
 
 def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
@@ -365,53 +450,62 @@ def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
                *, bf16: bool = False) -> dict:
     """One optimiser step; ``step`` counts from 0 (Algorithm 1's η schedule reads it).
 
-    The loss is all-reduced before ``backward``: if it is non-finite on any rank every rank
-    returns ``finite=False`` without updating. Returns ``{"finite", "global_loss", "metrics"}``
-    with this rank's detached metrics (floats).
+    ``batch``: a device batch after ``task.host_prepare``. After ``backward`` the loss is
+    all-reduced and its finiteness read on the host: the step's one device sync. If it is
+    non-finite on any rank, every rank returns ``finite=False`` without updating anything.
+    Returns ``{"finite", "global_loss" (float, only when not finite), "metrics"}``, the metrics
+    being this rank's detached 0-d tensors, still on the device.
     """
     device_type = next(task.parameters()).device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         out = model(batch)
     loss = out["loss"]
-    global_loss = dist.all_reduce_mean_detached(loss.float())
-    if not torch.isfinite(global_loss):
-        return {"finite": False, "global_loss": float(global_loss), "metrics": {}}
     main_opt.zero_grad(set_to_none=True)
     if eta_opt is not None:
         eta_opt.zero_grad(set_to_none=True)
     loss.backward()
+    global_loss = dist.all_reduce_mean_detached(loss.detach().float())
+    if not torch.isfinite(global_loss):
+        return {"finite": False, "global_loss": float(global_loss), "metrics": {}}
     main_opt.step()
     estimator = getattr(task, "estimator", None)
     if eta_opt is not None and (not hasattr(estimator, "eta_step_due") or estimator.eta_step_due(step)):
         eta_opt.step()
-    metrics = {k: float(v) for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
-    metrics["loss"] = float(loss.detach())
-    return {"finite": True, "global_loss": float(global_loss), "metrics": metrics}
+    metrics = {k: v.detach() for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
+    metrics["loss"] = loss.detach()
+    return {"finite": True, "metrics": metrics}
 
 
 class MetricWindow:
-    """Sums of per-step metrics and timings over one report window on this rank."""
+    """Sums of per-step metrics over one report window on this rank, kept on ``device``.
 
-    def __init__(self):
-        self.sums: dict[str, float] = {}
+    Adding a step's metrics reads nothing back from the device; :meth:`reduce` does, once a window.
+    ``data_s``: seconds this rank waited for data in the window (the loop adds to it).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.keys: list[str] | None = None
+        self.sums: torch.Tensor | None = None  # float64 [len(keys)] on device
         self.steps = 0
         self.samples = 0
         self.data_s = 0.0
-        self.step_s = 0.0
 
-    def add(self, metrics: dict, *, samples: int, data_s: float, step_s: float) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+    def add(self, metrics: dict[str, torch.Tensor], *, samples: int) -> None:
+        """metrics: name -> 0-d tensor on the device (the same names every step)."""
+        if self.keys is None:
+            self.keys = sorted(metrics)
+            self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=self.device)
+        self.sums += torch.stack([metrics[k].reshape(()).to(torch.float64) for k in self.keys])
         self.steps += 1
         self.samples += samples
-        self.data_s += data_s
-        self.step_s += step_s
 
     def reduce(self, world: int, wall_s: float) -> dict:
         """Window means all-reduced over ranks (one collective), plus throughput and data wait."""
-        keys = sorted(self.sums)
-        local = torch.tensor([self.sums[k] / max(self.steps, 1) for k in keys]
-                             + [self.data_s / max(self.step_s, 1e-12)], dtype=torch.float64)
+        keys = self.keys or []
+        sums = self.sums if self.sums is not None else torch.zeros(0, dtype=torch.float64, device=self.device)
+        wait = torch.full((1,), self.data_s / max(wall_s, 1e-12), dtype=torch.float64, device=self.device)
+        local = torch.cat([sums / max(self.steps, 1), wait])
         mean = dist.all_reduce_mean_detached(local).tolist()
         out = dict(zip(keys, mean[:-1]))
         out["data_wait_fraction"] = mean[-1]
@@ -429,7 +523,7 @@ def eta_across_ranks(task: nn.Module) -> dict:
     if not torch.is_tensor(eta) or eta.numel() != 1:
         return {}
     local = eta.detach().reshape(1).to(torch.float64)
-    values = dist.all_gather_cat(local.clone()).cpu().tolist()
+    values = dist.all_gather_cat(local.clone()).tolist()
     if any(v != values[0] for v in values):
         raise RuntimeError(f"eta differs across ranks: {values}; the DDP replicas have diverged")
     # "eta" is the current value (the window mean the task reported would lag behind it)
@@ -495,7 +589,7 @@ def maybe_crash(cfg: DictConfig, run_dir: Path, step: int, rank: int, world: int
 
 def open_loader(cfg: DictConfig, permutations, rank: int, world: int, epoch: int, start_batch: int,
                 pin_memory: bool = False):
-    """The data_prep stream of this rank for one epoch, resuming after ``start_batch`` batches.
+    """This rank's data_prep stream from epoch ``epoch`` after ``start_batch`` batches, endless.
 
     The streams are seeded by (seed, epoch, rank, batch index), so skipping is exact: a resumed
     run reads the same batches an uninterrupted one would have read next.
@@ -504,7 +598,7 @@ def open_loader(cfg: DictConfig, permutations, rank: int, world: int, epoch: int
     return task_spec(cfg.task.kind).open_stream(
         d, permutations, split=d.split, train=True, seed=cfg.run.seed, epoch=epoch,
         batches_per_epoch=d.batches_per_epoch, num_workers=d.loader_workers,
-        rank=rank, world_size=world, skip_batches=start_batch, pin_memory=pin_memory)
+        rank=rank, world_size=world, skip_batches=start_batch, pin_memory=pin_memory, endless=True)
 
 
 def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position: dict,
@@ -512,18 +606,17 @@ def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position:
     """Endless ``(batch, position after it)`` over epochs, starting at ``position``.
 
     ``position = {"epoch": e, "batch": i}`` names the next batch (``i`` batches of epoch ``e``
-    are done).
+    are done). One loader for the whole run: its worker processes and shuffle buffers carry on
+    from one epoch into the next.
     """
-    epoch, start = position["epoch"], position["batch"]
-    while True:
-        loader = open_loader(cfg, permutations, rank, world, epoch, start, pin_memory)
-        index = start
-        for batch in loader:
-            index += 1
-            yield batch, {"epoch": epoch, "batch": index}
-        if index == 0:  # (a resume at the very end of an epoch legitimately reads nothing here)
-            raise RuntimeError(f"rank {rank}: epoch {epoch} of {cfg.data.shards} gave no batches")
-        epoch, start = epoch + 1, 0
+    loader = open_loader(cfg, permutations, rank, world, position["epoch"], position["batch"], pin_memory)
+    per_epoch = loader.batches_per_epoch
+    epoch, index = position["epoch"], position["batch"]
+    for batch in loader:
+        if index == per_epoch:
+            epoch, index = epoch + 1, 0
+        index += 1
+        yield batch, {"epoch": epoch, "batch": index}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -40,3 +40,36 @@ def test_script_starts(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_print_config_shows_the_resolved_config_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from cluster.submit import main as submit
+    from eval.linear import main as linear
+    from pretrain.__main__ import main as pretrain
+
+    config = ROOT / "configs" / "demo_infomax_eta.yaml"
+    assert pretrain(["--config", str(config), "train.steps=7", "--print-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["train"]["steps"] == 7 and shown["task"]["estimator"] == "eta-mine"
+    assert shown["optim"]["beta2"] == 0.999 and shown["track"]["mlflow_uri"] is None  # defaults filled in
+
+    assert linear(["checkpoint=runs/x", "data=shards/y", "epochs=3", "--print-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["epochs"] == 3 and shown["checkpoint"] == ["runs/x"] and shown["knn_k"] == 20
+
+    # cluster.submit checks and names the run as it would submit it, then prints instead of submitting
+    assert submit(["pretrain", "--address", "http://127.0.0.1:1", "--config", str(config),
+                   f"run.root={tmp_path}", "--print-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["run"]["root"] == str(tmp_path) and shown["run"]["name"] == "demo_infomax_eta"
+
+    # cluster.resume becomes `python -m pretrain ... --print-config` (the flag is passed on to the exec)
+    import cluster.resume
+
+    execs = []
+    monkeypatch.setattr(cluster.resume.os, "execv", lambda path, cmd: execs.append(cmd))
+    assert cluster.resume.main(["--config", str(config), f"run.root={tmp_path}", "run.name=r", "--print-config"]) == 0
+    (command,) = execs
+    assert command[1:4] == ["-m", "pretrain", "--config"] and command[-1] == "--print-config"

@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from experiments.mi_gaussian.critics import BatchedMLP, build_critic
 from pretrain import estimators
+from pretrain.progress import bar as progress_bar
 
 CONVEX = "eta-mine-convex"
 PROTOCOLS = ("paper", "staircase")
@@ -310,7 +310,7 @@ def run_paper_dim(cfg: PaperConfig, dim: int, gen: torch.Generator, writer, bar)
                 writer.add_scalar(f"paper/d{d}/true_mi", true_mi, step + 1)
         bar.update(1)
         if step % 25 == 0:
-            bar.set_postfix_str(f"d={d} true={true_mi:.2f} " + " ".join(f"{n}={float(mi.view(r, e)[:, i].mean()):.2f}" for i, n in enumerate(names[:3])))
+            bar.set_postfix_str(f"d={d} true={true_mi:.2f} " + " ".join(f"{n}={float(mi.view(r, e)[:, i].mean()):.2f}" for i, n in enumerate(names[:3])), refresh=False)
 
     final = est.double()
     estimates = {n: [float(v) for v in final[:, i]] for i, n in enumerate(names)}
@@ -345,7 +345,7 @@ def run_paper(cfg: PaperConfig, writer=None, progress: bool = True, on_rows=None
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rows, curves = [], {}
-    with _bar(len(cfg.dims) * cfg.steps, "paper", progress) as bar:
+    with progress_bar(total=len(cfg.dims) * cfg.steps, desc="paper", enabled=progress) as bar:
         for d in cfg.dims:
             dim_rows, curves[d] = run_paper_dim(cfg, d, gen, writer, bar)
             rows += dim_rows
@@ -390,7 +390,7 @@ def run_staircase(cfg: StaircaseConfig, writer=None, progress: bool = True, on_r
     total = len(cfg.levels) * cfg.steps
     traces = {k: np.zeros((e, total)) for k in cfg.critics}
     rows = []
-    with _bar(total, "staircase", progress) as bar:
+    with progress_bar(total=total, desc="staircase", enabled=progress) as bar:
         for step in range(total):
             level = cfg.levels[step // cfg.steps]
             x, y = sample_correlated(cfg.batch, d, staircase_rho(level, d), gen)
@@ -416,7 +416,7 @@ def run_staircase(cfg: StaircaseConfig, writer=None, progress: bool = True, on_r
                         writer.add_scalar(f"staircase/{k}/{n}", traces[k][i, step], step)
             bar.update(1)
             if step % 25 == 0:
-                bar.set_postfix_str(f"true={level:g} " + " ".join(f"{k[:3]}/{n}={traces[k][i, step]:.2f}" for k in cfg.critics for i, n in enumerate(names[:2])))
+                bar.set_postfix_str(f"true={level:g} " + " ".join(f"{k[:3]}/{n}={traces[k][i, step]:.2f}" for k in cfg.critics for i, n in enumerate(names[:2])), refresh=False)
             if (step + 1) % cfg.steps == 0:
                 li, end = step // cfg.steps, step + 1
                 for k in cfg.critics:
@@ -538,11 +538,6 @@ def plot_staircase(traces: dict, cfg: StaircaseConfig, out: Path) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # Command line.
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    # In a log file (no terminal) print a line every 30 s instead of redrawing.
-    return tqdm(total=total, desc=desc, disable=not enabled, mininterval=0.5 if sys.stderr.isatty() else 30, dynamic_ncols=True)
 
 
 def _int_list(text: str) -> list[int]:

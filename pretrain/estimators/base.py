@@ -7,6 +7,8 @@ other entry is a marginal pair.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import NamedTuple
 
 import torch
@@ -22,32 +24,60 @@ class MIEstimate(NamedTuple):
     mi: torch.Tensor
 
 
+_MASKS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("masks_checked", default=False)
+
+
+@contextlib.contextmanager
+def masks_checked():
+    """Within it, :func:`resolve_masks` trusts the values of the masks it is given.
+
+    For callers that built or checked their masks on the host (the jigsaw task's ``host_prepare``):
+    reading mask values on an accelerator stalls the step until the device catches up.
+    """
+    token = _MASKS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _MASKS_CHECKED.reset(token)
+
+
 def resolve_masks(
     scores: torch.Tensor, pos_mask: torch.Tensor | None, neg_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``scores`` [N, M] and return boolean (pos_mask, neg_mask), each [N, M]."""
+    """Validate ``scores`` [N, M] and return boolean (pos_mask, neg_mask), each [N, M].
+
+    Given masks are checked for overlap and emptiness (values: outside :func:`masks_checked`); the
+    default diagonal needs N >= 2 for a marginal pair.
+    """
     if scores.dim() != 2 or not scores.is_floating_point():
         raise ValueError(f"scores must be a 2-D float tensor [N, M], got {tuple(scores.shape)} {scores.dtype}")
     n, m = scores.shape
+    given = pos_mask is not None or neg_mask is not None
     if pos_mask is None:
         if n != m:
             raise ValueError(f"scores is {n}x{m}: pass pos_mask for a non-square score matrix")
+        if n < 2 and neg_mask is None:
+            raise ValueError("need at least one joint pair (pos_mask) and one marginal pair (neg_mask): N >= 2")
         pos_mask = torch.eye(n, dtype=torch.bool, device=scores.device)
     if neg_mask is None:
         neg_mask = ~pos_mask
     for name, mask in (("pos_mask", pos_mask), ("neg_mask", neg_mask)):
         if mask.shape != scores.shape or mask.dtype != torch.bool:
             raise ValueError(f"{name} must be a bool tensor of shape {tuple(scores.shape)}, got {tuple(mask.shape)} {mask.dtype}")
-    if (pos_mask & neg_mask).any():
-        raise ValueError("pos_mask and neg_mask overlap: a pair cannot be both joint and marginal")
-    if not pos_mask.any() or not neg_mask.any():
-        raise ValueError("need at least one joint pair (pos_mask) and one marginal pair (neg_mask)")
+    if given and not _MASKS_CHECKED.get():
+        if (pos_mask & neg_mask).any():
+            raise ValueError("pos_mask and neg_mask overlap: a pair cannot be both joint and marginal")
+        if not pos_mask.any() or not neg_mask.any():
+            raise ValueError("need at least one joint pair (pos_mask) and one marginal pair (neg_mask)")
     return pos_mask, neg_mask
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, reduce: bool = False) -> torch.Tensor:
-    """Mean of ``values[mask]``; with ``reduce`` the mean over the entries of every rank."""
-    total = values[mask].sum()
+    """Mean of ``values[mask]``; with ``reduce`` the mean over the entries of every rank.
+
+    Masked arithmetic rather than ``values[mask]``, whose size depends on the mask's values and so
+    waits for the device."""
+    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
     count = mask.sum().to(values.dtype)
     if reduce:
         total, count = dist.all_reduce_sum(total), dist.all_reduce_sum(count)
@@ -59,7 +89,7 @@ def masked_log_mean_exp(values: torch.Tensor, mask: torch.Tensor, reduce: bool =
 
     With ``reduce`` the mean runs over the entries of every rank (autograd-aware).
     """
-    selected = values[mask]
+    selected = values.masked_fill(~mask, float("-inf"))  # e^-inf = 0: masked-out entries add nothing
     shift = selected.max().detach()
     if reduce:
         shift = dist.all_reduce_max(shift)

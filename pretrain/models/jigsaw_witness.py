@@ -79,18 +79,22 @@ class JigsawWitness(nn.Module):
 
     def embed_y(self, perms: torch.Tensor) -> torch.Tensor:
         """perms [M] permutation indices -> unit vectors [M, embed_dim]."""
-        one_hot = F.one_hot(perms.long(), self.num_permutations).to(self.y_proj.weight.dtype)
-        return _unit_fp32(self.y_proj(one_hot))
+        return _unit_fp32(_linear_of_one_hot(self.y_proj, perms))
 
     def log_baseline(self, perms: torch.Tensor) -> torch.Tensor:
         """perms [M] -> η(y_j) [M] (needs ``log_baseline=True``)."""
         if self.baseline is None:
             raise ValueError("this witness was built without log_baseline=True")
-        one_hot = F.one_hot(perms.long(), self.num_permutations).to(self.baseline.weight.dtype)
-        return self.baseline(one_hot).squeeze(1)
+        return _linear_of_one_hot(self.baseline, perms).squeeze(1)
 
     def forward(self, features: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
         """features [P, 9, D], perms [M] -> scores [P, M] float32, f(x_i, y_j) = score_scale · cos."""
         x, y = self.embed_x(features), self.embed_y(perms)
         with torch.autocast(device_type=x.device.type, enabled=False):  # cosines in float32, also under bf16
             return self.score_scale * x @ y.T
+
+
+def _linear_of_one_hot(linear: nn.Linear, index: torch.Tensor) -> torch.Tensor:
+    """``linear(one_hot(index))`` [M, out] as a column lookup: ``F.one_hot`` checks the index range by
+    reading it back from the device, which would stall every step on an accelerator."""
+    return F.embedding(index.long(), linear.weight.T) + linear.bias

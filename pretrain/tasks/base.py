@@ -14,6 +14,9 @@ from torch import nn
 from pretrain import estimators
 
 
+PREPARED = "host_prepared"  # batch key: host_prepare has run
+
+
 class Task(nn.Module):
     """Base of the pretraining tasks: ``encoder``, ``estimator`` (None for CE) and parameter groups."""
 
@@ -40,6 +43,22 @@ class Task(nn.Module):
             metrics["eta"] = self.estimator.eta.detach().clone()
             metrics["normaliser"] = self.estimator.normaliser.detach().clone()
         return metrics
+
+    def host_prepare(self, batch: dict) -> dict:
+        """The batch with its values checked and what derives from them added (e.g. the MI pair masks),
+        marked ``PREPARED``; a batch already marked comes back as it is.
+
+        The training loop calls this on the host before the batch moves to the device: reading the
+        values of device tensors would stall every step. ``forward`` calls it too, so a batch handed
+        straight to the task (tests, notebooks) is checked all the same.
+        """
+        if batch.get(PREPARED):
+            return batch
+        return {**self.check_and_derive(batch), PREPARED: True}
+
+    def check_and_derive(self, batch: dict) -> dict:
+        """Value checks and derived tensors of a host batch (:meth:`host_prepare`). Base: none."""
+        return batch
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, C, H, W] in the encoder's memory format (channels_last when its conv weights are)."""

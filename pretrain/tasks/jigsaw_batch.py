@@ -4,7 +4,8 @@ Two batch layouts are accepted:
 - ``patches`` [P, 9, 3, h, w]: every puzzle's patches in scrambled order (P = images × perms);
 - ``tiles`` [I, 9, 3, h, w] + ``perm_rows`` [M, 9] (+ ``image_index``, ``perm_slot`` [P]): each
   image's 9 tiles once, with the batch's M permutations (the streams' ``gather=False``).
-The second runs the encoder on the I·9 unique tiles and gathers their features into puzzles: the
+A third, ``tiles_u8`` uint8 [I, 9, h, w, 3] + ``gray`` [I] (``data.augment_on=device``), is the second
+before its per-patch work, done here on the batch's device. The second runs the encoder on the I·9 unique tiles and gathers their features into puzzles: the
 same features and gradients as encoding all P·9 patches (each tile appears M times, so batch-norm's
 batch mean and biased variance are the same too), for 1/M of the encoder's work (16× less with the
 paper's 16 permutations per image).
@@ -22,6 +23,11 @@ def encode_patches(task: Task, batch: dict, kind: str) -> tuple[torch.Tensor, to
     All patches (or unique tiles) go through the encoder in one call (BN statistics over the batch).
     """
     perm_index = require(batch, "perm_index", 1, kind).long()
+    if "tiles_u8" in batch:  # data.augment_on=device: gray and standardise here, batched, on the device
+        from data_prep.jigsaw import standardise
+
+        tiles = standardise(require(batch, "tiles_u8", 5, kind), require(batch, "gray", 1, kind), sync_free=True)
+        batch = {**batch, "tiles": tiles}
     if "tiles" in batch:
         tiles = require(batch, "tiles", 5, kind)
         perm_rows = require(batch, "perm_rows", 2, kind).long()

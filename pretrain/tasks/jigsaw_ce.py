@@ -11,7 +11,7 @@ from torch import nn
 
 from pretrain.models import Descrambler
 
-from .base import Task
+from .base import Task, require
 from .jigsaw_batch import encode_patches
 
 KIND = "jigsaw-ce"
@@ -31,12 +31,16 @@ class JigsawCE(Task):
         self.num_permutations = num_permutations
         self.descrambler = Descrambler(encoder.feature_dim, num_permutations=num_permutations, **head_kwargs)
 
+    def check_and_derive(self, batch: dict) -> dict:
+        perm_index = require(batch, "perm_index", 1, KIND)
+        if perm_index.min() < 0 or perm_index.max() >= self.num_permutations:
+            raise ValueError(f"task {KIND!r}: perm_index outside 0..{self.num_permutations - 1}; does num_permutations match the data?")
+        return batch
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """batch: ``patches`` [P, 9, 3, h, w], ``perm_index`` [P] ->
         {"loss": CE (grad), "acc": fraction of puzzles whose argmax is the true permutation}."""
-        features, perm_index = encode_patches(self, batch, KIND)
-        if perm_index.min() < 0 or perm_index.max() >= self.num_permutations:
-            raise ValueError(f"task {KIND!r}: perm_index outside 0..{self.num_permutations - 1}; does num_permutations match the data?")
+        features, perm_index = encode_patches(self, self.host_prepare(batch), KIND)
         logits = self.descrambler(features)
         loss = F.cross_entropy(logits.float(), perm_index)
         acc = (logits.detach().argmax(dim=1) == perm_index).float().mean()

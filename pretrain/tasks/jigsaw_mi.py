@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pretrain.estimators.base import masks_checked
 from pretrain.models import JigsawWitness
 
 from .base import Task, build_estimator, require
@@ -63,13 +64,9 @@ class JigsawMI(Task):
         self.witness = JigsawWitness(encoder.feature_dim, num_permutations=num_permutations,
                                      log_baseline=takes_baseline, **witness_kwargs)
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """batch: ``patches`` [P, 9, 3, h, w], ``perm_index`` [P], ``batch_perms`` [M], ``perm_slot`` [P],
-        ``image_index`` [P] -> {"loss", "mi", "acc", and "eta", "normaliser" for η-MINE}.
-
-        ``acc``: fraction of puzzles whose highest score over the M batch permutations is their own.
-        """
-        features, perm_index = encode_patches(self, batch, KIND)
+    def check_and_derive(self, batch: dict) -> dict:
+        """Check the permutation bookkeeping and add the pair masks ``pos_mask``, ``neg_mask`` [P, M]."""
+        perm_index = require(batch, "perm_index", 1, KIND).long()
         batch_perms = require(batch, "batch_perms", 1, KIND).long()
         perm_slot = require(batch, "perm_slot", 1, KIND).long()
         image_index = require(batch, "image_index", 1, KIND)
@@ -82,10 +79,22 @@ class JigsawMI(Task):
             raise ValueError(f"task {KIND!r}: batch_perms repeats a permutation, so a marginal pair could be joint")
         if batch_perms.min() < 0 or batch_perms.max() >= self.num_permutations:
             raise ValueError(f"task {KIND!r}: batch_perms outside 0..{self.num_permutations - 1}; does num_permutations match the data?")
-
-        scores = self.witness(features, batch_perms).float()
         pos, neg = jigsaw_masks(perm_slot, num_slots, batch_seed(image_index, perm_index))
+        return {**batch, "pos_mask": pos, "neg_mask": neg}
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """batch: ``patches`` [P, 9, 3, h, w], ``perm_index`` [P], ``batch_perms`` [M], ``perm_slot`` [P],
+        ``image_index`` [P] (and, after :meth:`host_prepare`, ``pos_mask``, ``neg_mask`` [P, M]) ->
+        {"loss", "mi", "acc", and "eta", "normaliser" for η-MINE}.
+
+        ``acc``: fraction of puzzles whose highest score over the M batch permutations is their own.
+        """
+        batch = self.host_prepare(batch)
+        features, _ = encode_patches(self, batch, KIND)
+        batch_perms = batch["batch_perms"].long()
+        scores = self.witness(features, batch_perms).float()
         extra = {"log_baseline": self.witness.log_baseline(batch_perms).float()} if self.takes_baseline else {}
-        loss, mi = self.estimator(scores, pos, neg, **extra)
-        acc = (scores.detach().argmax(dim=1) == perm_slot).float().mean()
+        with masks_checked():  # by check_and_derive, on the host
+            loss, mi = self.estimator(scores, batch["pos_mask"], batch["neg_mask"], **extra)
+        acc = (scores.detach().argmax(dim=1) == batch["perm_slot"]).float().mean()
         return {"loss": loss, "mi": mi, "acc": acc, **self.estimator_metrics()}

@@ -88,12 +88,13 @@ def jigsaw_preview(batch: dict, n: int = 4) -> torch.Tensor:
     """``n`` scrambled puzzles, 3×3 patches in batch order (either stream layout)."""
     from torchvision.utils import make_grid
 
+    from data_prep.jigsaw import scramble, standardise
+
     if "patches" in batch:
         p = batch["patches"][:n].detach().float().cpu()  # [n, 9, 3, h, w]
-    else:  # unique tiles: scramble the first n puzzles for display
-        from data_prep.jigsaw import scramble
-
-        p = scramble(batch["tiles"].detach().float().cpu(), batch["perm_rows"].cpu(),
+    else:  # unique tiles (or uint8 tiles for the device): scramble the first n puzzles for display
+        tiles = standardise(batch["tiles_u8"].cpu(), batch["gray"].cpu()) if "tiles_u8" in batch else batch["tiles"]
+        p = scramble(tiles.detach().float().cpu(), batch["perm_rows"].cpu(),
                      batch["image_index"][:n].cpu(), batch["perm_slot"][:n].cpu())
     n_, _, c, h, w = p.shape
     grid = p.reshape(n_, 3, 3, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(n_, c, 3 * h, 3 * w)
@@ -111,7 +112,8 @@ def open_jigsaw(data, permutations: torch.Tensor, **common):
     from data_prep.jigsaw_stream import jigsaw_loader
 
     return jigsaw_loader(data.shards, permutations=permutations.numpy(), images_per_batch=data.images_per_batch,
-                         perms_per_image=data.perms_per_image, gather=not data.unique_tiles, **common)
+                         perms_per_image=data.perms_per_image, gather=not data.unique_tiles,
+                         device_augment=data.augment_on == "device", **common)
 
 
 def open_infomax(data, permutations: None, **common):

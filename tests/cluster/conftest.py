@@ -1,4 +1,4 @@
-"""A real single-node Ray cluster on 127.0.0.1 for tests (fixture `head`, one per test module),
+"""A real single-node Ray cluster on 127.0.0.1 for tests (fixture `head`, one for the tests/cluster package),
 and a way to run the submit CLI against it.
 
 The head is `ray start --head --block` with every file under its own temporary directory, free
@@ -167,9 +167,10 @@ class LocalHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def head():
-    """A running head for the test module, stopped (with everything it started) afterwards."""
+    """A running head for the tests of tests/cluster (submit and end-to-end jobs share it: starting
+    and stopping a head costs seconds), stopped with everything it started after the last of them."""
     from ray._private.utils import get_dashboard_dependency_error
 
     missing = get_dashboard_dependency_error()

@@ -1,4 +1,5 @@
-"""`python -m cluster.submit` against a real Ray head on 127.0.0.1 (token auth on), one per module.
+"""`python -m cluster.submit` against a real Ray head on 127.0.0.1 (token auth on), the one head of
+tests/cluster (test_cluster_e2e.py submits to it too).
 
 The jobs run a stand-in project: the real `cluster` package next to a `pretrain` whose
 `__main__` only records what it was asked to do, in run directories named like the real ones.

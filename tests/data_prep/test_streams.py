@@ -112,6 +112,22 @@ def test_same_seed_same_data_resume_and_new_epoch(shards):
     assert full[0]["images"].min() >= -1 and full[0]["images"].max() <= 1
 
 
+def test_endless_stream_runs_the_epochs_of_separate_loaders_in_one(shards):
+    """One iteration over epochs in the same 2 workers (7 batches an epoch: odd, so the worker that
+    deals the next epoch's first batch changes) equals one loader per epoch, from a mid-epoch resume."""
+    import itertools
+
+    kw = dict(batch_size=4, num_workers=2, seed=7, batches_per_epoch=7, shuffle_buffer=20)
+    separate = [*infomax_loader(shards, epoch=2, skip_batches=3, **kw), *infomax_loader(shards, epoch=3, **kw),
+                *infomax_loader(shards, epoch=4, **kw)]
+    endless = list(itertools.islice(infomax_loader(shards, epoch=2, skip_batches=3, endless=True, **kw),
+                                    len(separate)))
+    assert len(separate) == 4 + 7 + 7
+    for a, b in zip(separate, endless):
+        torch.testing.assert_close(a["images"], b["images"], rtol=0, atol=0)
+        assert a["label"].tolist() == b["label"].tolist()
+
+
 def test_corrupt_sample_skipped_with_warning(tmp_path, shards, perms):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -255,3 +255,31 @@ def test_default_splits_pick_test_or_val_and_refuse_unlabelled():
         default_splits(manifest(train=True, test=True, unlabeled=False), "unlabeled", None)
     with pytest.raises(ValueError, match="no test split 'holdout'; available: train, test"):
         default_splits(manifest(train=True, test=True), None, "holdout")
+
+
+def test_progress_lines_when_logged_and_probe_curves_beside_the_run(eval_world, tmp_path, capsys):
+    """Piped or logged (not a terminal): readable progress lines, not carriage-return redraws. A
+    checkpoint inside a run directory gets the probe's curves in that run's TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from .conftest import make_config, write_checkpoint
+
+    run = tmp_path / "run"
+    write_checkpoint(run, make_config("infomax", eval_world["small"]), step=9, seed=4)
+    (run / "config.yaml").write_text("run: {name: test}\n")  # what makes a directory a run directory
+    res = run_linear_eval(run, eval_world["small"], epochs=3, seeds=1, out=tmp_path / "out", lr=1e-2,
+                          batch_size=16, cache_dir=None, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert any(line.startswith("features train") and "60/60" in line for line in lines), err
+    assert any(line.startswith("probe seed 0") and "3/3" in line for line in lines), err
+
+    assert res["run_dir"] == str(run) and res["run_tensorboard"] == str(run / "tb" / "probe-synthetic")
+    summary = EventAccumulator(res["run_tensorboard"]).Reload()
+    (top1,) = summary.Scalars("probe/top1")
+    assert top1.step == 9 and top1.value == pytest.approx(res["top1"]["mean"])
+    curves = EventAccumulator(str(run / "tb" / "probe-synthetic" / "step9" / "seed0")).Reload()
+    assert [e.step for e in curves.Scalars("probe/test_top1")] == [1, 2, 3]
+    # a checkpoint outside a run directory (eval_world's have no config.yaml) leaves nothing behind
+    assert not (eval_world["infomax_run"] / "tb").exists()

@@ -11,7 +11,7 @@ from eval.table import main, make_table
 def _result(name, task, estimator, encoder, pre_ds, probe_ds, *, source=None, pre_source=None, random_init=False, top1=(50.0, 60.0)):
     meta = {
         "checkpoint": f"/runs/{name}/checkpoint_000000100/checkpoint.pt", "checkpoint_name": name, "step": 100,
-        "random_init": random_init, "dataset": probe_ds, "dataset_source": source, "data": f"/shards/{probe_ds}",
+        "random_init": random_init, "run_dir": None, "dataset": probe_ds, "dataset_source": source, "data": f"/shards/{probe_ds}",
         "pretraining": {"task": task, "estimator": estimator, "encoder": encoder, "depth": 2 if encoder == "dcgan" else None,
                         "dataset": pre_ds, "dataset_source": pre_source, "shards": f"/shards/{pre_ds}"},
         "train_split": "train", "test_split": "test", "num_train": 100, "num_test": 50, "num_classes": 10,
@@ -74,10 +74,29 @@ def test_cli_gathers_directories_and_rejects_bad_input(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text('{"top1": 1}')
     assert main([str(tmp_path / "bad")]) == 2
-    assert "not an eval.linear results file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not an eval.linear results file" in err and "no eval.linear results under" in err
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_other_results_files_are_skipped_with_a_note(tmp_path, capsys):
+    """Directories that also hold the experiments' own results.json (a list, another object, broken
+    JSON) give the table of the probe results, and a note per skipped file."""
+    write_results(tmp_path / "probe", _result("x", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10"))
+    (tmp_path / "mi_gaussian").mkdir()
+    (tmp_path / "mi_gaussian" / "results.json").write_text('[{"estimator": "eta-mine", "dim": 2}]')
+    (tmp_path / "mi_gan").mkdir()
+    (tmp_path / "mi_gan" / "results.json").write_text('{"config": {}, "summary": {}}')
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text('{"top1": ')
+    assert main([str(tmp_path), "--out", str(tmp_path / "table.md")]) == 0
+    captured = capsys.readouterr()
+    assert "| x |" in captured.out and (tmp_path / "table.md").read_text() == captured.out
+    notes = captured.err.strip().splitlines()
+    assert len(notes) == 3 and all(n.startswith("note: skipped ") for n in notes)
+    assert any("mi_gaussian" in n and "a JSON list" in n for n in notes)
 
 
 def test_results_markdown_mentions_setting():

@@ -138,7 +138,7 @@ def test_more_workers_than_the_cluster_has_is_one_line(ray_session, shards, tmp_
 
     cfg = load_config(None, overrides(shards, tmp_path, "train.num_workers=3", "train.resource_wait_s=0.5"))
     with pytest.raises(ConfigError, match=r"train.num_workers=3 need 3 CPU \(cluster has 2\)") as info:
-        launch(cfg, show_progress=False)
+        launch(cfg)
     assert "\n" not in str(info.value)
 
 
@@ -152,7 +152,7 @@ def test_split_with_nothing_decodable_ends_the_run_with_one_line(ray_session, sh
     bad = damaged_copy(shards, tmp_path / "bad", garble_images)
     cfg = load_config(None, overrides(bad, tmp_path / "runs", "train.max_failures=2"))
     with pytest.raises(RunFailed, match="split 'train' of .* gives no decodable images") as info:
-        launch(cfg, show_progress=False)
+        launch(cfg)
     assert "\n" not in str(info.value)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / FATAL_FILE).read_text())["rank"] == 0

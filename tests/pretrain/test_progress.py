@@ -51,3 +51,18 @@ def test_eta_uses_the_time_between_reports(monkeypatch):
     line(record(30))  # t=130: 20 steps in 20 s, 70 to go
     first, second = out.getvalue().splitlines()
     assert LINE_RE.match(first)["eta_time"] == "-" and LINE_RE.match(second)["eta_time"] == "0:01:10"
+
+
+def test_bar_in_a_log_prints_whole_lines_not_redraws():
+    from pretrain.progress import bar
+
+    log = io.StringIO()  # not a terminal
+    with bar(total=1000, desc="features train", stream=log, leave=False) as b:
+        for _ in range(1000):
+            b.set_postfix(loss="0.5", refresh=False)
+            b.update(1)
+    text = log.getvalue()
+    lines = text.splitlines()
+    assert "\r" not in text and "\x1b" not in text
+    assert lines[0].startswith("features train:   0%") and "1000/1000" in lines[-1]
+    assert len(lines) < 10  # a line every 30 s and at the end, not one per update

@@ -8,6 +8,7 @@ clear message and keeps its last good checkpoint.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,22 +104,46 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
     assert_same_state(final_state(first), reference)
 
 
-def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path):
+def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, monkeypatch, capfd):
+    """Also: metrics every step but Ray reports only with the 2 checkpoints, and the controller is
+    started with the config's train.controller_poll_s (the session's environment says 0.1)."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pretrain.train import launch
+    from pretrain.train import CONTROLLER_POLL_ENV, launch
 
+    controller_env = []
+    fit = TorchTrainer.fit
+
+    def recording_fit(self):  # Ray builds the controller actor's runtime env from this, in fit()
+        controller_env.append(get_env_vars_to_propagate())
+        return fit(self)
+
+    monkeypatch.setattr(TorchTrainer, "fit", recording_fit)
     cfg = load_config(None, [
         f"data.shards={digits}", f"run.root={tmp_path}", "run.name=jig", "task.kind=jigsaw-mi",
         "task.estimator=eta-mine", "model.encoder=dcgan", "model.depth=4", "model.kwargs.image_size=64",
         "data.images_per_batch=2", "data.perms_per_image=4", "data.num_permutations=10",
-        "train.num_workers=2", "train.steps=4", "train.report_every=2", "train.checkpoint_every=4"])
-    run = launch(cfg).run_dir
+        "train.num_workers=2", "train.steps=4", "train.report_every=1", "train.checkpoint_every=2",
+        "train.controller_poll_s=0.25"])
+    out = launch(cfg)
+    run = out.run_dir
+    assert controller_env[0][CONTROLLER_POLL_ENV] == "0.25"
+    assert os.environ[CONTROLLER_POLL_ENV] == "0.1"  # the driver's own setting is back
+    reported = sorted(Path(c.path).name for c, _ in out.result.best_checkpoints)
+    assert reported == ["checkpoint_000000002", "checkpoint_000000004"]
     payload = ck.load_checkpoint(run)
     assert payload["permutations"].shape == (10, 9)
     assert torch.equal(payload["permutations"].sort(dim=1).values, torch.arange(9).expand(10, 9))
     m = read_metrics(run)
-    assert [x["step"] for x in m] == [2, 4] and all(x["eta/rank0"] == x["eta/rank1"] for x in m)
+    assert [x["step"] for x in m] == [1, 2, 3, 4] and all(x["eta/rank0"] == x["eta/rank1"] for x in m)
+    from pretrain.progress import LINE_RE
+
+    shown = [LINE_RE.match(line) for line in capfd.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [int(x["step"]) for x in shown] == [1, 2, 3, 4]
+    for line, rec in zip(shown, m):  # images/s, not puzzles/s: 4 permutations of each image
+        assert float(line["images_per_s"]) == pytest.approx(rec["samples_per_s"] / 4, abs=0.1)
     events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0}).Reload()
     assert {"loss", "mi", "eta", "normaliser", "eta/rank1", "samples_per_s", "data_wait_fraction",
             "lr/main", "lr/eta"} <= set(events.Tags()["scalars"])

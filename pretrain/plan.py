@@ -1,0 +1,249 @@
+"""What a config costs before it runs: FLOPs per step, total PFLOPs, the data rate it needs, hours.
+
+``python -m pretrain --config X --plan`` prints :func:`format_plan` of :func:`plan` without starting
+Ray. Other tools (a whole-table dry run) call :func:`plan` on each config they would launch::
+
+    from pretrain.config import load_config
+    from pretrain.plan import plan, format_plan
+    print(format_plan(plan(load_config("configs/jigsaw_eta_imagenet10.yaml"))))
+
+FLOPs come from ``torch.utils.flop_counter`` on one batch of the config's real shape (forward,
+backward and the optimiser step of one rank, times the ranks). The counter counts matrix products
+and convolutions (a multiply-add is 2 FLOPs); elementwise work (activations, batch norm, Adam's
+update) is not counted, so the hours are a floor for the accelerator side. The data side is
+measured: the config's own decode and batch-making code, one thread, on the config's shards when
+they exist here, else on synthetic images of the size the stream decodes.
+"""
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+# One H200 SXM: 989 TFLOP/s dense bf16 (NVIDIA's datasheet, without sparsity). A step of small
+# convolutions reaches well under peak; 40% is the sustained figure we plan with.
+H200_BF16_DENSE_TFLOPS = 989.0
+DEFAULT_TFLOPS = 0.4 * H200_BF16_DENSE_TFLOPS
+
+
+@dataclass
+class Plan:
+    """The cost of one config; every rate is for the whole run (all ranks together).
+
+    flops_per_step: counted FLOPs of one optimiser step over all ranks. images_per_step: source
+    images a step consumes (all ranks). tflops: the accelerator rate assumed (all ranks together).
+    data_images_per_s_per_core: measured decode + batch rate of one core; data_cores: the cores the
+    config gives the stream (``loader_workers`` per rank, at least 1, times the ranks).
+    """
+
+    config: str
+    task: str
+    encoder: str
+    steps: int
+    workers: int
+    images_per_step: int
+    flops_per_step: float
+    total_pflops: float
+    tflops: float
+    images_per_s_needed: float
+    hours_at_tflops: float
+    data_images_per_s_per_core: float
+    data_source: str
+    data_cores: int
+    hours_at_data_rate: float
+
+    @property
+    def cores_to_keep_up(self) -> int:
+        """Cores the data side needs so that the accelerators never wait."""
+        return math.ceil(self.images_per_s_needed / self.data_images_per_s_per_core)
+
+
+def plan(cfg: DictConfig, *, tflops: float = DEFAULT_TFLOPS, name: str | None = None,
+         data_seconds: float = 2.0) -> Plan:
+    """The cost :class:`Plan` of ``cfg`` (a loaded config) at ``tflops`` TFLOP/s over all ranks.
+
+    Builds the task on the CPU, counts one step, and times the data side for about
+    ``data_seconds``. Needs no Ray and no shards (synthetic images stand in when they are absent).
+    """
+    workers = cfg.train.num_workers
+    flops_rank = step_flops(cfg)
+    flops = flops_rank * workers
+    per_rank_images = cfg.data.images_per_batch if _is_jigsaw(cfg) else cfg.data.batch_size
+    images_per_step = per_rank_images * workers
+    from pretrain.train import run_schedule
+
+    steps = run_schedule(cfg)[0]
+    total = flops * steps
+    steps_per_s = tflops * 1e12 / flops
+    rate, source = data_rate(cfg, seconds=data_seconds)
+    cores = max(1, cfg.data.loader_workers) * workers
+    return Plan(
+        config=name or cfg.run.name, task=cfg.task.kind + (f"/{cfg.task.estimator}" if cfg.task.estimator else ""),
+        encoder=cfg.model.encoder, steps=steps, workers=workers, images_per_step=images_per_step,
+        flops_per_step=flops, total_pflops=total / 1e15, tflops=tflops,
+        images_per_s_needed=steps_per_s * images_per_step,
+        hours_at_tflops=total / (tflops * 1e12) / 3600,
+        data_images_per_s_per_core=rate, data_source=source, data_cores=cores,
+        hours_at_data_rate=steps * images_per_step / (rate * cores) / 3600)
+
+
+def format_plan(p: Plan) -> str:
+    """One line a person reads (the ``--plan`` output)."""
+    return (f"{p.config}: {p.task}, {p.encoder}, {p.workers} worker(s), {p.steps:,} steps x "
+            f"{p.flops_per_step / 1e9:,.1f} GFLOP = {p.total_pflops:.3g} PFLOP; "
+            f"{_duration(p.hours_at_tflops)} at {p.tflops:,.0f} TFLOP/s, which needs "
+            f"{p.images_per_s_needed:,.0f} images/s; data {p.data_images_per_s_per_core:,.0f} images/s "
+            f"per core ({p.data_source}): {_duration(p.hours_at_data_rate)} on {p.data_cores} core(s), "
+            f"{p.cores_to_keep_up} cores to keep up")
+
+
+def _duration(hours: float) -> str:
+    if hours >= 1:
+        return f"{hours:,.1f} h"
+    return f"{hours * 60:.1f} min" if hours * 60 >= 1 else f"{hours * 3600:.1f} s"
+
+
+def plan_dict(p: Plan) -> dict:
+    """The plan as plain values (for JSON), the derived ``cores_to_keep_up`` included."""
+    return {**asdict(p), "cores_to_keep_up": p.cores_to_keep_up}
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def _is_jigsaw(cfg: DictConfig) -> bool:
+    from pretrain.tasks import spec
+
+    return spec(cfg.task.kind).uses_permutations
+
+
+def example_batch(cfg: DictConfig, permutations: torch.Tensor | None, seed: int = 0) -> dict:
+    """One host batch of exactly the layout and shape the config's stream yields for one rank.
+
+    Jigsaw: random uint8 tiles through :func:`data_prep.jigsaw.make_batch` (``patches`` or, with
+    ``data.unique_tiles``, ``tiles`` + ``perm_rows``). InfoMax: ``images`` [B, 3, size, size].
+    """
+    d = cfg.data
+    rng = np.random.default_rng(seed)
+    if _is_jigsaw(cfg):
+        from data_prep import jigsaw
+
+        tiles = rng.integers(0, 256, (d.images_per_batch, 9, jigsaw.PATCH, jigsaw.PATCH, 3), dtype=np.uint8)
+        labels = np.zeros(d.images_per_batch, dtype=np.int64)
+        return jigsaw.make_batch(tiles, labels, permutations.numpy(), d.perms_per_image, rng,
+                                 gather=not d.unique_tiles, device_augment=d.augment_on == "device")
+    images = torch.from_numpy(rng.standard_normal((d.batch_size, 3, d.size, d.size), dtype=np.float32))
+    return {"images": images, "label": torch.zeros(d.batch_size, dtype=torch.long)}
+
+
+def step_flops(cfg: DictConfig) -> float:
+    """Counted FLOPs of one training step of one rank (forward, backward, optimiser step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pretrain.train import build_optimizers, build_task_from_config, permutations_of
+
+    permutations = permutations_of(cfg)
+    torch.manual_seed(cfg.run.seed)
+    task = build_task_from_config(cfg, permutations)
+    task.train()
+    main_opt, eta_opt = build_optimizers(cfg, task)
+    batch = task.host_prepare(example_batch(cfg, permutations))
+    with FlopCounterMode(display=False) as counter:
+        loss = task(batch)["loss"]
+        loss.backward()
+        main_opt.step()
+        if eta_opt is not None:
+            eta_opt.step()
+    return float(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------- data rate
+
+
+def data_rate(cfg: DictConfig, seconds: float = 2.0) -> tuple[float, str]:
+    """(source images per second that one core turns into batches, where the images came from).
+
+    Runs the config's own decode and batch-making functions on one thread for about ``seconds``:
+    on samples of the config's shards when ``data.shards`` holds a manifest, else on synthetic
+    images (292² JPEG for jigsaw, ``data.size``² PNG for InfoMax).
+    """
+    from data_prep import jigsaw_stream
+
+    samples, source = _shard_samples(cfg)
+    if samples is None:
+        samples, source = _synthetic_samples(cfg), "synthetic"
+    d = cfg.data
+    if _is_jigsaw(cfg):
+        import functools
+
+        from pretrain.train import permutations_of
+
+        permutations = permutations_of(cfg).numpy()
+        decode = jigsaw_stream.decode_for_jigsaw
+        collate = functools.partial(jigsaw_stream.collate_jigsaw, permutations=permutations,
+                                    perms_per_image=d.perms_per_image, train=True, gather=not d.unique_tiles,
+                                    device_augment=d.augment_on == "device")
+        group = d.images_per_batch
+    else:
+        import functools
+
+        from data_prep import infomax_stream
+
+        decode = functools.partial(infomax_stream.decode_small, size=d.size)
+        collate = functools.partial(infomax_stream.collate_infomax, train=True)
+        group = d.batch_size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(0)
+        done, i = 0, 0
+        start = time.perf_counter()
+        while done == 0 or time.perf_counter() - start < seconds:
+            items = [decode(samples[(i + k) % len(samples)]) for k in range(group)]
+            collate(items, rng)
+            done, i = done + group, i + group
+        return done / (time.perf_counter() - start), source
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _shard_samples(cfg: DictConfig, n: int = 64) -> tuple[list | None, str]:
+    """Up to ``n`` raw samples of the config's split, or ``(None, "")`` when the shards are not here."""
+    from data_prep.manifest import ManifestError, read_manifest, shard_paths
+
+    try:
+        urls = shard_paths(cfg.data.shards, cfg.data.split, read_manifest(cfg.data.shards))
+    except (ManifestError, OSError, ValueError):
+        return None, ""
+    import webdataset as wds
+
+    samples = []
+    for sample in wds.DataPipeline(wds.SimpleShardList(urls[:1]), wds.tarfile_to_samples()):
+        samples.append(sample)
+        if len(samples) == n:
+            break
+    return (samples or None), f"{Path(urls[0]).name}"
+
+
+def _synthetic_samples(cfg: DictConfig, n: int = 16) -> list[dict]:
+    """Smooth random pictures (JPEG noise would decode slower than photographs)."""
+    from PIL import Image
+
+    from data_prep import jigsaw
+
+    size, fmt, ext = (jigsaw.RESIZE, "JPEG", "jpg") if _is_jigsaw(cfg) else (cfg.data.size, "PNG", "png")
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(n):
+        coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        out.append({"__key__": f"synthetic{k}", ext: buf.getvalue()})
+    return out

@@ -1,0 +1,48 @@
+"""Each benchmark script runs end to end in a tiny setting and prints its side-by-side ratio (the
+figures of such runs mean nothing; the measured ones are in docs/performance.md)."""
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    """benchmarks/<name>.py as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_linear_probe_cached_against_usual(tmp_path, capsys):
+    figures = tmp_path / "lp.json"
+    assert load("linear_probe").main(["--limit", "40", "--epochs", "1", "--work", str(tmp_path),
+                                      "--json", str(figures)]) == 0  # 0: both probes gave the same accuracies
+    out = capsys.readouterr().out
+    assert re.search(r"speed-up \d+\.\dx; accuracies agree", out), out
+    saved = json.loads(figures.read_text())
+    assert saved["speedup"] > 0 and saved["max_abs_accuracy_difference"] == 0 and saved["train"] == 40
+
+
+def test_stream_throughput_pipelines(tmp_path, capsys):
+    load("stream_throughput").main(["--images", "30", "--batches", "2", "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    for row in ("(a) decode only", "(b) jigsaw stream", "(c) naive ImageFolder+PIL", "(b'') unique tiles, 292 shards"):
+        assert row in out
+    ratios = re.findall(r"^ratio (\S+) .* = (\d+\.\d\d)$", out, re.M)
+    assert [r for r, _ in ratios] == ["b/a", "b/c", "b'/c", "b''/c"] and all(float(v) > 0 for _, v in ratios)
+
+
+@pytest.mark.ray
+def test_train_step_plain_against_ray_loop(tmp_path, capsys, ray_session):
+    figures = tmp_path / "ts.json"
+    load("train_step").main(["--quick", "--threads", "1", "--work", str(tmp_path), "--json", str(figures)])
+    out = capsys.readouterr().out
+    assert re.search(r"\(a\) plain loop: start-up .*\n.*\(b\) Ray loop: .*\n.*after start-up a/b = \d+\.\d{3}", out), out
+    assert re.search(r"^bf16: matmul 64\^2 .* resnet18 jigsaw step", out, re.M), out
+    saved = json.loads(figures.read_text())
+    assert saved["ratio_a_over_b_after_startup"] > 0 and saved["flops_fp32"]["resnet50_step_flops"] > 0

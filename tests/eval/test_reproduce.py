@@ -1,0 +1,143 @@
+"""eval.reproduce: the plan of each table, the 8-model aggregate, and the miniature end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval import reproduce
+from eval.reproduce import aggregate, build_plan, collect, make_table
+
+
+def test_table3_plan_is_three_methods_times_the_seeds(tmp_path):
+    plan = build_plan("table3", tmp_path / "data", tmp_path / "out", seeds=4, probe_seeds=2)
+    assert [(r.method, r.seed) for r in plan.runs] == [(m, s) for m in ("ce", "dv-mine", "eta-mine") for s in range(4)]
+    assert {r.config for r in plan.runs} == {"configs/jigsaw_ce_imagenet10.yaml", "configs/jigsaw_dv_imagenet10.yaml",
+                                             "configs/jigsaw_eta_imagenet10.yaml"}
+    assert all(r.steps == 2_560_000 for r in plan.runs)  # 200 epochs of 128K images, 10 a step
+    assert len({r.name for r in plan.runs}) == 12
+    for r in plan.runs:
+        assert f"run.seed={r.seed}" in r.overrides and f"data.shards={tmp_path / 'data' / 'imagenet10'}" in r.overrides
+    assert len(plan.probes) == 12
+    assert {(p.dataset, p.probe_seeds, p.epochs) for p in plan.probes} == {("imagenet10", 2, 200)}
+
+
+def test_table2_plan_has_cross_probes_and_the_supervised_column(tmp_path):
+    plan = build_plan("table2", tmp_path / "data", tmp_path / "out", seeds=2, probe_seeds=2)
+    runs = {(r.method, r.dataset, r.seed): r for r in plan.runs}
+    assert len(runs) == 12 and set(runs) == {(m, d, s) for m in ("dv-mine", "eta-mine", "supervised")
+                                             for d in ("cifar10", "stl10") for s in range(2)}
+    assert runs[("dv-mine", "stl10", 0)].config == "configs/infomax_dv_stl10.yaml"
+    assert runs[("supervised", "cifar10", 1)].config == "configs/supervised_cifar10.yaml"
+    probes = {(p.method, p.pretrained_on, p.dataset) for p in plan.probes}
+    assert probes == {("dv-mine", "cifar10", "cifar10"), ("dv-mine", "cifar10", "stl10"), ("dv-mine", "stl10", "stl10"),
+                      ("dv-mine", "stl10", "cifar10"), ("eta-mine", "cifar10", "cifar10"), ("eta-mine", "cifar10", "stl10"),
+                      ("eta-mine", "stl10", "stl10"), ("eta-mine", "stl10", "cifar10"),
+                      ("supervised", "cifar10", "cifar10"), ("supervised", "stl10", "stl10")}
+    assert len(plan.probes) == 10 * 2
+    # the probes read the probe dataset's sizes where no shards exist yet
+    assert {(p.dataset, p.num_train, p.num_test) for p in plan.probes} == {("cifar10", 50_000, 10_000), ("stl10", 5_000, 8_000)}
+
+
+def test_dry_run_writes_the_plan_with_costs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(reproduce, "DATA_SECONDS", 0.2)  # pretrain.plan times each config's data side
+    plan_file = tmp_path / "plan.json"
+    assert reproduce.main(["table2", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
+                           "--seeds", "1", "--probe-seeds", "2", "--dry-run", "--plan-out", str(plan_file)]) == 0
+    plan = json.loads(plan_file.read_text())
+    assert plan["table"] == "table2" and len(plan["runs"]) == 6 + 10
+    for run in plan["runs"]:
+        assert {"kind", "method", "seed", "config", "steps", "flops"} <= set(run) and run["flops"] > 0
+    pre = next(r for r in plan["runs"] if r["kind"] == "pretrain" and r["method"] == "eta-mine")
+    assert pre["flops"] == pytest.approx(pre["flops_per_step"] * 78_100) and pre["hours_at_data_rate"] > 0
+    assert plan["total_flops"] == pytest.approx(sum(r["flops"] for r in plan["runs"]))
+    assert plan["hours"] == pytest.approx(plan["total_flops"] / (plan["tflops"] * 1e12) / 3600)
+    out = capsys.readouterr().out
+    assert "6 pretraining runs, 10 probes" in out and "GPU-minutes at a sustained" in out
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing else
+    assert reproduce.main(["table3", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "no imagenet10 shards in" in capsys.readouterr().err  # before any run, with the command to build them
+
+
+def test_eight_models_aggregate_as_by_hand(tmp_path):
+    plan = build_plan("table3", tmp_path / "data", tmp_path / "out", seeds=4, probe_seeds=2)
+    top1 = {0: (10.0, 12.0), 1: (11.0, 13.0), 2: (9.0, 8.0), 3: (14.0, 11.0)}  # pretraining seed -> probe seeds 0, 1
+    for probe in plan.probes:
+        if probe.method == "eta-mine":
+            per_seed = [{"seed": s, "top1": t, "top5": t + 10, "top10": 2 * t} for s, t in enumerate(top1[probe.seed])]
+        elif probe.method == "ce" and probe.seed < 3:  # 3 of 4 CE encoders probed so far
+            per_seed = [{"seed": s, "top1": 12.0, "top5": 28.0, "top10": 37.0} for s in range(2)]
+        else:
+            continue
+        Path(probe.out).mkdir(parents=True)
+        (Path(probe.out) / "results.json").write_text(json.dumps({"per_seed": per_seed}))
+    agg = aggregate(collect(plan))
+    eta = agg[("eta-mine", "imagenet10", "imagenet10")]
+    # by hand: values 10 12 11 13 9 8 14 11 -> mean 88 / 8 = 11; squared deviations 1 1 0 4 4 9 9 0 -> 28 / 7 = 4
+    assert eta["models"] == 8
+    assert eta["top1"] == pytest.approx({"mean": 11.0, "std": 2.0})
+    assert eta["top5"] == pytest.approx({"mean": 21.0, "std": 2.0})
+    assert eta["top10"] == pytest.approx({"mean": 22.0, "std": 4.0})
+    assert agg[("ce", "imagenet10", "imagenet10")]["models"] == 6
+    table = make_table(plan, agg, seeds=4, probe_seeds=2)
+    row = next(line for line in table.splitlines() if line.startswith("| η-MINE"))
+    assert row == "| η-MINE | 8 of 8 | 11.0 ± 2.0 | 21.0 ± 2.0 | 22.0 ± 4.0 | 11.0 ± 1.1 | 24.1 ± 2.2 | 32.7 ± 2.2 |"
+    assert next(line for line in table.splitlines() if line.startswith("| CE")).startswith("| CE | 6 of 8 | 12.0 ± 0.0")
+    assert "| DV-MINE | 0 of 8 | – | – | – |" in table
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("ray_session")
+def test_miniature_end_to_end_skips_finished_work_and_continues_runs(tmp_path, monkeypatch, capsys):
+    """Table 3's path at toy scale: pretrain, probe, table; again (nothing runs); longer (continues)."""
+    import torch
+
+    from data_prep.__main__ import main as data_prep_main
+    from data_prep.jigsaw import permutation_set
+    from pretrain.checkpoint import resolve_checkpoint_file
+
+    data = tmp_path / "data"
+    assert data_prep_main(["skimage-crops", "--images", "40", "--resize", "292", "--out", str(data / "skimage_crops"),
+                           "--workers", "1", "--no-progress"]) == 0
+    monkeypatch.setitem(reproduce.MINIATURE_STEPS, "table3", 4)
+    monkeypatch.setattr(reproduce, "MINIATURE_PROBE_EPOCHS", 3)
+    monkeypatch.setattr(reproduce, "DATA_SECONDS", 0.05)
+    args = dict(seeds=1, probe_seeds=2, miniature=True, methods=["eta-mine"])
+    table = reproduce.reproduce("table3", data, tmp_path / "out", **args)
+    assert "| η-MINE | 2 of 2 |" in table and (tmp_path / "out" / "table.md").read_text() == table
+    run_dir = next((tmp_path / "out" / "runs").iterdir())
+    payload = torch.load(resolve_checkpoint_file(run_dir), weights_only=True)
+    assert payload["step"] == 4 and payload["permutations_sha256"] == permutation_set(None, 100)[1]
+    results = tmp_path / "out" / "probes" / "table3-mini-eta-mine-imagenet10-seed0-on-imagenet10" / "results.json"
+    first = json.loads(results.read_text())
+    capsys.readouterr()
+
+    assert reproduce.reproduce("table3", data, tmp_path / "out", **args) == table  # everything finished: skipped
+    out = capsys.readouterr().out
+    assert "[skip] table3-mini-eta-mine-imagenet10-seed0: finished" in out and "[pretrain]" not in out and "[probe]" not in out
+
+    monkeypatch.setitem(reproduce.MINIATURE_STEPS, "table3", 8)  # a longer run: the same one continues
+    reproduce.reproduce("table3", data, tmp_path / "out", **args)
+    assert [p.name for p in (tmp_path / "out" / "runs").iterdir()] == [run_dir.name]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_000000004", "checkpoint_000000008"]
+    second = json.loads(results.read_text())
+    assert second["step"] == 8 and first["step"] == 4
+
+
+def test_cluster_jobs_resume_named_runs_and_probe_their_directory(tmp_path):
+    """On a cluster a run is a `cluster.resume` job under its fixed name; its probe an eval.linear job."""
+    import shlex
+
+    from cluster.submit import pretrain_job
+
+    plan = build_plan("table3", tmp_path / "data", tmp_path / "out", seeds=1, probe_seeds=2, methods=["ce"])
+    run = plan.runs[0]
+    entrypoint, name, _ = pretrain_job(reproduce.REPO_ROOT / run.config, run.overrides, reproduce.REPO_ROOT)
+    assert name == "table3-ce-imagenet10-seed0"
+    assert shlex.split(entrypoint)[:5] == ["python", "-m", "cluster.resume", "--config", "configs/jigsaw_ce_imagenet10.yaml"]
+    assert f"run.root={tmp_path / 'out' / 'runs'}" in shlex.split(entrypoint)
+    probe = shlex.split(reproduce.probe_entrypoint(plan, plan.probes[0], tmp_path / "out" / "runs" / "r-1"))
+    assert probe[:3] == ["python", "-m", "eval.linear"]
+    assert {f"checkpoint={tmp_path / 'out' / 'runs' / 'r-1'}", "seeds=2", "epochs=200",
+            f"out={tmp_path / 'out' / 'probes' / 'table3-ce-imagenet10-seed0-on-imagenet10'}"} <= set(probe[3:])

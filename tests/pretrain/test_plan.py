@@ -1,0 +1,45 @@
+"""The cost plan: FLOPs counted on the config's real batch shape, arithmetic that adds up, no Ray."""
+import pytest
+
+from pretrain.config import load_config
+from pretrain.plan import DEFAULT_TFLOPS, plan, step_flops
+
+INFOMAX = ["data.shards=/nonexistent/shards", "task.kind=infomax", "task.estimator=eta-mine",
+           "model.encoder=dcgan", "model.depth=2", "data.batch_size=16", "train.steps=1000"]
+
+
+def test_step_flops_follow_the_batch_shape():
+    small = step_flops(load_config(None, INFOMAX))
+    large = step_flops(load_config(None, INFOMAX + ["data.batch_size=32"]))
+    # convolutions scale with the batch; the B x B critic matrix a little faster
+    assert 2.0 <= large / small < 2.2
+    jigsaw = ["data.shards=/nonexistent/shards", "task.kind=jigsaw-mi", "task.estimator=eta-mine",
+              "model.encoder=dcgan", "model.depth=2", "model.kwargs.image_size=64", "data.images_per_batch=2",
+              "data.perms_per_image=4", "data.num_permutations=10"]
+    tiles, patches = (step_flops(load_config(None, jigsaw + [f"data.unique_tiles={u}"])) for u in ("true", "false"))
+    assert tiles < patches / 2  # the encoder sees each tile once instead of once per permutation
+
+
+def test_plan_adds_up_and_scales_with_workers():
+    one = plan(load_config(None, INFOMAX), tflops=100.0, data_seconds=0.2)
+    two = plan(load_config(None, INFOMAX + ["train.num_workers=2"]), tflops=100.0, data_seconds=0.2)
+    assert one.data_source == "synthetic" and one.data_images_per_s_per_core > 0
+    assert one.total_pflops == pytest.approx(one.flops_per_step * 1000 / 1e15)
+    assert one.hours_at_tflops == pytest.approx(one.total_pflops * 1e15 / 100e12 / 3600)
+    assert one.images_per_s_needed == pytest.approx(100e12 / one.flops_per_step * 16)
+    assert two.flops_per_step == pytest.approx(2 * one.flops_per_step)
+    assert two.images_per_step == 32 and two.data_cores == 2
+
+
+def test_cli_plan_prints_one_line_without_ray_or_shards(capsys, tmp_path):
+    import ray
+
+    from pretrain.__main__ import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train:\n  steps: 1000\n")
+    assert main(["--config", str(config), "--plan", "--tflops", "50", *INFOMAX[:-1]]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line and line.startswith("tiny: infomax/eta-mine") and "1,000 steps" in line and "at 50 TFLOP/s" in line, line
+    assert not ray.is_initialized()
+    assert DEFAULT_TFLOPS == pytest.approx(0.4 * 989)
