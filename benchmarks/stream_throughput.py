@@ -11,7 +11,11 @@ shards by this project's own ``folder`` builder. Then, each in this one process 
       work, producing the same 16 scrambled 9-tile puzzles per image, DataLoader batch of 10;
   (b'), (a'') the same stream and decode on shards stored pre-resized to 292×292 (``--resize 292``);
   (b'') the same with ``gather=False``: each image's 9 tiles once plus the permutations, which is
-      what pretraining reads (``data.unique_tiles``), instead of 160 materialised puzzles.
+      what pretraining reads (``data.unique_tiles``), instead of 160 materialised puzzles;
+  (a3), (b3) decode only and the jigsaw stream on the same shards uploaded to an S3 server on
+      127.0.0.1 (moto's server mode, in its own process; ``pip install -e .[dev]``), read through
+      fsspec/s3fs as ``data.shards=s3://...`` is: the client's cost of object storage, with no network
+      latency (img/s/core counts this process only; wall time includes waiting for the server).
 
 Rates are images per CPU-second of this process (= per core; the machine may be shared, so wall time
 is printed too). One image = one 9-tile puzzle set, scrambled 16 ways = 16 puzzles.
@@ -21,10 +25,16 @@ is printed too). One image = one 9-tile puzzle set, scrambled 16 ways = 16 puzzl
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import io
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +58,38 @@ def timed(fn) -> tuple[int, float, float]:
     return n, time.process_time() - c0, time.perf_counter() - w0
 
 
-def decode_only(shard_dir: Path, limit: int, resize: int | None) -> int:
+@contextlib.contextmanager
+def local_s3_server():
+    """moto's S3 server on a free 127.0.0.1 port in a subprocess, found through ``AWS_ENDPOINT_URL``
+    with dummy credentials, as the tests do; stopped on exit."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def decode_only(shard_dir: Path | str, limit: int, resize: int | None) -> int:
     import webdataset as wds
     from data_prep.image_io import decode_resized, decode_rgb
     from data_prep.manifest import shard_paths
-    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_paths(shard_dir, "train")), wds.tarfile_to_samples())
+    from data_prep.shard_stream import tar_samples
+    pipeline = wds.DataPipeline(wds.SimpleShardList(shard_paths(shard_dir, "train")),
+                                functools.partial(tar_samples, handler=wds.reraise_exception))
     n = 0
     for sample in pipeline:
         if resize:
@@ -65,7 +102,7 @@ def decode_only(shard_dir: Path, limit: int, resize: int | None) -> int:
     return n
 
 
-def jigsaw_stream(shard_dir: Path, batches: int, perms: np.ndarray, gather: bool = True) -> int:
+def jigsaw_stream(shard_dir: Path | str, batches: int, perms: np.ndarray, gather: bool = True) -> int:
     from data_prep.jigsaw_stream import jigsaw_loader
     loader = jigsaw_loader(shard_dir, permutations=perms, batches_per_epoch=batches, seed=0, rank=0, world_size=1,
                            gather=gather)
@@ -126,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     from data_prep.__main__ import main as data_prep_main
     from data_prep.jigsaw import permutation_set
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, local_s3_server():
         work = Path(args.workdir or tmp)
         src, shards, shards292 = work / "crops", work / "shards", work / "shards292"
         if not src.is_dir():
@@ -135,10 +172,17 @@ def main(argv: list[str] | None = None) -> None:
             if not (out / "manifest.json").is_file():
                 assert data_prep_main(["folder", "--src", str(src), "--out", str(out), "--shard-size", "250",
                                        "--name", "skimage-crops", "--no-progress", *extra]) == 0
+        import fsspec
+
+        fsspec.filesystem("s3").mkdir("bench")
+        s3_shards = "s3://bench/shards"  # the same command, so the same bytes (sha256 in the manifests)
+        assert data_prep_main(["folder", "--src", str(src), "--out", s3_shards, "--shard-size", "250",
+                               "--name", "skimage-crops", "--no-progress"]) == 0
         perms = permutation_set(None, 100)[0]
         limit = args.batches * 10
         # warm up caches and lazy imports once, untimed
         decode_only(shards, 20, None), jigsaw_stream(shards, 2, perms), naive_pipeline(src, 2, perms)
+        decode_only(s3_shards, 20, None)
         rows = {
             "(a) decode only": timed(lambda: decode_only(shards, limit, None)),
             "(a') decode + squash 292": timed(lambda: decode_only(shards, limit, 292)),
@@ -148,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
             "(b') jigsaw stream, 292 shards": timed(lambda: jigsaw_stream(shards292, args.batches, perms)),
             # what pretraining reads (data.unique_tiles): each image's 9 tiles once, no 16x gather
             "(b'') unique tiles, 292 shards": timed(lambda: jigsaw_stream(shards292, args.batches, perms, False)),
+            "(a3) decode only, local S3 server": timed(lambda: decode_only(s3_shards, limit, None)),
+            "(b3) jigsaw stream, local S3 server": timed(lambda: jigsaw_stream(s3_shards, args.batches, perms)),
         }
     print(f"{args.images} skimage crops (150-500 px JPEG), {args.batches} batches of 10 images × 16 permutations; "
           f"1 process, 1 torch thread, {os.cpu_count()} cores on the machine")
@@ -164,6 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ratio b'/c (292 shards / naive)   = {b292 / c:.2f}")
     tiles = rate["(b'') unique tiles, 292 shards"]
     print(f"ratio b''/c (unique tiles / naive) = {tiles / c:.2f}")
+    wall = {name: n / w for name, (n, _, w) in rows.items()}
+    for x, local in (("a3", "(a) decode only"), ("b3", "(b) jigsaw stream")):
+        name = next(k for k in rows if k.startswith(f"({x})"))
+        print(f"ratio {x}/{local[1]} (S3 / local files)     = {rate[name] / rate[local]:.2f} per core, "
+              f"{wall[name] / wall[local]:.2f} wall")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ may not see the shared storage, so the choice is made here, where it is visible:
 directory of `run.name` under `run.root` (one holding the run's `config.yaml`) is resumed from its
 last checkpoint, with the same `key=value` overrides (raise `train.steps` to extend a finished
 run); with none, a new run starts from `--config`. Either way this process becomes
-`python -m pretrain`, so its exit status and logs are the job's.
+`python -m pretrain`, so its exit status and logs are the job's. Run directories in a bucket
+(`run.root=s3://...`, or a URL `run.storage_path`, which then holds them) are found the same way.
 """
 
 from __future__ import annotations
@@ -20,21 +21,22 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from data_prep import storage
 from pretrain.config import ConfigError, PretrainConfig, merge_config
 
 RUN_DIR = r"{name}-(\d{{8}}-\d{{6}})(?:-(\d+))?"  # pretrain.train.new_run_dir: <name>-<YYYYmmdd-HHMMSS>[-n]
 CONFIG_FILE = "config.yaml"  # written into every run directory by pretrain.train.launch
 
 
-def latest_run_dir(root: Path, name: str) -> Path | None:
-    """The newest `<root>/<name>-<time>[-n]` holding a config.yaml, or None."""
+def latest_run_dir(root: Path | str, name: str) -> Path | str | None:
+    """The newest `<root>/<name>-<time>[-n]` holding a config.yaml, or None (`root` may be a URL)."""
     pattern = re.compile(RUN_DIR.format(name=re.escape(name)))
     found = []
-    if root.is_dir():
-        for child in root.iterdir():
-            match = pattern.fullmatch(child.name)
-            if match and (child / CONFIG_FILE).is_file():
-                found.append(((match.group(1), int(match.group(2) or 0)), child))
+    for child in storage.listdir(root):
+        match = pattern.fullmatch(child)
+        path = storage.join(root, child)
+        if match and storage.isfile(storage.join(path, CONFIG_FILE)):
+            found.append(((match.group(1), int(match.group(2) or 0)), path if storage.is_url(path) else Path(path)))
     return max(found)[1] if found else None
 
 
@@ -42,7 +44,9 @@ def pretrain_command(config: Path, overrides: Sequence[str]) -> list[str]:
     """The `python -m pretrain` command line this job runs (resuming when the run exists)."""
     run = merge_config(PretrainConfig, config, list(overrides)).run  # the defaults, as pretrain sees them
     name, root = run.name, run.root
-    previous = latest_run_dir(Path(root), name) if name else None
+    if run.storage_path and storage.is_url(run.storage_path):  # pretrain.train.new_run_dir puts the run there
+        root = run.storage_path
+    previous = latest_run_dir(root, name) if name else None
     if previous is None:
         print(f"run {name}: starting under {root}", flush=True)
         return [sys.executable, "-m", "pretrain", "--config", str(config), *overrides]
@@ -59,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         command = pretrain_command(args.config, args.overrides) + (["--print-config"] if args.print_config else [])
-    except ConfigError as err:
+    except (ConfigError, storage.StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     sys.stdout.flush()

@@ -9,8 +9,8 @@ job's working directory, so the cluster runs exactly the code you submit; it pri
 follows the logs and exits with the job's status (0 SUCCEEDED, 1 FAILED, 3 STOPPED; 2 for an
 error before the job ran, such as a wrong address or a rejected job). `--no-wait` returns after
 printing the job id. Pretraining runs are named (`run.name`); submitting a name again resumes
-that run from its last checkpoint, so `run.root` (and `run.storage_path`) must be on storage
-every node mounts.
+that run from its last checkpoint, so `run.root` (and `run.storage_path`) must be a bucket URL
+(`s3://`, `gs://`) or a path on storage every node mounts.
 
 The address defaults to $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS, then http://127.0.0.1:8265.
 On a cluster with token authentication (all of ours), export RAY_AUTH_MODE=token and keep the
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from data_prep.storage import StorageError, check_url, is_url
 from eval.config import load_linear_config
 from pretrain.config import ConfigError, PretrainConfig, RunSection, merge_config
 
@@ -181,7 +182,7 @@ def pretrain_job(config_path: Path, overrides: Sequence[str], working_dir: Path)
 
     Returns (entrypoint, run name, overrides as sent). The job's working directory disappears with
     the job, so `run.root` (run directories: config, TensorBoard logs, checkpoints) and
-    `run.storage_path` if set must be absolute paths on storage every node mounts. A run without a
+    `run.storage_path` if set must be bucket URLs or absolute paths on storage every node mounts. A run without a
     name of its own (none in the YAML or the overrides, or `run.name=` empty) gets one, so that it can
     be resumed, and so that unrelated configs never resume each other's runs under the default name. The entrypoint is `python -m cluster.resume`, which
     on the cluster becomes `python -m pretrain`, resuming the run if it already exists.
@@ -196,21 +197,34 @@ def pretrain_job(config_path: Path, overrides: Sequence[str], working_dir: Path)
     root, storage = run.root, run.storage_path
     name = None if unnamed or run.name == RunSection.name else run.name
 
-    if not root or not os.path.isabs(str(root)):
+    # a bucket run.storage_path holds the whole run directory (pretrain.train.new_run_dir)
+    if not (storage and is_url(storage) and _shared(storage)) and (not root or not _shared(root)):
         raise SubmitError(
             f"run.root={root!r}: on a cluster the run directory (config, TensorBoard logs, checkpoints) must be "
-            "on storage every node mounts: add run.root=/ABSOLUTE/SHARED/PATH (e.g. /mnt/shared/runs)"
+            "in a bucket or on storage every node mounts: add run.root=s3://BUCKET/runs (or gs://), or "
+            "run.root=/ABSOLUTE/SHARED/PATH (e.g. /mnt/shared/runs)"
         )
-    if storage and not os.path.isabs(str(storage)):
+    if storage and not _shared(storage):
         raise SubmitError(
-            f"run.storage_path={storage!r}: checkpoints must go to an absolute path every node mounts "
-            "(e.g. /mnt/shared/checkpoints), or leave it unset to keep them in the run directory"
+            f"run.storage_path={storage!r}: checkpoints must go to a bucket URL or an absolute path every node "
+            "mounts (e.g. s3://BUCKET/runs, /mnt/shared/checkpoints), or leave it unset to keep them in the run directory"
         )
     if not name:
         name = f"{_slug(config_path.stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
         overrides.append(f"run.name={name}")
     entrypoint = shlex.join(["python", "-m", "cluster.resume", "--config", rel_config, *overrides])
     return entrypoint, str(name), overrides
+
+
+def _shared(path) -> bool:
+    """Outlives the job and every node sees it: a bucket URL (checked: s3:// or gs://) or an absolute path."""
+    if is_url(path):
+        try:
+            check_url(str(path))
+        except StorageError as err:
+            raise SubmitError(str(err)) from None
+        return True
+    return os.path.isabs(str(path))
 
 
 def eval_job(overrides: Sequence[str]) -> str:
@@ -220,10 +234,10 @@ def eval_job(overrides: Sequence[str]) -> str:
         cfg = load_linear_config(None, overrides)
     except ConfigError as err:
         raise SubmitError(str(err)) from None
-    if not cfg.out or not os.path.isabs(cfg.out):
+    if not cfg.out or not _shared(cfg.out):
         raise SubmitError(
-            f"out={cfg.out!r}: give the results directory as an absolute path on shared storage "
-            "(e.g. out=/mnt/shared/eval/RUN); a job's working directory disappears with the job"
+            f"out={cfg.out!r}: give the results directory as a bucket URL or an absolute path on shared storage "
+            "(e.g. out=s3://BUCKET/eval/RUN or out=/mnt/shared/eval/RUN); a job's working directory disappears with the job"
         )
     return shlex.join(["python", "-m", "eval.linear", *overrides])
 

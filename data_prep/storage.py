@@ -96,8 +96,6 @@ def describe(exc: BaseException, url: str) -> str:
         return f"{url}: no credentials for the object store ({text}); provide them via {where}"
     if isinstance(exc, PermissionError):
         return f"{url}: access denied ({text}); check the credentials' permissions on the bucket"
-    if isinstance(exc, FileNotFoundError):
-        return f"{url}: not found ({text})"
     return f"{url}: {name}: {text}"
 
 
@@ -119,9 +117,10 @@ def check_bucket(url: str) -> None:
     fs, path = _fs(url)
     bucket = path.split("/", 1)[0]
     scheme = _URL.match(url).group(1)
+    fs.invalidate_cache(bucket)
     with _errors(url):
         try:
-            fs.ls(bucket, refresh=True)
+            fs.info(bucket)  # one HEAD request for the bucket itself
         except FileNotFoundError:
             raise StorageError(f"{url}: bucket {scheme}://{bucket} does not exist (or is not visible to these "
                                f"credentials); create it or fix the URL") from None
@@ -130,20 +129,28 @@ def check_bucket(url: str) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
+def _info(path: str) -> dict | None:
+    """fsspec's info of a URL, None when nothing is there. (fsspec's own exists/isfile answer False
+    for any error, which would read missing credentials as a missing file.)"""
+    fs, p = _fs(path)
+    fs.invalidate_cache(p)  # fsspec caches listings; an object written since must be seen
+    with _errors(path):
+        try:
+            return fs.info(p)
+        except FileNotFoundError:
+            return None
+
+
 def exists(path) -> bool:
-    if not is_url(path):
-        return os.path.exists(path)
-    fs, p = _fs(str(path))
-    with _errors(str(path)):
-        return fs.exists(p)
+    """A file, directory, object or non-empty URL prefix is there."""
+    return os.path.exists(path) if not is_url(path) else _info(str(path)) is not None
 
 
 def isfile(path) -> bool:
     if not is_url(path):
         return os.path.isfile(path)
-    fs, p = _fs(str(path))
-    with _errors(str(path)):
-        return fs.isfile(p)
+    info = _info(str(path))
+    return info is not None and info["type"] == "file"
 
 
 def listdir(path) -> list[str]:
@@ -163,6 +170,7 @@ def open_read(path) -> IO[bytes]:
     if not is_url(path):
         return open(path, "rb")
     fs, p = _fs(str(path))
+    fs.invalidate_cache(p)
     with _errors(str(path)):
         return fs.open(p, "rb")
 
@@ -227,16 +235,6 @@ def write_text(path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def put_file(local: str, path) -> None:
-    """Copy the finished local file ``local`` to ``path`` (a rename when ``path`` is local)."""
-    if not is_url(path):
-        os.replace(local, path)
-        return
-    fs, p = _fs(str(path))
-    with _errors(str(path)):
-        fs.put_file(local, p)
-
-
 def remove(path) -> None:
     """Delete a file or object; nothing if it is not there."""
     if not is_url(path):
@@ -260,21 +258,39 @@ def remove_tree(path) -> None:
             fs.rm(p, recursive=True)
 
 
-def download_tree(path, local: str) -> None:
-    """Copy every file under ``path`` (a URL prefix) into the local directory ``local``."""
-    fs, p = _fs(str(path))
-    with _errors(str(path)):
-        for name in fs.find(p):
-            target = os.path.join(local, os.path.relpath(name, p))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fs.get_file(name, target)
+class LocalMirror:
+    """A local directory standing for ``path``, for writers that append (TensorBoard, ``metrics.jsonl``).
 
+    Local ``path``: the directory itself, and :meth:`push` does nothing. URL: a temporary directory,
+    seeded with the ``fetch`` files already at the URL (to append to them), whose new or grown files
+    :meth:`push` uploads; an object cannot be appended to, so a changed file is uploaded whole.
+    """
 
-def upload_tree(local: str, path) -> None:
-    """Copy every file under the local directory ``local`` to ``path`` (a URL prefix), replacing objects."""
-    fs, p = _fs(str(path))
-    with _errors(str(path)):
-        for root, _, files in os.walk(local):
-            for name in files:
-                source = os.path.join(root, name)
-                fs.put_file(source, posixpath.join(p, os.path.relpath(source, local).replace(os.sep, "/")))
+    def __init__(self, path, fetch: tuple[str, ...] = ()):
+        self.path = str(path)
+        self._seen: dict[str, tuple[int, int]] = {}
+        if not is_url(self.path):
+            os.makedirs(self.path, exist_ok=True)
+            self.dir = self.path
+            return
+        self.dir = tempfile.mkdtemp(prefix="mirror-")
+        for name in fetch:
+            if isfile(join(self.path, name)):
+                with open(os.path.join(self.dir, name), "wb") as f:
+                    f.write(read_bytes(join(self.path, name)))
+
+    def push(self) -> None:
+        """Upload the files created or changed since the last push (URL only)."""
+        if not is_url(self.path):
+            return
+        for root, _, names in os.walk(self.dir):
+            for name in names:
+                local = os.path.join(root, name)
+                stat = os.stat(local)
+                if self._seen.get(local) != (stat.st_size, stat.st_mtime_ns):
+                    target = join(self.path, os.path.relpath(local, self.dir).replace(os.sep, "/"))
+                    fs, p = _fs(target)
+                    with _errors(target):
+                        fs.put_file(local, p)
+                    self._seen[local] = (stat.st_size, stat.st_mtime_ns)
+

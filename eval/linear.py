@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_prep.files import sha256_file
+from data_prep import storage
 from eval.config import LinearConfig, load_linear_config
 from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
@@ -109,8 +109,8 @@ def describe_pretraining(config: dict) -> dict:
         try:
             m = read_manifest(shards)
             dataset, source = m["dataset"], m.get("source")
-        except ManifestError:
-            dataset = Path(str(shards)).name
+        except (ManifestError, storage.StorageError):
+            dataset = storage.basename(shards)
     return {
         "task": task.get("kind"),
         "estimator": task.get("estimator"),
@@ -122,9 +122,10 @@ def describe_pretraining(config: dict) -> dict:
     }
 
 
-def _checkpoint_name(file: Path, step: int) -> str:
-    """A readable name for a checkpoint file: `<run dir>-step<step>`."""
-    run = file.parent.parent.name if file.parent.name.startswith("checkpoint_") else file.parent.name
+def _checkpoint_name(file: Path | str, step: int) -> str:
+    """A readable name for a checkpoint file (a path or URL): `<run dir>-step<step>`."""
+    folder = storage.parent(file)
+    run = storage.basename(storage.parent(folder) if storage.basename(folder).startswith("checkpoint_") else folder)
     return f"{run}-step{step}"
 
 
@@ -172,7 +173,7 @@ def prepare_features(
     train_split, test_split = default_splits(manifest, train_split, test_split)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder.to(dev).eval().requires_grad_(False)
-    sha = sha256_file(file)
+    sha = storage.sha256(file)
     size = int((config.get("data") or {}).get("size") or 32)
     common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant, size=size,
                   batch_size=batch_size, num_workers=num_workers, device=dev, progress=progress)
@@ -182,17 +183,17 @@ def prepare_features(
     seconds = time.perf_counter() - t0
     verify_encoder_unchanged(encoder, reference)
     meta = {
-        "checkpoint": str(Path(file).resolve()),
-        "checkpoint_name": _checkpoint_name(Path(file), step) + ("-random-init" if random_init else ""),
+        "checkpoint": storage.resolve(file),
+        "checkpoint_name": _checkpoint_name(file, step) + ("-random-init" if random_init else ""),
         "checkpoint_sha256": sha,
         "step": step,
         "random_init": random_init,
-        "run_dir": run_dir_of(Path(file), config),
+        "run_dir": run_dir_of(file, config),
         "pretraining": describe_pretraining(config),
         "kind": kind,
         "dataset": manifest["dataset"],
         "dataset_source": manifest.get("source"),
-        "data": str(Path(data).resolve()),
+        "data": storage.resolve(data),
         "train_split": train_split,
         "test_split": test_split,
         "num_train": int(train["labels"].numel()),
@@ -299,13 +300,15 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
     return seeds
 
 
-def run_dir_of(checkpoint_file: Path, config: dict) -> str | None:
+def run_dir_of(checkpoint_file: Path | str, config: dict) -> str | None:
     """The pretraining run directory (the one with ``config.yaml``) a checkpoint file belongs to, or
     None for a checkpoint outside one. Checkpoints sit in ``<run dir>/checkpoint_*/``, or in
     ``<run.storage_path>/<run dir name>/checkpoint_*/`` with the run directory under ``run.root``."""
     from pretrain.checkpoint import CONFIG_FILE
 
-    ckpt_dir = checkpoint_file.resolve().parent
+    if storage.is_url(checkpoint_file):
+        return None  # the probe's curves stay in its local results directory, not in a bucket
+    ckpt_dir = Path(checkpoint_file).resolve().parent
     if not ckpt_dir.name.startswith("checkpoint_"):
         return None
     candidates = [ckpt_dir.parent]
@@ -377,10 +380,15 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
     """Run the evaluation `cfg` describes (see :func:`evaluate_checkpoints`); returns one results record per checkpoint."""
     seed_list = _seed_list(cfg.seeds)
     # Ray tasks run in another working directory: resolve local paths where they were given.
-    checkpoints = [os.path.abspath(c) for c in cfg.checkpoint]
-    data = os.path.abspath(cfg.data)
+    checkpoints = [storage.resolve(c) for c in cfg.checkpoint]  # URLs stay URLs
+    data = storage.resolve(cfg.data)
+    if cfg.cache_dir is not None and storage.is_url(cfg.cache_dir):
+        raise ValueError(f"cache_dir={cfg.cache_dir}: give a local directory (the feature cache is read back "
+                         f"at random; checkpoints, shards and out may be URLs)")
     cache_dir = None if cfg.cache_dir is None else os.path.abspath(cfg.cache_dir)
-    out, progress = cfg.out, cfg.progress
+    # results for a URL are written to a local mirror and uploaded at the end
+    mirror = storage.LocalMirror(storage.resolve(cfg.out)) if cfg.out is not None and storage.is_url(cfg.out) else None
+    out, progress = (mirror.dir if mirror else cfg.out), cfg.progress
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
     check_output_dir(out)
@@ -417,9 +425,14 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
         res = summarise(meta, per_seed, knn, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
         res["wall_seconds"] = time.perf_counter() - t0
         res["out"] = str(res_dir)
+        if mirror is not None:
+            rel = os.path.relpath(res_dir, mirror.dir)
+            res["out"] = mirror.path if rel == "." else storage.join(mirror.path, rel)
         res["run_tensorboard"] = probe_to_run_tensorboard(res, per_seed)
         write_results(res_dir, res)
         results.append(res)
+    if mirror is not None:
+        mirror.push()
     return results
 
 
@@ -466,10 +479,10 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=False)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    data = str(Path(data).resolve())
+    data = storage.resolve(data)
     extract = ray.remote(num_cpus=1, num_gpus=1 if has_gpu else 0)(_prepare_remote)
     probe = ray.remote(num_cpus=1, num_gpus=0.25 if has_gpu else 0)(_probe_remote)
-    feature_refs = [extract.remote(str(Path(c).resolve()), data, prep_kw) for c in checkpoints]
+    feature_refs = [extract.remote(storage.resolve(c), data, prep_kw) for c in checkpoints]
     probe_refs = [[probe.remote(ref, s, probe_kw) for s in seed_list] for ref in feature_refs]
     flat = [r for refs in probe_refs for r in refs]
     bar = progress_bar(total=len(flat), desc="probe tasks", enabled=progress)

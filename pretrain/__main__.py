@@ -4,6 +4,7 @@ Without ``--address`` a new local Ray starts on this machine, listening on 127.0
 the run joins that cluster (``docs/reliability.md`` says how to open a Ray to a network on purpose).
 ``--resume RUN_DIR`` continues a run whose driver died: its saved ``config.yaml`` is the base
 (``--config`` is not needed; ``key=value`` still overrides, e.g. ``train.steps=2000`` to extend).
+RUN_DIR may be a URL (``s3://BUCKET/runs/NAME-TIME``: a run with a URL ``run.root`` or ``run.storage_path``).
 Config errors are reported in one line, before Ray starts, with exit status 2.
 ``--plan [--tflops T]`` prints what the run would cost (FLOPs, PFLOPs, images/s, hours; see
 :mod:`pretrain.plan`) and exits without starting Ray.
@@ -14,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from data_prep import storage
 from pretrain.checkpoint import CONFIG_FILE
 from pretrain.config import ConfigError, PretrainConfig, defaults_help, load_config
 
@@ -53,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         local_ray_on_loopback()  # before anything imports ray
     try:
         if args.resume is not None:
-            run_dir = Path(args.resume)
-            if not (run_dir / CONFIG_FILE).is_file():
+            run_dir = args.resume if storage.is_url(args.resume) else Path(args.resume)
+            if not storage.isfile(storage.join(run_dir, CONFIG_FILE)):
                 raise ConfigError(f"--resume {run_dir}: no {CONFIG_FILE} there; is it a run directory?")
-            cfg = load_config(run_dir / CONFIG_FILE, args.overrides)
+            cfg = load_config(storage.join(run_dir, CONFIG_FILE), args.overrides)
         else:
             run_dir = None
             cfg = load_config(args.config, args.overrides)
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         from pretrain.config import validate
 
         validate(cfg, check_shards=not args.plan)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, storage.StorageError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
 

@@ -15,10 +15,12 @@ a payload that does not match its checksum (truncated, flipped bytes) is never r
 
 Checkpoint directories are named ``checkpoint_<step, 9 digits>`` so the latest sorts last. They
 sit in the Ray Train experiment directory, which is the run directory itself unless
-``run.storage_path`` points elsewhere (then ``<storage_path>/<run dir name>``).
+``run.storage_path`` points elsewhere (then ``<storage_path>/<run dir name>``). Run and checkpoint
+paths may be ``s3://``/``gs://`` URLs (:mod:`data_prep.storage`); they are then returned as ``str``.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_prep import storage
 from data_prep.files import atomic_write, atomic_write_text, sha256_file
 from data_prep.jigsaw import permutations_sha256
 
@@ -178,41 +181,38 @@ def save_checkpoint(
 
 
 def checksum_problem(file: str | os.PathLike) -> str | None:
-    """Why ``file`` (a ``checkpoint.pt``) cannot be trusted, or None when it matches its checksum."""
-    file = Path(file)
-    sidecar = file.with_name(file.name + ".sha256")
-    if not sidecar.is_file():
-        return f"no {sidecar.name} beside it (an interrupted write)"
-    recorded = sidecar.read_text().split()[:1]
-    if not file.is_file():
-        return f"{file.name} is missing"
-    if recorded != [sha256_file(file)]:
-        return f"{file.name} does not match {sidecar.name} (truncated or modified after it was written)"
+    """Why ``file`` (a ``checkpoint.pt``, local or URL) cannot be trusted, or None when it matches its checksum."""
+    name, sidecar = storage.basename(file), str(file) + ".sha256"
+    if not storage.isfile(sidecar):
+        return f"no {name}.sha256 beside it (an interrupted write)"
+    if not storage.isfile(file):
+        return f"{name} is missing"
+    if storage.read_text(sidecar).split()[:1] != [storage.sha256(file)]:
+        return f"{name} does not match {name}.sha256 (truncated or modified after it was written)"
     return None
 
 
-def newest_verified(experiment_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
+def newest_verified(experiment_dir: str | os.PathLike) -> tuple[Path | str | None, list[str]]:
     """``(newest checkpoint directory whose payload matches its checksum, ["<dir>: why skipped", ...])``.
 
     Every ``checkpoint_<step>`` directory counts, whether or not Ray Train's own record of the run
     lists it (after a driver kill that record can lag the directory). The skipped ones are newer
     than the one returned.
     """
-    experiment_dir = Path(experiment_dir)
-    found = sorted((int(m.group(1)), child) for child in (experiment_dir.iterdir() if experiment_dir.is_dir() else [])
-                   if (m := _DIR_RE.match(child.name)) and child.is_dir())
+    found = sorted((int(m.group(1)), name) for name in storage.listdir(experiment_dir) if (m := _DIR_RE.match(name)))
     skipped = []
-    for _, d in reversed(found):
-        problem = checksum_problem(d / CHECKPOINT_FILE)
+    for _, name in reversed(found):
+        directory = _path(storage.join(experiment_dir, name))
+        problem = checksum_problem(storage.join(directory, CHECKPOINT_FILE))
         if problem is None:
-            return d, skipped
-        skipped.append(f"{d.name}: {problem}")
+            return directory, skipped
+        skipped.append(f"{name}: {problem}")
     return None, skipped
 
 
 def step_of(directory: str | os.PathLike) -> int | None:
     """The step in a ``checkpoint_<step>`` directory name, else None."""
-    m = _DIR_RE.match(Path(directory).name)
+    m = _DIR_RE.match(storage.basename(directory))
     return int(m.group(1)) if m else None
 
 
@@ -228,52 +228,54 @@ def _plain(config: Mapping) -> dict:
     return dict(config)
 
 
-def checkpoint_dirs(experiment_dir: str | os.PathLike) -> list[Path]:
+def checkpoint_dirs(experiment_dir: str | os.PathLike) -> list[Path | str]:
     """Checkpoint directories holding a ``checkpoint.pt`` under ``experiment_dir``, oldest first."""
-    experiment_dir = Path(experiment_dir)
-    if not experiment_dir.is_dir():
-        return []
     found = []
-    for child in experiment_dir.iterdir():
-        m = _DIR_RE.match(child.name)
-        if m and (child / CHECKPOINT_FILE).is_file():
+    for name in storage.listdir(experiment_dir):
+        m = _DIR_RE.match(name)
+        child = _path(storage.join(experiment_dir, name))
+        if m and storage.isfile(storage.join(child, CHECKPOINT_FILE)):
             found.append((int(m.group(1)), child))
     return [p for _, p in sorted(found)]
 
 
-def experiment_dir(run_dir: str | os.PathLike) -> Path:
+def _path(path: str | os.PathLike) -> Path | str:
+    """A local path as ``Path``, a URL as ``str`` (``Path`` would mangle ``s3://`` into ``s3:/``)."""
+    return str(path) if storage.is_url(path) else Path(path)
+
+
+def experiment_dir(run_dir: str | os.PathLike) -> Path | str:
     """Where Ray Train keeps the checkpoints of ``run_dir``.
 
     The run directory itself, unless its ``config.yaml`` names a ``run.storage_path``; then
     ``<storage_path>/<run dir name>``.
     """
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG_FILE
-    if cfg_path.is_file():
+    run_dir = _path(run_dir)
+    cfg_path = storage.join(run_dir, CONFIG_FILE)
+    if storage.isfile(cfg_path):
         import yaml
 
-        with open(cfg_path) as f:
-            cfg = yaml.safe_load(f) or {}
-        storage = (cfg.get("run") or {}).get("storage_path")
-        if storage:
-            return Path(storage) / run_dir.name
+        cfg = yaml.safe_load(storage.read_text(cfg_path)) or {}
+        experiments = (cfg.get("run") or {}).get("storage_path")
+        if experiments:
+            return _path(storage.join(experiments, storage.basename(run_dir)))
     return run_dir
 
 
-def resolve_checkpoint_file(path: str | os.PathLike) -> Path:
+def resolve_checkpoint_file(path: str | os.PathLike) -> Path | str:
     """The ``checkpoint.pt`` that ``path`` names.
 
     ``path`` may be the file itself, a checkpoint directory, or a run directory (its newest
     checkpoint that matches its checksum; newer damaged ones are named in a warning). Raises
     ``FileNotFoundError`` or ``ValueError`` with a one-line message otherwise.
     """
-    path = Path(path)
-    if path.is_file():
+    path = _path(path)
+    if storage.isfile(path):
         return path
-    if not path.exists():
+    if not storage.exists(path):
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
-    if (path / CHECKPOINT_FILE).is_file():
-        return path / CHECKPOINT_FILE
+    if storage.isfile(storage.join(path, CHECKPOINT_FILE)):
+        return _path(storage.join(path, CHECKPOINT_FILE))
     exp = experiment_dir(path) if checkpoint_dirs(experiment_dir(path)) else path
     if not checkpoint_dirs(exp):
         raise FileNotFoundError(
@@ -284,8 +286,8 @@ def resolve_checkpoint_file(path: str | os.PathLike) -> Path:
     if newest is None:
         raise ValueError(f"no intact checkpoint in {exp}: {'; '.join(skipped)}")
     if skipped:
-        warnings.warn(f"using {newest.name}, skipping newer damaged checkpoint(s): {'; '.join(skipped)}")
-    return newest / CHECKPOINT_FILE
+        warnings.warn(f"using {storage.basename(newest)}, skipping newer damaged checkpoint(s): {'; '.join(skipped)}")
+    return _path(storage.join(newest, CHECKPOINT_FILE))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -298,10 +300,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     checkpoint of this format.
     """
     file = resolve_checkpoint_file(path)
-    if (file.with_name(file.name + ".sha256")).is_file() and (problem := checksum_problem(file)):
+    if storage.isfile(str(file) + ".sha256") and (problem := checksum_problem(file)):
         raise ValueError(f"checkpoint {file} is damaged: {problem}; resume or evaluate an earlier checkpoint")
     try:
-        payload = torch.load(file, map_location=map_location, weights_only=True)
+        source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
+        payload = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, foreign pickle, truncated write
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot read checkpoint {file}: {first}") from None

@@ -163,15 +163,22 @@ def merge_config(schema: type, path: str | os.PathLike | None = None,
 
     The one way every entry point (``pretrain``, ``eval.linear``, ``cluster``) reads its config.
     Raises :class:`ConfigError` (one line) for an unknown key, a wrong type, a malformed
-    override, or a missing/unreadable YAML file. Paths are left as given.
+    override, or a missing/unreadable YAML file. Paths are left as given; ``path`` may be a URL
+    (a run's saved config).
     """
+    from data_prep import storage
+
     cfg = OmegaConf.structured(schema)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
+        path = path if storage.is_url(path) else Path(path)
+        try:
+            found = storage.isfile(path)
+        except storage.StorageError as exc:
+            raise ConfigError(str(exc)) from None
+        if not found:
             raise ConfigError(f"config file {path} not found (shipped configs are in configs/)")
         try:
-            file_cfg = OmegaConf.load(path)
+            file_cfg = OmegaConf.create(storage.read_text(path))
         except Exception as exc:  # YAML syntax error
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{path}: cannot parse YAML: {first}") from None
@@ -230,13 +237,19 @@ def absolute_paths(cfg: DictConfig) -> DictConfig:
     """Make the local paths (``data.shards``, ``data.permutations``, ``run.root``, ``run.storage_path``) absolute.
 
     Ray Train runs the workers in another working directory, so a relative path given on the
-    command line must be resolved where it was given. URIs (``scheme://...``) are left as they are.
+    command line must be resolved where it was given. ``s3://``/``gs://`` URLs are kept as they are;
+    any other ``scheme://`` is a :class:`ConfigError` (never a local folder named ``scheme:``).
     """
+    from data_prep import storage
+
     for section, key in (("data", "shards"), ("data", "permutations"), ("run", "root"), ("run", "storage_path")):
         node = cfg[section]
-        if OmegaConf.is_missing(node, key) or node[key] is None or "://" in str(node[key]):
+        if OmegaConf.is_missing(node, key) or node[key] is None:
             continue
-        node[key] = os.path.abspath(os.path.expanduser(str(node[key])))
+        try:
+            node[key] = storage.resolve(node[key])
+        except storage.StorageError as exc:
+            raise ConfigError(f"{section}.{key}: {exc}") from None
     return cfg
 
 
@@ -326,13 +339,20 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
             raise ConfigError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]")
     if not check_shards:
         return
+    from data_prep import storage
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 
     try:
         manifest = read_manifest(d.shards)
         shard_paths(d.shards, d.split)
-    except ManifestError as exc:
+    except (ManifestError, storage.StorageError) as exc:
         raise ConfigError(f"data.shards: {exc}") from None
+    for key in ("root", "storage_path"):  # a bucket that is missing or unreadable fails here, not in a worker
+        if storage.is_url(cfg.run[key] or ""):
+            try:
+                storage.check_bucket(cfg.run[key])
+            except storage.StorageError as exc:
+                raise ConfigError(f"run.{key}: {exc}") from None
     if spec.needs_labels:
         if not manifest["splits"][d.split].get("labelled", True):
             raise ConfigError(f"data.split {d.split!r} of {d.shards} has no labels; task.kind={cfg.task.kind} "

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from pathlib import Path
 from typing import Iterator
 
-from data_prep.files import atomic_write_text
+from data_prep import storage
 from data_prep.shard_stream import UndecodableSplitError
 
 FATAL_FILE = "fatal.json"
@@ -48,21 +47,21 @@ def one_line(exc: BaseException) -> str:
     return rest if sep and head.rsplit(".", 1)[-1] == type(exc).__name__ else last
 
 
-def recorded(run_dir: str | Path) -> str | None:
-    """The fatal message recorded in ``run_dir``, or None."""
-    path = Path(run_dir) / FATAL_FILE
+def recorded(run_dir) -> str | None:
+    """The fatal message recorded in ``run_dir`` (a local path or a URL), or None."""
+    path = storage.join(run_dir, FATAL_FILE)
     try:
-        return json.loads(path.read_text())["message"]
+        return json.loads(storage.read_text(path))["message"] if storage.isfile(path) else None
     except (OSError, ValueError, KeyError):
         return None
 
 
-def clear(run_dir: str | Path) -> None:
-    (Path(run_dir) / FATAL_FILE).unlink(missing_ok=True)
+def clear(run_dir) -> None:
+    storage.remove(storage.join(run_dir, FATAL_FILE))
 
 
 @contextlib.contextmanager
-def guard(run_dir: str | Path, rank: int, world_size: int) -> Iterator[None]:
+def guard(run_dir, rank: int, world_size: int) -> Iterator[None]:
     """Record a :class:`FatalError` (or an undecodable split) raised in the body.
 
     When no other rank can be left waiting for this one (a single rank, or an error every rank
@@ -74,6 +73,6 @@ def guard(run_dir: str | Path, rank: int, world_size: int) -> Iterator[None]:
     except (FatalError, UndecodableSplitError) as exc:
         line = one_line(exc)
         if recorded(run_dir) is None:
-            atomic_write_text(Path(run_dir) / FATAL_FILE, json.dumps({"rank": rank, "message": line}))
+            storage.write_text(storage.join(run_dir, FATAL_FILE), json.dumps({"rank": rank, "message": line}))
         if world_size > 1 and not getattr(exc, "every_rank", False):
             raise FatalError(line) from None

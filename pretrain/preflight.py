@@ -29,12 +29,14 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @dataclass
 class ResumePoint:
     """Where a run continues: the newest checkpoint directory that verifies, and the newer ones skipped."""
-    path: Path | None = None
+    path: Path | str | None = None
     step: int = 0
     skipped: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        where = f"resuming from {self.path.name} (step {self.step})" if self.path else "no intact checkpoint: starting at step 0"
+        from data_prep.storage import basename
+
+        where = f"resuming from {basename(self.path)} (step {self.step})" if self.path else "no intact checkpoint: starting at step 0"
         return where + (f"; skipped {'; '.join(self.skipped)}" if self.skipped else "")
 
 
@@ -102,25 +104,32 @@ def check_writable(cfg: DictConfig, run_dir: Path | None) -> None:
     """The run directory (or run.root for a new run) and a local run.storage_path can be written."""
     from data_prep.writable import NotWritableError, check_writable_dir
 
-    targets = [(run_dir, "run directory")] if run_dir is not None else [(Path(cfg.run.root), "run.root")]
-    if cfg.run.storage_path and "://" not in str(cfg.run.storage_path):
-        targets.append((Path(cfg.run.storage_path), "run.storage_path"))
+    targets = [(run_dir, "run directory")] if run_dir is not None else [(cfg.run.root, "run.root")]
+    if cfg.run.storage_path:
+        targets.append((cfg.run.storage_path, "run.storage_path"))
     for path, what in targets:
+        if "://" in str(path):  # object stores: data_prep.storage checks the bucket
+            continue
         try:
             check_writable_dir(path, what, "choose another (run.root=DIR or run.storage_path=DIR)")
         except NotWritableError as exc:
             raise ConfigError(str(exc)) from None
 
 
-def resume_point(cfg: DictConfig, experiment_dir: Path) -> ResumePoint:
-    """The newest checkpoint in ``experiment_dir`` that matches its checksum (Ray's own record of the
-    run can lag the directory after a driver kill); a resume with another number of ranks is an error."""
+def resume_point(cfg: DictConfig, experiment_dir) -> ResumePoint:
+    """The newest checkpoint in ``experiment_dir`` (a local path or URL) that matches its checksum (Ray's
+    own record of the run can lag the directory after a driver kill); another number of ranks is an error."""
+    import io
+
+    from data_prep import storage
     from pretrain.checkpoint import CHECKPOINT_FILE, newest_verified, step_of
 
     path, skipped = newest_verified(experiment_dir)
     if path is None:
         return ResumePoint(skipped=skipped)
-    payload = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True, mmap=True)
+    file = storage.join(path, CHECKPOINT_FILE)
+    source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
+    payload = torch.load(source, map_location="cpu", weights_only=True, mmap=not storage.is_url(file))
     ranks = len(payload["rng"])
     if ranks != cfg.train.num_workers:
         raise ConfigError(f"{path} was written by {ranks} rank(s): resume with train.num_workers={ranks} "

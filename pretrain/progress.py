@@ -7,7 +7,8 @@ Ray's results keeps the driver independent of how (and how often) reports reach 
 
     step 40/300 (13%) | loss -0.8143 | MI 0.814 | η 0.0105 | 684 images/s | data wait 22% | ETA 0:01:52
 
-On a multi-node cluster the driver sees the file when the run directory is on shared storage.
+On a multi-node cluster the driver sees the file when the run directory is on shared storage or
+at an ``s3://``/``gs://`` URL (rank 0 uploads it after every report).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
+
+from data_prep import storage
 
 Listener = Callable[[dict], None]
 
@@ -42,11 +45,11 @@ class MetricsTail(threading.Thread):
 
     def __init__(self, path: str | Path, listeners: Sequence[Listener], poll_s: float = 0.5):
         super().__init__(name="metrics-tail", daemon=True)
-        self.path = Path(path)
+        self.path = path if storage.is_url(path) else Path(path)
         self.listeners = list(listeners)
         self.poll_s = poll_s
         self._stop_event = threading.Event()
-        self._offset = self.path.stat().st_size if self.path.is_file() else 0  # a resumed run's old lines
+        self._offset = len(storage.read_bytes(self.path)) if storage.isfile(self.path) else 0  # a resumed run's old lines
 
     def run(self) -> None:
         while not self._stop_event.wait(self.poll_s):
@@ -60,11 +63,14 @@ class MetricsTail(threading.Thread):
         self.poll()
 
     def poll(self) -> None:
-        if not self.path.is_file():
-            return
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            chunk = f.read()
+        try:
+            if not storage.isfile(self.path):
+                return
+            with storage.open_read(self.path) as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except storage.StorageError:
+            return  # an object store hiccup: the next poll reads on from the same offset
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self._offset += len(complete)
         for line in complete.decode("utf-8", errors="replace").splitlines():

@@ -18,8 +18,17 @@ class RunDirInUse(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold ``run_dir/.run.lock`` for the body; raise :class:`RunDirInUse` at once if it is held."""
+def run_dir_lock(run_dir) -> Iterator[None]:
+    """Hold ``run_dir/.run.lock`` for the body; raise :class:`RunDirInUse` at once if it is held.
+
+    A run directory behind a URL (``s3://``, ``gs://``) is not locked: object stores offer no lock
+    that the kernel releases when its holder dies.
+    """
+    from data_prep import storage
+
+    if storage.is_url(run_dir):
+        yield
+        return
     path = Path(run_dir) / LOCK_FILE
     lock = FileLock(path, timeout=0)
     try:

@@ -46,11 +46,13 @@ def flat_config(cfg: DictConfig | dict) -> dict[str, Any]:
     return out
 
 
-def final_metrics(metrics_file: Path) -> dict[str, float]:
-    """The last report's values in ``metrics_file`` as ``{"final/loss": ..., ...}`` (empty if none)."""
+def final_metrics(metrics_file: Path | str) -> dict[str, float]:
+    """The last report's values in ``metrics_file`` (a path or URL) as ``{"final/loss": ..., ...}`` (empty if none)."""
+    from data_prep import storage
+
     last = None
-    if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
+    if storage.isfile(metrics_file):
+        for line in storage.read_text(metrics_file).splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:

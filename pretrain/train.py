@@ -43,6 +43,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from data_prep import storage
 from pretrain import dist, fatal, preflight
 from pretrain.checkpoint import (
     CONFIG_FILE,
@@ -75,18 +76,23 @@ class TrainingStopped(RuntimeError):
 
 @dataclass
 class LaunchResult:
-    run_dir: Path
+    run_dir: Path | str  # a str when the run lives at an s3:// or gs:// URL
     result: Any  # ray.train.Result
 
 
-def new_run_dir(cfg: DictConfig) -> Path:
-    """``<run.root>/<run.name>-<YYYYmmdd-HHMMSS>`` (absolute; a suffix keeps it unique)."""
+def new_run_dir(cfg: DictConfig) -> Path | str:
+    """``<run.root>/<run.name>-<YYYYmmdd-HHMMSS>`` (absolute; a suffix keeps it unique).
+
+    A URL ``run.storage_path`` takes the place of ``run.root``: with checkpoints in a bucket there is
+    no shared disk for the rest of the run either, so config, metrics and TensorBoard go there too.
+    """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.run.root).resolve() / f"{cfg.run.name}-{stamp}"
+    home = cfg.run.storage_path if storage.is_url(cfg.run.storage_path or "") else cfg.run.root
+    base = storage.join(storage.resolve(home), f"{cfg.run.name}-{stamp}")
     run_dir, n = base, 1
-    while run_dir.exists():
-        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return run_dir
+    while storage.exists(run_dir):
+        run_dir, n = f"{base}-{n}", n + 1
+    return run_dir if storage.is_url(run_dir) else Path(run_dir)
 
 
 def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.PathLike | None = None,
@@ -102,31 +108,37 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     workers that no retry can fix), :class:`TrainingStopped` (a non-finite loss).
     """
     validate(cfg)
-    preflight.check(cfg, Path(run_dir).resolve() if run_dir is not None else None)
-    run_dir = Path(run_dir).resolve() if run_dir is not None else new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    preflight.check(cfg, storage.resolve(run_dir) if run_dir is not None else None)
+    run_dir = storage.resolve(run_dir) if run_dir is not None else new_run_dir(cfg)
+    run_dir = run_dir if storage.is_url(run_dir) else Path(run_dir)
+    storage.makedirs(run_dir)
     with run_dir_lock(run_dir):
         return _launch_locked(cfg, run_dir, address, ray_init_kwargs)
 
 
-def _launch_locked(cfg: DictConfig, run_dir: Path, address: str | None, ray_init_kwargs: dict | None) -> LaunchResult:
+def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ray_init_kwargs: dict | None) -> LaunchResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pretrain.progress import ProgressLine, follow
-    from pretrain.tracking import Tracking
+    from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking
 
-    (run_dir / NONFINITE_FILE).unlink(missing_ok=True)
+    storage.remove(storage.join(run_dir, NONFINITE_FILE))
     fatal.clear(run_dir)
     # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
-    storage = Path(cfg.run.storage_path).resolve() if cfg.run.storage_path else run_dir.parent
-    resume = preflight.resume_point(cfg, storage / run_dir.name)
-    OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    # Ray Train writes to a URL with its own storage layer (pyarrow.fs), from the same credentials.
+    experiments = storage.resolve(cfg.run.storage_path) if cfg.run.storage_path else storage.parent(run_dir)
+    resume = preflight.resume_point(cfg, storage.join(experiments, storage.basename(run_dir)))
+    storage.write_text(storage.join(run_dir, CONFIG_FILE), OmegaConf.to_yaml(cfg, resolve=True))
     print(f"run directory: {run_dir}", flush=True)
     if resume.path or resume.skipped:
         print(resume.describe(), flush=True)
-    tracking = Tracking(cfg, run_dir, run_dir / METRICS_FILE)  # before Ray: a bad tracking URI fails fast
+    metrics_file = storage.join(run_dir, METRICS_FILE)
+    # the driver's TensorBoard text/hparams and MLflow id: in the run directory, or for a URL in a
+    # local mirror pushed there at the end
+    driver_files = storage.LocalMirror(run_dir, fetch=(MLFLOW_RUN_ID_FILE,))
+    tracking = Tracking(cfg, Path(driver_files.dir), metrics_file)  # before Ray: a bad tracking URI fails fast
 
     if not ray.is_initialized():
         init_address, init_kwargs = preflight.ray_init_args(address, ray_init_kwargs)
@@ -149,8 +161,8 @@ def _launch_locked(cfg: DictConfig, run_dir: Path, address: str | None, ray_init
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name=run_dir.name,
-            storage_path=str(storage),
+            name=storage.basename(run_dir),
+            storage_path=experiments,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             # the driver prints readable progress (pretrain.progress); Ray's INFO lines drown it
@@ -160,21 +172,22 @@ def _launch_locked(cfg: DictConfig, run_dir: Path, address: str | None, ray_init
     per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
     listeners = [ProgressLine(run_schedule(cfg)[0], per_image), *tracking.listeners()]
     succeeded = False
+    stopped = storage.join(run_dir, NONFINITE_FILE)
     try:
-        with follow(run_dir / METRICS_FILE, listeners), controller_poll(cfg.train.controller_poll_s):
+        with follow(metrics_file, listeners), controller_poll(cfg.train.controller_poll_s):
             try:
                 result = trainer.fit()
             except Exception:
                 if fatal.recorded(run_dir) is None:
                     raise
-        succeeded = not (run_dir / NONFINITE_FILE).is_file() and fatal.recorded(run_dir) is None
+        succeeded = not storage.isfile(stopped) and fatal.recorded(run_dir) is None
     finally:
         tracking.finish(succeeded)
+        driver_files.push()
     if (message := fatal.recorded(run_dir)) is not None:
         raise fatal.RunFailed(message)
-    stopped = run_dir / NONFINITE_FILE
-    if stopped.is_file():
-        info = json.loads(stopped.read_text())
+    if storage.isfile(stopped):
+        info = json.loads(storage.read_text(stopped))
         raise TrainingStopped(
             f"non-finite loss ({info['loss']}) at step {info['step']}: stopped before applying it; "
             f"last good checkpoint: {info['last_checkpoint'] or 'none'} (run dir {run_dir})")
@@ -204,14 +217,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     quiet_ray_report_logs()
     cfg = from_plain(loop_config["config"])
-    run_dir = Path(loop_config["run_dir"])
+    run_dir = loop_config["run_dir"]  # a local path or a URL
     if fatal.recorded(run_dir) is not None:  # Ray restarted the group after an error no retry can fix
         return
     with fatal.guard(run_dir, dist.rank(), dist.world_size()):
         _train_loop(cfg, run_dir, loop_config["start"])
 
 
-def _train_loop(cfg: DictConfig, run_dir: Path, start: dict) -> None:
+def _train_loop(cfg: DictConfig, run_dir, start: dict) -> None:
     import ray.train
     import ray.train.torch
 
@@ -254,7 +267,8 @@ def _train_loop(cfg: DictConfig, run_dir: Path, start: dict) -> None:
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step)
+        logs = storage.LocalMirror(run_dir, fetch=(METRICS_FILE,))
+        writer = SummaryWriter(os.path.join(logs.dir, "tb"), purge_step=step)
 
     # ---- the loop ------------------------------------------------------------------------------
     # pinned pages only pay off when loader processes fill them while the step runs
@@ -274,7 +288,7 @@ def _train_loop(cfg: DictConfig, run_dir: Path, start: dict) -> None:
         out = train_step(model, task, batch, step, main_opt, eta_opt, bf16=cfg.train.bf16)
         if not out["finite"]:
             if rank == 0:
-                (run_dir / NONFINITE_FILE).write_text(json.dumps(
+                storage.write_text(storage.join(run_dir, NONFINITE_FILE), json.dumps(
                     {"step": step, "loss": out["global_loss"], "last_checkpoint": last_checkpoint}))
             ray.train.report({"step": step, "nonfinite": 1})
             return
@@ -289,7 +303,7 @@ def _train_loop(cfg: DictConfig, run_dir: Path, start: dict) -> None:
             if eta_opt is not None:
                 metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
             if writer is not None:
-                log_rank0(writer, run_dir, metrics, step, host_batch, cfg)
+                log_rank0(writer, logs, metrics, step, host_batch, cfg)
             if step % cfg.train.checkpoint_every == 0 or step == total_steps:
                 last_checkpoint = report_with_checkpoint(
                     cfg, run_dir, metrics, step, task, main_opt, eta_opt, position, permutations)
@@ -310,7 +324,7 @@ def checkpoint_to_restore(ray_checkpoint, start: dict):
     from pretrain.checkpoint import step_of
 
     if ray_checkpoint is not None:
-        name = Path(ray_checkpoint.path).name
+        name = storage.basename(ray_checkpoint.path)
         if name not in start["skipped"] and (step_of(name) or 0) > start["step"]:
             return ray_checkpoint
     return start["path"]
@@ -560,8 +574,9 @@ def gather_objects(obj) -> list:
     return out
 
 
-def log_rank0(writer, run_dir: Path, metrics: dict, step: int, batch: dict, cfg: DictConfig) -> None:
-    """TensorBoard scalars (every metric) and ``metrics.jsonl``; an input grid now and then."""
+def log_rank0(writer, logs: storage.LocalMirror, metrics: dict, step: int, batch: dict, cfg: DictConfig) -> None:
+    """TensorBoard scalars (every metric) and ``metrics.jsonl`` in ``logs.dir``, then pushed to the run
+    directory (a no-op unless it is a URL); an input grid now and then."""
     for k, v in metrics.items():
         if k != "step":
             writer.add_scalar(k, v, step)
@@ -569,18 +584,19 @@ def log_rank0(writer, run_dir: Path, metrics: dict, step: int, batch: dict, cfg:
     if first_report or (cfg.train.image_every and step % cfg.train.image_every < cfg.train.report_every):
         writer.add_image("inputs", task_spec(cfg.task.kind).preview(batch), step)
     writer.flush()
-    with open(run_dir / METRICS_FILE, "a") as f:
+    with open(os.path.join(logs.dir, METRICS_FILE), "a") as f:
         f.write(json.dumps(metrics) + "\n")
+    logs.push()
 
 
-def maybe_crash(cfg: DictConfig, run_dir: Path, step: int, rank: int, world: int) -> None:
+def maybe_crash(cfg: DictConfig, run_dir: Path | str, step: int, rank: int, world: int) -> None:
     """Fault injection for tests: the last rank exits hard, once per run, at ``train.crash_at_step``."""
     if cfg.train.crash_at_step is None or step != cfg.train.crash_at_step or rank != world - 1:
         return
-    marker = run_dir / CRASH_MARKER
-    if marker.exists():
+    marker = storage.join(run_dir, CRASH_MARKER)
+    if storage.exists(marker):
         return
-    marker.write_text(str(step))
+    storage.write_text(marker, str(step))
     os._exit(1)
 
 
@@ -610,7 +626,7 @@ def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position:
     from one epoch into the next.
     """
     loader = open_loader(cfg, permutations, rank, world, position["epoch"], position["batch"], pin_memory)
-    per_epoch = loader.batches_per_epoch
+    per_epoch = loader.stream.batches_per_epoch
     epoch, index = position["epoch"], position["batch"]
     for batch in loader:
         if index == per_epoch:

@@ -46,3 +46,15 @@ def test_train_step_plain_against_ray_loop(tmp_path, capsys, ray_session):
     assert re.search(r"^bf16: matmul 64\^2 .* resnet18 jigsaw step", out, re.M), out
     saved = json.loads(figures.read_text())
     assert saved["ratio_a_over_b_after_startup"] > 0 and saved["flops_fp32"]["resnet50_step_flops"] > 0
+
+
+def test_gpu_throughput_runs_on_cpu(tmp_path, capsys):
+    figures = tmp_path / "gpu.json"
+    load("gpu_throughput").main(["--device", "cpu", "--quick", "--work", str(tmp_path), "--json", str(figures)])
+    out = capsys.readouterr().out
+    assert re.search(r"^ +2 images x 2 perms, .* compiled/eager = \d+\.\d\d$", out, re.M), out
+    assert re.search(r"^data: augment on device / on host = \d+\.\d\d$", out, re.M), out
+    saved = json.loads(figures.read_text())
+    assert [r["images"] for r in saved["steps"]] == [2] and saved["steps"][0]["flops_per_step"] > 0
+    assert {d["augment_on"] for d in saved["data"]} == {"host", "device"}
+    assert all(d["images_per_s"] > 0 for d in saved["data"])

@@ -4,7 +4,8 @@ Launcher YAMLs go through Ray's own `prepare_config` (defaults merged in, as `ra
 `validate_config` (Ray's JSON schema, ray/autoscaler/ray-schema.json, plus its cross-field rules).
 The RayJob's cluster spec goes through Ray's KubeRay translation, which KubeRay's autoscaler runs on
 every RayCluster. On top: the safety rules of this project (no dashboard on 0.0.0.0, token auth),
-shared storage, and versions that match the Ray installed here.
+storage every node reaches (a bucket by default, a shared file system as an option), GPUs that run
+the bf16 configs with an 8-GPU node type, and versions that match the Ray installed here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ REPO_ROOT = CLUSTER.parent
 LAUNCHER_FILES = sorted(p for p in CLUSTER.glob("*.yaml") if not p.name.startswith("kuberay"))
 KUBERAY_FILES = sorted(CLUSTER.glob("kuberay*.yaml"))
 PYTHON_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"
+# GPUs with bf16 (Ampere or newer), and how many each instance type has. A T4 or V100 has no bf16.
+AWS_GPUS = {"g5.2xlarge": 1, "p4d.24xlarge": 8}
+GCP_BF16 = {"nvidia-l4", "nvidia-tesla-a100", "nvidia-a100-80gb", "nvidia-h100-80gb"}
+CLOUD = {"aws.yaml": "s3://", "gcp.yaml": "gs://"}
 
 
 def load(path: Path) -> dict:
@@ -99,27 +104,44 @@ def test_cloud_node_types_cpu_head_and_gpu_workers(path):
     workers = {name: t for name, t in types.items() if name != prepared["head_node_type"]}
     assert head["resources"].get("GPU", 0) == 0 and head["resources"].get("CPU") == 0
     assert head["max_workers"] == 0
-    assert len(workers) == 1
-    (worker,) = workers.values()
-    assert worker["min_workers"] == 0 and worker["max_workers"] >= 1
-    node = worker["node_config"]
-    if prepared["provider"]["type"] == "aws":
-        assert node["InstanceType"].startswith(("g", "p"))  # GPU instance families
-    else:
-        assert worker["resources"]["GPU"] >= 1
-        assert node["guestAccelerators"][0]["acceleratorCount"] == worker["resources"]["GPU"]
-        assert node["scheduling"][0]["onHostMaintenance"] == "TERMINATE"
+    gpus = []
+    for worker in workers.values():
+        assert worker["min_workers"] == 0 and worker["max_workers"] >= 1
+        node = worker["node_config"]
+        if prepared["provider"]["type"] == "aws":
+            gpus.append(AWS_GPUS[node["InstanceType"]])  # a known bf16 GPU type
+        else:
+            (accelerator,) = node["guestAccelerators"]
+            assert accelerator["acceleratorType"] in GCP_BF16
+            assert accelerator["acceleratorCount"] == worker["resources"]["GPU"] >= 1
+            assert node["scheduling"][0]["onHostMaintenance"] == "TERMINATE"
+            gpus.append(worker["resources"]["GPU"])
+    assert 1 in gpus and 8 in gpus  # single-GPU workers and an 8-GPU node for the paper runs
+    assert prepared["max_workers"] >= sum(w["max_workers"] for w in workers.values())
 
 
 @pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
-def test_launcher_nodes_share_storage_at_one_path(path):
-    """Run directories live under /mnt/shared: mounted on every host (cloud) or required (local),
-    and visible inside the container where Ray runs in one."""
-    raw = load(path)
-    if "docker" in raw:
-        assert "-v /mnt/shared:/mnt/shared" in raw["docker"]["run_options"]
-        mount = [c for c in raw["initialization_commands"] if " mount " in c and "/mnt/shared" in c]
-        assert mount and all(c.startswith("mountpoint -q /mnt/shared ||") for c in mount)  # idempotent
+def test_launcher_nodes_reach_the_same_storage(path):
+    """Cloud clusters keep shards and runs in a bucket: every worker type has credentials for it, and
+    no shared file system is mounted; mounting one stays an option, written out in comments. The
+    local cluster requires its NFS export at /mnt/shared on every machine."""
+    raw, text = load(path), path.read_text()
+    if path.name in CLOUD:
+        assert f"run.root={CLOUD[path.name]}BUCKET/runs" in text and f"data.shards={CLOUD[path.name]}BUCKET/" in text
+        assert not any("/mnt/shared" in o for o in raw["docker"]["run_options"])
+        assert raw["initialization_commands"] == []
+        commented = [line for line in text.splitlines() if line.lstrip().startswith("#")]
+        assert any("- -v /mnt/shared:/mnt/shared" in line for line in commented)
+        assert any("mountpoint -q /mnt/shared || sudo mount" in line for line in commented)
+        for name, node_type in raw["available_node_types"].items():
+            if name == raw["head_node_type"]:
+                continue  # Ray gives the head its own role with bucket access
+            node = node_type["node_config"]
+            if raw["provider"]["type"] == "aws":
+                assert node["IamInstanceProfile"]["Arn"].endswith(":instance-profile/ray-autoscaler-v1")
+            else:
+                (account,) = node["serviceAccounts"]
+                assert "https://www.googleapis.com/auth/cloud-platform" in account["scopes"]
     else:
         assert any("mountpoint -q /mnt/shared" in c and "exit 1" in c for c in raw["setup_commands"])
 
@@ -199,13 +221,22 @@ def test_rayjob_is_safe_by_default(doc):
 
 
 @pytest.mark.parametrize("path_doc", list(rayjobs()), ids=lambda pd: pd[1]["metadata"]["name"])
-def test_rayjob_writes_to_shared_storage_on_every_pod(path_doc):
+def test_rayjob_writes_to_storage_every_pod_reaches(path_doc):
+    """Runs and shards in a bucket, every pod running as a service account of this file (its cloud
+    identity reads the bucket); or, the option, on a ReadWriteMany volume every pod mounts."""
     path, doc = path_doc
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
     cluster = doc["spec"]["rayClusterSpec"]
     shared = [re.search(rf"{key}=(\S+)", doc["spec"]["entrypoint"]).group(1) for key in (r"run\.root", r"data\.shards")]
-    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    assert any(int(containers(g)[0]["resources"]["limits"].get("nvidia.com/gpu", 0)) == 8 for g in groups)
+    if all(p.startswith(("s3://", "gs://")) for p in shared):
+        for group in groups:
+            assert group["template"]["spec"]["serviceAccountName"] in accounts
+        return
+    for group in groups:
         pod = group["template"]["spec"]
         volumes = {v["name"]: v for v in pod["volumes"]}
         rwx_mounts = [

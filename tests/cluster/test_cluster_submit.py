@@ -265,3 +265,13 @@ def test_resume_reads_the_config_as_pretrain_does(tmp_path, monkeypatch, capsys)
     assert resume_main(["--config", str(config), "train.step=9"]) == 2  # unknown key: one line, nothing started
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "'step'" in err and err.count("\n") == 1
+
+
+def test_runs_and_results_may_go_to_a_bucket(project):
+    tiny = project / "configs" / "tiny.yaml"
+    entrypoint, _, _ = submit.pretrain_job(tiny, ["run.root=s3://bucket/runs", "run.name=x"], project)
+    assert "run.root=s3://bucket/runs" in entrypoint
+    submit.pretrain_job(tiny, ["run.storage_path=gs://bucket/runs", "run.name=x"], project)  # it holds the run dir
+    with pytest.raises(submit.SubmitError, match="htp://bucket/runs: unsupported URL scheme htp://"):
+        submit.pretrain_job(tiny, ["run.root=htp://bucket/runs", "run.name=x"], project)
+    assert submit.eval_job(["checkpoint=s3://b/runs/x", "data=s3://b/shards", "out=s3://b/eval"]).endswith("out=s3://b/eval")

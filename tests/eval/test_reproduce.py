@@ -89,8 +89,8 @@ def test_eight_models_aggregate_as_by_hand(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.usefixtures("ray_session")
-def test_miniature_end_to_end_skips_finished_work_and_continues_runs(tmp_path, monkeypatch, capsys):
-    """Table 3's path at toy scale: pretrain, probe, table; again (nothing runs); longer (continues)."""
+def test_miniature_end_to_end_skips_finished_work(tmp_path, monkeypatch, capsys):
+    """Table 3's path at toy scale: pretrain, probe, table; again: nothing runs; longer: half-finished."""
     import torch
 
     from data_prep.__main__ import main as data_prep_main
@@ -111,18 +111,42 @@ def test_miniature_end_to_end_skips_finished_work_and_continues_runs(tmp_path, m
     assert payload["step"] == 4 and payload["permutations_sha256"] == permutation_set(None, 100)[1]
     results = tmp_path / "out" / "probes" / "table3-mini-eta-mine-imagenet10-seed0-on-imagenet10" / "results.json"
     first = json.loads(results.read_text())
+    assert first["step"] == 4 and first["seeds"] == [0, 1] and first["checkpoint"] == str(resolve_checkpoint_file(run_dir))
     capsys.readouterr()
 
     assert reproduce.reproduce("table3", data, tmp_path / "out", **args) == table  # everything finished: skipped
     out = capsys.readouterr().out
     assert "[skip] table3-mini-eta-mine-imagenet10-seed0: finished" in out and "[pretrain]" not in out and "[probe]" not in out
 
-    monkeypatch.setitem(reproduce.MINIATURE_STEPS, "table3", 8)  # a longer run: the same one continues
-    reproduce.reproduce("table3", data, tmp_path / "out", **args)
-    assert [p.name for p in (tmp_path / "out" / "runs").iterdir()] == [run_dir.name]
-    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_000000004", "checkpoint_000000008"]
-    second = json.loads(results.read_text())
-    assert second["step"] == 8 and first["step"] == 4
+    monkeypatch.setitem(reproduce.MINIATURE_STEPS, "table3", 8)  # now half-finished: it would continue, not restart
+    plan = build_plan("table3", data, tmp_path / "out", **args)
+    assert reproduce.pretrain_state(plan, plan.runs[0]) == ("partial", run_dir)
+    assert reproduce.pretrain_args(plan, plan.runs[0])[:2] == ["--resume", str(run_dir)]  # pretrain's --resume
+    assert reproduce.probe_state(plan, plan.probes[0]) == "to run"
+
+
+def test_half_finished_run_continues_from_its_directory(tmp_path):
+    """A run directory with a checkpoint short of the plan's steps is resumed (`python -m pretrain
+    --resume DIR`), one at the plan's steps is done, none is started afresh."""
+    import yaml
+
+    from .conftest import make_config, write_checkpoint
+
+    plan = build_plan("table3", tmp_path / "data", tmp_path / "out", seeds=1, methods=["ce"])
+    run = plan.runs[0]
+    assert reproduce.pretrain_state(plan, run) == ("new", None)
+    assert reproduce.pretrain_args(plan, run)[:2] == ["--config", str(reproduce.REPO_ROOT / run.config)]
+    run_dir = plan.run_root / f"{run.name}-20260101-000000"
+    config = make_config("jigsaw-ce", tmp_path / "data", estimator=None, image_size=64)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    write_checkpoint(run_dir, config, step=1000)
+    assert reproduce.pretrain_state(plan, run) == ("partial", run_dir)
+    assert reproduce.pretrain_args(plan, run)[:2] == ["--resume", str(run_dir)]
+    reproduce.refresh_status(plan)
+    assert run.status == "partial (step 1000 of 2560000)" and plan.probes[0].status == "to run"
+    run.steps = 1000
+    assert reproduce.pretrain_state(plan, run) == ("done", run_dir)
 
 
 def test_cluster_jobs_resume_named_runs_and_probe_their_directory(tmp_path):

@@ -1,0 +1,181 @@
+"""GPU throughput of the jigsaw step, eager against compiled, and whether the data side keeps up.
+
+One command, meant to take under 5 minutes on one GPU:
+
+    python benchmarks/gpu_throughput.py --json benchmarks/results/gpu_throughput.json
+    python benchmarks/gpu_throughput.py --device cpu --quick     # seconds: every part runs, figures mean nothing
+
+(1) Step: the jigsaw-MI task with η-MINE on ResNet50 (``--encoder``), the loop's own ``train_step``,
+bf16 autocast (fp32 with ``--quick``), channels_last, fused Adam, at 10 / 40 / 160 images a step (``--images``; 16
+permutations each, unique tiles), eager against ``train.compile`` (``pretrain.train.compile_model``:
+CUDA graphs on CUDA). Per setting: step time, images/s, FLOPs of one step (``torch.utils.flop_counter``
+on the first step), achieved TFLOP/s and MFU = achieved / ``--peak-tflops`` (default: one H200's
+989 TFLOP/s dense bf16). The ratio compiled/eager is printed side by side.
+
+(2) Data: the jigsaw stream (``data_prep``, the training loader with ``--loader-workers`` processes)
+on synthetic 292x292 JPEG shards, with the per-patch work on the host and with ``data.augment_on=device``
+(uint8 tiles; the device then standardises them), in images/s, against the images/s the step consumes
+at the largest batch: a keep-up ratio >= 1 means the GPU never waits for data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+H200_BF16_DENSE_TFLOPS = 989.0
+
+
+def step_config(encoder: str, images: int, perms: int, shards: str = "/nonexistent", augment_on: str = "host",
+                loader_workers: int = 0, bf16: bool = True):
+    from pretrain.config import load_config
+
+    return load_config(None, [
+        f"data.shards={shards}", "task.kind=jigsaw-mi", "task.estimator=eta-mine", f"model.encoder={encoder}",
+        f"data.images_per_batch={images}", f"data.perms_per_image={perms}", f"data.augment_on={augment_on}",
+        f"data.loader_workers={loader_workers}", f"train.bf16={str(bf16).lower()}", "train.channels_last=true",
+        *(["model.depth=1", "model.kwargs.image_size=64"] if encoder == "dcgan" else [])])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_step(cfg, device: torch.device, compiled: bool, reps: int, backend: str, warmup: int = 3) -> dict:
+    """Seconds per step of ``cfg``'s task on one fixed device batch, after warm-up steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pretrain.plan import example_batch
+    from pretrain.train import (build_optimizers, build_task_from_config, compile_model, permutations_of,
+                                to_device, train_step)
+
+    torch.manual_seed(0)
+    permutations = permutations_of(cfg)
+    task = build_task_from_config(cfg, permutations).to(device).to(memory_format=torch.channels_last)
+    main_opt, eta_opt = build_optimizers(cfg, task)
+    task.train()
+    batch = to_device(task.host_prepare(example_batch(cfg, permutations)), device)
+    bf16 = cfg.train.bf16
+    model = compile_model(task, device, backend=backend) if compiled else task
+    flops = None
+    if not compiled:
+        with FlopCounterMode(display=False) as counter:
+            train_step(model, task, batch, 0, main_opt, eta_opt, bf16=bf16)
+        flops = float(counter.get_total_flops())
+    t = time.perf_counter()
+    for step in range(warmup):  # warm-up: compilation, cuDNN's kernel search, CUDA graph recording
+        train_step(model, task, batch, step, main_opt, eta_opt, bf16=bf16)
+    sync(device)
+    warmup_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for step in range(reps):
+        train_step(model, task, batch, step, main_opt, eta_opt, bf16=bf16)
+    sync(device)
+    return {"step_s": (time.perf_counter() - t) / reps, "warmup_s": warmup_s, "flops_per_step": flops}
+
+
+def make_shards(work: Path, n_images: int) -> Path:
+    """``n_images`` smooth random 292x292 JPEGs (the size ImageNet shards are stored at) as shards."""
+    from PIL import Image
+
+    from data_prep.__main__ import main as data_prep_main
+
+    out = work / "shards"
+    if (out / "manifest.json").is_file():
+        return out
+    rng = np.random.default_rng(0)
+    for i in range(n_images):
+        folder = work / "src" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        coarse.resize((292, 292), Image.BICUBIC).save(folder / f"{i}.jpg", quality=90)
+    assert data_prep_main(["folder", "--src", str(work / "src"), "--out", str(out), "--shard-size", "50",
+                           "--workers", "1", "--no-progress"]) == 0
+    return out
+
+
+def measure_data(cfg, batches: int) -> float:
+    """Source images/s of the training loader (``cfg.data.loader_workers`` processes), first batch excluded."""
+    from pretrain.train import open_loader, permutations_of
+
+    loader = iter(open_loader(cfg, permutations_of(cfg), 0, 1, 0, 0))
+    next(loader)  # worker start-up and shuffle-buffer fill
+    t = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    return batches * cfg.data.images_per_batch / (time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda", help="cuda or cpu")
+    p.add_argument("--encoder", default="resnet50")
+    p.add_argument("--images", default="10,40,160", help="images a step, comma-separated")
+    p.add_argument("--perms", type=int, default=16, help="permutations per image")
+    p.add_argument("--reps", type=int, default=20, help="measured steps per setting")
+    p.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE_TFLOPS,
+                   help="the device's peak for MFU (default: H200 dense bf16)")
+    p.add_argument("--loader-workers", type=int, default=8, help="DataLoader processes of the data part")
+    p.add_argument("--data-batches", type=int, default=30, help="batches timed in the data part")
+    p.add_argument("--work", default=None, help="folder for the synthetic shards (default: a temp dir)")
+    p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--quick", action="store_true",
+                   help="seconds: a 1-layer DCGAN encoder in fp32, 2 images x 2 permutations, 1 step, compile with aot_eager "
+                        "(graphs captured, no code generated), 0 loader workers")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    sizes = [int(s) for s in args.images.split(",")]
+    backend, bf16, warmup, n_images = "inductor", True, 3, 400
+    if args.quick:
+        args.encoder, args.perms, args.reps, sizes = "dcgan", 2, 1, [2]
+        args.loader_workers, args.data_batches, backend, bf16, warmup, n_images = 0, 2, "aot_eager", False, 1, 20
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "setup": {"encoder": args.encoder, "perms": args.perms, "reps": args.reps, "peak_tflops": args.peak_tflops,
+                     "bf16": bf16, "compile_backend": backend, "quick": args.quick}, "steps": [], "data": []}
+    for images in sizes:
+        cfg = step_config(args.encoder, images, args.perms, bf16=bf16)
+        row = {"images": images}
+        for mode in ("eager", "compiled"):
+            m = measure_step(cfg, device, mode == "compiled", args.reps, backend, warmup)
+            row[mode] = {"step_s": m["step_s"], "warmup_s": m["warmup_s"], "images_per_s": images / m["step_s"]}
+            if m["flops_per_step"] is not None:
+                row["flops_per_step"] = m["flops_per_step"]
+            tflops = row["flops_per_step"] / m["step_s"] / 1e12
+            row[mode].update({"tflops": tflops, "mfu": tflops / args.peak_tflops})
+        row["compiled_over_eager"] = row["compiled"]["images_per_s"] / row["eager"]["images_per_s"]
+        out["steps"].append(row)
+        e, c = row["eager"], row["compiled"]
+        print(f"{images:4d} images x {args.perms} perms, {row['flops_per_step'] / 1e9:,.0f} GFLOP/step: "
+              f"eager {e['step_s'] * 1e3:.1f} ms ({e['images_per_s']:,.0f} img/s, MFU {e['mfu']:.1%}); "
+              f"compiled {c['step_s'] * 1e3:.1f} ms ({c['images_per_s']:,.0f} img/s, MFU {c['mfu']:.1%}); "
+              f"compiled/eager = {row['compiled_over_eager']:.2f}", flush=True)
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-gpu-"))
+    shards = make_shards(work, n_images)
+    consumed = max(max(r["eager"]["images_per_s"], r["compiled"]["images_per_s"]) for r in out["steps"])
+    for augment_on in ("host", "device"):
+        cfg = step_config(args.encoder, sizes[-1], args.perms, str(shards), augment_on, args.loader_workers, bf16)
+        rate = measure_data(cfg, args.data_batches)
+        out["data"].append({"augment_on": augment_on, "loader_workers": args.loader_workers, "images_per_s": rate,
+                            "keep_up": rate / consumed})
+        print(f"data, {args.loader_workers} loader workers, augment on {augment_on}: {rate:,.0f} images/s "
+              f"= {rate / consumed:.2f}x what the fastest step consumes ({consumed:,.0f} images/s)", flush=True)
+    out["device_over_host_augment"] = out["data"][1]["images_per_s"] / out["data"][0]["images_per_s"]
+    print(f"data: augment on device / on host = {out['device_over_host_augment']:.2f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

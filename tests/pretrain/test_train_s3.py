@@ -1,0 +1,172 @@
+"""Pretraining with everything in an S3 bucket (a moto server on 127.0.0.1, fixture ``s3``): shards
+streamed from it, Ray Train's checkpoints, config, metrics and TensorBoard written to it; a worker
+killed mid-run and then the driver SIGKILLed, resumed from the bucket to the very state of an
+uninterrupted run; the linear probe reading the checkpoint and the shards from the bucket. Bad URLs,
+a missing bucket and missing credentials each stop the CLI with one line before Ray starts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_prep import storage
+from pretrain import checkpoint as ck
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_session(s3):
+    """One Ray session for the module, started after ``s3`` so its workers see the S3 endpoint."""
+    import ray
+
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
+    tmp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must stay under ~107 chars
+    ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shards(s3):
+    from data_prep.__main__ import main as data_prep_main
+
+    url = s3.bucket("data") + "/digits"
+    assert data_prep_main(["digits", "--out", url, "--shard-size", "400", "--workers", "1", "--no-progress"]) == 0
+    return url
+
+
+@pytest.fixture
+def empty_config(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("{}\n")
+    return str(path)
+
+
+def overrides(shards: str, root: str, *extra: str) -> list[str]:
+    return [f"data.shards={shards}", f"run.root={root}", "run.name=im",
+            "task.kind=infomax", "task.estimator=eta-mine", "task.kwargs.hidden_dim=64", "task.kwargs.embed_dim=32",
+            "model.encoder=dcgan", "model.depth=2", "data.batch_size=16", "data.batches_per_epoch=5",
+            "optim.lr=1e-3", "train.num_workers=2", "train.steps=12", "train.report_every=4",
+            "train.checkpoint_every=4", "train.max_failures=1", *extra]
+
+
+def assert_same_state(a, b):
+    assert a["step"] == b["step"]
+    for part in ("encoder", "task"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    for name in ("main", "eta"):
+        sa, sb = a["optimizer"][name]["state"], b["optimizer"][name]["state"]
+        for i in sa:
+            for k in sa[i]:
+                assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"{name} state {i}.{k}"
+    assert a["data_position"] == b["data_position"]
+
+
+def only_run(root: str) -> str:
+    (name,) = [n for n in storage.listdir(root) if n.startswith("im-")]
+    return storage.join(root, name)
+
+
+def test_bad_url_missing_bucket_and_no_credentials_are_one_line(s3, shards, empty_config, tmp_path, monkeypatch,
+                                                                capsys):
+    from pretrain.__main__ import main as cli
+
+    monkeypatch.chdir(tmp_path)
+    cases = [(["data.shards=htp://data/digits"], "data.shards: htp://data/digits: unsupported URL scheme htp://"),
+             (["run.root=s3://no-such-bucket/runs"], "run.root: s3://no-such-bucket/runs: bucket s3://no-such-bucket "
+                                                      "does not exist"),
+             (["run.storage_path=gs:///runs"], "run.storage_path: gs:///runs: no bucket in the URL")]
+    for extra, expected in cases:
+        assert cli(["--config", empty_config, *overrides(shards, str(tmp_path / "runs"), *extra)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and expected in err, err
+    assert cli(["--resume", "s3://no-such-bucket/runs/im-1"]) == 2
+    assert "s3://no-such-bucket" in capsys.readouterr().err
+
+    import s3fs
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        assert cli(["--config", empty_config, *overrides(shards, "s3://data/runs")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "data.shards: s3://data/digits" in err and "no credentials" in err, err
+    finally:
+        monkeypatch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]  # nothing local was made
+
+
+def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ray_session, shards, empty_config,
+                                                                          tmp_path, monkeypatch):
+    from pretrain.__main__ import main as cli
+    from pretrain.config import load_config
+    from pretrain.train import CRASH_MARKER, launch
+
+    monkeypatch.chdir(tmp_path)
+    runs = s3.bucket("runs")
+    reference_run = launch(load_config(None, overrides(shards, f"{runs}/plain"))).run_dir
+    assert reference_run.startswith(f"{runs}/plain/im-")
+    reference = ck.load_checkpoint(reference_run)
+    assert reference["step"] == 12 and reference["path"].startswith(reference_run + "/checkpoint_000000012")
+    metrics = [json.loads(line) for line in storage.read_text(reference_run + "/metrics.jsonl").splitlines()]
+    assert [m["step"] for m in metrics] == [4, 8, 12]
+    assert [n for n in storage.listdir(reference_run + "/tb") if n.startswith("events.out.tfevents.")]
+    assert load_config(reference_run + "/config.yaml").data.shards == shards
+
+    # A driver of its own (joining this Ray) whose last worker dies at step 6: Ray Train restarts the
+    # group from the bucket's checkpoint 4. Once checkpoint 8 is in the bucket the driver is SIGKILLed.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    root = f"{runs}/killed"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pretrain", "--config", empty_config, "--address", ray_session,
+         *overrides(shards, root, "train.crash_at_step=6", "train.steps=1000")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint 8 in the bucket"
+            run = only_run(root) if storage.listdir(root) else None
+            if run and storage.isfile(f"{run}/checkpoint_000000008/checkpoint.pt"):
+                break
+            time.sleep(0.2)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    assert storage.read_text(f"{run}/{CRASH_MARKER}") == "6"
+
+    # cluster.resume finds the run in the bucket by its name and resumes it
+    from cluster.resume import pretrain_command
+
+    command = pretrain_command(Path(empty_config), overrides(shards, root, "train.crash_at_step=6"))
+    assert command[3:5] == ["--resume", run]
+    assert cli(command[3:]) == 0
+    assert_same_state(ck.load_checkpoint(run), reference)
+
+    # the probe reads the checkpoint and the shards from the bucket, and writes its results there
+    from eval.linear import evaluate_checkpoints
+
+    (res,) = evaluate_checkpoints([run], shards, epochs=2, seeds=1, out=f"{runs}/eval", cache_dir=None,
+                                  use_ray=False, progress=False)
+    assert res["checkpoint"] == f"{run}/checkpoint_000000012/checkpoint.pt" and res["data"] == shards
+    assert res["step"] == 12 and 0.0 <= res["top1"]["mean"] <= 100.0
+    written = json.loads(storage.read_text(f"{runs}/eval/results.json"))
+    assert written["checkpoint"] == res["checkpoint"] and written["top1"] == res["top1"] and res["out"] == f"{runs}/eval"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]  # nothing local was made
