@@ -74,6 +74,7 @@ def plain_loop(cfg, run_dir: Path) -> dict:
     """(a): the Ray loop's pieces in this process, no Ray, no DDP: same steps, logs and checkpoints."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from data_prep.storage import LocalMirror
     from pretrain.checkpoint import capture_rng, checkpoint_dir_name, save_checkpoint
     from pretrain.config import to_plain
     from pretrain.train import (MetricWindow, batch_stream, build_optimizers, build_task_from_config, log_rank0,
@@ -87,6 +88,7 @@ def plain_loop(cfg, run_dir: Path) -> dict:
     main, eta = build_optimizers(cfg, task)
     task.train()
     writer = SummaryWriter(str(run_dir / "tb"))
+    logs = LocalMirror(run_dir)  # what rank 0 writes metrics.jsonl into: the run directory itself here
     stream = batch_stream(cfg, perms, 0, 1, {"epoch": 0, "batch": 0})
     window, t_window = MetricWindow(), time.perf_counter()
     for step in range(1, cfg.train.steps + 1):
@@ -97,7 +99,7 @@ def plain_loop(cfg, run_dir: Path) -> dict:
         out = train_step(task, task, batch, step - 1, main, eta, bf16=cfg.train.bf16)
         window.add(out["metrics"], samples=int(batch["perm_index"].shape[0]))
         metrics = {**window.reduce(1, time.perf_counter() - t_window), "step": step}
-        log_rank0(writer, run_dir, metrics, step, host_batch, cfg)
+        log_rank0(writer, logs, metrics, step, host_batch, cfg)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             save_checkpoint(run_dir / checkpoint_dir_name(step), step=step, config=to_plain(cfg), task=task,
                             optimizer=main, eta_optimizer=eta, rng=[capture_rng()], data_position=[position],

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from data_prep import storage
-from pretrain import dist, fatal, preflight
+from pretrain import dist, estimators, fatal, preflight
 from pretrain.checkpoint import (
     CONFIG_FILE,
     build_encoder_from_config,
@@ -137,8 +137,9 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     metrics_file = storage.join(run_dir, METRICS_FILE)
     # the driver's TensorBoard text/hparams and MLflow id: in the run directory, or for a URL in a
     # local mirror pushed there at the end
-    driver_files = storage.LocalMirror(run_dir, fetch=(MLFLOW_RUN_ID_FILE,))
-    tracking = Tracking(cfg, Path(driver_files.dir), metrics_file)  # before Ray: a bad tracking URI fails fast
+    driver_files = storage.LocalMirror(run_dir, fetch=(MLFLOW_RUN_ID_FILE, CONFIG_FILE))
+    # before Ray: a bad tracking URI fails fast
+    tracking = Tracking(cfg, Path(driver_files.dir), metrics_file, checkpoints=run_dir)
 
     if not ray.is_initialized():
         init_address, init_kwargs = preflight.ray_init_args(address, ray_init_kwargs)
@@ -482,9 +483,7 @@ def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
     if not torch.isfinite(global_loss):
         return {"finite": False, "global_loss": float(global_loss), "metrics": {}}
     main_opt.step()
-    estimator = getattr(task, "estimator", None)
-    if eta_opt is not None and (not hasattr(estimator, "eta_step_due") or estimator.eta_step_due(step)):
-        eta_opt.step()
+    estimators.eta_step(task, eta_opt, step)
     metrics = {k: v.detach() for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
     metrics["loss"] = loss.detach()
     return {"finite": True, "metrics": metrics}

@@ -4,10 +4,10 @@
 A conditional generator G(z, c) with a categorical code c (InfoGAN) is trained against an MLP
 discriminator while maximising a lower bound on I(G(z, c); c) from ``pretrain.estimators``
 (η-MINE or DV-MINE) with an MLP statistics network. ``none`` drops the MI term: the unconditional
-baseline. Every ``--eval-every`` generator steps we count the modes covered and the fraction of
+baseline. Every ``eval_every`` generator steps we count the modes covered and the fraction of
 high-quality samples and read the bound's MI estimate.
 
-    python -m experiments.mi_gan --estimator eta-mine dv-mine none --steps 20000 --runs 3 --out DIR
+    python -m experiments.mi_gan estimators=[eta-mine,dv-mine,none] steps=20000 runs=3 out=DIR
 
 writes ``DIR/results.json`` (config, per-run histories, per-estimator summary), ``DIR/samples.png``
 (rows: runs, columns: chosen steps, like the paper's figure) and TensorBoard scalars in ``DIR/tb``.
@@ -15,7 +15,7 @@ writes ``DIR/results.json`` (config, per-run histories, per-estimator summary), 
 Data: 25 isotropic Gaussians with means on the grid {-4, -2, 0, 2, 4}² (spacing 2) and σ = 0.05,
 equal weights (the grid of VEEGAN / PacGAN, whose 3σ quality criterion we use). A sample is
 high-quality when it lies within 3σ of its nearest mode; a mode is covered when at least
-``--min-per-mode`` of the ``--eval-samples`` high-quality samples fall on it (20 of 2,500, i.e.
+``min_per_mode`` of the ``eval_samples`` high-quality samples fall on it (20 of 2,500, i.e.
 a fifth of a mode's fair share of 100, as in PacGAN).
 """
 from __future__ import annotations
@@ -25,12 +25,13 @@ import dataclasses
 import json
 import math
 import multiprocessing
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -48,30 +49,31 @@ UNSUPPORTED = {"a-mine": "a-mine needs a baseline network η(y) (log_baseline=),
 class MIGANConfig:
     """Every default of the experiment; the command line overrides them."""
 
+    # registered bound(s) for the MI term, or "none" for the unconditional baseline; several run one after another
     estimators: list[str] = field(default_factory=lambda: ["eta-mine"])
-    mi_weight: float = 1.0
-    steps: int = 20_000
-    seed: int = 0
-    runs: int = 1
+    mi_weight: float = 1.0  # weight λ of the MI term in the generator loss
+    steps: int = 20_000  # generator steps per run (paper: η-MINE covers all modes by ~50K, DV-MINE by ~140K)
+    seed: int = 0  # seed of the first run; run r uses seed + r, the same for every estimator
+    runs: int = 1  # seeds per estimator
     out: str = "runs/mi_gan"
-    eval_every: int = 500
+    eval_every: int = 500  # generator steps between evaluations (the resolution of "steps to 25 modes")
     eval_samples: int = 2500
-    min_per_mode: int = 20
-    snapshots: list[int] | None = None
+    min_per_mode: int = 20  # high-quality samples a mode needs to count as covered
+    snapshots: Optional[List[int]] = None  # steps shown in samples.png (None: 5%, 10%, 25%, 50%, 100% of steps)
     batch: int = 256
     noise_dim: int = 10
-    n_codes: int = 25
+    n_codes: int = 25  # categories of the uniform code c
     hidden: int = 128
     lr_g: float = 1e-3
     lr_d: float = 1e-3
-    lr_critic: float = 1e-3
-    lr_eta: float = 1e-2
-    n_critic: int = 1
+    lr_critic: float = 1e-3  # Adam lr of the statistics network
+    lr_eta: float = 1e-2  # Adam lr of η (paper: 1e-2)
+    n_critic: int = 1  # η-MINE: critic steps per η step (Algorithm 1)
     grid_size: int = 5
-    spacing: float = 2.0
-    sigma: float = 0.05
-    jobs: int = 1
-    threads: int = 1
+    spacing: float = 2.0  # distance between neighbouring modes
+    sigma: float = 0.05  # std of each mixture component; the quality radius is 3σ
+    jobs: int = 1  # runs trained in parallel processes
+    threads: int = 1  # torch threads per run
 
     def snapshot_steps(self) -> list[int]:
         """Steps whose samples go into the PNG grid: given, or 5%, 10%, 25%, 50%, 100% of ``steps``
@@ -177,7 +179,7 @@ def train_one(cfg: MIGANConfig, estimator: str, seed: int, tb_dir: str | None = 
     """Train one GAN for ``cfg.steps`` generator steps; evaluate every ``cfg.eval_every``.
 
     Each generator step: one discriminator step, one statistics-network step (η steps as the
-    bound's ``eta_step_due`` says), one generator step. Returns a dict with ``history`` (one row
+    bound's schedule says, ``pretrain.estimators.eta_step``), one generator step. Returns a dict with ``history`` (one row
     per evaluation: step, modes_covered, high_quality, mi, losses), ``steps_to_all_modes``,
     ``snapshots`` {step: samples [≤1000, 2] ndarray}, and the run's CPU and wall seconds.
     """
@@ -197,7 +199,7 @@ def _train(cfg: MIGANConfig, estimator: str, seed: int, tb_dir: str | None, log)
     D = Discriminator(hidden=cfg.hidden)
     mi = None
     if estimator != "none":
-        kwargs = {"n_critic": cfg.n_critic} if estimator == "eta-mine" else {}
+        kwargs = {"n_critic": cfg.n_critic} if isinstance(estimators.build(estimator), estimators.EtaMINE) else {}
         mi = MITerm(estimator, cfg.n_codes, cfg.hidden, **kwargs)
     betas = (0.5, 0.999)  # the usual GAN setting: less momentum keeps the two players from overshooting
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas)
@@ -257,9 +259,7 @@ def _train(cfg: MIGANConfig, estimator: str, seed: int, tb_dir: str | None, log)
             loss_t = mi(fake.detach(), c).loss
             loss_t.backward()
             opt_t.step()
-            due = getattr(mi.bound, "eta_step_due", None)
-            if opt_eta is not None and (due is None or due(step)):
-                opt_eta.step()
+            estimators.eta_step(mi, opt_eta, step)
 
         opt_g.zero_grad(set_to_none=True)
         loss_g = F.binary_cross_entropy_with_logits(D(fake), ones)  # non-saturating generator loss
@@ -293,6 +293,9 @@ def evaluate(G: Generator, mi: MITerm | None, means: torch.Tensor, cfg: MIGANCon
         mi.eval()  # e.g. dv-mine-ema must not move its average on evaluation batches
         mi_value = float(mi(samples, codes).mi)
         mi.train(was_training)
+        if isinstance(mi.bound, estimators.EtaMINE):  # the same critic with η in closed form on these samples
+            return {"modes_covered": stats.modes_covered, "high_quality": stats.high_quality, "mi": mi_value,
+                    "mi_refit": float(mi.bound.metrics()["mi/refit"])}
     return {"modes_covered": stats.modes_covered, "high_quality": stats.high_quality, "mi": mi_value}
 
 
@@ -385,7 +388,7 @@ def run_experiment(cfg: MIGANConfig) -> dict:
     plot_grid(runs, means, out / "samples.png")
     results = {
         "config": dataclasses.asdict(cfg),
-        "command": "python -m experiments.mi_gan " + " ".join(sys.argv[1:]),
+        "command": "python -m experiments.mi_gan " + shlex.join(sys.argv[1:]),
         "summary": summarise(runs, len(means), cfg.steps),
         "runs": [{k: v for k, v in r.items() if k != "snapshots"} for r in runs],
         "wall_seconds": wall,
@@ -395,46 +398,48 @@ def run_experiment(cfg: MIGANConfig) -> dict:
     return results
 
 
-def parse_args(argv: list[str] | None = None) -> MIGANConfig:
-    """Command line -> MIGANConfig (defaults from the dataclass)."""
-    d = MIGANConfig()
-    p = argparse.ArgumentParser(prog="python -m experiments.mi_gan", description=__doc__.split("\n\n")[0])
-    p.add_argument("--estimator", nargs="+", default=d.estimators, dest="estimators",
-                   help="registered bound(s) for the MI term, or 'none' for the unconditional baseline; several run one after another")
-    p.add_argument("--mi-weight", type=float, default=d.mi_weight, help="weight λ of the MI term in the generator loss")
-    p.add_argument("--steps", type=int, default=d.steps, help="generator steps per run (paper: η-MINE covers all modes by ~50K, DV-MINE by ~140K)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the first run; run r uses seed + r, the same for every estimator")
-    p.add_argument("--runs", type=int, default=d.runs, help="seeds per estimator")
-    p.add_argument("--out", default=d.out, help="output directory")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="generator steps between evaluations (the resolution of 'steps to 25 modes')")
-    p.add_argument("--eval-samples", type=int, default=d.eval_samples)
-    p.add_argument("--min-per-mode", type=int, default=d.min_per_mode, help="high-quality samples a mode needs to count as covered")
-    p.add_argument("--snapshots", type=int, nargs="*", default=d.snapshots, help="steps shown in samples.png (default: 5%%, 10%%, 25%%, 50%%, 100%% of --steps)")
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--noise-dim", type=int, default=d.noise_dim)
-    p.add_argument("--n-codes", type=int, default=d.n_codes, help="categories of the uniform code c")
-    p.add_argument("--hidden", type=int, default=d.hidden)
-    p.add_argument("--lr-g", type=float, default=d.lr_g)
-    p.add_argument("--lr-d", type=float, default=d.lr_d)
-    p.add_argument("--lr-critic", type=float, default=d.lr_critic, help="Adam lr of the statistics network")
-    p.add_argument("--lr-eta", type=float, default=d.lr_eta, help="Adam lr of η (paper: 1e-2)")
-    p.add_argument("--n-critic", type=int, default=d.n_critic, help="η-MINE: critic steps per η step (Algorithm 1)")
-    p.add_argument("--sigma", type=float, default=d.sigma, help="std of each mixture component; quality radius is 3σ")
-    p.add_argument("--spacing", type=float, default=d.spacing, help="distance between neighbouring modes")
-    p.add_argument("--jobs", type=int, default=d.jobs, help="runs trained in parallel processes")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads per run")
-    a = p.parse_args(argv)
-    cfg = MIGANConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(MIGANConfig) if hasattr(a, f.name)})
+def load_config(overrides: list[str] = ()) -> MIGANConfig:
+    """MIGANConfig defaults <- ``key=value`` overrides (OmegaConf), checked; ValueError naming the
+    setting on an unknown key, a wrong type or a bad value."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    settings = ", ".join(f.name for f in dataclasses.fields(MIGANConfig))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"expected key=value, got {item!r} (settings: {settings})")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MIGANConfig), OmegaConf.from_dotlist(list(overrides))))
+    except OmegaConfBaseException as exc:
+        msg, key = str(exc).strip().splitlines()[0], getattr(exc, "full_key", None)
+        raise ValueError(f"{key + ': ' if key and key not in msg else ''}{msg} (settings: {settings})") from None
     known = estimators.names()
     for est in cfg.estimators:
         if est in UNSUPPORTED:
-            p.error(UNSUPPORTED[est])
+            raise ValueError(UNSUPPORTED[est])
         if est != "none" and est not in known:
-            p.error(f"unknown estimator {est!r}; use 'none' or one of: {', '.join(n for n in known if n not in UNSUPPORTED)}")
-    for key in ("steps", "runs", "eval_every", "eval_samples", "batch", "jobs", "threads", "n_codes"):
+            raise ValueError(f"unknown estimator {est!r}; use 'none' or one of: {', '.join(n for n in known if n not in UNSUPPORTED)}")
+    for key in ("steps", "runs", "eval_every", "eval_samples", "batch", "jobs", "threads", "n_codes", "n_critic"):
         if getattr(cfg, key) < 1:
-            p.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(cfg, key)}")
+            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
     return cfg
+
+
+def parse_args(argv: list[str] | None = None) -> MIGANConfig:
+    """Command line -> MIGANConfig: ``key=value`` overrides of the dataclass defaults."""
+    from omegaconf import OmegaConf
+
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.mi_gan", description=__doc__.split("\n\n")[0],
+        epilog="defaults (override with key=value):\n" + OmegaConf.to_yaml(OmegaConf.structured(MIGANConfig)),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="settings of MIGANConfig, e.g. estimators=[eta-mine,dv-mine,none] steps=6000 runs=3 jobs=9")
+    a = p.parse_args(argv)
+    try:
+        return load_config(a.overrides)
+    except ValueError as err:
+        p.error(str(err))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -155,9 +155,7 @@ class EstimatorBank(nn.Module):
     def __init__(self, names: list[str], runs: int, dim: int, baseline_hidden: int, n_critic: int = 1):
         super().__init__()
         self.names, self.runs = list(names), runs
-        self.bounds = nn.ModuleList(
-            estimators.build(n, n_critic=n_critic) if n == "eta-mine" else estimators.build(n) for _ in range(runs) for n in names
-        )
+        self.bounds = nn.ModuleList(_build_bound(n, n_critic) for _ in range(runs) for n in names)
         self.baseline = BatchedMLP(runs, dim, baseline_hidden, 1, layers=1) if "a-mine" in names else None
 
     @property
@@ -176,9 +174,33 @@ class EstimatorBank(nn.Module):
             mis.append(out.mi)
         return torch.stack(losses).sum(), torch.stack(mis)
 
-    def eta_step_due(self, step: int) -> bool:
-        """Algorithm 1's schedule (the same for every η-MINE copy)."""
-        return all(b.eta_step_due(step) for b in self.bounds if isinstance(b, estimators.EtaMINE))
+    def eta_names(self) -> list[str]:
+        """The η-MINE bounds among ``names`` (they also report a refit and η − η*)."""
+        return [n for n, b in zip(self.names, self.bounds) if isinstance(b, estimators.EtaMINE)]
+
+    def eta_readouts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """After a call: per copy the refit estimate (η = log mean_marg e^f of the same pairs) and
+        η − η* (η* that closed form), each [C] float64, NaN for bounds without η."""
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        eta = [b.metrics() if isinstance(b, estimators.EtaMINE) else None for b in self.bounds]
+        refit = torch.stack([m["mi/refit"].double() if m else nan for m in eta])
+        gap = torch.stack([-torch.log(m["normaliser"].double()) if m else nan for m in eta])  # e^{-η}·mean e^f = e^{η*−η}
+        return refit, gap
+
+
+def _build_bound(name: str, n_critic: int) -> nn.Module:
+    """The registered bound ``name``; η-MINE bounds get Algorithm 1's ``n_critic``."""
+    bound = estimators.build(name)
+    return estimators.build(name, n_critic=n_critic) if isinstance(bound, estimators.EtaMINE) else bound
+
+
+def pair_initialisation(critic: nn.Module, runs: int) -> None:
+    """Give the E copies of each run the same initial weights (copy r·E of the run), so that the
+    bounds of a run are compared on the same data from the same initial critic."""
+    with torch.no_grad():
+        for p in critic.parameters():
+            view = p.view(runs, p.shape[0] // runs, *p.shape[1:])
+            view.copy_(view[:, :1].expand_as(view))
 
 
 def diagonal_masks(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,9 +241,15 @@ def _trained_names(names: list[str]) -> list[str]:
     return trained
 
 
+def _report_order(names: list[str], eta_names: list[str]) -> list[str]:
+    """Rows of results.json: each bound, an η-MINE bound followed by its refit."""
+    return [m for n in names for m in ([n, f"{n}/refit"] if n in eta_names else [n])]
+
+
 @torch.no_grad()
-def _test_estimates(critic, bank: EstimatorBank, x_test: torch.Tensor, y_test: torch.Tensor) -> torch.Tensor:
-    """Each copy's bound on the whole test set: x_test, y_test [R, N, d] -> mi [C] (float64)."""
+def _test_estimates(critic, bank: EstimatorBank, x_test: torch.Tensor, y_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each copy's bound on the whole test set, x_test, y_test [R, N, d] -> (mi, refit, η − η*),
+    each [C] float64 (the last two NaN for bounds without η)."""
     e = len(bank.names)
     xc, yc = x_test.repeat_interleave(e, 0), y_test.repeat_interleave(e, 0)
     scores = all_pair_scores(critic, xc, yc)
@@ -230,7 +258,7 @@ def _test_estimates(critic, bank: EstimatorBank, x_test: torch.Tensor, y_test: t
     bank.eval()  # dv-mine-ema keeps its moving average still
     _, mi = bank(scores, y_test, pos, neg)
     bank.train(was_training)
-    return mi
+    return (mi, *bank.eta_readouts())
 
 
 @torch.no_grad()
@@ -274,11 +302,16 @@ def run_paper_dim(cfg: PaperConfig, dim: int, gen: torch.Generator, writer, bar)
     x_tr, y_tr, x_te, y_te = train[..., :d], train[..., d:], test[..., :d], test[..., d:]
 
     critic = build_critic(cfg.critic, r * e, d, cfg.hidden, cfg.embed, cfg.layers)
+    pair_initialisation(critic, r)
     bank = EstimatorBank(names, r, d, cfg.baseline_hidden, cfg.n_critic)
+    eta_names = bank.eta_names()
+    shown = names + [f"{n}/refit" for n in eta_names]
     opt, opt_eta = make_optimisers(critic, bank, cfg.lr, cfg.lr_eta)
     pos, neg = diagonal_masks(cfg.batch)
     per_epoch = cfg.n_train // cfg.batch
-    curves = {n: {"step": [], "mean": [], "std": []} for n in names}
+    curves = {n: {"step": [], "runs": [], "mean": [], "std": []} for n in shown}
+    for n in eta_names:
+        curves[n]["eta_minus_eta_star"] = []  # per evaluation, per run: η − log mean_marg e^f on the test pairs
     order = None
     for step in range(cfg.steps):
         k = step % per_epoch
@@ -293,27 +326,32 @@ def run_paper_dim(cfg: PaperConfig, dim: int, gen: torch.Generator, writer, bar)
             opt_eta.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if opt_eta is not None and bank.eta_step_due(step):
-            opt_eta.step()
+        estimators.eta_step(bank, opt_eta, step)
         if step % 50 == 0 and writer is not None:
             for i, n in enumerate(names):
                 writer.add_scalar(f"paper/d{d}/train/{n}", float(mi.view(r, e)[:, i].mean()), step)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            est = _test_estimates(critic, bank, x_te, y_te).view(r, e)
-            for i, n in enumerate(names):
+            est, refit, gap = (v.view(r, e) for v in _test_estimates(critic, bank, x_te, y_te))
+            columns = {n: est[:, i] for i, n in enumerate(names)}
+            columns.update({f"{n}/refit": refit[:, names.index(n)] for n in eta_names})
+            for n, values in columns.items():
                 curves[n]["step"].append(step + 1)
-                curves[n]["mean"].append(float(est[:, i].mean()))
-                curves[n]["std"].append(float(est[:, i].std()) if r > 1 else 0.0)
+                curves[n]["runs"].append([float(v) for v in values])
+                curves[n]["mean"].append(float(values.mean()))
+                curves[n]["std"].append(float(values.std()) if r > 1 else 0.0)
                 if writer is not None:
                     writer.add_scalar(f"paper/d{d}/test/{n}", curves[n]["mean"][-1], step + 1)
+            for n in eta_names:
+                curves[n]["eta_minus_eta_star"].append([float(v) for v in gap[:, names.index(n)]])
+                if writer is not None:
+                    writer.add_scalar(f"paper/d{d}/eta_minus_eta_star/{n}", float(gap[:, names.index(n)].mean()), step + 1)
             if writer is not None:
                 writer.add_scalar(f"paper/d{d}/true_mi", true_mi, step + 1)
         bar.update(1)
         if step % 25 == 0:
             bar.set_postfix_str(f"d={d} true={true_mi:.2f} " + " ".join(f"{n}={float(mi.view(r, e)[:, i].mean()):.2f}" for i, n in enumerate(names[:3])), refresh=False)
 
-    final = est.double()
-    estimates = {n: [float(v) for v in final[:, i]] for i, n in enumerate(names)}
+    estimates = {n: curves[n]["runs"][-1] for n in shown}
     if CONVEX in cfg.estimators:
         j = names.index("eta-mine")
         estimates[CONVEX] = [
@@ -323,7 +361,7 @@ def run_paper_dim(cfg: PaperConfig, dim: int, gen: torch.Generator, writer, bar)
         if writer is not None:
             writer.add_scalar(f"paper/d{d}/test/{CONVEX}", float(np.mean(estimates[CONVEX])), cfg.steps)
     rows = []
-    for n in cfg.estimators:
+    for n in _report_order(cfg.estimators, eta_names):
         values = np.array(estimates[n])
         rows.append(
             {
@@ -373,8 +411,9 @@ def level_stats(trace: np.ndarray, true_mi: float) -> dict:
 def run_staircase(cfg: StaircaseConfig, writer=None, progress: bool = True, on_rows=None) -> tuple[list[dict], dict]:
     """Train every bound with each critic through the MI levels.
 
-    Returns (results.json rows, traces {critic: float64 array [E, levels·steps]}); ``on_rows(rows)``
-    (optional) receives the rows so far after each level."""
+    Returns (results.json rows, traces {critic: float64 array [S, levels·steps]}) where the S
+    series are ``staircase_series(cfg.estimators)`` (each bound, η-MINE bounds followed by their
+    per-batch refit); ``on_rows(rows)`` (optional) receives the rows so far after each level."""
     if CONVEX in cfg.estimators:
         raise ValueError(f"{CONVEX} is fitted offline on a trained critic: use it with --protocol paper")
     if cfg.window > cfg.steps:
@@ -384,11 +423,17 @@ def run_staircase(cfg: StaircaseConfig, writer=None, progress: bool = True, on_r
     torch.manual_seed(cfg.seed)
     hidden = {"concat": cfg.hidden_concat, "separable": cfg.hidden_separable}
     critics = {k: build_critic(k, e, d, hidden[k], cfg.embed, cfg.layers) for k in cfg.critics}
+    for critic in critics.values():
+        pair_initialisation(critic, 1)
     banks = {k: EstimatorBank(names, 1, d, cfg.baseline_hidden, cfg.n_critic) for k in cfg.critics}
+    series = staircase_series(names)
+    eta_rows = [i for i, n in enumerate(names) if f"{n}/refit" in series]
+    refit_rows = [series.index(f"{names[i]}/refit") for i in eta_rows]
+    mi_rows = [series.index(n) for n in names]
     opts = {k: make_optimisers(critics[k], banks[k], cfg.lr, cfg.lr_eta) for k in cfg.critics}
     pos, neg = diagonal_masks(cfg.batch)
     total = len(cfg.levels) * cfg.steps
-    traces = {k: np.zeros((e, total)) for k in cfg.critics}
+    traces = {k: np.zeros((len(series), total)) for k in cfg.critics}
     rows = []
     with progress_bar(total=total, desc="staircase", enabled=progress) as bar:
         for step in range(total):
@@ -399,7 +444,8 @@ def run_staircase(cfg: StaircaseConfig, writer=None, progress: bool = True, on_r
             for k in cfg.critics:
                 k_loss, mi = banks[k](critics[k].scores(xe, ye), y[None], pos, neg)
                 loss = loss + k_loss
-                traces[k][:, step] = mi.numpy()
+                traces[k][mi_rows, step] = mi.numpy()
+                traces[k][refit_rows, step] = banks[k].eta_readouts()[0][eta_rows].numpy()
             for opt, opt_eta in opts.values():
                 opt.zero_grad(set_to_none=True)
                 if opt_eta is not None:
@@ -407,12 +453,11 @@ def run_staircase(cfg: StaircaseConfig, writer=None, progress: bool = True, on_r
             loss.backward()
             for k, (opt, opt_eta) in opts.items():
                 opt.step()
-                if opt_eta is not None and banks[k].eta_step_due(step):
-                    opt_eta.step()
+                estimators.eta_step(banks[k], opt_eta, step)
             if writer is not None and step % cfg.log_every == 0:
                 writer.add_scalar("staircase/true_mi", level, step)
                 for k in cfg.critics:
-                    for i, n in enumerate(names):
+                    for i, n in enumerate(series):
                         writer.add_scalar(f"staircase/{k}/{n}", traces[k][i, step], step)
             bar.update(1)
             if step % 25 == 0:
@@ -420,12 +465,17 @@ def run_staircase(cfg: StaircaseConfig, writer=None, progress: bool = True, on_r
             if (step + 1) % cfg.steps == 0:
                 li, end = step // cfg.steps, step + 1
                 for k in cfg.critics:
-                    for i, n in enumerate(names):
+                    for i, n in enumerate(series):
                         rows.append({"estimator": n, "critic": k, "level": li + 1, **level_stats(traces[k][i, end - cfg.window : end], level)})
                 if on_rows is not None:
                     on_rows(rows)
-    rows.sort(key=lambda r: (cfg.critics.index(r["critic"]), names.index(r["estimator"]), r["level"]))
+    rows.sort(key=lambda r: (cfg.critics.index(r["critic"]), series.index(r["estimator"]), r["level"]))
     return rows, traces
+
+
+def staircase_series(names: list[str]) -> list[str]:
+    """The staircase's per-batch series: each bound, an η-MINE bound followed by its refit."""
+    return _report_order(names, [n for n in names if isinstance(estimators.build(n), estimators.EtaMINE)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,6 +499,32 @@ def paper_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_markdown(rows: list[dict], reference: str = "dv-mine") -> str:
+    """Paired comparison with ``reference``: run r of every bound shares data and initial critic,
+    so the per-run differences are tested (paired t-test and Wilcoxon signed-rank, scipy)."""
+    from scipy import stats
+
+    by = {(r["estimator"], r["dim"]): np.array(r["estimates"]) for r in rows}
+    names = [n for n in dict.fromkeys(r["estimator"] for r in rows) if n != reference]
+    dims = sorted({d for n, d in by if n == reference})
+    if not dims or len(by[(reference, dims[0])]) < 3:
+        return ""
+    lines = [f"Paired differences (bound − {reference}, per run), mean ± std, wins, paired t-test p, Wilcoxon p:\n",
+             "| estimator | " + " | ".join(f"d = {d}" for d in dims) + " |", "|---" * (len(dims) + 1) + "|"]
+    for n in names:
+        cells = []
+        for d in dims:
+            if (n, d) not in by:
+                cells.append("")
+                continue
+            diff = by[(n, d)] - by[(reference, d)]
+            t_p = stats.ttest_rel(by[(n, d)], by[(reference, d)]).pvalue
+            w_p = stats.wilcoxon(diff).pvalue if np.any(diff != 0) else 1.0
+            cells.append(f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f}, {int((diff > 0).sum())}/{len(diff)}, p {t_p:.2g}, {w_p:.2g}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def staircase_markdown(rows: list[dict]) -> str:
     """results.json rows of the staircase protocol -> one table per critic, cells bias / var / MSE."""
     out = []
@@ -465,158 +541,85 @@ def staircase_markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot_paper(rows: list[dict], curves: dict, out: Path) -> list[Path]:
-    """Estimate vs truth per dimension (mean ± std) and the test-estimate convergence curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dims = sorted({r["dim"] for r in rows})
-    names = list(dict.fromkeys(r["estimator"] for r in rows))
-    fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
-    for ax, d in zip(axes[0], dims):
-        sub = {r["estimator"]: r for r in rows if r["dim"] == d}
-        xs = np.arange(len(names))
-        ax.errorbar(xs, [sub[n]["mean"] for n in names], yerr=[sub[n]["std"] for n in names], fmt="o", capsize=4)
-        ax.axhline(sub[names[0]]["true_mi"], color="red", label="true MI")
-        ax.set_xticks(xs, names, rotation=60, ha="right")
-        ax.set_title(f"d = {d}")
-        ax.set_ylabel("test estimate (nats)")
-        ax.legend()
-    fig.tight_layout()
-    paths = [out / "paper_estimates.png"]
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
-    for ax, d in zip(axes[0], dims):
-        for n, c in curves[d].items():
-            m, s = np.array(c["mean"]), np.array(c["std"])
-            ax.plot(c["step"], m, label=n)
-            ax.fill_between(c["step"], m - s, m + s, alpha=0.15)
-        ax.axhline(next(r["true_mi"] for r in rows if r["dim"] == d), color="red", ls="--")
-        ax.set_title(f"d = {d}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("test estimate (nats)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "paper_convergence.png")
-    fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
-    return paths
-
-
-def plot_staircase(traces: dict, cfg: StaircaseConfig, out: Path) -> Path:
-    """Poole et al.'s figure: per critic (rows) and bound (columns) the per-batch estimates,
-    their moving average and the true MI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = list(traces)
-    fig, axes = plt.subplots(len(kinds), len(cfg.estimators), figsize=(2.6 * len(cfg.estimators), 2.6 * len(kinds)), sharey=True, squeeze=False)
-    truth = np.repeat(cfg.levels, cfg.steps)
-    span = max(1, cfg.window // 5)
-    for row, k in enumerate(kinds):
-        for col, n in enumerate(cfg.estimators):
-            ax = axes[row][col]
-            t = traces[k][col]
-            smooth = np.convolve(t, np.ones(span) / span, mode="valid")
-            ax.plot(t, color="C0", alpha=0.3, lw=0.5)
-            ax.plot(np.arange(span - 1, len(t)), smooth, color="C0", lw=1)
-            ax.plot(truth, color="black", lw=1)
-            ax.set_ylim(-1, max(cfg.levels) * 1.3)
-            ax.set_title(f"{n}\n{k}", fontsize=8)
-    fig.tight_layout()
-    path = out / "staircase.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def traces_json(traces: dict, cfg: StaircaseConfig, every: int = 10) -> dict:
+    """Per-batch traces {critic: [S, T]} -> JSON-ready block means over ``every`` steps."""
+    series = staircase_series(cfg.estimators)
+    blocks = {k: v.reshape(v.shape[0], -1, every).mean(axis=2) for k, v in traces.items()}
+    return {"every": every, "levels": list(cfg.levels), "steps": cfg.steps, "series": series,
+            "critics": {k: {n: [round(float(x), 4) for x in b[i]] for i, n in enumerate(series)} for k, b in blocks.items()}}
 
 
 # --------------------------------------------------------------------------------------------
-# Command line.
+# Command line: the dataclasses hold the defaults; key=value overrides (OmegaConf).
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def _defaults_text() -> str:
+    from omegaconf import OmegaConf
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    return "\n".join(f"--protocol {p} defaults (override with key=value):\n" + OmegaConf.to_yaml(OmegaConf.structured(c)) for p, c in (("paper", PaperConfig), ("staircase", StaircaseConfig)))
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.mi_gaussian", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m experiments.mi_gaussian", description=__doc__.split("\n\n")[0], epilog=_defaults_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper", help="paper: Fig. 3a (d = 2, 10, 20); staircase: Poole et al.'s 2→10 nats")
-    p.add_argument("--estimators", help=f"comma-separated bounds (default: all; known: {', '.join(estimators.names() + [CONVEX])})")
-    p.add_argument("--dims", type=_int_list, help="paper: dimensions (default 2,10,20); staircase: one dimension (default 20)")
-    p.add_argument("--runs", type=_positive, help="paper: repetitions of every estimator (default 10)")
-    p.add_argument("--steps", type=_positive, help="paper: training steps (default 5000); staircase: steps per level (default 4000)")
-    p.add_argument("--batch", type=_positive, help="minibatch size N (N×N score matrix)")
-    p.add_argument("--critic", choices=("concat", "separable"), help="paper: critic architecture (default separable); staircase: run only this one")
-    p.add_argument("--seed", type=int, help="seed for data, initialisation and minibatch order (default 0)")
-    p.add_argument("--out", type=Path, help="output directory (default runs/mi_gaussian/<protocol>)")
     p.add_argument("--quick", action="store_true", help="a small, fast version (< 1 min) for demos and smoke tests")
+    p.add_argument("--out", type=Path, help="output directory (default runs/mi_gaussian/<protocol>)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the protocol's config, e.g. runs=10 dims=[10,20] estimators=[eta-mine,dv-mine]")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> PaperConfig | StaircaseConfig:
-    """Defaults (dataclass) <- --quick <- explicit flags. Raises ValueError on bad combinations."""
-    cfg = PaperConfig() if args.protocol == "paper" else StaircaseConfig()
-    if args.quick:
-        cfg = dataclasses.replace(cfg, **QUICK[args.protocol])
-    known = estimators.names() + ([CONVEX] if args.protocol == "paper" else [])
-    if args.estimators:
-        chosen = [n.strip() for n in args.estimators.split(",") if n.strip()]
-        unknown = [n for n in chosen if n not in known]
-        if unknown or not chosen:
-            raise ValueError(f"unknown estimator(s) {', '.join(unknown) or '(none given)'} for --protocol {args.protocol}; known: {', '.join(known)}")
-        cfg.estimators = list(dict.fromkeys(chosen))
-    if args.runs is not None:
-        if args.protocol != "paper":
-            raise ValueError("--runs applies to --protocol paper only (the staircase is one run per critic and bound)")
-        cfg.runs = args.runs
-    if args.dims is not None:
-        if args.protocol == "paper":
-            cfg.dims = args.dims
-        elif len(args.dims) != 1:
-            raise ValueError(f"--protocol staircase takes one dimension, got --dims {','.join(map(str, args.dims))}")
-        else:
-            cfg.dim = args.dims[0]
-    for key in ("steps", "batch", "seed"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
-    if args.critic is not None:
-        if args.protocol == "paper":
-            cfg.critic = args.critic
-        else:
-            cfg.critics = [args.critic]
-    if args.protocol == "paper":
+def load_config(protocol: str, overrides: list[str] = (), quick: bool = False) -> PaperConfig | StaircaseConfig:
+    """Dataclass defaults <- ``QUICK`` (with ``quick``) <- ``key=value`` overrides, checked.
+
+    Raises ValueError with one line naming the setting on an unknown key, a wrong type or a bad
+    combination."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = PaperConfig if protocol == "paper" else StaircaseConfig
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"expected key=value, got {item!r} (settings: {', '.join(f.name for f in dataclasses.fields(schema))})")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), QUICK[protocol] if quick else {}, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        msg, key = str(exc).strip().splitlines()[0], getattr(exc, "full_key", None)
+        msg = f"{key}: {msg}" if key and key not in msg else msg
+        raise ValueError(f"--protocol {protocol}: {msg} (settings: {', '.join(f.name for f in dataclasses.fields(schema))})") from None
+    known = estimators.names() + ([CONVEX] if protocol == "paper" else [])
+    unknown = [n for n in cfg.estimators if n not in known]
+    if unknown or not cfg.estimators:
+        raise ValueError(f"unknown estimator(s) {', '.join(unknown) or '(none given)'} for --protocol {protocol}; known: {', '.join(known)}")
+    cfg.estimators = list(dict.fromkeys(cfg.estimators))
+    counts = ("runs", "steps", "batch", "n_train", "n_test", "eval_every") if protocol == "paper" else ("dim", "steps", "window", "batch")
+    for key in counts:
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if protocol == "paper":
+        if not cfg.dims or min(cfg.dims) < 1:
+            raise ValueError(f"dims must be positive integers, got {cfg.dims}")
         if cfg.batch > cfg.n_train:
-            raise ValueError(f"--batch {cfg.batch} exceeds the {cfg.n_train} training samples")
+            raise ValueError(f"batch {cfg.batch} exceeds the {cfg.n_train} training samples (n_train)")
         cfg.eval_every = min(cfg.eval_every, cfg.steps)
     else:
         cfg.window = min(cfg.window, cfg.steps)
+        if cfg.steps % 10:
+            raise ValueError(f"steps per level must be a multiple of 10 (traces.json keeps 10-step means), got {cfg.steps}")
+        bad = [k for k in cfg.critics if k not in ("concat", "separable")]
+        if bad or not cfg.critics:
+            raise ValueError(f"unknown critic(s) {', '.join(bad) or '(none given)'}; choose from concat, separable")
     return cfg
 
 
 def run(protocol: str, cfg: PaperConfig | StaircaseConfig, out: Path, progress: bool = True, command: str | None = None) -> list[dict]:
-    """Run one protocol and write results.json, results.md, run.json, PNGs and TensorBoard scalars to ``out``."""
+    """Run one protocol and write results.json, results.md, run.json, curves.json or traces.json,
+    PNG plots and TensorBoard scalars to ``out``."""
     from torch.utils.tensorboard import SummaryWriter
+
+    from experiments.mi_gaussian import plots
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -633,22 +636,26 @@ def run(protocol: str, cfg: PaperConfig | StaircaseConfig, out: Path, progress: 
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     (out / "run.json").write_text(json.dumps(meta, indent=1))
     if protocol == "paper":
-        (out / "curves.json").write_text(json.dumps({str(d): c for d, c in curves.items()}))
-        table = paper_markdown(rows)
-        plot_paper(rows, curves, out)
+        curves = {str(d): c for d, c in curves.items()}
+        (out / "curves.json").write_text(json.dumps(curves))
+        table = paper_markdown(rows) + "\n\n" + paired_markdown(rows)
+        plots.plot_paper(rows, curves, out)
         setting = (
             f"{cfg.critic} critic (hidden {cfg.hidden} × {cfg.layers}" + (f", embedding {cfg.embed}" if cfg.critic == "separable" else "") + f"), "
             f"{cfg.steps} steps, batch {cfg.batch} (all {cfg.batch}×{cfg.batch} pairs), Adam {cfg.lr:g} (η: {cfg.lr_eta:g}), "
-            f"{cfg.runs} runs, {cfg.n_train} train / {cfg.n_test} test samples; test-set estimate mean ± std over runs"
+            f"{cfg.runs} runs (run r of every bound: same data, same initial critic), {cfg.n_train} train / {cfg.n_test} test samples; "
+            "test-set estimate mean ± std over runs; `/refit`: the same critic with η in closed form on the test pairs"
         )
     else:
-        np.savez_compressed(out / "traces.npz", **{k: v.astype(np.float32) for k, v in traces.items()})
+        trace_data = traces_json(traces, cfg)
+        (out / "traces.json").write_text(json.dumps(trace_data))
         table = staircase_markdown(rows)
-        plot_staircase(traces, cfg, out)
+        plots.plot_staircase(trace_data, out)
         setting = (
             f"d = {cfg.dim}, levels {', '.join(f'{v:g}' for v in cfg.levels)} nats, {cfg.steps} steps a level, batch {cfg.batch}, "
             f"Adam {cfg.lr:g} (η: {cfg.lr_eta:g}); concat critic hidden {cfg.hidden_concat} × {cfg.layers}, separable hidden "
-            f"{cfg.hidden_separable} × {cfg.layers} → {cfg.embed}; statistics over each level's last {cfg.window} steps"
+            f"{cfg.hidden_separable} × {cfg.layers} → {cfg.embed}; every bound starts from the same critic; statistics over each "
+            f"level's last {cfg.window} steps; `/refit`: the per-batch estimate with η in closed form on the batch"
         )
     (out / "results.md").write_text(f"# Gaussian MI benchmark, {protocol} protocol\n\n`{command}`\n\n{setting}. Wall time {wall / 60:.1f} min, CPU time {time.process_time() / 60:.1f} min ({torch.get_num_threads()} thread(s)).\n\n{table}\n")
     return rows
@@ -657,7 +664,7 @@ def run(protocol: str, cfg: PaperConfig | StaircaseConfig, out: Path, progress: 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        cfg = load_config(args.protocol, args.overrides, args.quick)
     except ValueError as err:
         parser().error(str(err))
     if args.threads:

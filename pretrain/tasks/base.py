@@ -37,12 +37,10 @@ class Task(nn.Module):
         return [p for p in self.parameters() if id(p) not in eta_ids]
 
     def estimator_metrics(self) -> dict[str, torch.Tensor]:
-        """η and the normaliser e^{-η}·mean_marg e^f after the last call (η-MINE only), detached."""
-        metrics = {}
-        if self.estimator is not None and isinstance(getattr(self.estimator, "eta", None), torch.Tensor):
-            metrics["eta"] = self.estimator.eta.detach().clone()
-            metrics["normaliser"] = self.estimator.normaliser.detach().clone()
-        return metrics
+        """η, the normaliser e^{-η}·mean_marg e^f and ``mi/refit`` (the bound with η in closed form
+        on the same pairs) after the last call (η-MINE bounds only), detached."""
+        metrics = getattr(self.estimator, "metrics", None)
+        return metrics() if metrics is not None else {}
 
     def host_prepare(self, batch: dict) -> dict:
         """The batch with its values checked and what derives from them added (e.g. the MI pair masks),

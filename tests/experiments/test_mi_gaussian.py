@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from scipy.stats import multivariate_normal
 
 from experiments.mi_gaussian import benchmark as mg
+from experiments.mi_gaussian import plots
 from experiments.mi_gaussian.critics import BatchedMLP, ConcatCritic, SeparableCritic
 from pretrain import estimators
 
@@ -136,6 +137,15 @@ def test_bank_calls_each_copy_with_its_own_scores_and_baseline():
     assert mi[0] != mi[3]  # eta differs between the runs' eta-mine copies
 
 
+def test_paired_initialisation_shares_weights_within_a_run_only():
+    critic = ConcatCritic(copies=6, dim=3, hidden=4)
+    mg.pair_initialisation(critic, runs=2)
+    for p in critic.parameters():
+        run = p.view(2, 3, *p.shape[1:])
+        assert torch.equal(run[:, 0], run[:, 1]) and torch.equal(run[:, 0], run[:, 2])
+        assert not torch.equal(run[0, 0], run[1, 0])
+
+
 def test_optimisers_split_eta_from_the_critic():
     critic = SeparableCritic(copies=2, dim=2, hidden=4, embed=2)
     bank = mg.EstimatorBank(["eta-mine", "a-mine"], runs=1, dim=2, baseline_hidden=4)
@@ -167,16 +177,29 @@ def _read(out):
 
 
 def test_paper_cli_writes_everything(tmp_path):
-    mg.main(["--dims", "2,3", "--runs", "2", "--steps", "12", "--batch", "16", "--estimators", "dv-mine,a-mine", "--no-progress", "--out", str(tmp_path)])
+    mg.main(["--no-progress", "--out", str(tmp_path), "dims=[2,3]", "runs=3", "steps=12", "batch=16", "eval_every=6", "estimators=[eta-mine,dv-mine]"])
     rows, md, meta = _read(tmp_path)
-    assert [(r["estimator"], r["dim"]) for r in rows] == [(n, d) for d in (2, 3) for n in ("dv-mine", "a-mine")]
+    names = ("eta-mine", "eta-mine/refit", "dv-mine")
+    assert [(r["estimator"], r["dim"]) for r in rows] == [(n, d) for d in (2, 3) for n in names]
     for r in rows:
         assert set(r) == {"estimator", "dim", "true_mi", "estimates", "mean", "std"}
-        assert len(r["estimates"]) == 2 and all(math.isfinite(v) for v in r["estimates"])
+        assert len(r["estimates"]) == 3 and all(math.isfinite(v) for v in r["estimates"])
         assert r["mean"] == pytest.approx(np.mean(r["estimates"])) and r["std"] == pytest.approx(np.std(r["estimates"], ddof=1))
-    assert "| a-mine |" in md and "d = 3" in md and "--runs 2" in md
-    assert meta["config"]["runs"] == 2 and meta["wall_s"] >= 0
-    assert {p.name for p in tmp_path.glob("*.png")} == {"paper_estimates.png", "paper_convergence.png"}
+    by = {(r["estimator"], r["dim"]): r["estimates"] for r in rows}
+    for d in (2, 3):  # η in closed form on the test pairs: never looser
+        assert all(a >= b - 1e-9 for a, b in zip(by[("eta-mine/refit", d)], by[("eta-mine", d)]))
+    assert "| eta-mine/refit |" in md and "d = 3" in md and "runs=3" in md and "Paired differences (bound − dv-mine" in md
+    assert meta["config"]["runs"] == 3 and meta["wall_s"] >= 0
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    gap = curves["2"]["eta-mine"]["eta_minus_eta_star"]
+    assert curves["2"]["eta-mine"]["step"] == [6, 12] and len(gap) == 2 and len(gap[0]) == 3
+    assert curves["2"]["eta-mine/refit"]["runs"][-1] == by[("eta-mine/refit", 2)]
+    pngs = {"paper_estimates.png", "paper_convergence.png", "paper_eta_gap.png"}
+    assert {p.name for p in tmp_path.glob("*.png")} == pngs
+    for p in tmp_path.glob("*.png"):  # the committed JSON is enough to redraw every figure
+        p.unlink()
+    plots.main([str(tmp_path)])
+    assert {p.name for p in tmp_path.glob("*.png")} == pngs
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert not (tmp_path / "results.partial.json").exists()
 
@@ -190,37 +213,51 @@ def test_paper_protocol_is_reproducible_from_its_seed():
 
 
 def test_staircase_writes_bias_variance_mse(tmp_path):
-    mg.main(["--protocol", "staircase", "--quick", "--steps", "20", "--estimators", "eta-mine,infonce", "--out", str(tmp_path), "--no-progress"])
+    mg.main(["--protocol", "staircase", "--quick", "--out", str(tmp_path), "--no-progress", "steps=20", "estimators=[eta-mine,infonce]"])
     rows, md, meta = _read(tmp_path)
     levels = mg.QUICK["staircase"]["levels"]
+    series = ["eta-mine", "eta-mine/refit", "infonce"]
     assert [(r["critic"], r["estimator"], r["level"]) for r in rows] == [
-        (k, n, i + 1) for k in ("concat", "separable") for n in ("eta-mine", "infonce") for i in range(len(levels))
+        (k, n, i + 1) for k in ("concat", "separable") for n in series for i in range(len(levels))
     ]
-    traces = np.load(tmp_path / "traces.npz")
-    assert traces["concat"].shape == (2, 20 * len(levels))
+    traces = json.loads((tmp_path / "traces.json").read_text())
+    assert traces["series"] == series and traces["every"] == 10
     for r in rows:
         assert r["true_mi"] == levels[r["level"] - 1]
-        window = traces[r["critic"]][["eta-mine", "infonce"].index(r["estimator"]), r["level"] * 20 - 20 : r["level"] * 20].astype(np.float64)
-        assert r["mean"] == pytest.approx(window.mean(), abs=1e-5)
+        blocks = traces["critics"][r["critic"]][r["estimator"]][r["level"] * 2 - 2 : r["level"] * 2]  # 10-step means
+        assert r["mean"] == pytest.approx(np.mean(blocks), abs=1e-4)
         assert r["mse"] == pytest.approx(r["bias"] ** 2 + r["var"], rel=1e-6)
-    assert "**concat critic**" in md and (tmp_path / "staircase.png").exists()
+    for k in ("concat", "separable"):
+        refit, plain = traces["critics"][k]["eta-mine/refit"], traces["critics"][k]["eta-mine"]
+        assert all(a >= b - 1e-3 for a, b in zip(refit, plain))  # per batch: never looser (10-step means, rounded)
+    assert "**concat critic**" in md and "| eta-mine/refit |" in md and (tmp_path / "staircase.png").exists()
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--estimators", "eta-mine,nope"], "unknown estimator(s) nope"),
-        (["--protocol", "staircase", "--estimators", "eta-mine-convex"], "unknown estimator(s) eta-mine-convex"),
-        (["--protocol", "staircase", "--runs", "3"], "--runs applies to --protocol paper only"),
-        (["--protocol", "staircase", "--dims", "2,3"], "takes one dimension"),
-        (["--dims", "2,x"], "comma-separated integers"),
-        (["--batch", "6000"], "exceeds the 5000 training samples"),
+        (["estimators=[eta-mine,nope]"], "unknown estimator(s) nope"),
+        (["--protocol", "staircase", "estimators=[eta-mine-convex]"], "unknown estimator(s) eta-mine-convex"),
+        (["--protocol", "staircase", "runs=3"], "Key 'runs' not in 'StaircaseConfig'"),
+        (["--protocol", "staircase", "dim=[2,3]"], "dim"),
+        (["dims=[2,x]"], "dims"),
+        (["batch=6000"], "exceeds the 5000 training samples"),
+        (["runs"], "expected key=value"),
+        (["--protocol", "staircase", "critics=[conv]"], "unknown critic(s) conv"),
     ],
 )
 def test_bad_arguments_give_one_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit):
         mg.main(argv)
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+
+
+def test_help_shows_the_dataclass_defaults(capsys):
+    with pytest.raises(SystemExit):
+        mg.main(["--help"])
+    out = capsys.readouterr().out
+    assert f"runs: {mg.PaperConfig().runs}" in out and f"window: {mg.StaircaseConfig().window}" in out
 
 
 def test_every_registered_bound_is_in_the_default_protocols():

@@ -15,6 +15,7 @@ from pretrain import dist as pdist
 from pretrain import estimators as E
 
 B, D = 6, 3
+KWARGS = {"eta-mine-clip": {"tau": 0.5}}  # small enough that some of these scores are clipped
 
 
 class Separable(torch.nn.Module):
@@ -25,7 +26,7 @@ class Separable(torch.nn.Module):
         torch.manual_seed(0)
         self.g = torch.nn.Linear(D, 4)
         self.h = torch.nn.Linear(D, 4)
-        self.est = E.build(name, reduce=reduce) if reduce else E.build(name)
+        self.est = E.build(name, reduce=reduce) if reduce else E.build(name, **KWARGS.get(name, {}))
 
     def forward(self, x, y):
         hy = pdist.all_gather_cat(self.h(y))
@@ -40,7 +41,7 @@ def data():
 
 
 def grads_of(model):
-    return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.requires_grad}  # eta-mine-ema: η has none
 
 
 def _worker(rank, store, out_dir, cases):
@@ -56,14 +57,15 @@ def _worker(rank, store, out_dir, cases):
             loss.backward()
             grads = grads_of(model.module)
             opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-            opt.step()
+            E.eta_step(model.module, opt, 0)  # Algorithm 1's step: closed-form η rules, then Adam
             results[f"{name}/{reduce}"] = {"grads": grads, "loss": loss.detach(), "eta_after_step": {k: v.detach().clone() for k, v in model.module.est.named_parameters()}}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-CASES = [("eta-mine", False), ("dv-mine", True), ("smile", True), ("infonce", True), ("dv-mine", False)]
+CASES = [("eta-mine", False), ("eta-mine-clip", False), ("eta-mine-ema", False), ("dv-mine", True), ("smile", True), ("infonce", True), ("dv-mine", False)]
+ETA = ["eta-mine", "eta-mine-clip", "eta-mine-ema"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def single_process(name, reduce):
     return grads_of(model), loss.detach()
 
 
-@pytest.mark.parametrize("name,reduce", CASES[:4])
+@pytest.mark.parametrize("name,reduce", CASES[:6])
 def test_two_ranks_equal_one_rank_with_double_batch(two_rank_results, name, reduce):
     single, single_loss = single_process(name, reduce)
     for rank_result in two_rank_results:
@@ -97,9 +99,21 @@ def test_two_ranks_equal_one_rank_with_double_batch(two_rank_results, name, redu
         torch.testing.assert_close((losses[0] + losses[1]) / 2, single_loss)
 
 
-def test_eta_identical_on_both_ranks(two_rank_results):
-    a, b = (r["eta-mine/False"]["eta_after_step"]["eta"] for r in two_rank_results)
+@pytest.mark.parametrize("name", ETA)
+def test_eta_identical_on_both_ranks(two_rank_results, name):
+    a, b = (r[f"{name}/False"]["eta_after_step"]["eta"] for r in two_rank_results)
     assert a.item() != 0.0 and a.item() == b.item()
+
+
+def test_ema_eta_is_the_closed_form_over_both_ranks(two_rank_results):
+    """eta-mine-ema's warm start and first update read log mean_marg e^f of every rank's pairs:
+    the single process with the double batch ends with the same η."""
+    model = Separable("eta-mine-ema", False)
+    x, y = data()
+    model(x, y).backward()
+    E.eta_step(model, torch.optim.Adam(model.parameters(), lr=1e-2), 0)
+    for r in two_rank_results:
+        torch.testing.assert_close(r["eta-mine-ema/False"]["eta_after_step"]["eta"], model.est.eta.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_unreduced_dv_is_biased_across_ranks(two_rank_results):

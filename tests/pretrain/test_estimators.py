@@ -8,7 +8,7 @@ import torch
 from pretrain import estimators as E
 from pretrain.estimators.eta_mine_convex import evaluate_convex, fit_convex
 
-ALL = ["eta-mine", "dv-mine", "dv-mine-ema", "f-mine", "a-mine", "infonce", "jsd", "smile"]
+ALL = ["eta-mine", "eta-mine-clip", "eta-mine-ema", "dv-mine", "dv-mine-ema", "f-mine", "a-mine", "infonce", "jsd", "smile"]
 
 
 def np_lme(v):
@@ -21,7 +21,10 @@ def reference_mi(name, s, pos, neg, eta=0.0, log_b=None, tau=5.0):
     """The bound's estimate straight from the formulas (NOTES.md table), in float64 NumPy."""
     s = s.astype(np.float64)
     joint, marg = s[pos], s[neg]
-    if name == "eta-mine":
+    if name in ("eta-mine", "eta-mine-ema"):
+        return -(math.exp(-eta) * np.mean(np.exp(marg)) - joint.mean() + eta - 1)
+    if name == "eta-mine-clip":  # η-MINE of clip(f, ±τ), τ = 7.5 by default
+        joint, marg = np.clip(joint, -7.5, 7.5), np.clip(marg, -7.5, 7.5)
         return -(math.exp(-eta) * np.mean(np.exp(marg)) - joint.mean() + eta - 1)
     if name in ("dv-mine", "dv-mine-ema"):
         return joint.mean() - np_lme(marg)
@@ -74,9 +77,10 @@ def test_matches_numpy_formula(name, seed):
     s, pos, neg, log_b = random_case(seed, n=7, m=9, one_pos_per_row=(name == "infonce"))
     est = E.build(name)
     eta = 0.0
-    if name == "eta-mine":
+    if isinstance(est, E.EtaMINE):
         eta = 0.375  # exact in float32, the dtype of the parameter
         est.set_eta(eta)
+        est.eval()  # eta-mine-ema would warm-start η from the batch in training mode
     out = call(est, name, torch.tensor(s), torch.tensor(pos), torch.tensor(neg), torch.tensor(log_b))
     expected = reference_mi(name, s, pos, neg, eta=eta, log_b=log_b)
     assert out.mi.dtype == torch.float64 and not out.mi.requires_grad
