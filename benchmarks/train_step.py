@@ -6,8 +6,10 @@ model, data stream and ``train_step`` for ``--steps`` steps, both writing Tensor
 checkpoint every ``--checkpoint-every`` steps and at the end. Both use ``--threads`` torch threads;
 the benchmark sets no Ray environment variable (the launcher's own settings apply). Each run is
 split by the wall-clock times of its TensorBoard events: start-up (launch to the end of step 1),
-then steps 2.. to the end (every report and checkpoint included) until the result is back. The
-ratio of the second parts, a/b, is the figure (goal >= 0.95); start-up is reported apart.
+steps 2.. to the last (every report and the mid-run checkpoints), and the wind-down (the final
+checkpoint, until the result is back). The ratio a/b of steps + wind-down is the figure (goal
+>= 0.95); start-up is reported apart. ``--repeats`` alternates the loops (a, b, a, b) and reports
+medians, so load from other jobs that comes and goes hits both.
 
 Then the achieved FLOP/s of a ResNet50 jigsaw step (forward + backward + Adam, FLOPs counted by
 ``torch.utils.flop_counter``) against a plain matmul (2048² fp32, 1024² bf16), in fp32 and bf16 autocast.
@@ -66,14 +68,22 @@ def event_times(run_dir: Path) -> list[float]:
 
 
 def split(started: float, times: list[float], ended: float, steps: int) -> dict:
-    return {"startup_s": times[0] - started, "after_startup_s": ended - times[0],
-            "steps_per_s_after_startup": (steps - 1) / (ended - times[0]), "total_s": ended - started}
+    """Start-up (to step 1's log), the steps after it (every report and mid-run checkpoint), the
+    wind-down (last log to the result: final checkpoint, stopping), and their sums."""
+    return {"startup_s": times[0] - started, "steps_s": times[-1] - times[0], "winddown_s": ended - times[-1],
+            "after_startup_s": ended - times[0], "steps_per_s": (steps - 1) / (times[-1] - times[0]),
+            "total_s": ended - started}
+
+
+def median_run(runs: list[dict]) -> dict:
+    return {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
 
 
 def plain_loop(cfg, run_dir: Path) -> dict:
     """(a): the Ray loop's pieces in this process, no Ray, no DDP: same steps, logs and checkpoints."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from data_prep.storage import LocalMirror
     from pretrain.checkpoint import capture_rng, checkpoint_dir_name, save_checkpoint
     from pretrain.config import to_plain
     from pretrain.train import (MetricWindow, batch_stream, build_optimizers, build_task_from_config, log_rank0,
@@ -87,6 +97,7 @@ def plain_loop(cfg, run_dir: Path) -> dict:
     main, eta = build_optimizers(cfg, task)
     task.train()
     writer = SummaryWriter(str(run_dir / "tb"))
+    logs = LocalMirror(run_dir)  # what rank 0 writes metrics.jsonl into: the run directory itself here
     stream = batch_stream(cfg, perms, 0, 1, {"epoch": 0, "batch": 0})
     window, t_window = MetricWindow(), time.perf_counter()
     for step in range(1, cfg.train.steps + 1):
@@ -97,7 +108,7 @@ def plain_loop(cfg, run_dir: Path) -> dict:
         out = train_step(task, task, batch, step - 1, main, eta, bf16=cfg.train.bf16)
         window.add(out["metrics"], samples=int(batch["perm_index"].shape[0]))
         metrics = {**window.reduce(1, time.perf_counter() - t_window), "step": step}
-        log_rank0(writer, run_dir, metrics, step, host_batch, cfg)
+        log_rank0(writer, logs, metrics, step, host_batch, cfg)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             save_checkpoint(run_dir / checkpoint_dir_name(step), step=step, config=to_plain(cfg), task=task,
                             optimizer=main, eta_optimizer=eta, rng=[capture_rng()], data_position=[position],
@@ -178,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--perms", type=int, default=4, help="permutations per image")
     p.add_argument("--steps", type=int, default=60, help="training steps of each run")
     p.add_argument("--checkpoint-every", type=int, default=30, help="a checkpoint every N steps (and at the end)")
+    p.add_argument("--repeats", type=int, default=2, help="alternating runs of each loop (medians are reported)")
     p.add_argument("--threads", type=int, default=2, help="torch threads in both loops (= Ray worker CPUs)")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers in both loops")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the a/b comparison")
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     # (matmul side fp32, bf16; seconds a matmul is repeated; encoder of the FLOP/s part)
     flops_setup = (2048, 1024, 3.0, "resnet50")
     if args.quick:
-        args.steps, args.checkpoint_every, args.flops_puzzles, args.flops_reps = 3, 2, 2, 1  # 2: batch norm needs more than one
+        args.steps, args.checkpoint_every, args.flops_puzzles, args.flops_reps, args.repeats = 3, 2, 2, 1, 1  # 2: batch norm needs more than one
         flops_setup = (256, 64, 0.05, "resnet18")
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))
@@ -203,17 +215,23 @@ def main(argv: list[str] | None = None) -> None:
     out = {"setup": {k: getattr(args, k) for k in ("encoder", "images", "perms", "steps", "checkpoint_every",
                                                     "threads", "loader_workers", "bf16")}}
     if not args.skip_ab:
-        a = plain_loop(cfg, work / "runs" / "plain")
-        b = ray_loop(cfg)
-        ratio = a["after_startup_s"] / b["after_startup_s"]
-        out.update({"plain": a, "ray_1_worker": b, "ratio_a_over_b_after_startup": ratio})
+        runs_a, runs_b = [], []
+        for r in range(args.repeats):  # a, b, a, b, ...: load that drifts hits both alike
+            runs_a.append(plain_loop(cfg, work / "runs" / f"plain{r}"))
+            runs_b.append(ray_loop(cfg))
+        a, b = median_run(runs_a), median_run(runs_b)
+        ratio, steps_ratio = a["after_startup_s"] / b["after_startup_s"], a["steps_s"] / b["steps_s"]
+        out.update({"plain": a, "ray_1_worker": b, "plain_runs": runs_a, "ray_runs": runs_b,
+                    "ratio_a_over_b_after_startup": ratio, "ratio_a_over_b_steps": steps_ratio})
         print(f"{args.encoder}, {args.images * args.perms} puzzles/step, {args.steps} steps, report every step, "
-              f"checkpoint every {args.checkpoint_every}, {args.threads} threads:\n"
-              f"  (a) plain loop: start-up {a['startup_s']:.2f} s, then {a['after_startup_s']:.2f} s "
-              f"({a['steps_per_s_after_startup']:.3f} steps/s)\n"
-              f"  (b) Ray loop:   ray.init {b['ray_init_s']:.2f} s; launch start-up {b['startup_s']:.2f} s, then "
-              f"{b['after_startup_s']:.2f} s ({b['steps_per_s_after_startup']:.3f} steps/s) to the result\n"
-              f"  after start-up a/b = {ratio:.3f} (goal >= 0.95)", flush=True)
+              f"checkpoint every {args.checkpoint_every}, {args.threads} threads, median of {args.repeats} "
+              f"alternating runs:\n"
+              f"  (a) plain loop: start-up {a['startup_s']:.2f} s; steps 2-{args.steps} {a['steps_s']:.2f} s "
+              f"({a['steps_per_s']:.3f} steps/s); wind-down {a['winddown_s']:.2f} s\n"
+              f"  (b) Ray loop:   start-up {b['startup_s']:.2f} s (+ ray.init {b['ray_init_s']:.2f} s); steps 2-{args.steps} "
+              f"{b['steps_s']:.2f} s ({b['steps_per_s']:.3f} steps/s); wind-down {b['winddown_s']:.2f} s\n"
+              f"  steps a/b = {steps_ratio:.3f}; after start-up (steps + wind-down) a/b = {ratio:.3f} (goal >= 0.95)",
+              flush=True)
     if not args.skip_flops:
         # bf16 matmul runs far slower than fp32 on CPUs without a bf16 GEMM path: a smaller n keeps it short
         n32, n16, budget_s, flops_encoder = flops_setup

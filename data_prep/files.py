@@ -18,11 +18,17 @@ TMP_SUFFIX = ".tmp"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks (a ResNet-50 checkpoint takes well under a second)."""
-    h = hashlib.sha256()
+    """Hex SHA-256 of a file's bytes (a ResNet-50 checkpoint takes well under a second)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(f: IO[bytes]) -> str:
+    """Hex SHA-256 of what is left to read in the binary file object ``f`` (a local file or an
+    fsspec object stream), read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 22), b""):
+        h.update(block)
     return h.hexdigest()
 
 

@@ -206,11 +206,6 @@ class BatchLoader:
         self.num_workers = num_workers
         self.pin_memory = pin_memory
 
-    @property
-    def batches_per_epoch(self) -> int:
-        """Batches in a whole epoch (``len()`` counts those left in the current one)."""
-        return self.stream.batches_per_epoch
-
     def __len__(self) -> int:
         return len(self.stream)
 

@@ -188,13 +188,8 @@ def sha256(path) -> str:
     """Hex SHA-256 of a file's or object's bytes (:func:`data_prep.files.sha256_file` for local files)."""
     if not is_url(path):
         return files.sha256_file(path)
-    import hashlib
-
-    h = hashlib.sha256()
     with open_read(path) as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+        return files.sha256_stream(f)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -51,12 +51,16 @@ def encode_batch(encoder: nn.Module, batch: dict, kind: str, device: torch.devic
     infomax: batch["images"] [B, 3, 32, 32] -> encoder features [B, D].
     Returns float32 [B, D] on the CPU.
     """
+    # channels_last on a GPU (prepare_features converts the encoder); a no-op layout change on the CPU
+    memory_format = torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
     if kind == "jigsaw":
         patches = batch["patches"].to(device, non_blocking=True)
         b, p = patches.shape[:2]
-        return encoder(patches.flatten(0, 1)).view(b, p, -1).mean(1).float().cpu()
+        x = patches.flatten(0, 1).contiguous(memory_format=memory_format)
+        return encoder(x).view(b, p, -1).mean(1).float().cpu()
     if kind == "infomax":
-        return encoder(batch["images"].to(device, non_blocking=True)).float().cpu()
+        x = batch["images"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        return encoder(x).float().cpu()
     raise ValueError(f"unknown feature kind {kind!r}; use one of {KINDS}")
 
 

@@ -173,6 +173,8 @@ def prepare_features(
     train_split, test_split = default_splits(manifest, train_split, test_split)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder.to(dev).eval().requires_grad_(False)
+    if dev.type == "cuda":  # NHWC convolutions are faster on GPUs; the features stay fp32 (cache-compatible)
+        encoder.to(memory_format=torch.channels_last)
     sha = storage.sha256(file)
     size = int((config.get("data") or {}).get("size") or 32)
     common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant, size=size,
@@ -480,7 +482,8 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
         ray.init(address=ray_address, log_to_driver=False)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     data = storage.resolve(data)
-    extract = ray.remote(num_cpus=1, num_gpus=1 if has_gpu else 0)(_prepare_remote)
+    # the extraction task runs its loader processes too: reserve a CPU for each
+    extract = ray.remote(num_cpus=1 + prep_kw["num_workers"], num_gpus=1 if has_gpu else 0)(_prepare_remote)
     probe = ray.remote(num_cpus=1, num_gpus=0.25 if has_gpu else 0)(_probe_remote)
     feature_refs = [extract.remote(storage.resolve(c), data, prep_kw) for c in checkpoints]
     probe_refs = [[probe.remote(ref, s, probe_kw) for s in seed_list] for ref in feature_refs]

@@ -68,10 +68,12 @@ class Tracking:
     """What the driver tracks for one launch: :meth:`listeners` go to the metrics tail,
     :meth:`finish` closes everything once ``trainer.fit()`` returned (or failed)."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, metrics_file: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, metrics_file: Path | str, checkpoints: Path | str | None = None):
+        """``run_dir``: a local directory for the driver's files; ``checkpoints``: the run directory the
+        encoder is exported from when it is elsewhere (a bucket URL whose local mirror is ``run_dir``)."""
         self.cfg, self.run_dir, self.metrics_file = cfg, Path(run_dir), metrics_file
         self._write_config_text()
-        self.mlflow = MLflowRun(cfg, run_dir) if cfg.track.mlflow_uri else None
+        self.mlflow = MLflowRun(cfg, run_dir, checkpoints) if cfg.track.mlflow_uri else None
 
     def listeners(self) -> list[Callable[[dict], None]]:
         return [self.mlflow.log_record] if self.mlflow is not None else []
@@ -104,7 +106,7 @@ class MLflowRun:
     """One MLflow run for one pretraining run, logged through an explicit client (the metrics
     arrive on the tail's thread, where MLflow's fluent "active run" would not be set)."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, checkpoints: Path | str | None = None):
         uri = str(cfg.track.mlflow_uri)
         if uri.startswith("file:"):
             # MLflow 3 keeps file stores in maintenance mode and refuses them unless asked; the
@@ -115,6 +117,7 @@ class MLflowRun:
         except ImportError:
             raise TrackingError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]") from None
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.checkpoints = self.run_dir if checkpoints is None else checkpoints
         try:
             self.client = MlflowClient(tracking_uri=uri)
             self._start(cfg)
@@ -163,7 +166,7 @@ class MLflowRun:
             if succeeded:
                 with tempfile.TemporaryDirectory(prefix="export-") as tmp:
                     out = Path(tmp) / "encoder.safetensors"
-                    export_encoder(self.run_dir, out)
+                    export_encoder(self.checkpoints, out)
                     self.client.log_artifact(self.run_id, str(out))
         finally:
             self.client.set_terminated(self.run_id, status="FINISHED" if succeeded else "FAILED")

@@ -37,15 +37,26 @@ def test_stream_throughput_pipelines(tmp_path, capsys):
     assert [r for r, _ in ratios] == ["b/a", "b/c", "b'/c", "b''/c"] and all(float(v) > 0 for _, v in ratios)
 
 
+def test_train_step_flops_part(tmp_path, capsys):
+    figures = tmp_path / "ts.json"
+    load("train_step").main(["--quick", "--skip-ab", "--threads", "1", "--work", str(tmp_path), "--json", str(figures)])
+    out = capsys.readouterr().out
+    for dtype, n in (("fp32", 256), ("bf16", 64)):
+        assert re.search(rf"^{dtype}: matmul {n}\^2 .* resnet18 jigsaw step .* = \d+% of matmul$", out, re.M), out
+    saved = json.loads(figures.read_text())
+    assert saved["flops_bf16"]["resnet50_step_flops"] == saved["flops_fp32"]["resnet50_step_flops"] > 0
+
+
+@pytest.mark.e2e
 @pytest.mark.ray
 def test_train_step_plain_against_ray_loop(tmp_path, capsys, ray_session):
+    """The a/b comparison needs a Ray Train run: on the test session's Ray."""
     figures = tmp_path / "ts.json"
-    load("train_step").main(["--quick", "--threads", "1", "--work", str(tmp_path), "--json", str(figures)])
+    load("train_step").main(["--quick", "--skip-flops", "--threads", "1", "--work", str(tmp_path), "--json", str(figures)])
     out = capsys.readouterr().out
-    assert re.search(r"\(a\) plain loop: start-up .*\n.*\(b\) Ray loop: .*\n.*after start-up a/b = \d+\.\d{3}", out), out
-    assert re.search(r"^bf16: matmul 64\^2 .* resnet18 jigsaw step", out, re.M), out
+    assert re.search(r"\(a\) plain loop: start-up .*\n.*\(b\) Ray loop: .*\n.*after start-up .* a/b = \d+\.\d{3}", out), out
     saved = json.loads(figures.read_text())
-    assert saved["ratio_a_over_b_after_startup"] > 0 and saved["flops_fp32"]["resnet50_step_flops"] > 0
+    assert saved["ratio_a_over_b_after_startup"] > 0
 
 
 def test_gpu_throughput_runs_on_cpu(tmp_path, capsys):

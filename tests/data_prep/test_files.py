@@ -1,6 +1,7 @@
 """The one sha256 helper and the one atomic-write helper: a killed writer or a failing body never
 leaves half a file where a reader looks."""
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.files import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
+from data_prep.files import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file, sha256_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,6 +22,9 @@ def test_sha256_file_matches_hashlib_across_block_boundaries(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    stream = io.BytesIO(data)
+    stream.read(5)  # a stream hashes what is left in it
+    assert sha256_stream(stream) == hashlib.sha256(data[5:]).hexdigest()
     (tmp_path / "empty").write_bytes(b"")
     assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
 

@@ -31,6 +31,10 @@ def ray_session(s3):
     """One Ray session for the module, started after ``s3`` so its workers see the S3 endpoint."""
     import ray
 
+    # The test session's Ray (tests/conftest.py) was started without the endpoint in its environment;
+    # the Ray tests run last and this module last of them, so it can go.
+    if ray.is_initialized():
+        ray.shutdown()
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
     tmp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must stay under ~107 chars
     ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
@@ -111,6 +115,18 @@ def test_bad_url_missing_bucket_and_no_credentials_are_one_line(s3, shards, empt
         monkeypatch.undo()
         s3fs.S3FileSystem.clear_instance_cache()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]  # nothing local was made
+
+
+def test_a_bucket_storage_path_holds_the_whole_run_directory(s3, shards, tmp_path):
+    from pretrain.config import load_config
+    from pretrain.train import new_run_dir
+
+    cfg = load_config(None, overrides(shards, str(tmp_path / "runs"), "run.storage_path=s3://data/runs/"))
+    assert cfg.run.storage_path == "s3://data/runs"
+    run = new_run_dir(cfg)
+    assert run.startswith("s3://data/runs/im-") and not (tmp_path / "runs").exists()
+    storage.write_text(f"{run}/config.yaml", f"run:\n  storage_path: {cfg.run.storage_path}\n")
+    assert ck.experiment_dir(run) == run  # Ray Train's <storage_path>/<name> is the run directory itself
 
 
 def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ray_session, shards, empty_config,
