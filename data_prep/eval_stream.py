@@ -12,7 +12,6 @@ shard keeps the samples stored before the damage, is named in a warning and in `
 """
 from __future__ import annotations
 
-import os
 import tarfile
 import warnings
 

@@ -1,6 +1,7 @@
 """``python -m pretrain --config configs/X.yaml [key=value ...] [--address ADDR] [--resume RUN_DIR] [--print-config]``
 
-Without ``--address`` a local Ray starts on this machine; with one the run joins that cluster.
+Without ``--address`` a new local Ray starts on this machine, listening on 127.0.0.1 only; with one
+the run joins that cluster (``docs/reliability.md`` says how to open a Ray to a network on purpose).
 ``--resume RUN_DIR`` continues a run whose driver died: its saved ``config.yaml`` is the base
 (``--config`` is not needed; ``key=value`` still overrides, e.g. ``train.steps=2000`` to extend).
 RUN_DIR may be a URL (``s3://BUCKET/runs/NAME-TIME``: a run with a URL ``run.root`` or ``run.storage_path``).
@@ -48,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.address is None:
+        from pretrain.preflight import local_ray_on_loopback
+
+        local_ray_on_loopback()  # before anything imports ray
     try:
         if args.resume is not None:
             run_dir = args.resume if storage.is_url(args.resume) else Path(args.resume)
@@ -76,13 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         print(format_plan(plan(cfg, tflops=args.tflops or DEFAULT_TFLOPS, name=name)))
         return 0
 
+    from pretrain.fatal import RunFailed
+    from pretrain.run_lock import RunDirInUse
     from pretrain.tracking import TrackingError
     from pretrain.train import TrainingStopped, launch
 
     try:
         out = launch(cfg, address=args.address, run_dir=run_dir)
+    except ConfigError as exc:  # found by the checks before Ray starts, or the cluster's resources
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     except TrainingStopped as exc:
         print(f"training stopped: {exc}", file=sys.stderr)
+        return 1
+    except (RunFailed, RunDirInUse) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except TrackingError as exc:
         print(f"tracking error: {exc}", file=sys.stderr)

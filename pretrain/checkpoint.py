@@ -9,6 +9,10 @@ Format (``docs/design.md``), loaded with ``torch.load(..., weights_only=True)``:
      "permutations": LongTensor [100, 9] or None,
      "permutations_sha256": sha256 of the set's canonical text (data_prep.jigsaw) or None}
 
+Beside it, ``checkpoint.pt.sha256`` (``sha256sum`` format, so ``sha256sum -c`` checks it too) is
+written atomically *after* the payload: a checkpoint is complete only once its checksum is there, and
+a payload that does not match its checksum (truncated, flipped bytes) is never read.
+
 Checkpoint directories are named ``checkpoint_<step, 9 digits>`` so the latest sorts last. They
 sit in the Ray Train experiment directory, which is the run directory itself unless
 ``run.storage_path`` points elsewhere (then ``<storage_path>/<run dir name>``). Run and checkpoint
@@ -20,6 +24,7 @@ import io
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,11 +33,12 @@ import torch
 from torch import nn
 
 from data_prep import storage
-from data_prep.files import atomic_write
+from data_prep.files import atomic_write, atomic_write_text, sha256_file
 from data_prep.jigsaw import permutations_sha256
 
 FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKSUM_FILE = CHECKPOINT_FILE + ".sha256"
 CONFIG_FILE = "config.yaml"
 _DIR_RE = re.compile(r"^checkpoint_(\d+)$")
 _REQUIRED = ("format", "step", "config", "encoder", "task")
@@ -170,7 +176,44 @@ def save_checkpoint(
     path = directory / CHECKPOINT_FILE
     with atomic_write(path) as f:
         torch.save(payload, f)
+    atomic_write_text(directory / CHECKSUM_FILE, f"{sha256_file(path)}  {CHECKPOINT_FILE}\n")
     return path
+
+
+def checksum_problem(file: str | os.PathLike) -> str | None:
+    """Why ``file`` (a ``checkpoint.pt``, local or URL) cannot be trusted, or None when it matches its checksum."""
+    name, sidecar = storage.basename(file), str(file) + ".sha256"
+    if not storage.isfile(sidecar):
+        return f"no {name}.sha256 beside it (an interrupted write)"
+    if not storage.isfile(file):
+        return f"{name} is missing"
+    if storage.read_text(sidecar).split()[:1] != [storage.sha256(file)]:
+        return f"{name} does not match {name}.sha256 (truncated or modified after it was written)"
+    return None
+
+
+def newest_verified(experiment_dir: str | os.PathLike) -> tuple[Path | str | None, list[str]]:
+    """``(newest checkpoint directory whose payload matches its checksum, ["<dir>: why skipped", ...])``.
+
+    Every ``checkpoint_<step>`` directory counts, whether or not Ray Train's own record of the run
+    lists it (after a driver kill that record can lag the directory). The skipped ones are newer
+    than the one returned.
+    """
+    found = sorted((int(m.group(1)), name) for name in storage.listdir(experiment_dir) if (m := _DIR_RE.match(name)))
+    skipped = []
+    for _, name in reversed(found):
+        directory = _path(storage.join(experiment_dir, name))
+        problem = checksum_problem(storage.join(directory, CHECKPOINT_FILE))
+        if problem is None:
+            return directory, skipped
+        skipped.append(f"{name}: {problem}")
+    return None, skipped
+
+
+def step_of(directory: str | os.PathLike) -> int | None:
+    """The step in a ``checkpoint_<step>`` directory name, else None."""
+    m = _DIR_RE.match(storage.basename(directory))
+    return int(m.group(1)) if m else None
 
 
 def _plain(config: Mapping) -> dict:
@@ -222,8 +265,9 @@ def experiment_dir(run_dir: str | os.PathLike) -> Path | str:
 def resolve_checkpoint_file(path: str | os.PathLike) -> Path | str:
     """The ``checkpoint.pt`` that ``path`` names.
 
-    ``path`` may be the file itself, a checkpoint directory, or a run directory (its latest
-    checkpoint). Raises ``FileNotFoundError`` with a one-line message otherwise.
+    ``path`` may be the file itself, a checkpoint directory, or a run directory (its newest
+    checkpoint that matches its checksum; newer damaged ones are named in a warning). Raises
+    ``FileNotFoundError`` or ``ValueError`` with a one-line message otherwise.
     """
     path = _path(path)
     if storage.isfile(path):
@@ -232,22 +276,32 @@ def resolve_checkpoint_file(path: str | os.PathLike) -> Path | str:
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
     if storage.isfile(storage.join(path, CHECKPOINT_FILE)):
         return _path(storage.join(path, CHECKPOINT_FILE))
-    dirs = checkpoint_dirs(experiment_dir(path)) or checkpoint_dirs(path)
-    if not dirs:
+    exp = experiment_dir(path) if checkpoint_dirs(experiment_dir(path)) else path
+    if not checkpoint_dirs(exp):
         raise FileNotFoundError(
             f"no checkpoint found in {path}: expected {CHECKPOINT_FILE} or checkpoint_<step>/ "
             f"directories (did the run reach train.checkpoint_every steps?)"
         )
-    return _path(storage.join(dirs[-1], CHECKPOINT_FILE))
+    newest, skipped = newest_verified(exp)
+    if newest is None:
+        raise ValueError(f"no intact checkpoint in {exp}: {'; '.join(skipped)}")
+    if skipped:
+        warnings.warn(f"using {storage.basename(newest)}, skipping newer damaged checkpoint(s): {'; '.join(skipped)}")
+    return _path(storage.join(newest, CHECKPOINT_FILE))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load and validate a checkpoint (file, checkpoint directory or run directory).
 
+    A checkpoint with a ``checkpoint.pt.sha256`` beside it is read only if it matches (a lone file
+    without one, e.g. copied out of its run, is read as it is).
+
     Raises ``FileNotFoundError`` or a one-line ``ValueError`` for a file that is not a
     checkpoint of this format.
     """
     file = resolve_checkpoint_file(path)
+    if storage.isfile(str(file) + ".sha256") and (problem := checksum_problem(file)):
+        raise ValueError(f"checkpoint {file} is damaged: {problem}; resume or evaluate an earlier checkpoint")
     try:
         source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
         payload = torch.load(source, map_location=map_location, weights_only=True)

@@ -119,6 +119,9 @@ class TrainSection:
     image_every: int = 0  # TensorBoard grid of scrambled puzzles every N steps (0: first report only)
     max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the last checkpoint)
     threads_per_worker: int = 1  # torch threads per worker (one CPU each)
+    # Seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes)
+    # before failing with what is missing, instead of waiting forever.
+    resource_wait_s: float = 60.0
     # torch.compile the task (forward and backward); on CUDA with CUDA graphs ("reduce-overhead":
     # a small batch's step is bound by kernel launches). Compiling costs minutes at start-up.
     compile: bool = False

@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from data_prep import storage
-from pretrain import dist, estimators
+from pretrain import dist, estimators, fatal, preflight
 from pretrain.checkpoint import (
     CONFIG_FILE,
     build_encoder_from_config,
@@ -56,6 +56,7 @@ from pretrain.checkpoint import (
     save_checkpoint,
 )
 from pretrain.config import from_plain, to_plain, validate
+from pretrain.run_lock import run_dir_lock
 from pretrain.tasks import spec as task_spec
 
 NONFINITE_FILE = "nonfinite.json"
@@ -102,8 +103,20 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     None makes ``<run.root>/<run.name>-<time>``. Config errors raise ``ConfigError`` before Ray
     starts. ``address``: a Ray cluster to join; None starts a local Ray (unless one is running).
     Prints the run directory at the start and one line per report (:mod:`pretrain.progress`).
+    One-line errors: ``ConfigError`` (before Ray starts, or when the cluster lacks the resources),
+    ``RunDirInUse`` (another driver holds the run directory), ``fatal.RunFailed`` (an error in the
+    workers that no retry can fix), :class:`TrainingStopped` (a non-finite loss).
     """
     validate(cfg)
+    preflight.check(cfg, storage.resolve(run_dir) if run_dir is not None else None)
+    run_dir = storage.resolve(run_dir) if run_dir is not None else new_run_dir(cfg)
+    run_dir = run_dir if storage.is_url(run_dir) else Path(run_dir)
+    storage.makedirs(run_dir)
+    with run_dir_lock(run_dir):
+        return _launch_locked(cfg, run_dir, address, ray_init_kwargs)
+
+
+def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ray_init_kwargs: dict | None) -> LaunchResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -111,24 +124,28 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     from pretrain.progress import ProgressLine, follow
     from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking
 
-    run_dir = storage.resolve(run_dir) if run_dir is not None else new_run_dir(cfg)
-    run_dir = run_dir if storage.is_url(run_dir) else Path(run_dir)
-    storage.makedirs(run_dir)
     storage.remove(storage.join(run_dir, NONFINITE_FILE))
+    fatal.clear(run_dir)
+    # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
+    # Ray Train writes to a URL with its own storage layer (pyarrow.fs), from the same credentials.
+    experiments = storage.resolve(cfg.run.storage_path) if cfg.run.storage_path else storage.parent(run_dir)
+    resume = preflight.resume_point(cfg, storage.join(experiments, storage.basename(run_dir)))
     storage.write_text(storage.join(run_dir, CONFIG_FILE), OmegaConf.to_yaml(cfg, resolve=True))
     print(f"run directory: {run_dir}", flush=True)
+    if resume.path or resume.skipped:
+        print(resume.describe(), flush=True)
     metrics_file = storage.join(run_dir, METRICS_FILE)
     # the driver's TensorBoard text/hparams and MLflow id: in the run directory, or for a URL in a
     # local mirror pushed there at the end
     driver_files = storage.LocalMirror(run_dir, fetch=(MLFLOW_RUN_ID_FILE, CONFIG_FILE))
     # before Ray: a bad tracking URI fails fast
     tracking = Tracking(cfg, Path(driver_files.dir), metrics_file, checkpoints=run_dir)
-    # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
-    # Ray Train writes to a URL with its own storage layer (pyarrow.fs), from the same credentials.
-    experiments = storage.resolve(cfg.run.storage_path) if cfg.run.storage_path else storage.parent(run_dir)
 
     if not ray.is_initialized():
-        ray.init(address=address, **(ray_init_kwargs or {}))
+        init_address, init_kwargs = preflight.ray_init_args(address, ray_init_kwargs)
+        ray.init(address=init_address, **init_kwargs)
+        if address is None:
+            preflight.warn_if_not_loopback()
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -136,9 +153,12 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     resources = {"CPU": cfg.train.threads_per_worker + cfg.data.loader_workers}
     if use_gpu:
         resources["GPU"] = 1
+    preflight.wait_for_resources(cfg.train.num_workers, resources, cfg.train.resource_wait_s)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir)},
+        train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
+                           "start": {"path": resume.path and str(resume.path), "step": resume.step,
+                                     "skipped": [s.split(":")[0] for s in resume.skipped]}},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -156,11 +176,17 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     stopped = storage.join(run_dir, NONFINITE_FILE)
     try:
         with follow(metrics_file, listeners), controller_poll(cfg.train.controller_poll_s):
-            result = trainer.fit()
-        succeeded = not storage.isfile(stopped)
+            try:
+                result = trainer.fit()
+            except Exception:
+                if fatal.recorded(run_dir) is None:
+                    raise
+        succeeded = not storage.isfile(stopped) and fatal.recorded(run_dir) is None
     finally:
         tracking.finish(succeeded)
         driver_files.push()
+    if (message := fatal.recorded(run_dir)) is not None:
+        raise fatal.RunFailed(message)
     if storage.isfile(stopped):
         info = json.loads(storage.read_text(stopped))
         raise TrainingStopped(
@@ -188,14 +214,21 @@ def controller_poll(seconds: float):
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point: one DDP rank of the pretraining loop (see the module docstring)."""
-    import ray.train
-    import ray.train.torch
-
     from pretrain.progress import quiet_ray_report_logs
 
     quiet_ray_report_logs()
     cfg = from_plain(loop_config["config"])
     run_dir = loop_config["run_dir"]  # a local path or a URL
+    if fatal.recorded(run_dir) is not None:  # Ray restarted the group after an error no retry can fix
+        return
+    with fatal.guard(run_dir, dist.rank(), dist.world_size()):
+        _train_loop(cfg, run_dir, loop_config["start"])
+
+
+def _train_loop(cfg: DictConfig, run_dir, start: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
     torch.set_num_threads(cfg.train.threads_per_worker)
     rank, world = dist.rank(), dist.world_size()
     device = ray.train.torch.get_device()
@@ -217,9 +250,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     step, position = 0, {"epoch": 0, "batch": 0}
     seed_rank(cfg.run.seed, rank)
     last_checkpoint = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
+    source = checkpoint_to_restore(ray.train.get_checkpoint(), start)
+    if source is not None:
+        with source.as_directory() if hasattr(source, "as_directory") else contextlib.nullcontext(source) as ckpt_dir:
             step, position, restored_perms, last_checkpoint = resume(ckpt_dir, task, main_opt, eta_opt, rank, world)
         permutations = restored_perms if restored_perms is not None else permutations
     if cfg.train.channels_last:
@@ -282,6 +315,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 # ============================================================================ building blocks
+
+
+def checkpoint_to_restore(ray_checkpoint, start: dict):
+    """What to continue from: Ray's checkpoint when it is newer than where this launch started (Ray
+    restarted the workers after a failure in this run), else the newest intact checkpoint the driver
+    found on disk (``start["path"]``, a directory), else None. Checkpoints the driver skipped as
+    damaged are never taken, even when Ray's own record of the run still lists them."""
+    from pretrain.checkpoint import step_of
+
+    if ray_checkpoint is not None:
+        name = storage.basename(ray_checkpoint.path)
+        if name not in start["skipped"] and (step_of(name) or 0) > start["step"]:
+            return ray_checkpoint
+    return start["path"]
 
 
 def build_task_from_config(cfg: DictConfig, permutations: torch.Tensor | None) -> nn.Module:
@@ -367,10 +414,13 @@ def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, rank: int, world: int):
     the CPU: RNG states and permutations must stay there (``torch.set_rng_state`` and NumPy take
     CPU tensors), and ``load_state_dict`` moves weights and Adam's moments to the parameters' device.
     """
-    payload = load_checkpoint(ckpt_dir, map_location="cpu")
+    try:
+        payload = load_checkpoint(ckpt_dir, map_location="cpu")
+    except (OSError, ValueError) as exc:  # every rank reads the same file: no rank is left waiting
+        raise fatal.FatalError(str(exc), every_rank=True) from None
     if len(payload["rng"]) != world:
-        raise RuntimeError(f"checkpoint {payload['path']} was written by {len(payload['rng'])} ranks; "
-                           f"resume with train.num_workers={len(payload['rng'])}")
+        raise fatal.FatalError(f"checkpoint {payload['path']} was written by {len(payload['rng'])} ranks; "
+                               f"resume with train.num_workers={len(payload['rng'])}", every_rank=True)
     load_task_state(task, payload["encoder"], payload["task"])
     main_opt.load_state_dict(payload["optimizer"]["main"])
     if eta_opt is not None:

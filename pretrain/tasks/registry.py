@@ -38,6 +38,11 @@ class TaskSpec:
         """Jigsaw tasks read the permutation set (``data.num_permutations`` rows of 9)."""
         return self.stream == "jigsaw"
 
+    @property
+    def batch_key(self) -> str:
+        """The ``data`` key that sets how many images one batch of this task's stream takes."""
+        return BATCH_KEYS[self.stream]
+
     def preview(self, batch: dict, n: int = 4) -> torch.Tensor:
         """A [3, H, W] image in [0, 1] of the first inputs of ``batch`` (for TensorBoard)."""
         return PREVIEWS[self.stream](batch, n)
@@ -119,3 +124,4 @@ def open_infomax(data, permutations: None, **common):
 
 PREVIEWS = {"jigsaw": jigsaw_preview, "infomax": image_preview}
 OPENERS = {"jigsaw": open_jigsaw, "infomax": open_infomax}
+BATCH_KEYS = {"jigsaw": "images_per_batch", "infomax": "batch_size"}

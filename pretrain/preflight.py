@@ -1,0 +1,195 @@
+"""Checks that run on the driver before Ray starts, so a run that cannot work fails in one line.
+
+What a worker would otherwise find 40-60 s later, after Ray retried it ``max_failures`` times:
+options the task, encoder or bound does not take (the task is built once on the ``meta`` device:
+no memory, no weights), a batch larger than the split, an output directory that cannot be written,
+a resume with another number of workers than the checkpoint was written by. Plus, once Ray is up,
+whether the cluster has (or grows within ``train.resource_wait_s`` to have) the CPUs and GPUs the
+workers ask for; and how a local Ray is started: bound to the loopback address only.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from pretrain.config import ConfigError
+
+# With this set to 0 Ray takes 127.0.0.1 as the node address and binds its servers there. Ray reads
+# it once, when it is imported, so it must be in the environment before `import ray`.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass
+class ResumePoint:
+    """Where a run continues: the newest checkpoint directory that verifies, and the newer ones skipped."""
+    path: Path | str | None = None
+    step: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        from data_prep.storage import basename
+
+        where = f"resuming from {basename(self.path)} (step {self.step})" if self.path else "no intact checkpoint: starting at step 0"
+        return where + (f"; skipped {'; '.join(self.skipped)}" if self.skipped else "")
+
+
+def check(cfg: DictConfig, run_dir: Path | None) -> None:
+    """Every check that needs no Ray: raise :class:`ConfigError` with one line naming the key."""
+    check_task_builds(cfg)
+    check_batch_fits_split(cfg)
+    check_writable(cfg, run_dir)
+
+
+def check_task_builds(cfg: DictConfig) -> None:
+    """Build encoder, bound and task on the meta device: a misspelt or unknown option is named."""
+    from pretrain.checkpoint import build_encoder_from_config
+    from pretrain.tasks import build_task
+
+    def fail(key: str, exc: Exception) -> ConfigError:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        m = re.search(r"unexpected keyword argument '(\w+)'", msg)
+        if m:
+            return ConfigError(f"{key}.{m.group(1)} is not an option here ({msg})")
+        return ConfigError(f"{key}: {msg}")
+
+    with torch.device("meta"):
+        try:
+            encoder = build_encoder_from_config(cfg.model)
+        except (TypeError, ValueError) as exc:
+            raise fail("model.kwargs", exc) from None
+        if cfg.task.estimator is not None:
+            from pretrain import estimators
+
+            try:
+                estimators.build(cfg.task.estimator, **dict(cfg.task.estimator_kwargs))
+            except (TypeError, ValueError) as exc:
+                raise fail("task.estimator_kwargs", exc) from None
+        try:
+            build_task(cfg.task.kind, encoder, estimator=cfg.task.estimator,
+                       estimator_kwargs=dict(cfg.task.estimator_kwargs) or None,
+                       num_permutations=cfg.data.num_permutations, **dict(cfg.task.kwargs))
+        except (TypeError, ValueError) as exc:
+            raise fail("task.kwargs", exc) from None
+
+
+def check_batch_fits_split(cfg: DictConfig) -> None:
+    """A batch needs that many distinct images of the split, and an epoch at least one batch per rank."""
+    from data_prep import sharding
+    from data_prep.manifest import read_manifest, shard_sample_counts
+    from pretrain.tasks import spec
+
+    d = cfg.data
+    key = spec(cfg.task.kind).batch_key
+    group = int(d[key])
+    counts = shard_sample_counts(read_manifest(d.shards), d.split)
+    if group > sum(counts):
+        raise ConfigError(f"data.{key}={group} exceeds the {sum(counts)} images of split {d.split!r} in {d.shards}")
+    if d.batches_per_epoch is None:
+        try:
+            sharding.default_batches_per_epoch(counts, group, cfg.train.num_workers, d.loader_workers, resampled=True)
+        except ValueError:
+            raise ConfigError(f"split {d.split!r} ({sum(counts)} images) cannot give each of train.num_workers="
+                              f"{cfg.train.num_workers} ranks a batch of data.{key}={group}; lower them or set "
+                              f"data.batches_per_epoch") from None
+
+
+def check_writable(cfg: DictConfig, run_dir: Path | None) -> None:
+    """The run directory (or run.root for a new run) and a local run.storage_path can be written."""
+    from data_prep.writable import NotWritableError, check_writable_dir
+
+    targets = [(run_dir, "run directory")] if run_dir is not None else [(cfg.run.root, "run.root")]
+    if cfg.run.storage_path:
+        targets.append((cfg.run.storage_path, "run.storage_path"))
+    for path, what in targets:
+        if "://" in str(path):  # object stores: data_prep.storage checks the bucket
+            continue
+        try:
+            check_writable_dir(path, what, "choose another (run.root=DIR or run.storage_path=DIR)")
+        except NotWritableError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def resume_point(cfg: DictConfig, experiment_dir) -> ResumePoint:
+    """The newest checkpoint in ``experiment_dir`` (a local path or URL) that matches its checksum (Ray's
+    own record of the run can lag the directory after a driver kill); another number of ranks is an error."""
+    import io
+
+    from data_prep import storage
+    from pretrain.checkpoint import CHECKPOINT_FILE, newest_verified, step_of
+
+    path, skipped = newest_verified(experiment_dir)
+    if path is None:
+        return ResumePoint(skipped=skipped)
+    file = storage.join(path, CHECKPOINT_FILE)
+    source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
+    payload = torch.load(source, map_location="cpu", weights_only=True, mmap=not storage.is_url(file))
+    ranks = len(payload["rng"])
+    if ranks != cfg.train.num_workers:
+        raise ConfigError(f"{path} was written by {ranks} rank(s): resume with train.num_workers={ranks} "
+                          f"(the data order and RNG streams are per rank), not {cfg.train.num_workers}")
+    return ResumePoint(path, step_of(path), skipped)
+
+
+def local_ray_on_loopback() -> None:
+    """Make a local Ray started from this process listen on 127.0.0.1 only (call before ``import ray``).
+
+    An explicit ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1`` in the environment is left alone. Opening a
+    Ray to a network is deliberate: start it with ``ray start --head --node-ip-address=IP`` (with
+    Ray's token authentication, on by default) and pass ``--address``.
+    """
+    import sys
+
+    if "ray" not in sys.modules:  # once imported, Ray has read it; its processes must agree with it
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
+def ray_init_args(address: str | None, extra: dict | None) -> tuple[str, dict]:
+    """``(address, kwargs)`` for ``ray.init``: without an address, a new local Ray (never one found on
+    the machine), its dashboard (if asked for) on 127.0.0.1."""
+    kwargs = dict(extra or {})
+    if address is not None:
+        return address, kwargs
+    local_ray_on_loopback()
+    if kwargs.get("include_dashboard"):
+        kwargs.setdefault("dashboard_host", "127.0.0.1")
+    return "local", kwargs
+
+
+def warn_if_not_loopback() -> None:
+    """After a local ``ray.init``: say so when Ray took a network address (it was imported before
+    :func:`local_ray_on_loopback` could take effect)."""
+    import warnings
+
+    import ray
+
+    ip = ray.util.get_node_ip_address()
+    if ip not in LOOPBACK:
+        warnings.warn(f"this local Ray listens on {ip}, not only on 127.0.0.1: set {LOOPBACK_ENV}=0 before "
+                      f"importing ray (python -m pretrain does) to keep it off the network")
+
+
+def wait_for_resources(num_workers: int, per_worker: dict, wait_s: float, poll_s: float = 1.0) -> None:
+    """Return once the cluster holds ``num_workers × per_worker`` (e.g. ``{"CPU": 1, "GPU": 1}``); an
+    autoscaling cluster gets ``wait_s`` seconds to grow. Raises :class:`ConfigError` saying what is missing."""
+    import ray
+
+    need = {k: v * num_workers for k, v in per_worker.items()}
+    deadline = time.monotonic() + wait_s
+    while True:
+        have = ray.cluster_resources()
+        missing = {k: v for k, v in need.items() if have.get(k, 0) < v}
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_s)
+    if missing:
+        parts = ", ".join(f"{v:g} {k} (cluster has {have.get(k, 0):g})" for k, v in missing.items())
+        raise ConfigError(f"train.num_workers={num_workers} need {parts}, still missing after "
+                          f"train.resource_wait_s={wait_s:g}; lower train.num_workers or "
+                          f"train.threads_per_worker, or add nodes")
