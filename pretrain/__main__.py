@@ -49,9 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.address is None:
-        from pretrain.preflight import local_ray_on_loopback
+    from pretrain.preflight import joins_cluster, local_ray_on_loopback
 
+    if not joins_cluster(args.address):
         local_ray_on_loopback()  # before anything imports ray
     try:
         if args.resume is not None:

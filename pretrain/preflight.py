@@ -150,11 +150,18 @@ def local_ray_on_loopback() -> None:
         os.environ.setdefault(LOOPBACK_ENV, "0")
 
 
-def ray_init_args(address: str | None, extra: dict | None) -> tuple[str, dict]:
-    """``(address, kwargs)`` for ``ray.init``: without an address, a new local Ray (never one found on
-    the machine), its dashboard (if asked for) on 127.0.0.1."""
+def joins_cluster(address: str | None) -> bool:
+    """Whether this driver joins an existing Ray: ``--address`` given, or ``RAY_ADDRESS`` set (as Ray
+    sets it for a job's entrypoint, so a submitted run uses the cluster it was submitted to)."""
+    return address is not None or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def ray_init_args(address: str | None, extra: dict | None) -> tuple[str | None, dict]:
+    """``(address, kwargs)`` for ``ray.init``: the cluster to join (:func:`joins_cluster`; None lets
+    Ray read ``RAY_ADDRESS``), else a new local Ray (never one found on the machine), its dashboard
+    (if asked for) on 127.0.0.1."""
     kwargs = dict(extra or {})
-    if address is not None:
+    if joins_cluster(address):
         return address, kwargs
     local_ray_on_loopback()
     if kwargs.get("include_dashboard"):

@@ -144,7 +144,7 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     if not ray.is_initialized():
         init_address, init_kwargs = preflight.ray_init_args(address, ray_init_kwargs)
         ray.init(address=init_address, **init_kwargs)
-        if address is None:
+        if not preflight.joins_cluster(address):
             preflight.warn_if_not_loopback()
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:

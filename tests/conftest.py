@@ -16,6 +16,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+# Every local Ray the tests start (in this process, in the CLI processes they spawn, in `ray start`
+# heads) binds 127.0.0.1 only; Ray reads this when it is imported, so it is set before any test module
+# imports Ray (the same setting `python -m pretrain` makes, pretrain.preflight.local_ray_on_loopback).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 torch.set_num_threads(1)
 
 # Fixtures that start Ray: `ray_session` (below) and `head` (tests/cluster/conftest.py, a `ray start` head).
