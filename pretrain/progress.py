@@ -28,6 +28,10 @@ from data_prep import storage
 
 Listener = Callable[[dict], None]
 
+# Key of rank 0's wall clock (``time.time()``) in each ``metrics.jsonl`` record: when the report was
+# written, which the driver's clock is not (it reads several records at once after a poll).
+WALL_TIME = "time"
+
 # The progress line's format, for whatever reads a run's output (the tests parse it with this).
 LINE_RE = re.compile(
     r"^step (?P<step>\d+)/(?P<total>\d+) \((?P<percent>\d+)%\)"
@@ -103,21 +107,21 @@ class ProgressLine:
     """Prints one line per record: step/total, loss, MI, η, images/s, data wait, ETA.
 
     ``samples_per_image``: samples counted in ``samples_per_s`` per image (the permutations per
-    image for jigsaw, 1 otherwise). The ETA comes from the driver's clock between reports, so
-    Ray's start-up does not inflate it after the first report.
+    image for jigsaw, 1 otherwise). The ETA comes from the records' own times (rank 0's clock,
+    :data:`WALL_TIME`) from the first report on, so Ray's start-up does not inflate it and records
+    that reach the driver together do not shrink it.
     """
 
     def __init__(self, total_steps: int, samples_per_image: int = 1, stream: TextIO | None = None):
         self.total = int(total_steps)
         self.samples_per_image = max(int(samples_per_image), 1)
         self.stream = stream
-        self._start = time.monotonic()
         self._first: tuple[float, int] | None = None
 
     def __call__(self, record: dict) -> None:
         if "step" not in record or "samples_per_s" not in record:
             return  # not a progress report (e.g. the non-finite marker)
-        now, step = time.monotonic(), int(record["step"])
+        now, step = record.get(WALL_TIME, time.time()), int(record["step"])
         if self._first is None:
             self._first = (now, step)
             eta_s = None

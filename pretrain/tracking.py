@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from pretrain.progress import WALL_TIME
+
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 
 
@@ -150,10 +152,10 @@ class MLflowRun:
         """Every numeric value of one ``metrics.jsonl`` record at its step."""
         from mlflow.entities import Metric
 
-        step, now = int(record.get("step", 0)), int(time.time() * 1000)
+        step, now = int(record.get("step", 0)), int(record.get(WALL_TIME, time.time()) * 1000)
         # "eta" and "eta/rank0" cannot both exist in a file store ("eta" would be file and folder)
         metrics = [Metric(k.replace("/", "_"), float(v), now, step) for k, v in record.items()
-                   if k != "step" and isinstance(v, (int, float))]
+                   if k not in ("step", WALL_TIME) and isinstance(v, (int, float))]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 

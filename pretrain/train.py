@@ -56,6 +56,7 @@ from pretrain.checkpoint import (
     save_checkpoint,
 )
 from pretrain.config import from_plain, to_plain, validate
+from pretrain.progress import WALL_TIME
 from pretrain.run_lock import run_dir_lock
 from pretrain.tasks import spec as task_spec
 
@@ -129,7 +130,8 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
     # Ray Train writes to a URL with its own storage layer (pyarrow.fs), from the same credentials.
     experiments = storage.resolve(cfg.run.storage_path) if cfg.run.storage_path else storage.parent(run_dir)
-    resume = preflight.resume_point(cfg, storage.join(experiments, storage.basename(run_dir)))
+    checkpoints = storage.join(experiments, storage.basename(run_dir))  # where Ray Train keeps them
+    resume = preflight.resume_point(cfg, checkpoints)
     storage.write_text(storage.join(run_dir, CONFIG_FILE), OmegaConf.to_yaml(cfg, resolve=True))
     print(f"run directory: {run_dir}", flush=True)
     if resume.path or resume.skipped:
@@ -157,6 +159,8 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
+                           # a local folder: rank 0 writes checkpoints there itself (no copy by Ray)
+                           "checkpoints": None if storage.is_url(checkpoints) else str(checkpoints),
                            "start": {"path": resume.path and str(resume.path), "step": resume.step,
                                      "skipped": [s.split(":")[0] for s in resume.skipped]}},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
@@ -222,10 +226,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if fatal.recorded(run_dir) is not None:  # Ray restarted the group after an error no retry can fix
         return
     with fatal.guard(run_dir, dist.rank(), dist.world_size()):
-        _train_loop(cfg, run_dir, loop_config["start"])
+        _train_loop(cfg, run_dir, loop_config["start"], loop_config.get("checkpoints"))
 
 
-def _train_loop(cfg: DictConfig, run_dir, start: dict) -> None:
+def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None = None) -> None:
     import ray.train
     import ray.train.torch
 
@@ -307,7 +311,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict) -> None:
                 log_rank0(writer, logs, metrics, step, host_batch, cfg)
             if step % cfg.train.checkpoint_every == 0 or step == total_steps:
                 last_checkpoint = report_with_checkpoint(
-                    cfg, run_dir, metrics, step, task, main_opt, eta_opt, position, permutations)
+                    cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, permutations)
             window = MetricWindow(device)
             t_window = time.perf_counter()
     if writer is not None:
@@ -543,23 +547,38 @@ def eta_across_ranks(task: nn.Module) -> dict:
     return {"eta": values[0], **{f"eta/rank{r}": v for r, v in enumerate(values)}}
 
 
-def report_with_checkpoint(cfg, run_dir, metrics, step, task, main_opt, eta_opt, position, permutations):
+def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, main_opt, eta_opt, position,
+                           permutations) -> str:
     """Gather every rank's RNG state and data position; rank 0 writes the checkpoint; all report.
 
-    Returns the checkpoint directory's name.
+    ``checkpoints``: the local folder Ray Train keeps this run's checkpoints in (its experiment
+    directory), or None for a bucket. Locally, rank 0 writes ``<checkpoints>/checkpoint_<step>``
+    itself and Ray only records it (``NO_UPLOAD``: the bytes are written once, not written to a
+    temporary folder and copied). For a bucket, or when that folder is not on rank 0's machine
+    (a node without the shared disk; Ray's upload then names the problem), Ray uploads it from a
+    temporary folder. Returns the checkpoint directory's name.
     """
     import ray.train
-    from ray.train import Checkpoint
+    from ray.train import Checkpoint, CheckpointUploadMode
 
     rng, positions = gather_objects(capture_rng()), gather_objects(position)
     name = checkpoint_dir_name(step)
     if dist.rank() != 0:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return name
+
+    def save(directory):
+        save_checkpoint(directory, step=step, config=to_plain(cfg), task=task, optimizer=main_opt,
+                        eta_optimizer=eta_opt, rng=rng, data_position=positions, permutations=permutations)
+
+    if checkpoints is not None and os.path.isdir(checkpoints):
+        path = os.path.join(checkpoints, name)
+        save(path)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=name,
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        return name
     with tempfile.TemporaryDirectory(prefix="pretrain-ckpt-") as tmp:
-        save_checkpoint(tmp, step=step, config=to_plain(cfg), task=task, optimizer=main_opt,
-                        eta_optimizer=eta_opt, rng=rng, data_position=positions,
-                        permutations=permutations)
+        save(tmp)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
     return name
 
@@ -584,7 +603,7 @@ def log_rank0(writer, logs: storage.LocalMirror, metrics: dict, step: int, batch
         writer.add_image("inputs", task_spec(cfg.task.kind).preview(batch), step)
     writer.flush()
     with open(os.path.join(logs.dir, METRICS_FILE), "a") as f:
-        f.write(json.dumps(metrics) + "\n")
+        f.write(json.dumps({**metrics, WALL_TIME: time.time()}) + "\n")
     logs.push()
 
 

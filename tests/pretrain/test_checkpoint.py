@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,38 @@ def test_encoder_that_does_not_fit_its_config(tmp_path):
     save(tmp_path / "c", task, main, eta, config=config_dict(**{"model.depth": 3}))
     with pytest.raises(ValueError, match="do not fit model.encoder"):
         ck.load_encoder(tmp_path / "c")
+
+
+@pytest.mark.parametrize("where", ["local", "not on this machine", "bucket"])
+def test_rank0_writes_a_local_checkpoint_in_place_and_ray_only_records_it(tmp_path, monkeypatch, where):
+    """A local experiment folder: the checkpoint is written there once and reported with NO_UPLOAD
+    (Ray copies nothing). A bucket (None), or a folder missing on rank 0's machine (no shared disk):
+    written to a temporary folder that Ray uploads (and whose missing folder Ray then names)."""
+    import ray.train
+    from ray.train import CheckpointUploadMode
+
+    from pretrain.config import from_plain
+    from pretrain.train import report_with_checkpoint
+
+    seen = []
+
+    def fake_report(metrics, checkpoint=None, checkpoint_dir_name=None, **kwargs):
+        files = sorted(p.name for p in Path(checkpoint.path).iterdir())
+        seen.append((Path(checkpoint.path), checkpoint_dir_name, kwargs.get("checkpoint_upload_mode"), files))
+
+    monkeypatch.setattr(ray.train, "report", fake_report)
+    home = {"local": tmp_path / "run", "not on this machine": tmp_path / "elsewhere", "bucket": None}[where]
+    if where == "local":
+        home.mkdir()
+    task, main, eta = trained_state()
+    name = report_with_checkpoint(from_plain(config_dict()), None if home is None else str(home), {"step": 7},
+                                  7, task, main, eta, {"epoch": 0, "batch": 7}, None)
+    [(path, dir_name, mode, files)] = seen
+    assert name == dir_name == ck.checkpoint_dir_name(7)
+    assert files == [ck.CHECKPOINT_FILE, ck.CHECKSUM_FILE]
+    if where == "local":
+        assert path == home / name and mode == CheckpointUploadMode.NO_UPLOAD
+        assert ck.checksum_problem(path / ck.CHECKPOINT_FILE) is None  # complete, where Ray will look
+    else:
+        assert mode in (None, CheckpointUploadMode.SYNC) and not path.exists()  # a temporary folder, gone
+        assert not (tmp_path / "elsewhere").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import json
 
-from pretrain.progress import LINE_RE, MetricsTail, ProgressLine, format_line
+from pretrain.progress import LINE_RE, WALL_TIME, MetricsTail, ProgressLine, format_line
 
 
 def record(step, **extra):
@@ -43,14 +43,26 @@ def test_progress_line_fields_and_jigsaw_images_per_second():
 
 
 def test_eta_uses_the_time_between_reports(monkeypatch):
-    clock = iter([100.0, 110.0, 130.0])
-    monkeypatch.setattr("pretrain.progress.time.monotonic", lambda: next(clock))
+    clock = iter([110.0, 130.0])  # records without rank 0's time: the driver's clock
+    monkeypatch.setattr("pretrain.progress.time.time", lambda: next(clock))
     out = io.StringIO()
-    line = ProgressLine(total_steps=100, stream=out)  # start at t=100
-    line(record(10))  # t=110: Ray's start-up is in this interval, so no ETA yet
+    line = ProgressLine(total_steps=100, stream=out)
+    line(record(10))  # t=110: Ray's start-up is before this report, so no ETA yet
     line(record(30))  # t=130: 20 steps in 20 s, 70 to go
     first, second = out.getvalue().splitlines()
     assert LINE_RE.match(first)["eta_time"] == "-" and LINE_RE.match(second)["eta_time"] == "0:01:10"
+
+
+def test_eta_of_records_read_together_comes_from_rank0s_times(monkeypatch):
+    """The driver reads metrics.jsonl every half second, so records of fast steps arrive together;
+    their own times (written by rank 0) give the ETA, not the moment they were read."""
+    monkeypatch.setattr("pretrain.progress.time.time", lambda: 500.0)  # one read for all three
+    out = io.StringIO()
+    line = ProgressLine(total_steps=100, stream=out)
+    for step, t in ((1, 200.0), (2, 200.5), (3, 201.0)):
+        line({**record(step), WALL_TIME: t})
+    etas = [LINE_RE.match(x)["eta_time"] for x in out.getvalue().splitlines()]
+    assert etas == ["-", "0:00:49", "0:00:48"]  # 0.5 s a step: 98 and 97 steps to go
 
 
 def test_bar_in_a_log_prints_whole_lines_not_redraws():

@@ -106,7 +106,9 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
 
 def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, monkeypatch, capfd):
     """Also: metrics every step but Ray reports only with the 2 checkpoints, and the controller is
-    started with the config's train.controller_poll_s (the session's environment says 0.1)."""
+    started with the config's train.controller_poll_s (the session's environment says 0.1). Rank 0
+    writes the checkpoints into the run directory itself (Ray copies nothing) and Ray still rotates
+    them (train.keep_checkpoints=1)."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.constants import get_env_vars_to_propagate
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -126,13 +128,14 @@ def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, 
         "task.estimator=eta-mine", "model.encoder=dcgan", "model.depth=4", "model.kwargs.image_size=64",
         "data.images_per_batch=2", "data.perms_per_image=4", "data.num_permutations=10",
         "train.num_workers=2", "train.steps=4", "train.report_every=1", "train.checkpoint_every=2",
-        "train.controller_poll_s=0.25"])
+        "train.controller_poll_s=0.25", "train.keep_checkpoints=1"])
     out = launch(cfg)
     run = out.run_dir
     assert controller_env[0][CONTROLLER_POLL_ENV] == "0.25"
     assert os.environ[CONTROLLER_POLL_ENV] == "0.1"  # the driver's own setting is back
-    reported = sorted(Path(c.path).name for c, _ in out.result.best_checkpoints)
-    assert reported == ["checkpoint_000000002", "checkpoint_000000004"]
+    reported = [Path(c.path) for c, _ in out.result.best_checkpoints]
+    assert reported == [Path(run) / "checkpoint_000000004"]
+    assert sorted(p.name for p in Path(run).glob("checkpoint_0*")) == ["checkpoint_000000004"]
     payload = ck.load_checkpoint(run)
     assert payload["permutations"].shape == (10, 9)
     assert torch.equal(payload["permutations"].sort(dim=1).values, torch.arange(9).expand(10, 9))
