@@ -9,7 +9,10 @@ split by the wall-clock times of its TensorBoard events: start-up (launch to the
 steps 2.. to the last (every report and the mid-run checkpoints), and the wind-down (the final
 checkpoint, until the result is back). The ratio a/b of steps + wind-down is the figure (goal
 >= 0.95); start-up is reported apart. ``--repeats`` alternates the loops (a, b, a, b) and reports
-medians, so load from other jobs that comes and goes hits both.
+medians, so load from other jobs that comes and goes hits both. Each plain run is a fresh Python
+process with the environment Ray gives its worker (``OMP_NUM_THREADS`` = the worker's CPUs unless
+already set), as the Ray worker is one: without it the plain loop ran ~2% slower than the same loop
+in Ray, flattering Ray.
 
 Then the achieved FLOP/s of a ResNet50 jigsaw step (forward + backward + Adam, FLOPs counted by
 ``torch.utils.flop_counter``) against a plain matmul (2048² fp32, 1024² bf16), in fp32 and bf16 autocast.
@@ -22,6 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +97,7 @@ def plain_loop(cfg, run_dir: Path) -> dict:
 
     started = time.time()
     run_dir.mkdir(parents=True)
+    torch.set_num_threads(cfg.train.threads_per_worker)  # as the Ray worker does
     torch.manual_seed(cfg.run.seed)
     perms = permutations_of(cfg)
     task = build_task_from_config(cfg, perms)
@@ -116,6 +123,30 @@ def plain_loop(cfg, run_dir: Path) -> dict:
         window, t_window = MetricWindow(), time.perf_counter()
     writer.close()
     return split(started, event_times(run_dir), time.time(), cfg.train.steps)
+
+
+# run in a fresh interpreter: import this file, run (a) on the plain config, print its figures
+_CHILD = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("train_step_bench", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+from pretrain.config import from_plain
+print(json.dumps(bench.plain_loop(from_plain(json.loads(sys.argv[2])), bench.Path(sys.argv[3]))))
+"""
+
+
+def plain_loop_in_process(cfg, run_dir: Path) -> dict:
+    """(a) in a new process whose environment is what Ray gives its worker process."""
+    from pretrain.config import to_plain
+
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(cfg.train.threads_per_worker + cfg.data.loader_workers))
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).resolve()), json.dumps(to_plain(cfg)),
+                          str(run_dir)], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the plain loop failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def ray_loop(cfg) -> dict:
@@ -189,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--perms", type=int, default=4, help="permutations per image")
     p.add_argument("--steps", type=int, default=60, help="training steps of each run")
     p.add_argument("--checkpoint-every", type=int, default=30, help="a checkpoint every N steps (and at the end)")
-    p.add_argument("--repeats", type=int, default=2, help="alternating runs of each loop (medians are reported)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop (medians are reported)")
     p.add_argument("--threads", type=int, default=2, help="torch threads in both loops (= Ray worker CPUs)")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers in both loops")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast in the a/b comparison")
@@ -217,12 +248,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_ab:
         runs_a, runs_b = [], []
         for r in range(args.repeats):  # a, b, a, b, ...: load that drifts hits both alike
-            runs_a.append(plain_loop(cfg, work / "runs" / f"plain{r}"))
+            runs_a.append(plain_loop_in_process(cfg, work / "runs" / f"plain{r}"))
             runs_b.append(ray_loop(cfg))
         a, b = median_run(runs_a), median_run(runs_b)
         ratio, steps_ratio = a["after_startup_s"] / b["after_startup_s"], a["steps_s"] / b["steps_s"]
+        pairs = [x["after_startup_s"] / y["after_startup_s"] for x, y in zip(runs_a, runs_b)]
         out.update({"plain": a, "ray_1_worker": b, "plain_runs": runs_a, "ray_runs": runs_b,
-                    "ratio_a_over_b_after_startup": ratio, "ratio_a_over_b_steps": steps_ratio})
+                    "ratio_a_over_b_after_startup": ratio, "ratio_a_over_b_steps": steps_ratio,
+                    "ratio_after_startup_of_each_pair": pairs})
         print(f"{args.encoder}, {args.images * args.perms} puzzles/step, {args.steps} steps, report every step, "
               f"checkpoint every {args.checkpoint_every}, {args.threads} threads, median of {args.repeats} "
               f"alternating runs:\n"
@@ -230,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
               f"({a['steps_per_s']:.3f} steps/s); wind-down {a['winddown_s']:.2f} s\n"
               f"  (b) Ray loop:   start-up {b['startup_s']:.2f} s (+ ray.init {b['ray_init_s']:.2f} s); steps 2-{args.steps} "
               f"{b['steps_s']:.2f} s ({b['steps_per_s']:.3f} steps/s); wind-down {b['winddown_s']:.2f} s\n"
-              f"  steps a/b = {steps_ratio:.3f}; after start-up (steps + wind-down) a/b = {ratio:.3f} (goal >= 0.95)",
+              f"  steps a/b = {steps_ratio:.3f}; after start-up (steps + wind-down) a/b = {ratio:.3f} (goal >= 0.95); "
+              f"pairs {min(pairs):.3f}-{max(pairs):.3f}",
               flush=True)
     if not args.skip_flops:
         # bf16 matmul runs far slower than fp32 on CPUs without a bf16 GEMM path: a smaller n keeps it short

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,6 +102,23 @@ def format_plan(p: Plan) -> str:
             f"{p.images_per_s_needed:,.0f} images/s; data {p.data_images_per_s_per_core:,.0f} images/s "
             f"per core ({p.data_source}): {_duration(p.hours_at_data_rate)} on {p.data_cores} core(s), "
             f"{p.cores_to_keep_up} cores to keep up")
+
+
+MARKDOWN_HEADER = ("| config | task | encoder | workers | steps | PFLOP | time at {tflops:,.0f} TFLOP/s | images/s that needs "
+                   "| data: images/s per core | cores to keep up |")
+
+
+def markdown_row(p: Plan) -> str:
+    """One row of :data:`MARKDOWN_HEADER`'s table (the README's cost table)."""
+    return (f"| {p.config} | {p.task} | {p.encoder} | {p.workers} | {p.steps:,} | {p.total_pflops:.3g} | "
+            f"{_duration(p.hours_at_tflops)} | {p.images_per_s_needed:,.0f} | "
+            f"{p.data_images_per_s_per_core:,.0f} ({p.data_source}) | {p.cores_to_keep_up} |")
+
+
+def markdown_table(plans: list[Plan]) -> str:
+    """The plans as a Markdown table (all at the first plan's TFLOP/s)."""
+    header = MARKDOWN_HEADER.format(tflops=plans[0].tflops)
+    return "\n".join([header, "|" + " --- |" * header.count(" | ") + " --- |", *map(markdown_row, plans)])
 
 
 def _duration(hours: float) -> str:
@@ -247,3 +265,32 @@ def _synthetic_samples(cfg: DictConfig, n: int = 16) -> list[dict]:
         img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
         out.append({"__key__": f"synthetic{k}", ext: buf.getvalue()})
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pretrain.plan CONFIG [CONFIG ...]``: the plan of each config, as lines or a table."""
+    import argparse
+
+    from pretrain.config import ConfigError, load_config, validate
+
+    p = argparse.ArgumentParser(prog="python -m pretrain.plan", description="What each config costs "
+                                "(the --plan of python -m pretrain, for many configs at once).")
+    p.add_argument("configs", nargs="+", help="config files (e.g. configs/*.yaml)")
+    p.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS,
+                   help=f"sustained TFLOP/s of all ranks together (default {DEFAULT_TFLOPS:.1f}: 40%% of one H200)")
+    p.add_argument("--markdown", action="store_true", help="one Markdown table (the README's) instead of lines")
+    args = p.parse_args(argv)
+    try:
+        cfgs = [(Path(c).stem, load_config(c, [])) for c in args.configs]
+        for _, cfg in cfgs:
+            validate(cfg, check_shards=False)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    plans = [plan(cfg, tflops=args.tflops, name=name) for name, cfg in cfgs]
+    print(markdown_table(plans) if args.markdown else "\n".join(map(format_plan, plans)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
