@@ -124,7 +124,9 @@ def markdown_table(plans: list[Plan]) -> str:
 def _duration(hours: float) -> str:
     if hours >= 1:
         return f"{hours:,.1f} h"
-    return f"{hours * 60:.1f} min" if hours * 60 >= 1 else f"{hours * 3600:.1f} s"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.1f} min"
+    return f"{hours * 3600:.1f} s" if hours * 3600 >= 1 else f"{hours * 3600e3:.1f} ms"
 
 
 def plan_dict(p: Plan) -> dict:
@@ -280,13 +282,14 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"sustained TFLOP/s of all ranks together (default {DEFAULT_TFLOPS:.1f}: 40%% of one H200)")
     p.add_argument("--markdown", action="store_true", help="one Markdown table (the README's) instead of lines")
     args = p.parse_args(argv)
-    try:
-        cfgs = [(Path(c).stem, load_config(c, [])) for c in args.configs]
-        for _, cfg in cfgs:
-            validate(cfg, check_shards=False)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    cfgs = []
+    for path in args.configs:  # every config checked before the first is planned
+        try:
+            cfgs.append((Path(path).stem, load_config(path, [])))
+            validate(cfgs[-1][1], check_shards=False)
+        except (ConfigError, FileNotFoundError) as exc:
+            print(f"config error: {path}: {exc}", file=sys.stderr)
+            return 2
     plans = [plan(cfg, tflops=args.tflops, name=name) for name, cfg in cfgs]
     print(markdown_table(plans) if args.markdown else "\n".join(map(format_plan, plans)))
     return 0

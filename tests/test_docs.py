@@ -70,3 +70,24 @@ def test_walkthrough_shards_configs_and_probes_agree():
         outs.append(cfg.out)
     table_dir = commands[7][3]
     assert all(Path(out).parent == Path(table_dir) for out in outs) and len(set(outs)) == 3
+
+
+def test_readme_cost_table_is_what_plan_counts_for_every_shipped_config():
+    """The README's cost table (``python -m pretrain.plan configs/*.yaml --markdown``) has a row for
+    every config in configs/, and its counted columns (task, encoder, workers, steps, PFLOP, time,
+    images/s needed) are what the code counts today. The data columns are measurements of the
+    machine that printed the table and are not re-measured here."""
+    from pretrain.plan import DEFAULT_TFLOPS, MARKDOWN_HEADER, markdown_row, plan
+
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(MARKDOWN_HEADER.format(tflops=DEFAULT_TFLOPS)) + 2
+    rows = {}
+    for line in lines[start:]:
+        if not line.startswith("| "):
+            break
+        rows[line.split(" | ")[0][2:]] = line
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert sorted(rows) == [c.stem for c in configs]
+    for config in configs:
+        counted = markdown_row(plan(load_config(config, []), name=config.stem, data_seconds=0.0))
+        assert counted.split(" | ")[:-2] == rows[config.stem].split(" | ")[:-2], config.name

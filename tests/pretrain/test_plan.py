@@ -43,3 +43,21 @@ def test_cli_plan_prints_one_line_without_ray_or_shards(capsys, tmp_path):
     assert "\n" not in line and line.startswith("tiny: infomax/eta-mine") and "1,000 steps" in line and "at 50 TFLOP/s" in line, line
     assert not ray.is_initialized()
     assert DEFAULT_TFLOPS == pytest.approx(0.4 * 989)
+
+
+def test_plan_module_prints_a_table_of_many_configs_or_one_line_error(capsys, tmp_path):
+    from pretrain.plan import MARKDOWN_HEADER, main
+
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("data:\n  shards: /nonexistent\n  batch_size: 16\ntask:\n  kind: infomax\n  estimator: eta-mine\n"
+                 "model:\n  encoder: dcgan\n  depth: 2\ntrain:\n  steps: 1000\n")
+    b.write_text(a.read_text().replace("steps: 1000", "steps: 2000\n  num_workers: 2"))
+    assert main([str(a), str(b), "--markdown", "--tflops", "100"]) == 0
+    header, rule, row_a, row_b = capsys.readouterr().out.strip().splitlines()
+    assert header == MARKDOWN_HEADER.format(tflops=100.0) and rule.count("---") == header.count(" | ") + 1
+    assert row_a.startswith("| a | infomax/eta-mine | dcgan | 1 | 1,000 | ")
+    assert row_b.startswith("| b | infomax/eta-mine | dcgan | 2 | 2,000 | ")
+    b.write_text(a.read_text().replace("steps: 1000", "steps: 0"))
+    assert main([str(a), str(b)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "\n" not in err.strip() and err.startswith(f"config error: {b}: ") and "train.steps" in err, err
