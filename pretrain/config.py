@@ -112,7 +112,8 @@ class TrainSection:
     # the launcher for the run): a ray.train.report waits until the controller has taken the one
     # before (Ray's default 2 s made a report every step cost ~1.8 s); the end of a run waits two
     # polls (the last report, then "finished"); a failed worker is noticed at the next poll.
-    # 0.1 s cost no measurable step time (benchmarks/train_step.py, docs/performance.md).
+    # 0.1 s cost no measurable step time here (benchmarks/results/train_step_exploration.md); a poll
+    # is one actor call per worker, so on clusters of hundreds of workers 0.5 s keeps the load lower.
     controller_poll_s: float = 0.1
     # Multi-node DDP: all-reduce gradients in bfloat16 (half the bytes on the network; DDP's
     # bf16_compress_hook, NCCL only). Off: gradients travel in float32.

@@ -63,7 +63,8 @@ def final_metrics(metrics_file: Path | str) -> dict[str, float]:
                 last = record
     if last is None:
         return {}
-    return {f"final/{k}": float(v) for k, v in last.items() if isinstance(v, (int, float)) and k != "step"}
+    return {f"final/{k}": float(v) for k, v in last.items()
+            if isinstance(v, (int, float)) and k not in ("step", WALL_TIME)}
 
 
 class Tracking:

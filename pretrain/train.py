@@ -161,8 +161,7 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
         train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
                            # a local folder: rank 0 writes checkpoints there itself (no copy by Ray)
                            "checkpoints": None if storage.is_url(checkpoints) else str(checkpoints),
-                           "start": {"path": resume.path and str(resume.path), "step": resume.step,
-                                     "skipped": [s.split(":")[0] for s in resume.skipped]}},
+                           "start": {"path": resume.path and str(resume.path), "step": resume.step}},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -323,14 +322,14 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
 
 def checkpoint_to_restore(ray_checkpoint, start: dict):
     """What to continue from: Ray's checkpoint when it is newer than where this launch started (Ray
-    restarted the workers after a failure in this run), else the newest intact checkpoint the driver
-    found on disk (``start["path"]``, a directory), else None. Checkpoints the driver skipped as
-    damaged are never taken, even when Ray's own record of the run still lists them."""
-    from pretrain.checkpoint import step_of
+    restarted the workers after a failure in this run) and its checksum verifies, else the newest
+    intact checkpoint the driver found on disk (``start["path"]``, a directory), else None. A damaged
+    checkpoint that Ray's own record of the run still lists is never taken; one rewritten whole
+    since (the run passed its step again) is."""
+    from pretrain.checkpoint import CHECKPOINT_FILE, checksum_problem, step_of
 
-    if ray_checkpoint is not None:
-        name = storage.basename(ray_checkpoint.path)
-        if name not in start["skipped"] and (step_of(name) or 0) > start["step"]:
+    if ray_checkpoint is not None and (step_of(storage.basename(ray_checkpoint.path)) or 0) > start["step"]:
+        if checksum_problem(storage.join(ray_checkpoint.path, CHECKPOINT_FILE)) is None:
             return ray_checkpoint
     return start["path"]
 
@@ -552,14 +551,19 @@ def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, ma
     """Gather every rank's RNG state and data position; rank 0 writes the checkpoint; all report.
 
     ``checkpoints``: the local folder Ray Train keeps this run's checkpoints in (its experiment
-    directory), or None for a bucket. Locally, rank 0 writes ``<checkpoints>/checkpoint_<step>``
-    itself and Ray only records it (``NO_UPLOAD``: the bytes are written once, not written to a
-    temporary folder and copied). For a bucket, or when that folder is not on rank 0's machine
-    (a node without the shared disk; Ray's upload then names the problem), Ray uploads it from a
-    temporary folder. Returns the checkpoint directory's name.
+    directory), or None for a bucket. When that folder is the one the controller made (Ray's storage
+    marker is there: the same machine or a shared disk), rank 0 writes ``checkpoint_<step>`` in it
+    itself, under a hidden name renamed into place when complete, and Ray only records it
+    (``NO_UPLOAD``: the bytes are written once, not written to a temporary folder and copied). For a
+    bucket, or a node that does not see the controller's folder (no shared disk), Ray uploads it
+    from a temporary folder, and its upload names a folder the node cannot reach. Returns the
+    checkpoint directory's name.
     """
+    import shutil
+
     import ray.train
     from ray.train import Checkpoint, CheckpointUploadMode
+    from ray.train.v2._internal.constants import VALIDATE_STORAGE_MARKER_FILENAME
 
     rng, positions = gather_objects(capture_rng()), gather_objects(position)
     name = checkpoint_dir_name(step)
@@ -571,9 +575,12 @@ def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, ma
         save_checkpoint(directory, step=step, config=to_plain(cfg), task=task, optimizer=main_opt,
                         eta_optimizer=eta_opt, rng=rng, data_position=positions, permutations=permutations)
 
-    if checkpoints is not None and os.path.isdir(checkpoints):
-        path = os.path.join(checkpoints, name)
-        save(path)
+    if checkpoints is not None and os.path.isfile(os.path.join(checkpoints, VALIDATE_STORAGE_MARKER_FILENAME)):
+        path, partial = os.path.join(checkpoints, name), os.path.join(checkpoints, f".partial-{name}")
+        shutil.rmtree(partial, ignore_errors=True)  # left by a rank 0 killed while writing
+        save(partial)
+        shutil.rmtree(path, ignore_errors=True)  # an attempt that failed before Ray recorded it
+        os.rename(partial, path)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=name,
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
         return name

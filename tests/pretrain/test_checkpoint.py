@@ -144,11 +144,14 @@ def test_encoder_that_does_not_fit_its_config(tmp_path):
 
 @pytest.mark.parametrize("where", ["local", "not on this machine", "bucket"])
 def test_rank0_writes_a_local_checkpoint_in_place_and_ray_only_records_it(tmp_path, monkeypatch, where):
-    """A local experiment folder: the checkpoint is written there once and reported with NO_UPLOAD
-    (Ray copies nothing). A bucket (None), or a folder missing on rank 0's machine (no shared disk):
-    written to a temporary folder that Ray uploads (and whose missing folder Ray then names)."""
+    """The controller's local folder (Ray's storage marker in it): the checkpoint is written there
+    once, under a hidden name renamed into place, and reported with NO_UPLOAD (Ray copies nothing);
+    a stale half-written one is replaced. A bucket (None), or a node that has a folder of that name
+    but not the controller's (no shared disk, no marker): a temporary folder that Ray uploads (and
+    whose unreachable destination Ray then names)."""
     import ray.train
     from ray.train import CheckpointUploadMode
+    from ray.train.v2._internal.constants import VALIDATE_STORAGE_MARKER_FILENAME
 
     from pretrain.config import from_plain
     from pretrain.train import report_with_checkpoint
@@ -160,18 +163,42 @@ def test_rank0_writes_a_local_checkpoint_in_place_and_ray_only_records_it(tmp_pa
         seen.append((Path(checkpoint.path), checkpoint_dir_name, kwargs.get("checkpoint_upload_mode"), files))
 
     monkeypatch.setattr(ray.train, "report", fake_report)
-    home = {"local": tmp_path / "run", "not on this machine": tmp_path / "elsewhere", "bucket": None}[where]
-    if where == "local":
-        home.mkdir()
+    home = None if where == "bucket" else tmp_path / "run"
+    name = ck.checkpoint_dir_name(7)
+    if home is not None:
+        (home / name).mkdir(parents=True)  # an earlier attempt's half-written checkpoint
+        (home / name / ck.CHECKPOINT_FILE).write_bytes(b"half")
+        if where == "local":
+            (home / VALIDATE_STORAGE_MARKER_FILENAME).touch()
     task, main, eta = trained_state()
-    name = report_with_checkpoint(from_plain(config_dict()), None if home is None else str(home), {"step": 7},
-                                  7, task, main, eta, {"epoch": 0, "batch": 7}, None)
+    assert report_with_checkpoint(from_plain(config_dict()), None if home is None else str(home), {"step": 7},
+                                  7, task, main, eta, {"epoch": 0, "batch": 7}, None) == name
     [(path, dir_name, mode, files)] = seen
-    assert name == dir_name == ck.checkpoint_dir_name(7)
-    assert files == [ck.CHECKPOINT_FILE, ck.CHECKSUM_FILE]
+    assert dir_name == name and files == [ck.CHECKPOINT_FILE, ck.CHECKSUM_FILE]
     if where == "local":
         assert path == home / name and mode == CheckpointUploadMode.NO_UPLOAD
         assert ck.checksum_problem(path / ck.CHECKPOINT_FILE) is None  # complete, where Ray will look
+        assert sorted(p.name for p in home.iterdir()) == sorted([name, VALIDATE_STORAGE_MARKER_FILENAME])
     else:
         assert mode in (None, CheckpointUploadMode.SYNC) and not path.exists()  # a temporary folder, gone
-        assert not (tmp_path / "elsewhere").exists()
+        if home is not None:
+            assert (home / name / ck.CHECKPOINT_FILE).read_bytes() == b"half"  # not this node's to touch
+
+
+def test_a_restart_takes_rays_checkpoint_only_when_newer_and_intact(tmp_path):
+    from ray.train import Checkpoint
+
+    from pretrain.train import checkpoint_to_restore
+
+    task, main, eta = trained_state()
+    old, new = tmp_path / ck.checkpoint_dir_name(4), tmp_path / ck.checkpoint_dir_name(8)
+    save(old, task, main, eta, step=4)
+    save(new, task, main, eta, step=8)
+    start = {"path": str(old), "step": 4}
+    assert checkpoint_to_restore(None, start) == str(old)
+    assert checkpoint_to_restore(Checkpoint.from_directory(str(old)), start) == str(old)  # not newer
+    taken = checkpoint_to_restore(Checkpoint.from_directory(str(new)), start)
+    assert Path(taken.path) == new
+    with open(new / ck.CHECKPOINT_FILE, "r+b") as f:  # damaged after Ray recorded it
+        f.truncate(100)
+    assert checkpoint_to_restore(Checkpoint.from_directory(str(new)), start) == str(old)

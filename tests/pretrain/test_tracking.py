@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.config import load_config
+from pretrain.progress import WALL_TIME
 from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking, final_metrics, flat_config
 
 from ..eval.conftest import make_config, write_checkpoint
@@ -33,7 +34,7 @@ def test_resume_continues_the_same_mlflow_run_and_a_failure_is_recorded(tmp_path
     first = Tracking(cfg, run, metrics)
     (log,) = first.listeners()
     for step in (1, 2):
-        record = {"step": step, "mi": 0.1 * step, "eta/rank0": 0.5, "samples_per_s": 10.0}
+        record = {"step": step, "mi": 0.1 * step, "eta/rank0": 0.5, "samples_per_s": 10.0, WALL_TIME: 1000.0 + step}
         log(record)
         metrics.open("a").write(json.dumps(record) + "\n")
     first.finish(succeeded=False)  # the driver died or training stopped
@@ -47,7 +48,10 @@ def test_resume_continues_the_same_mlflow_run_and_a_failure_is_recorded(tmp_path
     resumed.finish(succeeded=True)
     (only,) = client.search_runs([client.get_run(run_id).info.experiment_id])
     assert only.info.run_id == run_id and only.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run_id, "mi")] == [1, 2, 3]
+    history = client.get_metric_history(run_id, "mi")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.timestamp for m in history[:2]] == [1_001_000, 1_002_000]  # rank 0's clock, in ms
+    assert not client.get_metric_history(run_id, WALL_TIME)  # a timestamp, not a metric
     assert only.data.params["train.steps"] == "4"  # MLflow params never change; the first value stays
     assert {a.path for a in client.list_artifacts(run_id)} == {"config.yaml", "encoder.safetensors"}
 
