@@ -18,6 +18,7 @@ from PIL import Image
 
 from pretrain import checkpoint as ck
 from pretrain.config import load_config
+from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -43,35 +44,7 @@ def digits(tmp_path_factory):
 
 
 def infomax_cfg(shards, root, *extra):
-    return load_config(None, [
-        f"data.shards={shards}", f"run.root={root}", "run.name=im",
-        "task.kind=infomax", "task.estimator=eta-mine", "task.kwargs.hidden_dim=64", "task.kwargs.embed_dim=32",
-        "model.encoder=dcgan", "model.depth=2", "data.batch_size=16", "data.batches_per_epoch=5",
-        "optim.lr=1e-3", "train.num_workers=2", "train.steps=12", "train.report_every=4",
-        "train.checkpoint_every=4", "train.max_failures=1", *extra])
-
-
-def final_state(run_dir):
-    payload = ck.load_checkpoint(run_dir)
-    return payload
-
-
-def assert_same_state(a, b):
-    assert a["step"] == b["step"]
-    for part in ("encoder", "task"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
-    for name in ("main", "eta"):
-        sa, sb = a["optimizer"][name]["state"], b["optimizer"][name]["state"]
-        for i in sa:
-            for k in sa[i]:
-                assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"{name} state {i}.{k}"
-    assert a["data_position"] == b["data_position"]
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return load_config(None, infomax_overrides(shards, root, *extra))
 
 
 def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session, digits, tmp_path):
@@ -79,7 +52,7 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
     from pretrain.train import CRASH_MARKER, launch
 
     plain = launch(infomax_cfg(digits, tmp_path / "a")).run_dir
-    reference = final_state(plain)
+    reference = ck.load_checkpoint(plain)
     assert reference["step"] == 12
     # 12 steps of 5 batches an epoch: rank positions are in epoch 2
     assert reference["data_position"] == [{"epoch": 2, "batch": 2}, {"epoch": 2, "batch": 2}]
@@ -95,13 +68,13 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
     # a worker dies at step 6 (after the checkpoint at 4): Ray restarts the group from step 4
     crashed = launch(infomax_cfg(digits, tmp_path / "b", "train.crash_at_step=6")).run_dir
     assert (crashed / CRASH_MARKER).read_text() == "6"
-    assert_same_state(final_state(crashed), reference)
+    assert_same_state(ck.load_checkpoint(crashed), reference)
 
     # the driver stops after 8 steps; `python -m pretrain --resume RUN_DIR train.steps=12` continues
     first = launch(infomax_cfg(digits, tmp_path / "c", "train.steps=8")).run_dir
-    assert final_state(first)["step"] == 8
+    assert ck.load_checkpoint(first)["step"] == 8
     assert cli(["--resume", str(first), "train.steps=12"]) == 0
-    assert_same_state(final_state(first), reference)
+    assert_same_state(ck.load_checkpoint(first), reference)
 
 
 def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, monkeypatch, capfd):

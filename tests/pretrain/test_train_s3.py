@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from data_prep import storage
 from pretrain import checkpoint as ck
+from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -59,28 +59,6 @@ def empty_config(tmp_path):
     return str(path)
 
 
-def overrides(shards: str, root: str, *extra: str) -> list[str]:
-    return [f"data.shards={shards}", f"run.root={root}", "run.name=im",
-            "task.kind=infomax", "task.estimator=eta-mine", "task.kwargs.hidden_dim=64", "task.kwargs.embed_dim=32",
-            "model.encoder=dcgan", "model.depth=2", "data.batch_size=16", "data.batches_per_epoch=5",
-            "optim.lr=1e-3", "train.num_workers=2", "train.steps=12", "train.report_every=4",
-            "train.checkpoint_every=4", "train.max_failures=1", *extra]
-
-
-def assert_same_state(a, b):
-    assert a["step"] == b["step"]
-    for part in ("encoder", "task"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
-    for name in ("main", "eta"):
-        sa, sb = a["optimizer"][name]["state"], b["optimizer"][name]["state"]
-        for i in sa:
-            for k in sa[i]:
-                assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"{name} state {i}.{k}"
-    assert a["data_position"] == b["data_position"]
-
-
 def only_run(root: str) -> str:
     (name,) = [n for n in storage.listdir(root) if n.startswith("im-")]
     return storage.join(root, name)
@@ -96,7 +74,7 @@ def test_bad_url_missing_bucket_and_no_credentials_are_one_line(s3, shards, empt
                                                       "does not exist"),
              (["run.storage_path=gs:///runs"], "run.storage_path: gs:///runs: no bucket in the URL")]
     for extra, expected in cases:
-        assert cli(["--config", empty_config, *overrides(shards, str(tmp_path / "runs"), *extra)]) == 2
+        assert cli(["--config", empty_config, *infomax_overrides(shards, str(tmp_path / "runs"), *extra)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and expected in err, err
     assert cli(["--resume", "s3://no-such-bucket/runs/im-1"]) == 2
@@ -108,7 +86,7 @@ def test_bad_url_missing_bucket_and_no_credentials_are_one_line(s3, shards, empt
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     s3fs.S3FileSystem.clear_instance_cache()
     try:
-        assert cli(["--config", empty_config, *overrides(shards, "s3://data/runs")]) == 2
+        assert cli(["--config", empty_config, *infomax_overrides(shards, "s3://data/runs")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "data.shards: s3://data/digits" in err and "no credentials" in err, err
     finally:
@@ -121,7 +99,7 @@ def test_a_bucket_storage_path_holds_the_whole_run_directory(s3, shards, tmp_pat
     from pretrain.config import load_config
     from pretrain.train import new_run_dir
 
-    cfg = load_config(None, overrides(shards, str(tmp_path / "runs"), "run.storage_path=s3://data/runs/"))
+    cfg = load_config(None, infomax_overrides(shards, str(tmp_path / "runs"), "run.storage_path=s3://data/runs/"))
     assert cfg.run.storage_path == "s3://data/runs"
     run = new_run_dir(cfg)
     assert run.startswith("s3://data/runs/im-") and not (tmp_path / "runs").exists()
@@ -137,11 +115,11 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
 
     monkeypatch.chdir(tmp_path)
     runs = s3.bucket("runs")
-    reference_run = launch(load_config(None, overrides(shards, f"{runs}/plain"))).run_dir
+    reference_run = launch(load_config(None, infomax_overrides(shards, f"{runs}/plain"))).run_dir
     assert reference_run.startswith(f"{runs}/plain/im-")
     reference = ck.load_checkpoint(reference_run)
     assert reference["step"] == 12 and reference["path"].startswith(reference_run + "/checkpoint_000000012")
-    metrics = [json.loads(line) for line in storage.read_text(reference_run + "/metrics.jsonl").splitlines()]
+    metrics = read_metrics(reference_run)
     assert [m["step"] for m in metrics] == [4, 8, 12]
     assert [n for n in storage.listdir(reference_run + "/tb") if n.startswith("events.out.tfevents.")]
     assert load_config(reference_run + "/config.yaml").data.shards == shards
@@ -152,7 +130,7 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
     root = f"{runs}/killed"
     driver = subprocess.Popen(
         [sys.executable, "-m", "pretrain", "--config", empty_config, "--address", ray_session,
-         *overrides(shards, root, "train.crash_at_step=6", "train.steps=1000")],
+         *infomax_overrides(shards, root, "train.crash_at_step=6", "train.steps=1000")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
@@ -171,7 +149,7 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
     # cluster.resume finds the run in the bucket by its name and resumes it
     from cluster.resume import pretrain_command
 
-    command = pretrain_command(Path(empty_config), overrides(shards, root, "train.crash_at_step=6"))
+    command = pretrain_command(Path(empty_config), infomax_overrides(shards, root, "train.crash_at_step=6"))
     assert command[3:5] == ["--resume", run]
     assert cli(command[3:]) == 0
     assert_same_state(ck.load_checkpoint(run), reference)

@@ -1,0 +1,39 @@
+"""What the Ray Train end-to-end tests (``test_train_ray.py``, ``test_train_s3.py``) share: the small
+InfoMax run they launch, its ``metrics.jsonl``, and the check that two runs (uninterrupted, or crashed
+and resumed) ended in exactly the same state."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from data_prep import storage
+
+
+def infomax_overrides(shards: str, root: str, *extra: str) -> list[str]:
+    """``key=value`` overrides of a 12-step, 2-worker InfoMax (η-MINE) run checkpointed every 4 steps."""
+    return [f"data.shards={shards}", f"run.root={root}", "run.name=im",
+            "task.kind=infomax", "task.estimator=eta-mine", "task.kwargs.hidden_dim=64", "task.kwargs.embed_dim=32",
+            "model.encoder=dcgan", "model.depth=2", "data.batch_size=16", "data.batches_per_epoch=5",
+            "optim.lr=1e-3", "train.num_workers=2", "train.steps=12", "train.report_every=4",
+            "train.checkpoint_every=4", "train.max_failures=1", *extra]
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The records of ``RUN_DIR/metrics.jsonl`` (a local path or a bucket URL), one a report."""
+    return [json.loads(line) for line in storage.read_text(f"{run_dir}/metrics.jsonl").splitlines()]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoint payloads hold the same step, weights, optimiser state (η's too) and data position."""
+    assert a["step"] == b["step"]
+    for part in ("encoder", "task"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    for name in ("main", "eta"):
+        sa, sb = a["optimizer"][name]["state"], b["optimizer"][name]["state"]
+        for i in sa:
+            for k in sa[i]:
+                assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"{name} state {i}.{k}"
+    assert a["data_position"] == b["data_position"]
