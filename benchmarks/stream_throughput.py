@@ -13,9 +13,10 @@ shards by this project's own ``folder`` builder. Then, each in this one process 
   (b'') the same with ``gather=False``: each image's 9 tiles once plus the permutations, which is
       what pretraining reads (``data.unique_tiles``), instead of 160 materialised puzzles;
   (a3), (b3) decode only and the jigsaw stream on the same shards uploaded to an S3 server on
-      127.0.0.1 (moto's server mode, in its own process; ``pip install -e .[dev]``), read through
-      fsspec/s3fs as ``data.shards=s3://...`` is: the client's cost of object storage, with no network
-      latency (img/s/core counts this process only; wall time includes waiting for the server).
+      127.0.0.1 (moto's server mode, in its own process: ``data_prep.local_s3``, as the tests use;
+      ``pip install -e .[dev]``), read through fsspec/s3fs as ``data.shards=s3://...`` is: the client's
+      cost of object storage, with no network latency (img/s/core counts this process only; wall time
+      includes waiting for the server).
 
 Rates are images per CPU-second of this process (= per core; the machine may be shared, so wall time
 is printed too). One image = one 9-tile puzzle set, scrambled 16 ways = 16 puzzles.
@@ -25,16 +26,11 @@ is printed too). One image = one 9-tile puzzle set, scrambled 16 ways = 16 puzzl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import io
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -56,31 +52,6 @@ def timed(fn) -> tuple[int, float, float]:
     c0, w0 = time.process_time(), time.perf_counter()
     n = fn()
     return n, time.process_time() - c0, time.perf_counter() - w0
-
-
-@contextlib.contextmanager
-def local_s3_server():
-    """moto's S3 server on a free 127.0.0.1 port in a subprocess, found through ``AWS_ENDPOINT_URL``
-    with dummy credentials, as the tests do; stopped on exit."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-                           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def decode_only(shard_dir: Path | str, limit: int, resize: int | None) -> int:
@@ -162,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     from data_prep.__main__ import main as data_prep_main
     from data_prep.jigsaw import permutation_set
+    from data_prep.local_s3 import local_s3_server
 
     with tempfile.TemporaryDirectory() as tmp, local_s3_server():
         work = Path(args.workdir or tmp)

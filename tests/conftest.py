@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 
 import pytest
 import torch
+
+from data_prep.local_s3 import local_s3_server
 
 # Every local Ray the tests start (in this process, in the CLI processes they spawn, in `ray start`
 # heads) binds 127.0.0.1 only; Ray reads this when it is imported, so it is set before any test module
@@ -66,46 +63,10 @@ class S3Server:
         return f"s3://{name}"
 
 
-def clear_s3_clients() -> None:
-    """fsspec caches S3 clients with their endpoint and credentials; drop them after a change."""
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-
-
 @pytest.fixture(scope="module")
 def s3():
-    """moto's server mode on a free 127.0.0.1 port, found through ``AWS_ENDPOINT_URL`` as any S3-compatible
-    store would be, with dummy credentials and no AWS config files; stopped (and the environment
-    restored) after the module."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with status {proc.returncode}")
-            time.sleep(0.1)
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-           "AWS_CONFIG_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    clear_s3_clients()
-    try:
+    """moto's server mode on a free 127.0.0.1 port (:func:`data_prep.local_s3.local_s3_server`), found
+    through ``AWS_ENDPOINT_URL`` as any S3-compatible store would be, with dummy credentials and no AWS
+    config files; stopped (and the environment restored) after the module."""
+    with local_s3_server() as endpoint:
         yield S3Server(endpoint)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        clear_s3_clients()
