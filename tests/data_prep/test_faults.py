@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_prep.__main__ import main as build
-from tests.data_prep.conftest import make_cifar
+from tests.data_prep.conftest import make_cifar, make_png_shards
 
 
 class _Payload:
@@ -60,17 +60,7 @@ def test_real_cifar_layout_still_reads_with_the_restricted_unpickler(tmp_path):
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory):
     """8 PNG images in 2 classes, 4 shards of 2."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("faults")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        (root / "src" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "src" / f"c{i % 2}" / f"{i}.png")
-    out = root / "shards"
-    assert build(["folder", "--src", str(root / "src"), "--out", str(out), "--shard-size", "2", "--format", "png",
-                  "--workers", "1", "--no-progress"]) == 0
-    return out
+    return make_png_shards(tmp_path_factory.mktemp("faults"), 8, n_classes=2, size=40, shard_size=2)
 
 
 def damaged_copy(src, dst, damage):

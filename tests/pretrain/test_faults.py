@@ -10,13 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from pretrain import checkpoint as ck
 from pretrain.__main__ import main as cli
 from pretrain.config import ConfigError, load_config
+from tests.data_prep.conftest import make_png_shards
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,16 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """40 random 32×32 PNGs in 4 classes, 4 shards."""
-    from data_prep.__main__ import main as data_prep_main
-
-    root = tmp_path_factory.mktemp("pf")
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        (root / "src" / f"c{i % 4}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "src" / f"c{i % 4}" / f"{i}.png")
-    out = root / "shards"
-    assert data_prep_main(["folder", "--src", str(root / "src"), "--out", str(out), "--format", "png",
-                           "--shard-size", "10", "--workers", "1", "--no-progress"]) == 0
+    out = make_png_shards(tmp_path_factory.mktemp("pf"), 40, n_classes=4, size=32, shard_size=10)
     (out.parent / "base.yaml").write_text("run:\n  seed: 0\n")
     return out
 
