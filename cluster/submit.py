@@ -291,7 +291,7 @@ def connect(address: str):
         ) from None
     except RuntimeError as err:
         if "ray[default]" in str(err):
-            raise SubmitError(f"Ray's job SDK needs ray[default] here: pip install 'ray[default]'") from None
+            raise SubmitError("Ray's job SDK needs ray[default] here: pip install 'ray[default]'") from None
         raise SubmitError(f"{address} did not answer as a Ray job API: {_first_line(err)}") from None
     except Exception as err:  # ray.exceptions.AuthenticationError and friends
         if type(err).__name__ == "AuthenticationError":

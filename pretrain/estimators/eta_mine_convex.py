@@ -65,7 +65,6 @@ def fit_convex(
         return value
 
     optimiser.step(closure)
-    value = closure()
     w_final = w.detach()
     eta = float(torch.logsumexp(pm @ w_final, dim=0) - math.log(pm.shape[0]))
     iterations = optimiser.state[optimiser._params[0]].get("n_iter", 0)

@@ -15,7 +15,7 @@ from torch import nn
 from pretrain.estimators.base import masks_checked
 from pretrain.models import JigsawWitness
 
-from .base import Task, build_estimator, require
+from .base import Task, require
 from .jigsaw_batch import encode_patches
 
 KIND = "jigsaw-mi"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 
 from pretrain import checkpoint as ck
 from pretrain.config import load_config
+from pretrain.progress import WALL_TIME
 from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -114,6 +116,8 @@ def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, 
     assert torch.equal(payload["permutations"].sort(dim=1).values, torch.arange(9).expand(10, 9))
     m = read_metrics(run)
     assert [x["step"] for x in m] == [1, 2, 3, 4] and all(x["eta/rank0"] == x["eta/rank1"] for x in m)
+    times = [x[WALL_TIME] for x in m]  # rank 0's clock at each report: the driver's ETA reads it
+    assert times == sorted(times) and time.time() - 600 < times[0]
     from pretrain.progress import LINE_RE
 
     shown = [LINE_RE.match(line) for line in capfd.readouterr().out.splitlines() if line.startswith("step ")]
