@@ -48,7 +48,8 @@ def sync(device: torch.device) -> None:
 
 
 def measure_step(cfg, device: torch.device, compiled: bool, reps: int, backend: str, warmup: int = 3) -> dict:
-    """Seconds per step of ``cfg``'s task on one fixed device batch, after warm-up steps."""
+    """Seconds per step of ``cfg``'s task, after warm-up steps, as the loop runs it: each step prepares
+    the same host batch (pinned on CUDA, as the loader pins it), copies it to the device and steps."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from pretrain.plan import example_batch
@@ -60,22 +61,30 @@ def measure_step(cfg, device: torch.device, compiled: bool, reps: int, backend: 
     task = build_task_from_config(cfg, permutations).to(device).to(memory_format=torch.channels_last)
     main_opt, eta_opt = build_optimizers(cfg, task)
     task.train()
-    batch = to_device(task.host_prepare(example_batch(cfg, permutations)), device)
+    host_batch = example_batch(cfg, permutations)
+    if device.type == "cuda":
+        host_batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in host_batch.items()}
     bf16 = cfg.train.bf16
+    if compiled:
+        torch._dynamo.reset()  # graphs are cached per code object: a fresh, static graph for this shape
     model = compile_model(task, device, backend=backend) if compiled else task
+
+    def step(i: int) -> None:
+        train_step(model, task, to_device(task.host_prepare(host_batch), device), i, main_opt, eta_opt, bf16=bf16)
+
     flops = None
     if not compiled:
         with FlopCounterMode(display=False) as counter:
-            train_step(model, task, batch, 0, main_opt, eta_opt, bf16=bf16)
+            step(0)
         flops = float(counter.get_total_flops())
     t = time.perf_counter()
-    for step in range(warmup):  # warm-up: compilation, cuDNN's kernel search, CUDA graph recording
-        train_step(model, task, batch, step, main_opt, eta_opt, bf16=bf16)
+    for i in range(warmup):  # warm-up: compilation, cuDNN's kernel search, CUDA graph recording
+        step(i)
     sync(device)
     warmup_s = time.perf_counter() - t
     t = time.perf_counter()
-    for step in range(reps):
-        train_step(model, task, batch, step, main_opt, eta_opt, bf16=bf16)
+    for i in range(reps):
+        step(i)
     sync(device)
     return {"step_s": (time.perf_counter() - t) / reps, "warmup_s": warmup_s, "flops_per_step": flops}
 
@@ -100,11 +109,13 @@ def make_shards(work: Path, n_images: int) -> Path:
     return out
 
 
-def measure_data(cfg, batches: int) -> float:
-    """Source images/s of the training loader (``cfg.data.loader_workers`` processes), first batch excluded."""
+def measure_data(cfg, batches: int, device: torch.device) -> float:
+    """Source images/s of the training loader (``cfg.data.loader_workers`` processes, pinning its
+    batches on CUDA as the loop does), first batch excluded."""
     from pretrain.train import open_loader, permutations_of
 
-    loader = iter(open_loader(cfg, permutations_of(cfg), 0, 1, 0, 0))
+    pin = device.type == "cuda" and cfg.data.loader_workers > 0  # the loop's rule (pretrain.train)
+    loader = iter(open_loader(cfg, permutations_of(cfg), 0, 1, 0, 0, pin_memory=pin))
     next(loader)  # worker start-up and shuffle-buffer fill
     t = time.perf_counter()
     for _ in range(batches):
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     consumed = max(max(r["eager"]["images_per_s"], r["compiled"]["images_per_s"]) for r in out["steps"])
     for augment_on in ("host", "device"):
         cfg = step_config(args.encoder, sizes[-1], args.perms, str(shards), augment_on, args.loader_workers, bf16)
-        rate = measure_data(cfg, args.data_batches)
+        rate = measure_data(cfg, args.data_batches, device)
         out["data"].append({"augment_on": augment_on, "loader_workers": args.loader_workers, "images_per_s": rate,
                             "keep_up": rate / consumed})
         print(f"data, {args.loader_workers} loader workers, augment on {augment_on}: {rate:,.0f} images/s "

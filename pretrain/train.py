@@ -406,8 +406,9 @@ def compile_model(model: nn.Module, device: torch.device, backend: str = "induct
     ``backend="aot_eager"`` captures the same graphs without generating code (minutes faster: tests).
     """
     if backend != "inductor":
-        return torch.compile(model, backend=backend)
-    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
+        return torch.compile(model, backend=backend, dynamic=False)
+    # dynamic=False: a run's shapes are fixed; a graph with symbolic sizes would be slower
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
 
 
 def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, rank: int, world: int):
@@ -475,7 +476,9 @@ def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
     being this rank's detached 0-d tensors, still on the device.
     """
     device_type = next(task.parameters()).device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+    # masks_checked: host_prepare checked or built the batch's pair masks; entered here, outside a
+    # compiled model, where setting it does not break the graph
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16), estimators.masks_checked():
         out = model(batch)
     loss = out["loss"]
     main_opt.zero_grad(set_to_none=True)

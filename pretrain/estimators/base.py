@@ -32,8 +32,14 @@ def masks_checked():
     """Within it, :func:`resolve_masks` trusts the values of the masks it is given.
 
     For callers that built or checked their masks on the host (the jigsaw task's ``host_prepare``):
-    reading mask values on an accelerator stalls the step until the device catches up.
+    reading mask values on an accelerator stalls the step until the device catches up. Inside a
+    region ``torch.compile`` traces, a context variable cannot be set without breaking the graph, so
+    there it sets nothing: the training step enters it outside the compiled model
+    (``pretrain.train.train_step``), and the traced code reads that.
     """
+    if torch.compiler.is_compiling():
+        yield
+        return
     token = _MASKS_CHECKED.set(True)
     try:
         yield

@@ -91,3 +91,26 @@ def test_lr_scaling_schedules():
     assert lr_at(0, 1.0, 0) == 1.0
     with pytest.raises(ConfigError, match="lr_scaling"):
         validate(load_config(None, base + ["optim.lr_scaling=cubic"]), check_shards=False)
+
+
+@pytest.mark.parametrize("kind, extra", [("jigsaw-mi", ["task.estimator=eta-mine"]), ("jigsaw-mi", ["task.estimator=dv-mine"]),
+                                         ("infomax", ["task.estimator=eta-mine"]), ("jigsaw-ce", [])])
+def test_each_task_compiles_to_one_graph_as_train_step_calls_it(kind, extra):
+    """torch.compile captures a task's whole forward in one graph (on CUDA: one CUDA graph a step, not
+    several joined by eager code). train_step enters masks_checked outside the compiled model; a
+    context variable set inside the traced forward would break the graph there."""
+    import torch._dynamo
+
+    from pretrain.estimators import masks_checked
+
+    jigsaw = kind.startswith("jigsaw")
+    cfg = load_config(None, ["data.shards=/nonexistent", f"task.kind={kind}", "model.encoder=dcgan", "model.depth=2",
+                             *extra, *(["model.kwargs.image_size=64", "data.images_per_batch=2", "data.perms_per_image=4",
+                                        "data.num_permutations=10"] if jigsaw else ["data.batch_size=8"])])
+    perms = permutations_of(cfg)
+    task = build_task_from_config(cfg, perms)
+    batch = task.host_prepare(example_batch(cfg, perms))
+    torch._dynamo.reset()
+    with masks_checked():
+        explained = torch._dynamo.explain(task)(batch)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
