@@ -24,60 +24,63 @@ def _pyplot():
     return plt
 
 
+def _per_dimension(plt, dims: list, path: Path, draw, ylabel: str, xlabel: str | None = None,
+                   legend_on_each: bool = False) -> Path:
+    """One panel a dimension, side by side: ``draw(ax, d)`` fills each; titles, labels, legend, save."""
+    fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
+    for ax, d in zip(axes[0], dims):
+        draw(ax, d)
+        ax.set_title(f"d = {d}")
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if legend_on_each:
+            ax.legend()
+    if not legend_on_each:
+        axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_paper(rows: list[dict], curves: dict, out: Path) -> list[Path]:
     """Estimate vs truth per dimension (mean ± std), the test-estimate curves and, for η-MINE
     bounds, η − η* on the test pairs over training. ``curves``: {dim (str): {name: curve}}."""
     plt = _pyplot()
     dims = sorted({r["dim"] for r in rows})
     names = list(dict.fromkeys(r["estimator"] for r in rows))
-    fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
-    for ax, d in zip(axes[0], dims):
+
+    def estimates(ax, d):
         sub = {r["estimator"]: r for r in rows if r["dim"] == d}
         xs = np.arange(len(names))
         ax.errorbar(xs, [sub[n]["mean"] for n in names], yerr=[sub[n]["std"] for n in names], fmt="o", capsize=4)
         ax.axhline(sub[names[0]]["true_mi"], color="red", label="true MI")
         ax.set_xticks(xs, names, rotation=60, ha="right")
-        ax.set_title(f"d = {d}")
-        ax.set_ylabel("test estimate (nats)")
-        ax.legend()
-    fig.tight_layout()
-    paths = [out / "paper_estimates.png"]
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
-    for ax, d in zip(axes[0], dims):
+    def convergence(ax, d):
         for n, c in curves[str(d)].items():
             m, s = np.array(c["mean"]), np.array(c["std"])
             ax.plot(c["step"], m, label=n, ls="--" if n.endswith("/refit") else "-")
             ax.fill_between(c["step"], m - s, m + s, alpha=0.12)
         ax.axhline(next(r["true_mi"] for r in rows if r["dim"] == d), color="red", ls=":")
-        ax.set_title(f"d = {d}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("test estimate (nats), mean ± std over runs")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "paper_convergence.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
 
     gaps = {d: {n: c for n, c in curves[str(d)].items() if "eta_minus_eta_star" in c} for d in dims}
+
+    def eta_gap(ax, d):
+        for n, c in gaps[d].items():
+            g = np.array(c["eta_minus_eta_star"])  # [evaluations, runs]
+            ax.plot(c["step"], g.mean(axis=1), label=n)
+            ax.fill_between(c["step"], g.min(axis=1), g.max(axis=1), alpha=0.12)
+        ax.axhline(0.0, color="black", lw=0.5)
+
+    paths = [_per_dimension(plt, dims, out / "paper_estimates.png", estimates, "test estimate (nats)",
+                            legend_on_each=True),
+             _per_dimension(plt, dims, out / "paper_convergence.png", convergence,
+                            "test estimate (nats), mean ± std over runs", xlabel="step")]
     if any(gaps.values()):
-        fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 4), squeeze=False)
-        for ax, d in zip(axes[0], dims):
-            for n, c in gaps[d].items():
-                g = np.array(c["eta_minus_eta_star"])  # [evaluations, runs]
-                ax.plot(c["step"], g.mean(axis=1), label=n)
-                ax.fill_between(c["step"], g.min(axis=1), g.max(axis=1), alpha=0.12)
-            ax.axhline(0.0, color="black", lw=0.5)
-            ax.set_title(f"d = {d}")
-            ax.set_xlabel("step")
-            ax.set_ylabel("η − log mean_marg e^f on the test pairs (mean, min–max)")
-        axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "paper_eta_gap.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_per_dimension(plt, dims, out / "paper_eta_gap.png", eta_gap,
+                                    "η − log mean_marg e^f on the test pairs (mean, min–max)", xlabel="step"))
     return paths
 
 
