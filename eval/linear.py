@@ -161,7 +161,7 @@ def prepare_features(
     payload = load_checkpoint(file)  # read once: the encoder and the reference tensors both come from it
     encoder, config = encoder_from_payload(payload)
     reference = {k: v.detach().cpu() for k, v in payload["encoder"].items()}
-    step = int(payload["step"])
+    step, sha = int(payload["step"]), payload["sha256"]
     del payload
     variant = ""
     if random_init:
@@ -175,7 +175,6 @@ def prepare_features(
     encoder.to(dev).eval().requires_grad_(False)
     if dev.type == "cuda":  # NHWC convolutions are faster on GPUs; the features stay fp32 (cache-compatible)
         encoder.to(memory_format=torch.channels_last)
-    sha = storage.sha256(file)
     size = int((config.get("data") or {}).get("size") or 32)
     common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant, size=size,
                   batch_size=batch_size, num_workers=num_workers, device=dev, progress=progress)

@@ -20,6 +20,7 @@ paths may be ``s3://``/``gs://`` URLs (:mod:`data_prep.storage`); they are then 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -180,14 +181,15 @@ def save_checkpoint(
     return path
 
 
-def checksum_problem(file: str | os.PathLike) -> str | None:
-    """Why ``file`` (a ``checkpoint.pt``, local or URL) cannot be trusted, or None when it matches its checksum."""
+def checksum_problem(file: str | os.PathLike, digest: str | None = None) -> str | None:
+    """Why ``file`` (a ``checkpoint.pt``, local or URL) cannot be trusted, or None when it matches its
+    checksum. ``digest``: the file's SHA-256 when the caller already read it (else it is read here)."""
     name, sidecar = storage.basename(file), str(file) + ".sha256"
     if not storage.isfile(sidecar):
         return f"no {name}.sha256 beside it (an interrupted write)"
-    if not storage.isfile(file):
+    if digest is None and not storage.isfile(file):
         return f"{name} is missing"
-    if storage.read_text(sidecar).split()[:1] != [storage.sha256(file)]:
+    if storage.read_text(sidecar).split()[:1] != [digest or storage.sha256(file)]:
         return f"{name} does not match {name}.sha256 (truncated or modified after it was written)"
     return None
 
@@ -300,11 +302,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     checkpoint of this format.
     """
     file = resolve_checkpoint_file(path)
-    if storage.isfile(str(file) + ".sha256") and (problem := checksum_problem(file)):
+    try:  # read once: checked against its checksum and loaded from the same bytes
+        data = storage.read_bytes(file)
+        digest = hashlib.sha256(data).hexdigest()
+    except FileNotFoundError:
+        data = digest = None
+    if storage.isfile(str(file) + ".sha256") and (problem := checksum_problem(file, digest)):
         raise ValueError(f"checkpoint {file} is damaged: {problem}; resume or evaluate an earlier checkpoint")
     try:
-        source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
-        payload = torch.load(source, map_location=map_location, weights_only=True)
+        if data is None:
+            raise FileNotFoundError(f"{file} is missing")
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, foreign pickle, truncated write
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot read checkpoint {file}: {first}") from None
@@ -318,6 +326,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{file} has checkpoint format {payload['format']}, this code reads format {FORMAT}"
         )
     payload["path"] = str(file)
+    payload["sha256"] = digest  # of the bytes loaded (eval keys its feature cache by it)
     return payload
 
 
