@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-H200_BF16_DENSE_TFLOPS = 989.0
+from pretrain.plan import H200_BF16_DENSE_TFLOPS
 
 
 def step_config(encoder: str, images: int, perms: int, shards: str = "/nonexistent", augment_on: str = "host",
@@ -112,10 +112,9 @@ def make_shards(work: Path, n_images: int) -> Path:
 def measure_data(cfg, batches: int, device: torch.device) -> float:
     """Source images/s of the training loader (``cfg.data.loader_workers`` processes, pinning its
     batches on CUDA as the loop does), first batch excluded."""
-    from pretrain.train import open_loader, permutations_of
+    from pretrain.train import open_loader, permutations_of, pins_memory
 
-    pin = device.type == "cuda" and cfg.data.loader_workers > 0  # the loop's rule (pretrain.train)
-    loader = iter(open_loader(cfg, permutations_of(cfg), 0, 1, 0, 0, pin_memory=pin))
+    loader = iter(open_loader(cfg, permutations_of(cfg), 0, 1, 0, 0, pin_memory=pins_memory(cfg, device)))
     next(loader)  # worker start-up and shuffle-buffer fill
     t = time.perf_counter()
     for _ in range(batches):

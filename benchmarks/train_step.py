@@ -92,8 +92,8 @@ def plain_loop(cfg, run_dir: Path) -> dict:
     from data_prep.storage import LocalMirror
     from pretrain.checkpoint import capture_rng, checkpoint_dir_name, save_checkpoint
     from pretrain.config import to_plain
-    from pretrain.train import (MetricWindow, batch_stream, build_optimizers, build_task_from_config, log_rank0,
-                                permutations_of, train_step)
+    from pretrain.train import (MetricWindow, batch_size_of, batch_stream, build_optimizers, build_task_from_config,
+                                log_rank0, permutations_of, train_step)
 
     started = time.time()
     run_dir.mkdir(parents=True)
@@ -113,7 +113,7 @@ def plain_loop(cfg, run_dir: Path) -> dict:
         batch = task.host_prepare(host_batch)
         window.data_s += time.perf_counter() - t0
         out = train_step(task, task, batch, step - 1, main, eta, bf16=cfg.train.bf16)
-        window.add(out["metrics"], samples=int(batch["perm_index"].shape[0]))
+        window.add(out["metrics"], samples=batch_size_of(batch))
         metrics = {**window.reduce(1, time.perf_counter() - t_window), "step": step}
         log_rank0(writer, logs, metrics, step, host_batch, cfg)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:

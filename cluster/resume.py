@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data_prep import storage
-from pretrain.config import ConfigError, PretrainConfig, merge_config
+from pretrain.config import ConfigError, PretrainConfig, merge_config, run_home
 
 RUN_DIR = r"{name}-(\d{{8}}-\d{{6}})(?:-(\d+))?"  # pretrain.train.new_run_dir: <name>-<YYYYmmdd-HHMMSS>[-n]
 CONFIG_FILE = "config.yaml"  # written into every run directory by pretrain.train.launch
@@ -36,16 +36,14 @@ def latest_run_dir(root: Path | str, name: str) -> Path | str | None:
         match = pattern.fullmatch(child)
         path = storage.join(root, child)
         if match and storage.isfile(storage.join(path, CONFIG_FILE)):
-            found.append(((match.group(1), int(match.group(2) or 0)), path if storage.is_url(path) else Path(path)))
+            found.append(((match.group(1), int(match.group(2) or 0)), storage.as_path(path)))
     return max(found)[1] if found else None
 
 
 def pretrain_command(config: Path, overrides: Sequence[str]) -> list[str]:
     """The `python -m pretrain` command line this job runs (resuming when the run exists)."""
     run = merge_config(PretrainConfig, config, list(overrides)).run  # the defaults, as pretrain sees them
-    name, root = run.name, run.root
-    if run.storage_path and storage.is_url(run.storage_path):  # pretrain.train.new_run_dir puts the run there
-        root = run.storage_path
+    name, root = run.name, run_home(run)  # where pretrain.train.new_run_dir puts the run
     previous = latest_run_dir(root, name) if name else None
     if previous is None:
         print(f"run {name}: starting under {root}", flush=True)

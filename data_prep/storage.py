@@ -18,6 +18,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+from pathlib import Path
 from typing import IO, Iterator
 
 from data_prep import files
@@ -33,6 +34,11 @@ class StorageError(OSError):
 def is_url(path) -> bool:
     """True for ``scheme://...`` strings: they name object-store locations, never local paths."""
     return bool(_URL.match(str(path)))
+
+
+def as_path(path) -> "Path | str":
+    """A local path as ``Path``, a URL as ``str`` (``Path`` would mangle ``s3://`` into ``s3:/``)."""
+    return str(path) if is_url(path) else Path(path)
 
 
 def check_url(url: str) -> None:
@@ -270,9 +276,12 @@ class LocalMirror:
             return
         self.dir = tempfile.mkdtemp(prefix="mirror-")
         for name in fetch:
-            if isfile(join(self.path, name)):
-                with open(os.path.join(self.dir, name), "wb") as f:
-                    f.write(read_bytes(join(self.path, name)))
+            try:
+                data = read_bytes(join(self.path, name))
+            except FileNotFoundError:
+                continue  # not written yet
+            with open(os.path.join(self.dir, name), "wb") as f:
+                f.write(data)
 
     def push(self) -> None:
         """Upload the files created or changed since the last push (URL only)."""

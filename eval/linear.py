@@ -124,8 +124,10 @@ def describe_pretraining(config: dict) -> dict:
 
 def _checkpoint_name(file: Path | str, step: int) -> str:
     """A readable name for a checkpoint file (a path or URL): `<run dir>-step<step>`."""
+    from pretrain.checkpoint import step_of
+
     folder = storage.parent(file)
-    run = storage.basename(storage.parent(folder) if storage.basename(folder).startswith("checkpoint_") else folder)
+    run = storage.basename(storage.parent(folder) if step_of(folder) is not None else folder)
     return f"{run}-step{step}"
 
 
@@ -305,12 +307,12 @@ def run_dir_of(checkpoint_file: Path | str, config: dict) -> str | None:
     """The pretraining run directory (the one with ``config.yaml``) a checkpoint file belongs to, or
     None for a checkpoint outside one. Checkpoints sit in ``<run dir>/checkpoint_*/``, or in
     ``<run.storage_path>/<run dir name>/checkpoint_*/`` with the run directory under ``run.root``."""
-    from pretrain.checkpoint import CONFIG_FILE
+    from pretrain.checkpoint import CONFIG_FILE, step_of
 
     if storage.is_url(checkpoint_file):
         return None  # the probe's curves stay in its local results directory, not in a bucket
     ckpt_dir = Path(checkpoint_file).resolve().parent
-    if not ckpt_dir.name.startswith("checkpoint_"):
+    if step_of(ckpt_dir) is None:
         return None
     candidates = [ckpt_dir.parent]
     root = (config.get("run") or {}).get("root")

@@ -317,14 +317,19 @@ def add_costs(plan: Plan) -> None:
 def pretrain_state(plan: Plan, run: PretrainRun) -> tuple[str, Path | None]:
     """("done" | "partial" | "new", run directory or None) of a run, from its checkpoints on disk."""
     from cluster.resume import latest_run_dir
-    from pretrain.checkpoint import checkpoint_dirs, experiment_dir
 
     run_dir = latest_run_dir(plan.run_root, run.name)
     if run_dir is None:
         return "new", None
+    return ("done" if last_step(run_dir) >= run.steps else "partial"), run_dir
+
+
+def last_step(run_dir) -> int:
+    """The step of a run directory's newest checkpoint (0 without one)."""
+    from pretrain.checkpoint import checkpoint_dirs, experiment_dir, step_of
+
     dirs = checkpoint_dirs(experiment_dir(run_dir))
-    step = int(dirs[-1].name.split("_")[1]) if dirs else 0
-    return ("done" if step >= run.steps else "partial"), run_dir
+    return step_of(dirs[-1]) if dirs else 0
 
 
 def probe_state(plan: Plan, probe: ProbeRun) -> str:
@@ -345,10 +350,7 @@ def refresh_status(plan: Plan) -> None:
     for run in plan.runs:
         state, run_dir = pretrain_state(plan, run)
         if state == "partial":
-            from pretrain.checkpoint import checkpoint_dirs, experiment_dir
-
-            dirs = checkpoint_dirs(experiment_dir(run_dir))
-            run.status = f"partial (step {int(dirs[-1].name.split('_')[1]) if dirs else 0} of {run.steps})"
+            run.status = f"partial (step {last_step(run_dir)} of {run.steps})"
         else:
             run.status = {"done": "done", "new": "to run"}[state]
     for probe in plan.probes:

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         local_ray_on_loopback()  # before anything imports ray
     try:
         if args.resume is not None:
-            run_dir = args.resume if storage.is_url(args.resume) else Path(args.resume)
+            run_dir = storage.as_path(args.resume)
             if not storage.isfile(storage.join(run_dir, CONFIG_FILE)):
                 raise ConfigError(f"--resume {run_dir}: no {CONFIG_FILE} there; is it a run directory?")
             cfg = load_config(storage.join(run_dir, CONFIG_FILE), args.overrides)

@@ -204,7 +204,7 @@ def newest_verified(experiment_dir: str | os.PathLike) -> tuple[Path | str | Non
     found = sorted((int(m.group(1)), name) for name in storage.listdir(experiment_dir) if (m := _DIR_RE.match(name)))
     skipped = []
     for _, name in reversed(found):
-        directory = _path(storage.join(experiment_dir, name))
+        directory = storage.as_path(storage.join(experiment_dir, name))
         problem = checksum_problem(storage.join(directory, CHECKPOINT_FILE))
         if problem is None:
             return directory, skipped
@@ -235,15 +235,10 @@ def checkpoint_dirs(experiment_dir: str | os.PathLike) -> list[Path | str]:
     found = []
     for name in storage.listdir(experiment_dir):
         m = _DIR_RE.match(name)
-        child = _path(storage.join(experiment_dir, name))
+        child = storage.as_path(storage.join(experiment_dir, name))
         if m and storage.isfile(storage.join(child, CHECKPOINT_FILE)):
             found.append((int(m.group(1)), child))
     return [p for _, p in sorted(found)]
-
-
-def _path(path: str | os.PathLike) -> Path | str:
-    """A local path as ``Path``, a URL as ``str`` (``Path`` would mangle ``s3://`` into ``s3:/``)."""
-    return str(path) if storage.is_url(path) else Path(path)
 
 
 def experiment_dir(run_dir: str | os.PathLike) -> Path | str:
@@ -252,7 +247,7 @@ def experiment_dir(run_dir: str | os.PathLike) -> Path | str:
     The run directory itself, unless its ``config.yaml`` names a ``run.storage_path``; then
     ``<storage_path>/<run dir name>``.
     """
-    run_dir = _path(run_dir)
+    run_dir = storage.as_path(run_dir)
     cfg_path = storage.join(run_dir, CONFIG_FILE)
     if storage.isfile(cfg_path):
         import yaml
@@ -260,7 +255,7 @@ def experiment_dir(run_dir: str | os.PathLike) -> Path | str:
         cfg = yaml.safe_load(storage.read_text(cfg_path)) or {}
         experiments = (cfg.get("run") or {}).get("storage_path")
         if experiments:
-            return _path(storage.join(experiments, storage.basename(run_dir)))
+            return storage.as_path(storage.join(experiments, storage.basename(run_dir)))
     return run_dir
 
 
@@ -271,13 +266,13 @@ def resolve_checkpoint_file(path: str | os.PathLike) -> Path | str:
     checkpoint that matches its checksum; newer damaged ones are named in a warning). Raises
     ``FileNotFoundError`` or ``ValueError`` with a one-line message otherwise.
     """
-    path = _path(path)
+    path = storage.as_path(path)
     if storage.isfile(path):
         return path
     if not storage.exists(path):
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
     if storage.isfile(storage.join(path, CHECKPOINT_FILE)):
-        return _path(storage.join(path, CHECKPOINT_FILE))
+        return storage.as_path(storage.join(path, CHECKPOINT_FILE))
     exp = experiment_dir(path) if checkpoint_dirs(experiment_dir(path)) else path
     if not checkpoint_dirs(exp):
         raise FileNotFoundError(
@@ -289,7 +284,7 @@ def resolve_checkpoint_file(path: str | os.PathLike) -> Path | str:
         raise ValueError(f"no intact checkpoint in {exp}: {'; '.join(skipped)}")
     if skipped:
         warnings.warn(f"using {storage.basename(newest)}, skipping newer damaged checkpoint(s): {'; '.join(skipped)}")
-    return _path(storage.join(newest, CHECKPOINT_FILE))
+    return storage.as_path(storage.join(newest, CHECKPOINT_FILE))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

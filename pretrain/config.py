@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -30,6 +29,14 @@ class RunSection:
     # directory itself, so checkpoints sit beside config.yaml and tb/.
     storage_path: Optional[str] = None
     seed: int = 0  # seeds the models, the η/critic initialisation and the data order
+
+
+def run_home(run) -> str:
+    """Where a config's run directories go: a URL ``run.storage_path`` (with checkpoints in a bucket
+    there is no shared disk for the rest of the run either, so it holds the whole run), else ``run.root``."""
+    from data_prep import storage
+
+    return run.storage_path if run.storage_path and storage.is_url(run.storage_path) else run.root
 
 
 @dataclass
@@ -173,7 +180,7 @@ def merge_config(schema: type, path: str | os.PathLike | None = None,
 
     cfg = OmegaConf.structured(schema)
     if path is not None:
-        path = path if storage.is_url(path) else Path(path)
+        path = storage.as_path(path)
         try:
             found = storage.isfile(path)
         except storage.StorageError as exc:

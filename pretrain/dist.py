@@ -24,11 +24,6 @@ def bind_device(device: torch.device | str | None) -> None:
     _DEVICE = None if device is None else torch.device(device)
 
 
-def bound_device() -> torch.device | None:
-    """The device bound by :func:`bind_device` (None when unbound)."""
-    return _DEVICE
-
-
 def _on_rank_device(t: torch.Tensor, what: str) -> torch.Tensor:
     if _DEVICE is not None and t.device != _DEVICE:
         raise ValueError(f"{what}: tensor on {t.device} but this rank's device is {_DEVICE}; collectives take "

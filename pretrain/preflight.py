@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from data_prep import storage
 from pretrain.config import ConfigError
 
 # With this set to 0 Ray takes 127.0.0.1 as the node address and binds its servers there. Ray reads
@@ -108,7 +109,7 @@ def check_writable(cfg: DictConfig, run_dir: Path | None) -> None:
     if cfg.run.storage_path:
         targets.append((cfg.run.storage_path, "run.storage_path"))
     for path, what in targets:
-        if "://" in str(path):  # object stores: data_prep.storage checks the bucket
+        if storage.is_url(str(path)):  # object stores: data_prep.storage checks the bucket
             continue
         try:
             check_writable_dir(path, what, "choose another (run.root=DIR or run.storage_path=DIR)")
@@ -121,7 +122,6 @@ def resume_point(cfg: DictConfig, experiment_dir) -> ResumePoint:
     own record of the run can lag the directory after a driver kill); another number of ranks is an error."""
     import io
 
-    from data_prep import storage
     from pretrain.checkpoint import CHECKPOINT_FILE, newest_verified, step_of
 
     path, skipped = newest_verified(experiment_dir)

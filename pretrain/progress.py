@@ -49,7 +49,7 @@ class MetricsTail(threading.Thread):
 
     def __init__(self, path: str | Path, listeners: Sequence[Listener], poll_s: float = 0.5):
         super().__init__(name="metrics-tail", daemon=True)
-        self.path = path if storage.is_url(path) else Path(path)
+        self.path = storage.as_path(path)
         self.listeners = list(listeners)
         self.poll_s = poll_s
         self._stop_event = threading.Event()

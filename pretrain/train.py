@@ -55,7 +55,7 @@ from pretrain.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from pretrain.config import from_plain, to_plain, validate
+from pretrain.config import from_plain, run_home, to_plain, validate
 from pretrain.progress import WALL_TIME
 from pretrain.run_lock import run_dir_lock
 from pretrain.tasks import spec as task_spec
@@ -88,12 +88,11 @@ def new_run_dir(cfg: DictConfig) -> Path | str:
     no shared disk for the rest of the run either, so config, metrics and TensorBoard go there too.
     """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    home = cfg.run.storage_path if storage.is_url(cfg.run.storage_path or "") else cfg.run.root
-    base = storage.join(storage.resolve(home), f"{cfg.run.name}-{stamp}")
+    base = storage.join(storage.resolve(run_home(cfg.run)), f"{cfg.run.name}-{stamp}")
     run_dir, n = base, 1
     while storage.exists(run_dir):
         run_dir, n = f"{base}-{n}", n + 1
-    return run_dir if storage.is_url(run_dir) else Path(run_dir)
+    return storage.as_path(run_dir)
 
 
 def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.PathLike | None = None,
@@ -111,7 +110,7 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     validate(cfg)
     preflight.check(cfg, storage.resolve(run_dir) if run_dir is not None else None)
     run_dir = storage.resolve(run_dir) if run_dir is not None else new_run_dir(cfg)
-    run_dir = run_dir if storage.is_url(run_dir) else Path(run_dir)
+    run_dir = storage.as_path(run_dir)
     storage.makedirs(run_dir)
     with run_dir_lock(run_dir):
         return _launch_locked(cfg, run_dir, address, ray_init_kwargs)
@@ -184,11 +183,12 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
             except Exception:
                 if fatal.recorded(run_dir) is None:
                     raise
-        succeeded = not storage.isfile(stopped) and fatal.recorded(run_dir) is None
+        message = fatal.recorded(run_dir)
+        succeeded = message is None and not storage.isfile(stopped)
     finally:
         tracking.finish(succeeded)
         driver_files.push()
-    if (message := fatal.recorded(run_dir)) is not None:
+    if message is not None:
         raise fatal.RunFailed(message)
     if storage.isfile(stopped):
         info = json.loads(storage.read_text(stopped))
@@ -275,9 +275,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
         writer = SummaryWriter(os.path.join(logs.dir, "tb"), purge_step=step)
 
     # ---- the loop ------------------------------------------------------------------------------
-    # pinned pages only pay off when loader processes fill them while the step runs
-    pin = device.type == "cuda" and cfg.data.loader_workers > 0
-    stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=pin)
+    stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=pins_memory(cfg, device))
     window = MetricWindow(device)
     t_window = time.perf_counter()
     while step < total_steps:
@@ -489,7 +487,9 @@ def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
     if not torch.isfinite(global_loss):
         return {"finite": False, "global_loss": float(global_loss), "metrics": {}}
     main_opt.step()
-    estimators.eta_step(task, eta_opt, step)
+    bounds = getattr(task, "estimator", task)  # η-MINE lives in the estimator: no walk over the encoder a step
+    if bounds is not None:
+        estimators.eta_step(bounds, eta_opt, step)
     metrics = {k: v.detach() for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
     metrics["loss"] = loss.detach()
     return {"finite": True, "metrics": metrics}
@@ -556,7 +556,7 @@ def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, ma
     ``checkpoints``: the local folder Ray Train keeps this run's checkpoints in (its experiment
     directory), or None for a bucket. When that folder is the one the controller made (Ray's storage
     marker is there: the same machine or a shared disk), rank 0 writes ``checkpoint_<step>`` in it
-    itself, under a hidden name renamed into place when complete, and Ray only records it
+    itself (a half-written one left by an earlier attempt removed first), and Ray only records it
     (``NO_UPLOAD``: the bytes are written once, not written to a temporary folder and copied). For a
     bucket, or a node that does not see the controller's folder (no shared disk), Ray uploads it
     from a temporary folder, and its upload names a folder the node cannot reach. Returns the
@@ -579,11 +579,9 @@ def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, ma
                         eta_optimizer=eta_opt, rng=rng, data_position=positions, permutations=permutations)
 
     if checkpoints is not None and os.path.isfile(os.path.join(checkpoints, VALIDATE_STORAGE_MARKER_FILENAME)):
-        path, partial = os.path.join(checkpoints, name), os.path.join(checkpoints, f".partial-{name}")
-        shutil.rmtree(partial, ignore_errors=True)  # left by a rank 0 killed while writing
-        save(partial)
+        path = os.path.join(checkpoints, name)
         shutil.rmtree(path, ignore_errors=True)  # an attempt that failed before Ray recorded it
-        os.rename(partial, path)
+        save(path)  # complete once its checksum is written, last
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path), checkpoint_dir_name=name,
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
         return name
@@ -661,6 +659,12 @@ def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position:
             epoch, index = epoch + 1, 0
         index += 1
         yield batch, {"epoch": epoch, "batch": index}
+
+
+def pins_memory(cfg: DictConfig, device: torch.device) -> bool:
+    """Whether the loader pins its batches: on CUDA, and only when loader processes fill the pinned
+    pages while the step runs (with none, pinning is one more copy in the step's own time)."""
+    return device.type == "cuda" and cfg.data.loader_workers > 0
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

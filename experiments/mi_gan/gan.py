@@ -287,16 +287,15 @@ def evaluate(G: Generator, mi: MITerm | None, means: torch.Tensor, cfg: MIGANCon
     G on the fixed latents z [S, noise_dim], codes [S]."""
     samples = G(z, codes)
     stats = mode_stats(samples, means, cfg.sigma, cfg.min_per_mode)
-    mi_value = None
+    out = {"modes_covered": stats.modes_covered, "high_quality": stats.high_quality, "mi": None}
     if mi is not None:
         was_training = mi.training
         mi.eval()  # e.g. dv-mine-ema must not move its average on evaluation batches
-        mi_value = float(mi(samples, codes).mi)
+        out["mi"] = float(mi(samples, codes).mi)
         mi.train(was_training)
         if isinstance(mi.bound, estimators.EtaMINE):  # the same critic with η in closed form on these samples
-            return {"modes_covered": stats.modes_covered, "high_quality": stats.high_quality, "mi": mi_value,
-                    "mi_refit": float(mi.bound.metrics()["mi/refit"])}
-    return {"modes_covered": stats.modes_covered, "high_quality": stats.high_quality, "mi": mi_value}
+            out["mi_refit"] = float(mi.bound.metrics()["mi/refit"])
+    return out
 
 
 # ---------------------------------------------------------------- several runs, summary, figure

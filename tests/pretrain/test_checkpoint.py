@@ -145,8 +145,7 @@ def test_encoder_that_does_not_fit_its_config(tmp_path):
 @pytest.mark.parametrize("where", ["local", "not on this machine", "bucket"])
 def test_rank0_writes_a_local_checkpoint_in_place_and_ray_only_records_it(tmp_path, monkeypatch, where):
     """The controller's local folder (Ray's storage marker in it): the checkpoint is written there
-    once, under a hidden name renamed into place, and reported with NO_UPLOAD (Ray copies nothing);
-    a stale half-written one is replaced. A bucket (None), or a node that has a folder of that name
+    once and reported with NO_UPLOAD (Ray copies nothing); a stale half-written one is replaced. A bucket (None), or a node that has a folder of that name
     but not the controller's (no shared disk, no marker): a temporary folder that Ray uploads (and
     whose unreachable destination Ray then names)."""
     import ray.train
