@@ -57,7 +57,8 @@ def _fs(url: str):
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)
+        # no listing cache: another process (a worker, a resumed driver) writes the objects we read
+        return fsspec.core.url_to_fs(url, use_listings_cache=False)
     except ImportError as exc:
         package = SCHEMES[_URL.match(url).group(1).lower()]
         raise StorageError(f"{url}: reading this scheme needs the package {package} ({exc})") from None
@@ -123,7 +124,6 @@ def check_bucket(url: str) -> None:
     fs, path = _fs(url)
     bucket = path.split("/", 1)[0]
     scheme = _URL.match(url).group(1)
-    fs.invalidate_cache(bucket)
     with _errors(url):
         try:
             fs.info(bucket)  # one HEAD request for the bucket itself
@@ -139,7 +139,6 @@ def _info(path: str) -> dict | None:
     """fsspec's info of a URL, None when nothing is there. (fsspec's own exists/isfile answer False
     for any error, which would read missing credentials as a missing file.)"""
     fs, p = _fs(path)
-    fs.invalidate_cache(p)  # fsspec caches listings; an object written since must be seen
     with _errors(path):
         try:
             return fs.info(p)
@@ -166,7 +165,7 @@ def listdir(path) -> list[str]:
     fs, p = _fs(str(path))
     with _errors(str(path)):
         try:
-            return [posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False, refresh=True)]
+            return [posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False)]
         except FileNotFoundError:
             return []
 
@@ -176,7 +175,6 @@ def open_read(path) -> IO[bytes]:
     if not is_url(path):
         return open(path, "rb")
     fs, p = _fs(str(path))
-    fs.invalidate_cache(p)
     with _errors(str(path)):
         return fs.open(p, "rb")
 
