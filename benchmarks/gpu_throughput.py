@@ -20,7 +20,9 @@ at the largest batch: a keep-up ratio >= 1 means the GPU never waits for data.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"compiled/eager = {row['compiled_over_eager']:.2f}", flush=True)
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-gpu-"))
+    if not args.work:  # gigabytes of runs and shards: gone when the benchmark exits
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     shards = make_shards(work, n_images)
     consumed = max(max(r["eager"]["images_per_s"], r["compiled"]["images_per_s"]) for r in out["steps"])
     for augment_on in ("host", "device"):

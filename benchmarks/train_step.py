@@ -24,8 +24,10 @@ Then the achieved FLOP/s of a ResNet50 jigsaw step (forward + backward + Adam, F
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,7 +160,8 @@ def ray_loop(cfg) -> dict:
     own = not ray.is_initialized()  # a caller's Ray (the tests') is used as it is
     t0 = time.time()
     if own:
-        ray.init(num_cpus=cfg.train.threads_per_worker + cfg.data.loader_workers, _temp_dir=tempfile.mkdtemp(prefix="rb"),
+        ray_dir = tempfile.mkdtemp(prefix="rb")
+        ray.init(num_cpus=cfg.train.threads_per_worker + cfg.data.loader_workers, _temp_dir=ray_dir,
                  include_dashboard=False, log_to_driver=False)
     ray_init_s = time.time() - t0
     try:
@@ -168,6 +171,7 @@ def ray_loop(cfg) -> dict:
     finally:
         if own:
             ray.shutdown()
+            shutil.rmtree(ray_dir, ignore_errors=True)
     return {"ray_init_s": ray_init_s, **split(started, event_times(run), ended, cfg.train.steps)}
 
 
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         flops_setup = (256, 64, 0.05, "resnet18")
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))
+    if not args.work:  # gigabytes of runs and shards: gone when the benchmark exits
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     shards = make_shards(work) if not args.skip_ab else work
     cfg = bench_config(args, shards, work / "runs")
 

@@ -18,6 +18,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -262,7 +263,9 @@ class LocalMirror:
 
     Local ``path``: the directory itself, and :meth:`push` does nothing. URL: a temporary directory,
     seeded with the ``fetch`` files already at the URL (to append to them), whose new or grown files
-    :meth:`push` uploads; an object cannot be appended to, so a changed file is uploaded whole.
+    :meth:`push` uploads; an object cannot be appended to, so a changed file is uploaded whole. The
+    temporary directory is removed when the mirror is garbage-collected or the process exits (push
+    first); a killed process leaves it behind in the temporary folder.
     """
 
     def __init__(self, path, fetch: tuple[str, ...] = ()):
@@ -273,6 +276,7 @@ class LocalMirror:
             self.dir = self.path
             return
         self.dir = tempfile.mkdtemp(prefix="mirror-")
+        weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
         for name in fetch:
             try:
                 data = read_bytes(join(self.path, name))

@@ -19,6 +19,21 @@ from data_prep.local_s3 import local_s3_server
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 torch.set_num_threads(1)
 
+# The temporary folder of this process and of every process it starts (CLI runs, Ray's workers, loader
+# workers) is one short folder of its own: what a test's killed process leaves there (a checkpoint in
+# progress, multiprocessing's folders, Ray's session files) goes with it at the end, not into /tmp.
+# Short: Ray puts its socket paths under it, which must stay under 107 bytes.
+TEST_TMP = tempfile.mkdtemp(prefix="pt", dir="/tmp")
+os.environ["TMPDIR"] = tempfile.tempdir = TEST_TMP
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's temporary folder after a passing run; keep it for a look after a failure."""
+    if exitstatus == 0:
+        shutil.rmtree(TEST_TMP, ignore_errors=True)
+    else:
+        print(f"\ntemporary files of this test session kept in {TEST_TMP}")
+
 # Fixtures that start Ray: `ray_session` (below) and `head` (tests/cluster/conftest.py, a `ray start` head).
 RAY_FIXTURES = {"ray_session", "head"}
 

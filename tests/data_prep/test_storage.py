@@ -107,3 +107,28 @@ def test_gs_urls_go_through_gcsfs():
     assert fsspec.get_filesystem_class("gs") is gcsfs.GCSFileSystem
     assert storage.is_url("gs://b/x") and storage.join("gs://b/x/", "m.json") == "gs://b/x/m.json"
     assert storage.parent("gs://b/x/run") == "gs://b/x" and storage.basename("gs://b/x/run/") == "run"
+
+
+def test_a_mirror_of_a_bucket_uploads_and_leaves_no_folder_behind(s3, tmp_path):
+    """A real process (as rank 0 and the driver are) appends through a mirror of an s3:// run folder and
+    exits: the files are in the bucket and its temporary folder is gone (it used to stay, one folder a
+    URL run, in the machine's temporary folder)."""
+    import os
+    import subprocess
+    import sys
+
+    url = s3.bucket("mirror") + "/run"
+    storage.write_text(url + "/metrics.jsonl", "1\n")
+    code = ("import sys; from data_prep.storage import LocalMirror\n"
+            "m = LocalMirror(sys.argv[1], fetch=('metrics.jsonl',))\n"
+            "open(m.dir + '/metrics.jsonl', 'a').write('2\\n'); m.push()\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    subprocess.run([sys.executable, "-c", code, url], check=True, env={**os.environ, "TMPDIR": str(tmp)})
+    assert storage.read_text(url + "/metrics.jsonl") == "1\n2\n"
+    assert list(tmp.iterdir()) == []
+    mirror = storage.LocalMirror(url)  # in this process: gone once the mirror is
+    folder = mirror.dir
+    assert os.path.isdir(folder)
+    del mirror
+    assert not os.path.exists(folder)
