@@ -4,9 +4,11 @@ and an S3-compatible server on 127.0.0.1 for the object-storage tests (fixture `
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,9 +28,20 @@ torch.set_num_threads(1)
 TEST_TMP = tempfile.mkdtemp(prefix="pt", dir="/tmp")
 os.environ["TMPDIR"] = tempfile.tempdir = TEST_TMP
 
+# A local ray.init() turns on token authentication and, finding no token, writes a new one to
+# ~/.ray/auth_token (always there, whatever RAY_AUTH_TOKEN_PATH says). The tests' Rays (in this process
+# and the processes it starts) share a token of their own instead; tests of a token set theirs.
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+HOME_TOKEN = Path.home() / ".ray" / "auth_token"
+HOME_TOKEN_BEFORE = HOME_TOKEN.exists()
+
 
 def pytest_sessionfinish(session, exitstatus):
-    """Remove the session's temporary folder after a passing run; keep it for a look after a failure."""
+    """Fail a session that wrote a Ray token into the home folder. Remove the session's temporary folder
+    after a passing run; keep it for a look after a failure."""
+    if not HOME_TOKEN_BEFORE and HOME_TOKEN.exists():
+        print(f"\nthe tests wrote {HOME_TOKEN}: a Ray they started had no token of its own")
+        session.exitstatus = exitstatus = 1
     if exitstatus == 0:
         shutil.rmtree(TEST_TMP, ignore_errors=True)
     else:
