@@ -127,8 +127,9 @@ class _Collate:
 
 
 def eval_loader(shard_dir, split: str, *, kind: str = "jigsaw", batch_size: int, num_workers: int = 0,
-                size: int = 32) -> torch.utils.data.DataLoader:
-    """DataLoader over ``split`` in shard order (see the module docstring for the batch layout)."""
+                size: int = 32, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """DataLoader over ``split`` in shard order (see the module docstring for the batch layout);
+    ``pin_memory`` for asynchronous copies to a GPU."""
     dataset = ShardIndexDataset(shard_dir, split, kind, size=size)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       collate_fn=_Collate(kind), drop_last=False)
+                                       collate_fn=_Collate(kind), drop_last=False, pin_memory=pin_memory)

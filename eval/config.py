@@ -21,6 +21,20 @@ def _setting(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+# Feature extraction when `extract_batch_size` / `num_workers` are left null. On a GPU a forward pass
+# takes milliseconds: larger batches, and loader processes so that decoding (9 crops an image for
+# jigsaw) keeps up; on the CPU the forward pass is the bottleneck and loader processes would only take
+# cores from it. Features do not depend on either (eval mode, a frozen encoder).
+EXTRACTION_DEFAULTS = {"cpu": {"batch_size": 64, "num_workers": 0}, "cuda": {"batch_size": 256, "num_workers": 4}}
+
+
+def extraction_settings(batch_size: int | None, num_workers: int | None, on_gpu: bool) -> tuple[int, int]:
+    """``(images per forward pass, loader processes)``: the given ones, else the defaults of the device."""
+    d = EXTRACTION_DEFAULTS["cuda" if on_gpu else "cpu"]
+    return (d["batch_size"] if batch_size is None else batch_size,
+            d["num_workers"] if num_workers is None else num_workers)
+
+
 @dataclass
 class LinearConfig:
     """Every setting of a linear evaluation, with its default (the one home of these defaults)."""
@@ -38,8 +52,12 @@ class LinearConfig:
     train_split: Optional[str] = _setting(None, "split to train the probe on (null: train)")
     test_split: Optional[str] = _setting(None, "split to score on (null: test, else val)")
     cache_dir: Optional[str] = _setting("runs/feature_cache", "feature cache (null: no cache)")
-    extract_batch_size: int = _setting(64, "images per forward pass during extraction")
-    num_workers: int = _setting(0, "data loader processes for extraction")
+    extract_batch_size: Optional[int] = _setting(
+        None, "images per forward pass during extraction (null: {cpu[batch_size]} on the CPU, "
+              "{cuda[batch_size]} on a GPU)".format(**EXTRACTION_DEFAULTS))
+    num_workers: Optional[int] = _setting(
+        None, "data loader processes for extraction, each a Ray CPU on a cluster (null: {cpu[num_workers]} on "
+              "the CPU, {cuda[num_workers]} on a GPU)".format(**EXTRACTION_DEFAULTS))
     device: Optional[str] = _setting(None, "cpu or cuda (null: cuda when available)")
     ray_address: Optional[str] = _setting(None, "Ray cluster to run checkpoints and seeds on as parallel tasks (e.g. auto)")
     progress: bool = _setting(True, "progress bars (redrawn on a terminal; a line every 30 s when piped or logged)")
@@ -59,4 +77,7 @@ def load_linear_config(path: str | os.PathLike | None = None, overrides: Sequenc
     if not paths or not all(isinstance(c, (str, int)) for c in paths):
         raise ConfigError(f"checkpoint must be a path or a list [A,B] of paths, got {cfg.checkpoint!r}")
     cfg.checkpoint = [str(c) for c in paths]
+    for key, least in (("extract_batch_size", 1), ("num_workers", 0)):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < least:
+            raise ConfigError(f"{key} must be >= {least} or null (the device's default), got {getattr(cfg, key)}")
     return cfg

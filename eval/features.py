@@ -169,8 +169,8 @@ def cached_features(
     cache_dir: str | os.PathLike | None,
     variant: str = "",
     size: int = 32,
-    batch_size: int = 64,
-    num_workers: int = 0,
+    batch_size: int,
+    num_workers: int,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> dict:
@@ -182,7 +182,10 @@ def cached_features(
     """
     from data_prep.eval_stream import eval_loader
 
-    loader = eval_loader(str(shard_dir), split, kind=kind, batch_size=batch_size, num_workers=num_workers, size=size)
+    # pinned batches let the copy to a GPU overlap the forward pass (worth it with loader processes)
+    pin = torch.device(device).type == "cuda" and num_workers > 0
+    loader = eval_loader(str(shard_dir), split, kind=kind, batch_size=batch_size, num_workers=num_workers, size=size,
+                         pin_memory=pin)
     dataset = loader.dataset
     key = cache_key(checkpoint_sha256, manifest["dataset"], split, shard_checksums(dataset.paths, manifest, split),
                     kind, variant, size)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from data_prep import storage
-from eval.config import LinearConfig, load_linear_config
+from eval.config import LinearConfig, extraction_settings, load_linear_config
 from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
 from eval.probe import train_linear_probe
@@ -143,8 +143,8 @@ def prepare_features(
     train_split: str | None = None,
     test_split: str | None = None,
     cache_dir: str | os.PathLike | None = LinearConfig.cache_dir,
-    batch_size: int = LinearConfig.extract_batch_size,
-    num_workers: int = LinearConfig.num_workers,
+    batch_size: int | None = LinearConfig.extract_batch_size,
+    num_workers: int | None = LinearConfig.num_workers,
     device: str | None = None,
     progress: bool = True,
     keep_encoder: bool = False,
@@ -177,6 +177,7 @@ def prepare_features(
     encoder.to(dev).eval().requires_grad_(False)
     if dev.type == "cuda":  # NHWC convolutions are faster on GPUs; the features stay fp32 (cache-compatible)
         encoder.to(memory_format=torch.channels_last)
+    batch_size, num_workers = extraction_settings(batch_size, num_workers, on_gpu=dev.type == "cuda")
     size = int((config.get("data") or {}).get("size") or 32)
     common = dict(checkpoint_sha256=sha, shard_dir=data, manifest=manifest, kind=kind, cache_dir=cache_dir, variant=variant, size=size,
                   batch_size=batch_size, num_workers=num_workers, device=dev, progress=progress)
@@ -483,8 +484,10 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
         ray.init(address=ray_address, log_to_driver=False)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     data = storage.resolve(data)
+    on_gpu = has_gpu and str(prep_kw["device"] or "cuda").startswith("cuda")
     # the extraction task runs its loader processes too: reserve a CPU for each
-    extract = ray.remote(num_cpus=1 + prep_kw["num_workers"], num_gpus=1 if has_gpu else 0)(_prepare_remote)
+    _, loader_workers = extraction_settings(prep_kw["batch_size"], prep_kw["num_workers"], on_gpu=on_gpu)
+    extract = ray.remote(num_cpus=1 + loader_workers, num_gpus=1 if on_gpu else 0)(_prepare_remote)
     probe = ray.remote(num_cpus=1, num_gpus=0.25 if has_gpu else 0)(_probe_remote)
     feature_refs = [extract.remote(storage.resolve(c), data, prep_kw) for c in checkpoints]
     probe_refs = [[probe.remote(ref, s, probe_kw) for s in seed_list] for ref in feature_refs]

@@ -111,7 +111,7 @@ def test_cached_features_equal_uncached(eval_world, tmp_path):
     encoder, _ = load_encoder(eval_world["jigsaw_run"])
     file = resolve_checkpoint_file(eval_world["jigsaw_run"])
     kw = dict(checkpoint_sha256=sha256_file(file), shard_dir=eval_world["big"], manifest=read_manifest(eval_world["big"]),
-              split="train", kind="jigsaw", batch_size=5, progress=False)
+              split="train", kind="jigsaw", batch_size=5, num_workers=0, progress=False)
     plain = cached_features(encoder, cache_dir=None, **kw)
     first = cached_features(encoder, cache_dir=tmp_path, **kw)
     second = cached_features(encoder, cache_dir=tmp_path, **kw)
@@ -188,6 +188,8 @@ def test_bad_checkpoints_give_one_clear_line(eval_world, tmp_path, capsys):
     (["checkpoint=r"], "data is required"),
     (["--checkpoint", "r", "data=d"], "unknown option --checkpoint: settings are key=value"),
     (["checkpoint=r", "data=d", "epochs"], "not key=value"),
+    (["checkpoint=r", "data=d", "num_workers=-1"], "num_workers must be >= 0 or null"),
+    (["checkpoint=r", "data=d", "extract_batch_size=0"], "extract_batch_size must be >= 1 or null"),
 ])
 def test_settings_errors_are_one_line_naming_the_key(argv, message, capsys):
     assert main(argv) == 2
@@ -210,6 +212,27 @@ def test_settings_defaults_yaml_and_overrides(tmp_path, capsys):
     for name, value in (("epochs", "200"), ("seeds", "2"), ("lr", "0.0001"), ("cache_dir", "runs/feature_cache"),
                         ("checkpoint", "(required)"), ("random_init", "false"), ("out", "null")):
         assert f"  {name}={value} " in shown, name
+
+
+def test_extraction_settings_follow_the_device_unless_given(eval_world, monkeypatch):
+    """Left null, extraction takes the device's batch and loader processes (a GPU would wait on one
+    process decoding 64 images at a time); given, they are used as they are, on either device."""
+    import data_prep.eval_stream
+    from eval.config import EXTRACTION_DEFAULTS, LinearConfig, extraction_settings
+
+    assert LinearConfig.extract_batch_size is None and LinearConfig.num_workers is None
+    cpu, gpu = EXTRACTION_DEFAULTS["cpu"], EXTRACTION_DEFAULTS["cuda"]
+    assert extraction_settings(None, None, on_gpu=False) == (cpu["batch_size"], cpu["num_workers"]) == (64, 0)
+    assert extraction_settings(None, None, on_gpu=True) == (gpu["batch_size"], gpu["num_workers"]) == (256, 4)
+    assert extraction_settings(8, 0, on_gpu=True) == (8, 0) and extraction_settings(None, 2, on_gpu=False) == (64, 2)
+    seen, real = [], data_prep.eval_stream.eval_loader
+    monkeypatch.setattr(data_prep.eval_stream, "eval_loader", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    prepare_features(eval_world["infomax_run"], eval_world["big"], cache_dir=None, device="cpu", progress=False)
+    assert [(kw["batch_size"], kw["num_workers"], kw["pin_memory"]) for kw in seen] == [(64, 0, False)] * 2
+    seen.clear()
+    prepare_features(eval_world["infomax_run"], eval_world["big"], cache_dir=None, device="cpu", progress=False,
+                     batch_size=7, num_workers=1)
+    assert [(kw["batch_size"], kw["num_workers"], kw["pin_memory"]) for kw in seen] == [(7, 1, False)] * 2
 
 
 @pytest.mark.e2e
