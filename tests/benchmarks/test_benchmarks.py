@@ -81,3 +81,21 @@ def test_eta_gradient_variance_side_by_side(tmp_path, capsys):
     assert saved["noise_ratio_b_over_a"] == out["noise_ratio_b_over_a"] > 0
     # η below η* over-weights the marginal term: its mean gradient moves away from DV's
     assert saved["mean_grad_rel_diff"]["c"] > saved["mean_grad_rel_diff"]["b"]
+
+
+@pytest.mark.e2e
+@pytest.mark.ray
+def test_report_cost_one_report_against_one_every_step(tmp_path, capsys, ray_session):
+    figures = tmp_path / "rc.json"
+    load("report_cost").main(["--quick", "--work", str(tmp_path), "--json", str(figures)])
+    out = capsys.readouterr().out
+    assert re.search(r"\(a\) one report: .*\n.*\(b\) a report every step: .*\n.*whole run a/b = \d+\.\d{3}; "
+                     r"one report costs [+-]\d+\.\d ms", out), out
+    saved = json.loads(figures.read_text())
+    assert saved["ratio_a_over_b"] > 0 and len(saved["one_report_s"]) == len(saved["report_every_step_s"]) == 1
+    # each run is a real pretraining run: its own directory, the checkpoint at the end, its reports
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [r.name.split("-")[0] for r in runs] == ["report1", "report3"]
+    reports = {r.name.split("-")[0]: len((r / "metrics.jsonl").read_text().splitlines()) for r in runs}
+    assert reports == {"report1": 3, "report3": 1}
+    assert all((r / "checkpoint_000000003" / "checkpoint.pt.sha256").is_file() for r in runs)
