@@ -13,11 +13,13 @@ write-then-rename of a local file.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import posixpath
 import re
 import shutil
 import tempfile
+import time
 import weakref
 from pathlib import Path
 from typing import IO, Iterator
@@ -271,6 +273,7 @@ class LocalMirror:
     def __init__(self, path, fetch: tuple[str, ...] = ()):
         self.path = str(path)
         self._seen: dict[str, tuple[int, int]] = {}
+        self._pushed_at = -math.inf  # time.monotonic() of the last push that uploaded
         if not is_url(self.path):
             os.makedirs(self.path, exist_ok=True)
             self.dir = self.path
@@ -285,10 +288,13 @@ class LocalMirror:
             with open(os.path.join(self.dir, name), "wb") as f:
                 f.write(data)
 
-    def push(self) -> None:
-        """Upload the files created or changed since the last push (URL only)."""
-        if not is_url(self.path):
+    def push(self, min_interval_s: float = 0.0) -> None:
+        """Upload the files created or changed since the last push (URL only), unless the last upload
+        was less than ``min_interval_s`` seconds ago (each changed file goes up whole: at one push a
+        report, a long run's growing files would be uploaded again and again)."""
+        if not is_url(self.path) or time.monotonic() - self._pushed_at < min_interval_s:
             return
+        self._pushed_at = time.monotonic()
         for root, _, names in os.walk(self.dir):
             for name in names:
                 local = os.path.join(root, name)

@@ -122,6 +122,10 @@ class TrainSection:
     # 0.1 s cost no measurable step time here (benchmarks/results/train_step_exploration.md); a poll
     # is one actor call per worker, so on clusters of hundreds of workers 0.5 s keeps the load lower.
     controller_poll_s: float = 0.1
+    # A run directory in a bucket: rank 0 uploads metrics.jsonl and the TensorBoard events at most
+    # this often, and at every checkpoint and the end (an object cannot be appended to: each upload
+    # sends the whole grown file). The driver's progress lines and TensorBoard lag by up to this much.
+    upload_every_s: float = 10.0
     # Multi-node DDP: all-reduce gradients in bfloat16 (half the bytes on the network; DDP's
     # bf16_compress_hook, NCCL only). Off: gradients travel in float32.
     bf16_grad_allreduce: bool = False
@@ -288,6 +292,8 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
         raise ConfigError(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
     if t.controller_poll_s <= 0:
         raise ConfigError(f"train.controller_poll_s must be > 0, got {t.controller_poll_s}")
+    if t.upload_every_s < 0:
+        raise ConfigError(f"train.upload_every_s must be >= 0, got {t.upload_every_s}")
     if t.bf16_grad_allreduce and t.use_gpu is False:
         raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL); gloo cannot all-reduce bfloat16 hooks")
     for key in ("steps", "report_every", "checkpoint_every", "num_workers", "threads_per_worker"):

@@ -290,6 +290,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
         out = train_step(model, task, batch, step, main_opt, eta_opt, bf16=cfg.train.bf16)
         if not out["finite"]:
             if rank == 0:
+                logs.push()  # the reports before it
                 storage.write_text(storage.join(run_dir, NONFINITE_FILE), json.dumps(
                     {"step": step, "loss": out["global_loss"], "last_checkpoint": last_checkpoint}))
             ray.train.report({"step": step, "nonfinite": 1})
@@ -304,9 +305,11 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
             metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"]})
             if eta_opt is not None:
                 metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
-            if writer is not None:
-                log_rank0(writer, logs, metrics, step, host_batch, cfg)
-            if step % cfg.train.checkpoint_every == 0 or step == total_steps:
+            checkpoint_now = step % cfg.train.checkpoint_every == 0 or step == total_steps
+            if writer is not None:  # the files go up with every checkpoint, else at most every upload_every_s
+                log_rank0(writer, logs, metrics, step, host_batch, cfg,
+                          upload_after_s=0.0 if checkpoint_now else cfg.train.upload_every_s)
+            if checkpoint_now:
                 last_checkpoint = report_with_checkpoint(
                     cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, permutations)
             window = MetricWindow(device)
@@ -600,9 +603,11 @@ def gather_objects(obj) -> list:
     return out
 
 
-def log_rank0(writer, logs: storage.LocalMirror, metrics: dict, step: int, batch: dict, cfg: DictConfig) -> None:
+def log_rank0(writer, logs: storage.LocalMirror, metrics: dict, step: int, batch: dict, cfg: DictConfig,
+              upload_after_s: float = 0.0) -> None:
     """TensorBoard scalars (every metric) and ``metrics.jsonl`` in ``logs.dir``, then pushed to the run
-    directory (a no-op unless it is a URL); an input grid now and then."""
+    directory if the last upload is ``upload_after_s`` old (a no-op unless it is a URL); an input grid
+    now and then."""
     for k, v in metrics.items():
         if k != "step":
             writer.add_scalar(k, v, step)
@@ -612,7 +617,7 @@ def log_rank0(writer, logs: storage.LocalMirror, metrics: dict, step: int, batch
     writer.flush()
     with open(os.path.join(logs.dir, METRICS_FILE), "a") as f:
         f.write(json.dumps({**metrics, WALL_TIME: time.time()}) + "\n")
-    logs.push()
+    logs.push(upload_after_s)
 
 
 def maybe_crash(cfg: DictConfig, run_dir: Path | str, step: int, rank: int, world: int) -> None:

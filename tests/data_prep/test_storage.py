@@ -132,3 +132,27 @@ def test_a_mirror_of_a_bucket_uploads_and_leaves_no_folder_behind(s3, tmp_path):
     assert os.path.isdir(folder)
     del mirror
     assert not os.path.exists(folder)
+
+
+def test_a_mirror_uploads_at_most_every_interval_and_always_when_asked(s3):
+    """A bucket run's rank 0 reports often; each upload sends the whole grown file, so it uploads at
+    most every ``train.upload_every_s`` and whenever a checkpoint is written (``push()``)."""
+    import os
+
+    url = s3.bucket("throttle") + "/run"
+    mirror = storage.LocalMirror(url)
+    log = os.path.join(mirror.dir, "metrics.jsonl")
+    with open(log, "a") as f:
+        f.write("1\n")
+    mirror.push(min_interval_s=3600)  # the first upload is never held back
+    assert storage.read_text(url + "/metrics.jsonl") == "1\n"
+    with open(log, "a") as f:
+        f.write("2\n")
+    mirror.push(min_interval_s=3600)  # an hour has not passed: held back
+    assert storage.read_text(url + "/metrics.jsonl") == "1\n"
+    mirror.push()  # a checkpoint, the end
+    assert storage.read_text(url + "/metrics.jsonl") == "1\n2\n"
+    with open(log, "a") as f:
+        f.write("3\n")
+    mirror.push(min_interval_s=0.0)
+    assert storage.read_text(url + "/metrics.jsonl") == "1\n2\n3\n"

@@ -115,12 +115,15 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
 
     monkeypatch.chdir(tmp_path)
     runs = s3.bucket("runs")
-    reference_run = launch(load_config(None, infomax_overrides(shards, f"{runs}/plain"))).run_dir
+    # a report every 2 steps, uploads held back for an hour: the reports between checkpoints go up
+    # with the next checkpoint, none is lost
+    reference_run = launch(load_config(None, infomax_overrides(
+        shards, f"{runs}/plain", "train.report_every=2", "train.upload_every_s=3600"))).run_dir
     assert reference_run.startswith(f"{runs}/plain/im-")
     reference = ck.load_checkpoint(reference_run)
     assert reference["step"] == 12 and reference["path"].startswith(reference_run + "/checkpoint_000000012")
     metrics = read_metrics(reference_run)
-    assert [m["step"] for m in metrics] == [4, 8, 12]
+    assert [m["step"] for m in metrics] == [2, 4, 6, 8, 10, 12]
     assert [n for n in storage.listdir(reference_run + "/tb") if n.startswith("events.out.tfevents.")]
     assert load_config(reference_run + "/config.yaml").data.shards == shards
 
