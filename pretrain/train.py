@@ -55,7 +55,7 @@ from pretrain.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from pretrain.config import from_plain, run_home, to_plain, validate
+from pretrain.config import ConfigError, from_plain, run_home, to_plain, validate
 from pretrain.progress import WALL_TIME
 from pretrain.run_lock import run_dir_lock
 from pretrain.tasks import spec as task_spec
@@ -150,6 +150,9 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if cfg.train.bf16_grad_allreduce and not use_gpu:
+        raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL) and this cluster has none; "
+                          "set train.bf16_grad_allreduce=false")
     # a rank runs its torch threads and data.loader_workers loader processes: reserve them all
     resources = {"CPU": cfg.train.threads_per_worker + cfg.data.loader_workers}
     if use_gpu:

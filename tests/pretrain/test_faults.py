@@ -131,6 +131,18 @@ def test_more_workers_than_the_cluster_has_is_one_line(ray_session, shards, tmp_
     assert "\n" not in str(info.value)
 
 
+def test_bf16_gradient_allreduce_on_a_cluster_without_gpus_is_one_line(ray_session, shards, tmp_path):
+    """train.use_gpu left null finds no GPU: the bf16 hook (NCCL only) is refused before any worker starts."""
+    from pretrain.train import launch
+
+    cfg = load_config(None, overrides(shards, tmp_path, "train.bf16_grad_allreduce=true"))
+    with pytest.raises(ConfigError, match=r"train.bf16_grad_allreduce needs GPUs \(NCCL\) and this cluster has none") as info:
+        launch(cfg)
+    assert "\n" not in str(info.value)
+    (run_dir,) = tmp_path.iterdir()
+    assert not list(run_dir.glob("checkpoint_*")) and not (run_dir / "metrics.jsonl").exists()
+
+
 def test_split_with_nothing_decodable_ends_the_run_with_one_line(ray_session, shards, tmp_path):
     """Every image garbled: the run ends on the first failure (not after max_failures retries of an endless stream)."""
     from tests.data_prep.test_faults import damaged_copy, garble_images
