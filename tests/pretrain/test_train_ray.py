@@ -83,7 +83,8 @@ def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, 
     """Also: metrics every step but Ray reports only with the 2 checkpoints, and the controller is
     started with the config's train.controller_poll_s (the session's environment says 0.1). Rank 0
     writes the checkpoints into the run directory itself (Ray copies nothing) and Ray still rotates
-    them (train.keep_checkpoints=1)."""
+    them (train.keep_checkpoints=1). The config is read as one worker's run (optim.lr_scaling=linear):
+    8 steps become 4 on 2 workers, at twice the lr after a 2-step warm-up."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.constants import get_env_vars_to_propagate
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -102,8 +103,9 @@ def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, 
         f"data.shards={digits}", f"run.root={tmp_path}", "run.name=jig", "task.kind=jigsaw-mi",
         "task.estimator=eta-mine", "model.encoder=dcgan", "model.depth=4", "model.kwargs.image_size=64",
         "data.images_per_batch=2", "data.perms_per_image=4", "data.num_permutations=10",
-        "train.num_workers=2", "train.steps=4", "train.report_every=1", "train.checkpoint_every=2",
-        "train.controller_poll_s=0.25", "train.keep_checkpoints=1"])
+        "train.num_workers=2", "train.steps=8", "train.report_every=1", "train.checkpoint_every=2",
+        "train.controller_poll_s=0.25", "train.keep_checkpoints=1",
+        "optim.lr=1e-3", "optim.lr_scaling=linear", "optim.warmup_steps=2"])
     out = launch(cfg)
     run = out.run_dir
     assert controller_env[0][CONTROLLER_POLL_ENV] == "0.25"
@@ -116,6 +118,7 @@ def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, 
     assert torch.equal(payload["permutations"].sort(dim=1).values, torch.arange(9).expand(10, 9))
     m = read_metrics(run)
     assert [x["step"] for x in m] == [1, 2, 3, 4] and all(x["eta/rank0"] == x["eta/rank1"] for x in m)
+    assert [x["lr/main"] for x in m] == pytest.approx([1e-3, 2e-3, 2e-3, 2e-3])
     times = [x[WALL_TIME] for x in m]  # rank 0's clock at each report: the driver's ETA reads it
     assert times == sorted(times) and time.time() - 600 < times[0]
     from pretrain.progress import LINE_RE
