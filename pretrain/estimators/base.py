@@ -47,6 +47,11 @@ def masks_checked():
         _MASKS_CHECKED.reset(token)
 
 
+def masks_are_checked() -> bool:
+    """Whether the caller is inside :func:`masks_checked` (its masks' values are trusted)."""
+    return _MASKS_CHECKED.get()
+
+
 def resolve_masks(
     scores: torch.Tensor, pos_mask: torch.Tensor | None, neg_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +75,7 @@ def resolve_masks(
     for name, mask in (("pos_mask", pos_mask), ("neg_mask", neg_mask)):
         if mask.shape != scores.shape or mask.dtype != torch.bool:
             raise ValueError(f"{name} must be a bool tensor of shape {tuple(scores.shape)}, got {tuple(mask.shape)} {mask.dtype}")
-    if given and not _MASKS_CHECKED.get():
+    if given and not masks_are_checked():
         if (pos_mask & neg_mask).any():
             raise ValueError("pos_mask and neg_mask overlap: a pair cannot be both joint and marginal")
         if not pos_mask.any() or not neg_mask.any():

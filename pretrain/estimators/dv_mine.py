@@ -55,14 +55,14 @@ class DVMINEEMA(nn.Module):
         pos, neg = resolve_masks(scores, pos_mask, neg_mask)
         joint = masked_mean(scores, pos, self.reduce)
         log_marg = masked_log_mean_exp(scores, neg, self.reduce)
+        # torch.where, not `if`: reading a device value would stall the step
         if self.training:
             with torch.no_grad():
                 current = log_marg.detach().to(self.log_ema.dtype)
-                if torch.isnan(self.log_ema):
-                    self.log_ema.copy_(current)
-                else:
-                    self.log_ema.copy_(torch.logaddexp(self.log_ema + math.log1p(-self.alpha), current + math.log(self.alpha)))
-        log_ema = self.log_ema.to(scores.dtype) if not torch.isnan(self.log_ema) else log_marg.detach()
+                updated = torch.logaddexp(self.log_ema + math.log1p(-self.alpha), current + math.log(self.alpha))
+                self.log_ema.copy_(torch.where(torch.isnan(self.log_ema), current, updated))  # the first call starts it
+        log_ema = torch.where(torch.isnan(self.log_ema), log_marg.detach().to(self.log_ema.dtype), self.log_ema)
+        log_ema = log_ema.to(scores.dtype)
         surrogate = torch.exp(log_marg - log_ema) - joint
         dv = log_marg - joint
         loss = surrogate - surrogate.detach() + dv.detach()

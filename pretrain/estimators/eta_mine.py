@@ -94,7 +94,7 @@ class EtaMINE(nn.Module):
     @torch.no_grad()
     def set_eta(self, value) -> None:
         """Overwrite η in place (closed-form update)."""
-        self.eta.copy_(torch.as_tensor(value, dtype=self.eta.dtype))
+        self.eta.copy_(torch.as_tensor(value, dtype=self.eta.dtype, device=self.eta.device))
 
     def eta_step_due(self, step: int) -> bool:
         """Algorithm 1: η moves once after every ``n_critic`` critic steps (step counts from 0)."""
