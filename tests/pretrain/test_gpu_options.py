@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch._dynamo
 
 from data_prep import jigsaw
 from pretrain.config import ConfigError, load_config, validate
@@ -59,21 +60,30 @@ def test_device_augmentation_is_refused_where_it_does_not_apply():
     assert "tiles_u8" in example_batch(cfg, permutations_of(cfg))
 
 
-def test_compiled_task_gives_the_eager_loss_and_gradients():
-    """The graphs torch.compile captures (forward and backward) compute the eager step. aot_eager keeps
-    this test short; inductor's generated code on the jigsaw task was compared once by hand
-    (loss within 6e-8, gradients within 1e-7)."""
+COMPILE_CASES = {"infomax": ["task.kind=infomax", "model.depth=2", "data.batch_size=8"],
+                 "jigsaw-mi": ["task.kind=jigsaw-mi", "model.depth=2", "model.kwargs.image_size=64",
+                               "data.images_per_batch=2", "data.perms_per_image=4", "data.num_permutations=10"]}
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.e2e)])
+@pytest.mark.parametrize("kind", sorted(COMPILE_CASES))
+def test_compiled_task_gives_the_eager_loss_and_gradients(kind, backend):
+    """The graphs torch.compile captures (forward and backward) compute the eager step: ``aot_eager``
+    checks the capture and autograd alone (seconds); ``inductor`` is what ``train.compile=true`` runs
+    on a CPU, with its generated C++ kernels (tens of seconds to compile: marked e2e)."""
     from pretrain.train import compile_model
 
-    cfg = load_config(None, ["data.shards=/nonexistent", "task.kind=infomax", "task.estimator=eta-mine",
-                             "model.encoder=dcgan", "model.depth=2", "data.batch_size=8"])
+    cfg = load_config(None, ["data.shards=/nonexistent", "task.estimator=eta-mine", "model.encoder=dcgan",
+                             *COMPILE_CASES[kind]])
+    perms = permutations_of(cfg)
     torch.manual_seed(0)
-    task = build_task_from_config(cfg, None)
-    batch = task.host_prepare(example_batch(cfg, None))
+    task = build_task_from_config(cfg, perms)
+    batch = task.host_prepare(example_batch(cfg, perms))
     out_e, grads_e = loss_and_grads(task, batch)
-    out_c, grads_c = loss_and_grads(compile_model(task, torch.device("cpu"), backend="aot_eager"), batch)
+    torch._dynamo.reset()
+    out_c, grads_c = loss_and_grads(compile_model(task, torch.device("cpu"), backend=backend), batch)
     torch.testing.assert_close(out_c["loss"], out_e["loss"], rtol=1e-5, atol=1e-6)
-    assert grads_c.keys() == grads_e.keys()
+    assert grads_c.keys() == grads_e.keys() and len(grads_e) > 4
     for name in grads_e:
         torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6, msg=name)
 
