@@ -198,7 +198,8 @@ class BatchLoader:
     """An epoch of batches from a :class:`ShardBatchStream`, through a DataLoader when num_workers > 0.
 
     ``len()`` is the number of batches this epoch will yield (the stream's ``epoch`` and
-    ``skip_batches`` say which epoch, and where in it to resume).
+    ``skip_batches`` say which epoch, and where in it to resume). ``pin_memory`` applies to the
+    DataLoader's batches, so only with ``num_workers > 0`` (``pretrain.train.pins_memory`` says why).
     """
 
     def __init__(self, stream: ShardBatchStream, num_workers: int, pin_memory: bool = False):

@@ -198,5 +198,5 @@ def wait_for_resources(num_workers: int, per_worker: dict, wait_s: float, poll_s
     if missing:
         parts = ", ".join(f"{v:g} {k} (cluster has {have.get(k, 0):g})" for k, v in missing.items())
         raise ConfigError(f"train.num_workers={num_workers} need {parts}, still missing after "
-                          f"train.resource_wait_s={wait_s:g}; lower train.num_workers or "
-                          f"train.threads_per_worker, or add nodes")
+                          f"train.resource_wait_s={wait_s:g} (a rank takes train.threads_per_worker + "
+                          f"data.loader_workers CPUs); lower one of them, or add nodes")

@@ -129,6 +129,11 @@ def test_more_workers_than_the_cluster_has_is_one_line(ray_session, shards, tmp_
     with pytest.raises(ConfigError, match=r"train.num_workers=3 need 3 CPU \(cluster has 2\)") as info:
         launch(cfg)
     assert "\n" not in str(info.value)
+    # a rank reserves its loader processes' CPUs too: one worker with 2 loader processes needs 3
+    cfg = load_config(None, overrides(shards, tmp_path, "data.loader_workers=2", "train.resource_wait_s=0.5"))
+    with pytest.raises(ConfigError, match=r"train.num_workers=1 need 3 CPU \(cluster has 2\).*"
+                                          r"train.threads_per_worker \+ data.loader_workers"):
+        launch(cfg)
 
 
 def test_bf16_gradient_allreduce_on_a_cluster_without_gpus_is_one_line(ray_session, shards, tmp_path):
