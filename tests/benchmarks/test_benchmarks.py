@@ -69,6 +69,8 @@ def test_gpu_throughput_runs_on_cpu(tmp_path, capsys):
     assert [r["images"] for r in saved["steps"]] == [2] and saved["steps"][0]["flops_per_step"] > 0
     assert {d["augment_on"] for d in saved["data"]} == {"host", "device"}
     assert all(d["images_per_s"] > 0 for d in saved["data"])
+    assert re.search(r"^ +2 images, augment on device: eager \d+\.\d ms, [+-]\d+\.\d ms against augment on host$", out, re.M)
+    assert saved["device_augment_step"]["images"] == 2 and saved["device_augment_step"]["eager_step_s"] > 0
 
 
 def test_eta_gradient_variance_side_by_side(tmp_path, capsys):
