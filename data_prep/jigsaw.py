@@ -187,7 +187,7 @@ def standardise(tiles: np.ndarray | torch.Tensor, gray: torch.Tensor | None = No
     images get the mean of RGB in all three channels first. Runs where ``tiles`` are; ``sync_free``
     never reads values back (for an accelerator: ``data.augment_on=device``), the same numbers.
     """
-    tiles = torch.as_tensor(tiles)
+    tiles = tiles if torch.is_tensor(tiles) else torch.as_tensor(tiles)  # a tensor stays on its device
     x = tiles.movedim(-1, -3).contiguous().float()  # uint8 transpose first: 4× less to move
     if gray is not None and sync_free:  # masked indexing would wait for the device
         gray = gray.to(x.device).reshape(*gray.shape, *[1] * (x.dim() - gray.dim()))

@@ -68,8 +68,8 @@ def bound_cpu():
     dist.bind_device(None)
 
 
-def tiny_cfg(kind: str, estimator: str | None):
-    common = ["data.shards=/nonexistent", f"task.kind={kind}", "model.encoder=dcgan"]
+def tiny_cfg(kind: str, estimator: str | None, *extra: str):
+    common = ["data.shards=/nonexistent", f"task.kind={kind}", "model.encoder=dcgan", *extra]
     if estimator:
         common.append(f"task.estimator={estimator}")
     if kind == "infomax":
@@ -103,12 +103,14 @@ def test_collectives_refuse_a_tensor_off_the_rank_device():
         dist.bind_device(None)
 
 
-@pytest.mark.parametrize("kind,estimator", [("jigsaw-ce", None)] + [(kind, name) for kind in ("jigsaw-mi", "infomax")
-                                                                      for name in estimators.names()])
-def test_a_step_reads_the_device_once_and_reports_from_it(bound_cpu, kind, estimator):
-    """Every bound of the registry, on both MI tasks: one read of the device a step (before, the EMA
-    bounds read it two and three times, InfoNCE twice)."""
-    cfg = tiny_cfg(kind, estimator)
+@pytest.mark.parametrize("kind,estimator,extra", [("jigsaw-ce", None, ())]
+                         + [(kind, name, ()) for kind in ("jigsaw-mi", "infomax") for name in estimators.names()]
+                         + [("jigsaw-mi", "eta-mine", ("data.augment_on=device",)),
+                            ("jigsaw-mi", "eta-mine", ("data.unique_tiles=false",))])
+def test_a_step_reads_the_device_once_and_reports_from_it(bound_cpu, kind, estimator, extra):
+    """Every bound of the registry, on both MI tasks, and the jigsaw options: one read of the device a
+    step (before, the EMA bounds read it two and three times, InfoNCE twice)."""
+    cfg = tiny_cfg(kind, estimator, *extra)
     permutations = permutations_of(cfg)
     torch.manual_seed(0)
     task = build_task_from_config(cfg, permutations)
