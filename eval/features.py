@@ -14,6 +14,7 @@ cached: its skipped samples are returned (and listed in `results.json`) instead.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -64,7 +65,21 @@ def encode_batch(encoder: nn.Module, batch: dict, kind: str, device: torch.devic
     raise ValueError(f"unknown feature kind {kind!r}; use one of {KINDS}")
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """cuDNN convolutions and cuBLAS matmuls in full fp32 within (cuDNN takes TF32 by default on the
+    GPUs that have it): a checkpoint's features do not depend on a device's reduced-precision paths."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
+@full_fp32()
 def extract_features(
     encoder: nn.Module,
     batches: Iterable[dict],

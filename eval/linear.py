@@ -484,10 +484,8 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
         ray.init(address=ray_address, log_to_driver=False)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     data = storage.resolve(data)
-    on_gpu = has_gpu and str(prep_kw["device"] or "cuda").startswith("cuda")
-    # the extraction task runs its loader processes too: reserve a CPU for each
-    _, loader_workers = extraction_settings(prep_kw["batch_size"], prep_kw["num_workers"], on_gpu=on_gpu)
-    extract = ray.remote(num_cpus=1 + loader_workers, num_gpus=1 if on_gpu else 0)(_prepare_remote)
+    prep_kw, resources = extraction_task(prep_kw, ray.nodes())
+    extract = ray.remote(**resources)(_prepare_remote)
     probe = ray.remote(num_cpus=1, num_gpus=0.25 if has_gpu else 0)(_probe_remote)
     feature_refs = [extract.remote(storage.resolve(c), data, prep_kw) for c in checkpoints]
     probe_refs = [[probe.remote(ref, s, probe_kw) for s in seed_list] for ref in feature_refs]
@@ -500,6 +498,22 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
         bar.update(len(done))
     bar.close()
     return ray.get(feature_refs), [ray.get(refs) for refs in probe_refs]
+
+
+def extraction_task(prep_kw: dict, nodes: list[dict]) -> tuple[dict, dict]:
+    """``(prep_kw with the extraction batch and loader processes resolved, the task's Ray resources)``.
+
+    On a cluster with GPUs (``nodes``: ``ray.nodes()``) the task takes one, unless ``device`` says
+    cpu. It reserves a CPU for itself and one for each loader process; the device's default number
+    of loader processes is lowered to what the largest GPU node can hold (a task no node can hold
+    would wait for ever), a number given is kept.
+    """
+    gpu_node_cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1]
+    on_gpu = bool(gpu_node_cpus) and str(prep_kw["device"] or "cuda").startswith("cuda")
+    batch_size, workers = extraction_settings(prep_kw["batch_size"], prep_kw["num_workers"], on_gpu=on_gpu)
+    if on_gpu and prep_kw["num_workers"] is None:
+        workers = min(workers, max(0, max(gpu_node_cpus) - 1))
+    return {**prep_kw, "batch_size": batch_size, "num_workers": workers}, {"num_cpus": 1 + workers, "num_gpus": 1 if on_gpu else 0}
 
 
 def _prepare_remote(checkpoint: str, data: str, prep_kw: dict) -> dict:

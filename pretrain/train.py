@@ -142,44 +142,44 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     # before Ray: a bad tracking URI fails fast
     tracking = Tracking(cfg, Path(driver_files.dir), metrics_file, checkpoints=run_dir)
 
-    if not ray.is_initialized():
-        init_address, init_kwargs = preflight.ray_init_args(address, ray_init_kwargs)
-        ray.init(address=init_address, **init_kwargs)
-        if not preflight.joins_cluster(address):
-            preflight.warn_if_not_loopback()
-    use_gpu = cfg.train.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    if cfg.train.bf16_grad_allreduce and not use_gpu:
-        raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL) and this cluster has none; "
-                          "set train.bf16_grad_allreduce=false")
-    # a rank runs its torch threads and data.loader_workers loader processes: reserve them all
-    resources = {"CPU": cfg.train.threads_per_worker + cfg.data.loader_workers}
-    if use_gpu:
-        resources["GPU"] = 1
-    preflight.wait_for_resources(cfg.train.num_workers, resources, cfg.train.resource_wait_s)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
-                           # a local folder: rank 0 writes checkpoints there itself (no copy by Ray)
-                           "checkpoints": None if storage.is_url(checkpoints) else str(checkpoints),
-                           "start": {"path": resume.path and str(resume.path), "step": resume.step}},
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=storage.basename(run_dir),
-            storage_path=experiments,
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            # the driver prints readable progress (pretrain.progress); Ray's INFO lines drown it
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-    )
-    per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
-    listeners = [ProgressLine(run_schedule(cfg)[0], per_image), *tracking.listeners()]
     succeeded = False
     stopped = storage.join(run_dir, NONFINITE_FILE)
-    try:
+    try:  # from here on, every way out ends the tracking run and uploads the driver's files
+        if not ray.is_initialized():
+            init_address, init_kwargs = preflight.ray_init_args(address, ray_init_kwargs)
+            ray.init(address=init_address, **init_kwargs)
+            if not preflight.joins_cluster(address):
+                preflight.warn_if_not_loopback()
+        use_gpu = cfg.train.use_gpu
+        if use_gpu is None:
+            use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        if cfg.train.bf16_grad_allreduce and not use_gpu:
+            raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL) and this cluster has none; "
+                              "set train.bf16_grad_allreduce=false")
+        # a rank runs its torch threads and data.loader_workers loader processes: reserve them all
+        resources = {"CPU": cfg.train.threads_per_worker + cfg.data.loader_workers}
+        if use_gpu:
+            resources["GPU"] = 1
+        preflight.wait_for_resources(cfg.train.num_workers, resources, cfg.train.resource_wait_s)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
+                               # a local folder: rank 0 writes checkpoints there itself (no copy by Ray)
+                               "checkpoints": None if storage.is_url(checkpoints) else str(checkpoints),
+                               "start": {"path": resume.path and str(resume.path), "step": resume.step}},
+            scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(
+                name=storage.basename(run_dir),
+                storage_path=experiments,
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                # the driver prints readable progress (pretrain.progress); Ray's INFO lines drown it
+                logging_config=LoggingConfig(log_level="WARNING"),
+            ),
+        )
+        per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
+        listeners = [ProgressLine(run_schedule(cfg)[0], per_image), *tracking.listeners()]
         with follow(metrics_file, listeners), controller_poll(cfg.train.controller_poll_s):
             try:
                 result = trainer.fit()
@@ -281,44 +281,46 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=pins_memory(cfg, device))
     window = MetricWindow(device)
     t_window = time.perf_counter()
-    while step < total_steps:
-        t0 = time.perf_counter()
-        host_batch, next_position = next(stream)
-        batch = to_device(task.host_prepare(host_batch), device)
-        window.data_s += time.perf_counter() - t0
+    try:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            host_batch, next_position = next(stream)
+            batch = to_device(task.host_prepare(host_batch), device)
+            window.data_s += time.perf_counter() - t0
 
-        maybe_crash(cfg, run_dir, step, rank, world)
-        for group in main_opt.param_groups:
-            group["lr"] = lr_at(step, peak_lr, cfg.optim.warmup_steps)
-        out = train_step(model, task, batch, step, main_opt, eta_opt, bf16=cfg.train.bf16)
-        if not out["finite"]:
-            if rank == 0:
-                logs.push()  # the reports before it
-                storage.write_text(storage.join(run_dir, NONFINITE_FILE), json.dumps(
-                    {"step": step, "loss": out["global_loss"], "last_checkpoint": last_checkpoint}))
-            ray.train.report({"step": step, "nonfinite": 1})
-            return
-        step += 1
-        position = next_position
-        window.add(out["metrics"], samples=batch_size_of(batch))
+            maybe_crash(cfg, run_dir, step, rank, world)
+            for group in main_opt.param_groups:
+                group["lr"] = lr_at(step, peak_lr, cfg.optim.warmup_steps)
+            out = train_step(model, task, batch, step, main_opt, eta_opt, bf16=cfg.train.bf16)
+            if not out["finite"]:
+                if rank == 0:
+                    storage.write_text(storage.join(run_dir, NONFINITE_FILE), json.dumps(
+                        {"step": step, "loss": out["global_loss"], "last_checkpoint": last_checkpoint}))
+                ray.train.report({"step": step, "nonfinite": 1})
+                return
+            step += 1
+            position = next_position
+            window.add(out["metrics"], samples=batch_size_of(batch))
 
-        if step % cfg.train.report_every == 0 or step == total_steps:
-            metrics = window.reduce(world, time.perf_counter() - t_window)
-            metrics.update(eta_across_ranks(task))
-            metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"]})
-            if eta_opt is not None:
-                metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
-            checkpoint_now = step % cfg.train.checkpoint_every == 0 or step == total_steps
-            if writer is not None:  # the files go up with every checkpoint, else at most every upload_every_s
-                log_rank0(writer, logs, metrics, step, host_batch, cfg,
-                          upload_after_s=0.0 if checkpoint_now else cfg.train.upload_every_s)
-            if checkpoint_now:
-                last_checkpoint = report_with_checkpoint(
-                    cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, permutations)
-            window = MetricWindow(device)
-            t_window = time.perf_counter()
-    if writer is not None:
-        writer.close()
+            if step % cfg.train.report_every == 0 or step == total_steps:
+                metrics = window.reduce(world, time.perf_counter() - t_window)
+                metrics.update(eta_across_ranks(task))
+                metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"]})
+                if eta_opt is not None:
+                    metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
+                checkpoint_now = step % cfg.train.checkpoint_every == 0 or step == total_steps
+                if writer is not None:  # the files go up with every checkpoint, else at most every upload_every_s
+                    log_rank0(writer, logs, metrics, step, host_batch, cfg,
+                              upload_after_s=0.0 if checkpoint_now else cfg.train.upload_every_s)
+                if checkpoint_now:
+                    last_checkpoint = report_with_checkpoint(
+                        cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, permutations)
+                window = MetricWindow(device)
+                t_window = time.perf_counter()
+    finally:  # every way out (the end, a non-finite stop, an error): the last curves reach the run directory
+        if writer is not None:
+            writer.close()
+            logs.push()
 
 
 # ============================================================================ building blocks

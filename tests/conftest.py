@@ -36,6 +36,7 @@ HOME_TOKEN = Path.home() / ".ray" / "auth_token"
 HOME_TOKEN_BEFORE = HOME_TOKEN.exists()
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own hook has torn down the session fixtures (Ray)
 def pytest_sessionfinish(session, exitstatus):
     """Fail a session that wrote a Ray token into the home folder. Remove the session's temporary folder
     after a passing run; keep it for a look after a failure."""

@@ -59,10 +59,10 @@ class DVMINEEMA(nn.Module):
         if self.training:
             with torch.no_grad():
                 current = log_marg.detach().to(self.log_ema.dtype)
-                updated = torch.logaddexp(self.log_ema + math.log1p(-self.alpha), current + math.log(self.alpha))
+                keep = math.log1p(-self.alpha) if self.alpha < 1 else -math.inf  # alpha = 1: the batch alone
+                updated = torch.logaddexp(self.log_ema + keep, current + math.log(self.alpha))
                 self.log_ema.copy_(torch.where(torch.isnan(self.log_ema), current, updated))  # the first call starts it
-        log_ema = torch.where(torch.isnan(self.log_ema), log_marg.detach().to(self.log_ema.dtype), self.log_ema)
-        log_ema = log_ema.to(scores.dtype)
+        log_ema = torch.where(torch.isnan(self.log_ema), log_marg.detach(), self.log_ema.to(scores.dtype))
         surrogate = torch.exp(log_marg - log_ema) - joint
         dv = log_marg - joint
         loss = surrogate - surrogate.detach() + dv.detach()

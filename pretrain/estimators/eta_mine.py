@@ -165,7 +165,8 @@ class EtaMINEEMA(EtaMINE):
     @torch.no_grad()
     def closed_form_step(self) -> None:
         batch = self.batch_log_marg.to(self.log_ema.device)
-        updated = torch.logaddexp(self.log_ema + math.log1p(-self.alpha), batch + math.log(self.alpha))
+        keep = math.log1p(-self.alpha) if self.alpha < 1 else -math.inf  # alpha = 1: the batch alone
+        updated = torch.logaddexp(self.log_ema + keep, batch + math.log(self.alpha))
         self.log_ema.copy_(torch.where(torch.isnan(batch), self.log_ema, updated))
         self.set_eta(torch.where(torch.isnan(self.log_ema), self.eta.double(), self.log_ema))  # no training call yet: keep η
 

@@ -306,3 +306,41 @@ def test_progress_lines_when_logged_and_probe_curves_beside_the_run(eval_world, 
     assert [e.step for e in curves.Scalars("probe/test_top1")] == [1, 2, 3]
     # a checkpoint outside a run directory (eval_world's have no config.yaml) leaves nothing behind
     assert not (eval_world["infomax_run"] / "tb").exists()
+
+
+def test_extraction_runs_in_full_fp32_and_restores_the_settings(eval_world):
+    """cuDNN's TF32 default (on GPUs that have it) is off while features are extracted, then restored."""
+    from eval.features import extract_features
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return x.flatten(1)[:, :4]
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    batch = {"images": torch.zeros(2, 3, 32, 32), "label": torch.tensor([0, 1]), "key": ["a", "b"]}
+    out = extract_features(Spy(), [batch], "infomax", progress=False)
+    assert out["features"].shape == (2, 4) and seen == [(False, False)]
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_the_ray_extraction_task_reserves_what_it_runs_and_fits_a_node():
+    from eval.linear import extraction_task
+
+    kw = {"batch_size": None, "num_workers": None, "device": None, "cache_dir": None}
+
+    def node(cpus, gpus=0, alive=True):
+        return {"Alive": alive, "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+    assert extraction_task(kw, [node(2)]) == ({**kw, "batch_size": 64, "num_workers": 0}, {"num_cpus": 1, "num_gpus": 0})
+    assert extraction_task(kw, [node(2), node(32, 8)]) == ({**kw, "batch_size": 256, "num_workers": 4},
+                                                           {"num_cpus": 5, "num_gpus": 1})
+    # a GPU node of 3 CPUs holds the task with 2 loader processes; 4 would never be scheduled
+    assert extraction_task(kw, [node(64), node(3, 1)])[1] == {"num_cpus": 3, "num_gpus": 1}
+    assert extraction_task(kw, [node(3, 1, alive=False), node(2)])[1] == {"num_cpus": 1, "num_gpus": 0}
+    # given settings are kept; device=cpu takes no GPU
+    assert extraction_task({**kw, "num_workers": 6, "batch_size": 32}, [node(3, 1)]) == (
+        {**kw, "num_workers": 6, "batch_size": 32}, {"num_cpus": 7, "num_gpus": 1})
+    assert extraction_task({**kw, "device": "cpu"}, [node(32, 8)])[1] == {"num_cpus": 1, "num_gpus": 0}

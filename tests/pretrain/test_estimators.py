@@ -139,6 +139,19 @@ def test_dv_ema_gradient_uses_moving_average():
     assert est.log_ema.item() == pytest.approx(math.log(ema.item()))
 
 
+@pytest.mark.parametrize("name", ["dv-mine-ema", "eta-mine-ema"])
+def test_ema_with_alpha_one_is_the_last_batch(name):
+    """alpha = 1 (allowed) keeps nothing of the past: the average is the last batch's mean_marg e^f."""
+    est = E.build(name, alpha=1.0).double()
+    eye = torch.eye(5, dtype=torch.bool)
+    for seed in range(3):
+        s = torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        est(s)
+        if name == "eta-mine-ema":
+            E.eta_step(est, None, seed)
+    assert est.log_ema.item() == pytest.approx(math.log(torch.exp(s[~eye]).mean().item()), rel=1e-12)
+
+
 def test_stable_for_scores_of_plus_minus_100():
     g = torch.Generator().manual_seed(0)
     s = (torch.randint(0, 2, (16, 16), generator=g).float() * 200 - 100).requires_grad_()

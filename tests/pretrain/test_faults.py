@@ -137,15 +137,23 @@ def test_more_workers_than_the_cluster_has_is_one_line(ray_session, shards, tmp_
 
 
 def test_bf16_gradient_allreduce_on_a_cluster_without_gpus_is_one_line(ray_session, shards, tmp_path):
-    """train.use_gpu left null finds no GPU: the bf16 hook (NCCL only) is refused before any worker starts."""
+    """train.use_gpu left null finds no GPU: the bf16 hook (NCCL only) is refused before any worker
+    starts, and the MLflow run the launch had opened is closed as failed, not left running."""
+    from mlflow.tracking import MlflowClient
+
     from pretrain.train import launch
 
-    cfg = load_config(None, overrides(shards, tmp_path, "train.bf16_grad_allreduce=true"))
+    uri = f"file:{tmp_path / 'mlruns'}"
+    cfg = load_config(None, overrides(shards, tmp_path / "runs", "train.bf16_grad_allreduce=true", f"track.mlflow_uri={uri}",
+                                      "track.mlflow_experiment=f"))
     with pytest.raises(ConfigError, match=r"train.bf16_grad_allreduce needs GPUs \(NCCL\) and this cluster has none") as info:
         launch(cfg)
     assert "\n" not in str(info.value)
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = (tmp_path / "runs").iterdir()
     assert not list(run_dir.glob("checkpoint_*")) and not (run_dir / "metrics.jsonl").exists()
+    client = MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("f").experiment_id])
+    assert found.info.status == "FAILED"
 
 
 def test_split_with_nothing_decodable_ends_the_run_with_one_line(ray_session, shards, tmp_path):
