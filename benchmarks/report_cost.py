@@ -7,7 +7,8 @@ one report; (b) ``train.report_every=1``: a report after every step (metrics all
 and ``metrics.jsonl`` written, ``ray.train.report`` called). Each run is ``pretrain.train.launch``
 from the call to its result, as ``python -m pretrain`` runs it: the benchmark sets no Ray
 environment variable and no setting the shipped config does not have. Ray is started once before the
-runs (its start is the same for both and is printed apart). The runs alternate (a, b, a, b, ...);
+runs, as ``python -m pretrain`` starts it (Ray's defaults; its start is the same for both and is
+printed apart). The runs alternate (a, b, a, b, ...);
 medians. Printed: both whole-run times, their ratio a/b (1: reports cost nothing) and the cost of
 one report, (b - a) / (steps - 1).
 
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.repeats = 3, 1
+    from pretrain import preflight
+
+    preflight.local_ray_on_loopback()  # before Ray is imported, as `python -m pretrain` does
     import ray
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-report-"))
@@ -81,10 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     every = run_config(shards, work / "runs", args.steps, 1, args.threads)
     own = not ray.is_initialized()  # a caller's Ray (the tests') is used as it is
     t0 = time.perf_counter()
-    if own:
-        ray_dir = tempfile.mkdtemp(prefix="rr")  # short: Ray's socket paths must stay under 107 bytes
-        ray.init(num_cpus=args.threads + one.data.loader_workers, _temp_dir=ray_dir, include_dashboard=False,
-                 log_to_driver=False)
+    if own:  # the local Ray `python -m pretrain` starts, with Ray's defaults
+        address, kwargs = preflight.ray_init_args(None, None)
+        ray.init(address=address, **kwargs)
     ray_init_s = time.perf_counter() - t0
     try:
         a, b = [], []
@@ -94,7 +97,6 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if own:
             ray.shutdown()
-            shutil.rmtree(ray_dir, ignore_errors=True)
     ma, mb = float(np.median(a)), float(np.median(b))
     per_report = (mb - ma) / max(args.steps - 1, 1)
     out = {"steps": args.steps, "threads": args.threads, "repeats": args.repeats, "ray_init_s": ray_init_s,

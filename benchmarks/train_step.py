@@ -157,12 +157,13 @@ def ray_loop(cfg) -> dict:
 
     from pretrain.train import launch
 
+    from pretrain import preflight
+
     own = not ray.is_initialized()  # a caller's Ray (the tests') is used as it is
     t0 = time.time()
-    if own:
-        ray_dir = tempfile.mkdtemp(prefix="rb")
-        ray.init(num_cpus=cfg.train.threads_per_worker + cfg.data.loader_workers, _temp_dir=ray_dir,
-                 include_dashboard=False, log_to_driver=False)
+    if own:  # the local Ray `python -m pretrain` starts, with Ray's defaults (dashboard, logs to the driver)
+        address, kwargs = preflight.ray_init_args(None, None)
+        ray.init(address=address, **kwargs)
     ray_init_s = time.time() - t0
     try:
         started = time.time()
@@ -171,7 +172,6 @@ def ray_loop(cfg) -> dict:
     finally:
         if own:
             ray.shutdown()
-            shutil.rmtree(ray_dir, ignore_errors=True)
     return {"ray_init_s": ray_init_s, **split(started, event_times(run), ended, cfg.train.steps)}
 
 
@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a smoke run in seconds: 2 steps, 2 puzzles, small matmuls, resnet18 in the FLOP/s part")
     args = p.parse_args(argv)
+    from pretrain.preflight import local_ray_on_loopback
+
+    local_ray_on_loopback()  # before Ray is imported, as `python -m pretrain` does
     # (matmul side fp32, bf16; seconds a matmul is repeated; encoder of the FLOP/s part)
     flops_setup = (2048, 1024, 3.0, "resnet50")
     if args.quick:
