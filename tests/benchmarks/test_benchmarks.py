@@ -64,13 +64,15 @@ def test_gpu_throughput_runs_on_cpu(tmp_path, capsys):
     load("gpu_throughput").main(["--device", "cpu", "--quick", "--work", str(tmp_path), "--json", str(figures)])
     out = capsys.readouterr().out
     assert re.search(r"^ +2 images x 2 perms, .* compiled/eager = \d+\.\d\d$", out, re.M), out
+    assert re.search(r"^images/s at 4 against 2 images a step: eager \d+\.\d\d, compiled \d+\.\d\d$", out, re.M), out
     assert re.search(r"^data: augment on device / on host = \d+\.\d\d$", out, re.M), out
     saved = json.loads(figures.read_text())
-    assert [r["images"] for r in saved["steps"]] == [2] and saved["steps"][0]["flops_per_step"] > 0
+    assert [r["images"] for r in saved["steps"]] == [2, 4] and saved["steps"][0]["flops_per_step"] > 0
+    assert saved["largest_over_smallest"]["eager"] > 0
     assert {d["augment_on"] for d in saved["data"]} == {"host", "device"}
     assert all(d["images_per_s"] > 0 for d in saved["data"])
-    assert re.search(r"^ +2 images, augment on device: eager \d+\.\d ms, [+-]\d+\.\d ms against augment on host$", out, re.M)
-    assert saved["device_augment_step"]["images"] == 2 and saved["device_augment_step"]["eager_step_s"] > 0
+    assert re.search(r"^ +4 images, augment on device: eager \d+\.\d ms, [+-]\d+\.\d ms against augment on host$", out, re.M)
+    assert saved["device_augment_step"]["images"] == 4 and saved["device_augment_step"]["eager_step_s"] > 0
 
 
 def test_eta_gradient_variance_side_by_side(tmp_path, capsys):
