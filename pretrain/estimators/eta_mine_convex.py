@@ -65,6 +65,7 @@ def fit_convex(
         return value
 
     optimiser.step(closure)
+    closure()  # w.grad at the final w (strong-Wolfe's line search may end on another point)
     w_final = w.detach()
     eta = float(torch.logsumexp(pm @ w_final, dim=0) - math.log(pm.shape[0]))
     iterations = optimiser.state[optimiser._params[0]].get("n_iter", 0)
