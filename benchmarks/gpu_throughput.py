@@ -51,14 +51,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_step(cfg, device: torch.device, compiled: bool, reps: int, backend: str, warmup: int = 3) -> dict:
+def measure_step(cfg, device: torch.device, compiled: bool, reps: int, backend: str, warmup: int = 3,
+                 count_flops: bool = False) -> dict:
     """Seconds per step of ``cfg``'s task, after warm-up steps, as the loop runs it: each step prepares
-    the same host batch (pinned on CUDA, as the loader pins it), copies it to the device and steps."""
+    the same host batch (pinned as the loop's loader pins it), copies it to the device and steps.
+    ``count_flops``: one more step first, under the FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from pretrain.plan import example_batch
     from pretrain.train import (build_optimizers, build_task_from_config, compile_model, permutations_of,
-                                to_device, train_step)
+                                pins_memory, to_device, train_step)
 
     torch.manual_seed(0)
     permutations = permutations_of(cfg)
@@ -66,7 +68,7 @@ def measure_step(cfg, device: torch.device, compiled: bool, reps: int, backend: 
     main_opt, eta_opt = build_optimizers(cfg, task)
     task.train()
     host_batch = example_batch(cfg, permutations)
-    if device.type == "cuda":
+    if pins_memory(cfg, device):
         host_batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in host_batch.items()}
     bf16 = cfg.train.bf16
     if compiled:
@@ -77,7 +79,7 @@ def measure_step(cfg, device: torch.device, compiled: bool, reps: int, backend: 
         train_step(model, task, to_device(task.host_prepare(host_batch), device), i, main_opt, eta_opt, bf16=bf16)
 
     flops = None
-    if not compiled:
+    if count_flops:
         with FlopCounterMode(display=False) as counter:
             step(0)
         flops = float(counter.get_total_flops())
@@ -157,10 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
            "setup": {"encoder": args.encoder, "perms": args.perms, "reps": args.reps, "peak_tflops": args.peak_tflops,
                      "bf16": bf16, "compile_backend": backend, "quick": args.quick}, "steps": [], "data": []}
     for images in sizes:
-        cfg = step_config(args.encoder, images, args.perms, bf16=bf16)
+        cfg = step_config(args.encoder, images, args.perms, loader_workers=args.loader_workers, bf16=bf16)
         row = {"images": images}
         for mode in ("eager", "compiled"):
-            m = measure_step(cfg, device, mode == "compiled", args.reps, backend, warmup)
+            m = measure_step(cfg, device, mode == "compiled", args.reps, backend, warmup, count_flops=mode == "eager")
             row[mode] = {"step_s": m["step_s"], "warmup_s": m["warmup_s"], "images_per_s": images / m["step_s"]}
             if m["flops_per_step"] is not None:
                 row["flops_per_step"] = m["flops_per_step"]
@@ -173,18 +175,18 @@ def main(argv: list[str] | None = None) -> dict:
               f"eager {e['step_s'] * 1e3:.1f} ms ({e['images_per_s']:,.0f} img/s, MFU {e['mfu']:.1%}); "
               f"compiled {c['step_s'] * 1e3:.1f} ms ({c['images_per_s']:,.0f} img/s, MFU {c['mfu']:.1%}); "
               f"compiled/eager = {row['compiled_over_eager']:.2f}", flush=True)
+    smallest, largest = out["steps"][0], out["steps"][-1]
     if len(sizes) > 1:  # larger batches a worker (data.images_per_batch with optim.lr_scaling): what they buy
-        first, last = out["steps"][0], out["steps"][-1]
-        out["largest_over_smallest"] = {m: last[m]["images_per_s"] / first[m]["images_per_s"] for m in ("eager", "compiled")}
+        out["largest_over_smallest"] = {m: largest[m]["images_per_s"] / smallest[m]["images_per_s"]
+                                        for m in ("eager", "compiled")}
         print(f"images/s at {sizes[-1]} against {sizes[0]} images a step: eager "
               f"{out['largest_over_smallest']['eager']:.2f}, compiled {out['largest_over_smallest']['compiled']:.2f}",
               flush=True)
 
     # with data.augment_on=device the step also grays, standardises and scrambles the uint8 tiles:
     # its eager cost at the largest batch, added to the fastest step when asking if the data keeps up
-    largest = out["steps"][-1]
-    m = measure_step(step_config(args.encoder, sizes[-1], args.perms, augment_on="device", bf16=bf16), device, False,
-                     args.reps, backend, warmup)
+    m = measure_step(step_config(args.encoder, sizes[-1], args.perms, augment_on="device",
+                                 loader_workers=args.loader_workers, bf16=bf16), device, False, args.reps, backend, warmup)
     extra_s = m["step_s"] - largest["eager"]["step_s"]
     out["device_augment_step"] = {"images": sizes[-1], "eager_step_s": m["step_s"], "extra_s": extra_s}
     print(f"{sizes[-1]:4d} images, augment on device: eager {m['step_s'] * 1e3:.1f} ms, "

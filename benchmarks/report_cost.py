@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     every = run_config(shards, work / "runs", args.steps, 1, args.threads)
     own = not ray.is_initialized()  # a caller's Ray (the tests') is used as it is
     t0 = time.perf_counter()
-    if own:  # the local Ray `python -m pretrain` starts, with Ray's defaults
-        address, kwargs = preflight.ray_init_args(None, None)
-        ray.init(address=address, **kwargs)
+    preflight.init_ray()  # the local Ray `python -m pretrain` starts, with Ray's defaults
     ray_init_s = time.perf_counter() - t0
     try:
         a, b = [], []

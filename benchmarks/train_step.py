@@ -141,9 +141,10 @@ print(json.dumps(bench.plain_loop(from_plain(json.loads(sys.argv[2])), bench.Pat
 def plain_loop_in_process(cfg, run_dir: Path) -> dict:
     """(a) in a new process whose environment is what Ray gives its worker process."""
     from pretrain.config import to_plain
+    from pretrain.train import worker_cpus
 
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(cfg.train.threads_per_worker + cfg.data.loader_workers))
+    env.setdefault("OMP_NUM_THREADS", str(worker_cpus(cfg)))  # Ray's setting: the CPUs the rank reserves
     out = subprocess.run([sys.executable, "-c", _CHILD, str(Path(__file__).resolve()), json.dumps(to_plain(cfg)),
                           str(run_dir)], env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -161,9 +162,7 @@ def ray_loop(cfg) -> dict:
 
     own = not ray.is_initialized()  # a caller's Ray (the tests') is used as it is
     t0 = time.time()
-    if own:  # the local Ray `python -m pretrain` starts, with Ray's defaults (dashboard, logs to the driver)
-        address, kwargs = preflight.ray_init_args(None, None)
-        ray.init(address=address, **kwargs)
+    preflight.init_ray()  # the local Ray `python -m pretrain` starts, with Ray's defaults
     ray_init_s = time.time() - t0
     try:
         started = time.time()

@@ -194,12 +194,18 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
             yield self.collate(group, np.random.default_rng([self.seed, epoch, self.rank, b]))
 
 
+def pins_memory(device: torch.device | str, loader_workers: int) -> bool:
+    """Whether a loader pins its batches: for a CUDA device, and only when loader processes fill the
+    pinned pages while the step runs (with none, pinning is one more copy in the step's own time)."""
+    return torch.device(device).type == "cuda" and loader_workers > 0
+
+
 class BatchLoader:
     """An epoch of batches from a :class:`ShardBatchStream`, through a DataLoader when num_workers > 0.
 
     ``len()`` is the number of batches this epoch will yield (the stream's ``epoch`` and
     ``skip_batches`` say which epoch, and where in it to resume). ``pin_memory`` applies to the
-    DataLoader's batches, so only with ``num_workers > 0`` (``pretrain.train.pins_memory`` says why).
+    DataLoader's batches, so only with ``num_workers > 0`` (:func:`pins_memory` says why).
     """
 
     def __init__(self, stream: ShardBatchStream, num_workers: int, pin_memory: bool = False):

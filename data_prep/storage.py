@@ -266,8 +266,8 @@ class LocalMirror:
     Local ``path``: the directory itself, and :meth:`push` does nothing. URL: a temporary directory,
     seeded with the ``fetch`` files already at the URL (to append to them), whose new or grown files
     :meth:`push` uploads; an object cannot be appended to, so a changed file is uploaded whole. The
-    temporary directory is removed when the mirror is garbage-collected or the process exits (push
-    first); a killed process leaves it behind in the temporary folder.
+    temporary directory is removed when the mirror is garbage-collected or the process exits (what
+    was not pushed by then is not uploaded); a killed process leaves it behind in the temporary folder.
     """
 
     def __init__(self, path, fetch: tuple[str, ...] = ()):

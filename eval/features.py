@@ -197,10 +197,10 @@ def cached_features(
     """
     from data_prep.eval_stream import eval_loader
 
-    # pinned batches let the copy to a GPU overlap the forward pass (worth it with loader processes)
-    pin = torch.device(device).type == "cuda" and num_workers > 0
+    from data_prep.shard_stream import pins_memory
+
     loader = eval_loader(str(shard_dir), split, kind=kind, batch_size=batch_size, num_workers=num_workers, size=size,
-                         pin_memory=pin)
+                         pin_memory=pins_memory(device, num_workers))
     dataset = loader.dataset
     key = cache_key(checkpoint_sha256, manifest["dataset"], split, shard_checksums(dataset.paths, manifest, split),
                     kind, variant, size)

@@ -169,6 +169,19 @@ def ray_init_args(address: str | None, extra: dict | None) -> tuple[str | None, 
     return "local", kwargs
 
 
+def init_ray(address: str | None = None, extra: dict | None = None) -> None:
+    """``ray.init`` as ``python -m pretrain`` does it, unless Ray is already running: join ``address``
+    (:func:`ray_init_args`), or start a local Ray with Ray's defaults and warn if it is not on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    init_address, kwargs = ray_init_args(address, extra)
+    ray.init(address=init_address, **kwargs)
+    if not joins_cluster(address):
+        warn_if_not_loopback()
+
+
 def warn_if_not_loopback() -> None:
     """After a local ``ray.init``: say so when Ray took a network address (it was imported before
     :func:`local_ray_on_loopback` could take effect)."""

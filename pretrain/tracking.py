@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain.progress import WALL_TIME
 
+NOT_METRICS = ("step", WALL_TIME)  # the keys of a metrics.jsonl record that are not metrics
+
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 
 
@@ -64,7 +66,7 @@ def final_metrics(metrics_file: Path | str) -> dict[str, float]:
     if last is None:
         return {}
     return {f"final/{k}": float(v) for k, v in last.items()
-            if isinstance(v, (int, float)) and k not in ("step", WALL_TIME)}
+            if isinstance(v, (int, float)) and k not in NOT_METRICS}
 
 
 class Tracking:
@@ -156,7 +158,7 @@ class MLflowRun:
         step, now = int(record.get("step", 0)), int(record.get(WALL_TIME, time.time()) * 1000)
         # "eta" and "eta/rank0" cannot both exist in a file store ("eta" would be file and folder)
         metrics = [Metric(k.replace("/", "_"), float(v), now, step) for k, v in record.items()
-                   if k not in ("step", WALL_TIME) and isinstance(v, (int, float))]
+                   if k not in NOT_METRICS and isinstance(v, (int, float))]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 

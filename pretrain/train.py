@@ -43,7 +43,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from data_prep import storage
+from data_prep import shard_stream, storage
 from pretrain import dist, estimators, fatal, preflight
 from pretrain.checkpoint import (
     CONFIG_FILE,
@@ -145,19 +145,14 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     succeeded = False
     stopped = storage.join(run_dir, NONFINITE_FILE)
     try:  # from here on, every way out ends the tracking run and uploads the driver's files
-        if not ray.is_initialized():
-            init_address, init_kwargs = preflight.ray_init_args(address, ray_init_kwargs)
-            ray.init(address=init_address, **init_kwargs)
-            if not preflight.joins_cluster(address):
-                preflight.warn_if_not_loopback()
+        preflight.init_ray(address, ray_init_kwargs)
         use_gpu = cfg.train.use_gpu
         if use_gpu is None:
             use_gpu = ray.cluster_resources().get("GPU", 0) > 0
         if cfg.train.bf16_grad_allreduce and not use_gpu:
             raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL) and this cluster has none; "
                               "set train.bf16_grad_allreduce=false")
-        # a rank runs its torch threads and data.loader_workers loader processes: reserve them all
-        resources = {"CPU": cfg.train.threads_per_worker + cfg.data.loader_workers}
+        resources = {"CPU": worker_cpus(cfg)}
         if use_gpu:
             resources["GPU"] = 1
         preflight.wait_for_resources(cfg.train.num_workers, resources, cfg.train.resource_wait_s)
@@ -671,10 +666,14 @@ def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position:
         yield batch, {"epoch": epoch, "batch": index}
 
 
+def worker_cpus(cfg: DictConfig) -> int:
+    """CPUs a rank takes: its torch threads and its ``data.loader_workers`` loader processes."""
+    return cfg.train.threads_per_worker + cfg.data.loader_workers
+
+
 def pins_memory(cfg: DictConfig, device: torch.device) -> bool:
-    """Whether the loader pins its batches: on CUDA, and only when loader processes fill the pinned
-    pages while the step runs (with none, pinning is one more copy in the step's own time)."""
-    return device.type == "cuda" and cfg.data.loader_workers > 0
+    """Whether the training loader pins its batches (:func:`data_prep.shard_stream.pins_memory`)."""
+    return shard_stream.pins_memory(device, cfg.data.loader_workers)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import NamedTuple
 
 import torch
@@ -81,6 +82,13 @@ def resolve_masks(
         if not pos_mask.any() or not neg_mask.any():
             raise ValueError("need at least one joint pair (pos_mask) and one marginal pair (neg_mask)")
     return pos_mask, neg_mask
+
+
+def log_ema_update(log_ema: torch.Tensor, log_batch: torch.Tensor, alpha: float) -> torch.Tensor:
+    """log((1 - alpha) e^log_ema + alpha e^log_batch), the moving average of the EMA bounds kept in the
+    log domain; alpha = 1 keeps the batch alone (log 0 = -inf, where log1p(-1) would raise)."""
+    keep = math.log1p(-alpha) if alpha < 1 else -math.inf
+    return torch.logaddexp(log_ema + keep, log_batch + math.log(alpha))
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, reduce: bool = False) -> torch.Tensor:

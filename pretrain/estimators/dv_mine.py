@@ -9,12 +9,11 @@ ranks × batch B give the loss and gradient of one rank × W·B.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
-from .base import MIEstimate, masked_log_mean_exp, masked_mean, resolve_masks
+from .base import MIEstimate, log_ema_update, masked_log_mean_exp, masked_mean, resolve_masks
 from .registry import register
 
 
@@ -59,8 +58,7 @@ class DVMINEEMA(nn.Module):
         if self.training:
             with torch.no_grad():
                 current = log_marg.detach().to(self.log_ema.dtype)
-                keep = math.log1p(-self.alpha) if self.alpha < 1 else -math.inf  # alpha = 1: the batch alone
-                updated = torch.logaddexp(self.log_ema + keep, current + math.log(self.alpha))
+                updated = log_ema_update(self.log_ema, current, self.alpha)
                 self.log_ema.copy_(torch.where(torch.isnan(self.log_ema), current, updated))  # the first call starts it
         log_ema = torch.where(torch.isnan(self.log_ema), log_marg.detach(), self.log_ema.to(scores.dtype))
         surrogate = torch.exp(log_marg - log_ema) - joint

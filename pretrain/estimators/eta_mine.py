@@ -22,14 +22,13 @@ the MI-GAN).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
 from pretrain import dist
 
-from .base import MIEstimate, masked_log_mean_exp, masked_mean, resolve_masks
+from .base import MIEstimate, log_ema_update, masked_log_mean_exp, masked_mean, resolve_masks
 from .registry import register
 
 
@@ -165,8 +164,7 @@ class EtaMINEEMA(EtaMINE):
     @torch.no_grad()
     def closed_form_step(self) -> None:
         batch = self.batch_log_marg.to(self.log_ema.device)
-        keep = math.log1p(-self.alpha) if self.alpha < 1 else -math.inf  # alpha = 1: the batch alone
-        updated = torch.logaddexp(self.log_ema + keep, batch + math.log(self.alpha))
+        updated = log_ema_update(self.log_ema, batch, self.alpha)
         self.log_ema.copy_(torch.where(torch.isnan(batch), self.log_ema, updated))
         self.set_eta(torch.where(torch.isnan(self.log_ema), self.eta.double(), self.log_ema))  # no training call yet: keep η
 

@@ -1,6 +1,7 @@
-"""What the Ray Train end-to-end tests (``test_train_ray.py``, ``test_train_s3.py``) share: the small
-InfoMax run they launch, its ``metrics.jsonl``, and the check that two runs (uninterrupted, or crashed
-and resumed) ended in exactly the same state."""
+"""What the pretraining tests share: the small InfoMax run the Ray Train end-to-end tests
+(``test_train_ray.py``, ``test_train_s3.py``) launch, its ``metrics.jsonl``, the check that two runs
+(uninterrupted, or crashed and resumed) ended in exactly the same state, and the tiny task configs of
+the one-process step tests (``test_gpu_path.py``, ``test_gpu_options.py``)."""
 from __future__ import annotations
 
 import json
@@ -37,3 +38,16 @@ def assert_same_state(a: dict, b: dict) -> None:
             for k in sa[i]:
                 assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"{name} state {i}.{k}"
     assert a["data_position"] == b["data_position"]
+
+
+def tiny_cfg(kind: str, estimator: str | None, *extra: str):
+    """A config of ``kind`` on a depth-2 DCGAN small enough for one CPU step (shards never read)."""
+    from pretrain.config import load_config
+
+    common = ["data.shards=/nonexistent", f"task.kind={kind}", "model.encoder=dcgan", *extra]
+    if estimator:
+        common.append(f"task.estimator={estimator}")
+    if kind == "infomax":
+        return load_config(None, common + ["model.depth=2", "data.batch_size=8"])
+    return load_config(None, common + ["model.depth=2", "model.kwargs.image_size=64", "data.images_per_batch=2",
+                                       "data.perms_per_image=4", "data.num_permutations=10"])

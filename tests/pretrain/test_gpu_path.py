@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pretrain import dist, estimators
 from pretrain.checkpoint import capture_rng, save_checkpoint
-from pretrain.config import load_config
+from tests.pretrain.run_states import tiny_cfg
 from pretrain.plan import example_batch
 from pretrain.train import (MetricWindow, build_optimizers, build_task_from_config, eta_across_ranks,
                             permutations_of, resume, to_device, train_step)
@@ -66,16 +66,6 @@ def bound_cpu():
     dist.bind_device("cpu")
     yield
     dist.bind_device(None)
-
-
-def tiny_cfg(kind: str, estimator: str | None, *extra: str):
-    common = ["data.shards=/nonexistent", f"task.kind={kind}", "model.encoder=dcgan", *extra]
-    if estimator:
-        common.append(f"task.estimator={estimator}")
-    if kind == "infomax":
-        return load_config(None, common + ["model.depth=2", "data.batch_size=8"])
-    return load_config(None, common + ["model.depth=2", "model.kwargs.image_size=64", "data.images_per_batch=2",
-                                       "data.perms_per_image=4", "data.num_permutations=10"])
 
 
 def test_the_counter_sees_each_kind_of_host_read():
