@@ -13,7 +13,7 @@ shards by this project's own ``folder`` builder. Then, each in this one process 
   (b'') the same with ``gather=False``: each image's 9 tiles once plus the permutations, which is
       what pretraining reads (``data.unique_tiles``), instead of 160 materialised puzzles;
   (a3), (b3) decode only and the jigsaw stream on the same shards uploaded to an S3 server on
-      127.0.0.1 (moto's server mode, in its own process: ``data_prep.local_s3``, as the tests use;
+      127.0.0.1 (moto's server mode, in its own process: ``tests.support.local_s3``, as the tests use;
       ``pip install -e .[dev]``), read through fsspec/s3fs as ``data.shards=s3://...`` is: the client's
       cost of object storage, with no network latency (img/s/core counts this process only; wall time
       includes waiting for the server).
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     from data_prep.__main__ import main as data_prep_main
     from data_prep.jigsaw import permutation_set
-    from data_prep.local_s3 import local_s3_server
+    from tests.support.local_s3 import local_s3_server
 
     with tempfile.TemporaryDirectory() as tmp, local_s3_server():
         work = Path(args.workdir or tmp)

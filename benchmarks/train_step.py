@@ -91,7 +91,7 @@ def plain_loop(cfg, run_dir: Path) -> dict:
     """(a): the Ray loop's pieces in this process, no Ray, no DDP: same steps, logs and checkpoints."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from data_prep.storage import LocalMirror
+    from storage import LocalMirror
     from pretrain.checkpoint import capture_rng, checkpoint_dir_name, save_checkpoint
     from pretrain.config import to_plain
     from pretrain.train import (MetricWindow, batch_size_of, batch_stream, build_optimizers, build_task_from_config,

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from data_prep import storage
+import storage
 from pretrain.config import ConfigError, PretrainConfig, merge_config, run_home
 
 RUN_DIR = r"{name}-(\d{{8}}-\d{{6}})(?:-(\d+))?"  # pretrain.train.new_run_dir: <name>-<YYYYmmdd-HHMMSS>[-n]

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.storage import StorageError, check_url, is_url
+from storage import StorageError, check_url, is_url
 from eval.config import load_linear_config
 from pretrain.config import ConfigError, PretrainConfig, RunSection, merge_config
 

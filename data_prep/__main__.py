@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 
-from data_prep import shard_writer, storage
+import storage
+from data_prep import shard_writer
 
 
 def _common(p: argparse.ArgumentParser, fmt: str) -> None:
@@ -109,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"verify: {args.dir} matches its manifest")
         return 0
 
-    from data_prep.writable import NotWritableError, check_writable_dir
+    from storage.writable import NotWritableError, check_writable_dir
     try:
         check_writable_dir(args.out, "--out", "choose another output directory")
     except NotWritableError as exc:

@@ -2,7 +2,7 @@
 
 The shards are indexed once (tar member offsets), so a map-style DataLoader can read samples by
 position: batches come out in shard order whatever ``num_workers`` is. Shards may sit behind an
-``s3://``/``gs://`` URL (:mod:`data_prep.storage`; samples are then ranged reads).
+``s3://``/``gs://`` URL (:mod:`storage`; samples are then ranged reads).
 - ``kind="jigsaw"``: squash to 232×232, centre crop 192, gapless 3×3 grid of 64×64 tiles, each patch's
   channels standardised: ``patches`` float32 [B, 9, 3, 64, 64] (tiles in natural row-major order).
 - ``kind="infomax"``: ``images`` float32 [B, 3, 32, 32] normalised as the InfoMax stream in test mode.
@@ -18,7 +18,8 @@ import warnings
 import numpy as np
 import torch
 
-from data_prep import jigsaw, storage
+import storage
+from data_prep import jigsaw
 from data_prep.image_io import decode_resized
 from data_prep.infomax_stream import normalise
 from data_prep.manifest import read_manifest, shard_paths, split_member_name

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import storage
+import storage
 from data_prep.folder import items_from_files, list_class_tree
 
 WNID = re.compile(r"n\d{8}")

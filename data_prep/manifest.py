@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_prep import storage
+import storage
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
@@ -27,7 +27,7 @@ class ManifestError(ValueError):
 def read_manifest(shard_dir: str | Path) -> dict:
     """Load ``shard_dir/manifest.json``; raise :class:`ManifestError` with one line if missing/bad.
 
-    ``shard_dir`` may be an ``s3://``/``gs://`` URL; an unusable URL raises :class:`data_prep.storage.StorageError`.
+    ``shard_dir`` may be an ``s3://``/``gs://`` URL; an unusable URL raises :class:`storage.StorageError`.
     """
     path = storage.join(shard_dir, MANIFEST_NAME)
     if not storage.isfile(path):

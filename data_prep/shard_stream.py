@@ -2,7 +2,7 @@
 
 Built from webdataset's own stages (``ResampledShards`` or ``SimpleShardList``, its tar expander and
 key grouper, ``shuffle``) inside one ``DataPipeline`` per (rank, worker), followed by decoding, grouping
-and the task's batch maker. Shards are opened through :mod:`data_prep.storage`, so a shard directory
+and the task's batch maker. Shards are opened through :mod:`storage`, so a shard directory
 may be an ``s3://``/``gs://`` URL, streamed by fsspec (whose clients retry transient errors). Each rank yields exactly ``batches_per_epoch`` batches (DDP never waits at an epoch
 end); corrupt samples are skipped with a warning and counted, never crash a run. A split that yields
 nothing decodable (as many consecutive failures as it has samples, or every shard unreadable in turn)
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from data_prep import sharding, storage
+import storage
+from data_prep import sharding
 from data_prep.manifest import read_manifest, shard_paths, shard_sample_counts
 
 
@@ -37,9 +38,9 @@ LOG_EVERY = 1000
 
 
 def _open_shards(src: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
-    """webdataset's ``url_opener`` through :func:`data_prep.storage.open_read` (local paths and URLs).
+    """webdataset's ``url_opener`` through :func:`storage.open_read` (local paths and URLs).
 
-    A :class:`~data_prep.storage.StorageError` (no credentials, no access, a store still failing after
+    A :class:`~storage.StorageError` (no credentials, no access, a store still failing after
     its client's retries) ends the stream: skipping would spin over shards none can read.
     """
     for source in src:

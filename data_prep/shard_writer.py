@@ -2,10 +2,10 @@
 
 Shard ``i`` of a split always holds inputs ``[i*shard_size, (i+1)*shard_size)`` of the builder's
 deterministic input order (minus skipped bad images). Each shard is written to a ``*.tmp`` file and
-renamed when complete (:func:`data_prep.files.atomic_write`); a small record in ``DIR/.build/`` (written after the rename) says the shard is
+renamed when complete (:func:`storage.files.atomic_write`); a small record in ``DIR/.build/`` (written after the rename) says the shard is
 done. A re-run therefore reuses finished shards (checked by sha256) and rewrites the rest: nothing is
 duplicated or lost, whatever point the previous run died at. ``DIR`` may be an ``s3://``/``gs://`` URL
-(:mod:`data_prep.storage`): each shard is then uploaded whole once written, and ``manifest.json`` last.
+(:mod:`storage`): each shard is then uploaded whole once written, and ``manifest.json`` last.
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from data_prep import image_io, storage
-from data_prep.files import TMP_SUFFIX, sha256_file
+import storage
+from data_prep import image_io
+from storage.files import TMP_SUFFIX, sha256_file
 from data_prep.manifest import FORMAT, MANIFEST_NAME
 
 BUILD_DIR = ".build"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep import storage
+import storage
 from data_prep.image_io import BadImage, open_fully
 from data_prep.manifest import ManifestError, read_manifest, split_member_name
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_prep import storage
-from data_prep.files import atomic_write
-from pretrain.progress import bar as progress_bar
+import storage
+from storage.files import atomic_write
+from console.progress import bar as progress_bar
 
 # Bump when the crops or the pooling change: old cache entries then stop matching.
 FEATURE_PROTOCOL = 1

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_prep import storage
+import storage
 from eval.config import LinearConfig, extraction_settings, load_linear_config
 from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
@@ -442,14 +442,14 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
 
 def check_output_dir(out) -> None:
     """Before any work: the results directory must be writable (`NotWritableError`, one line)."""
-    from data_prep.writable import check_writable_dir
+    from storage.writable import check_writable_dir
 
     check_writable_dir(Path("runs") / "eval" if out is None else out, "out", "choose another with out=DIR")
 
 
 def _writable(cache_dir) -> bool:
     """An unwritable feature cache only costs time: warn and evaluate without it."""
-    from data_prep.writable import NotWritableError, check_writable_dir
+    from storage.writable import NotWritableError, check_writable_dir
 
     try:
         check_writable_dir(cache_dir, "cache_dir")
@@ -478,7 +478,7 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
     """Extraction tasks (one per checkpoint, a GPU each when the cluster has GPUs), then probe tasks
     (one per checkpoint and seed) on the features passed through the object store."""
     import ray
-    from pretrain.progress import bar as progress_bar
+    from console.progress import bar as progress_bar
 
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=False)

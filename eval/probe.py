@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eval.topk import topk_accuracy
-from pretrain.progress import bar as progress_bar
+from console.progress import bar as progress_bar
 
 
 def make_probe(feature_dim: int, num_classes: int, seed: int, lr: float = 1e-4, device: str | torch.device = "cpu") -> tuple[nn.Linear, torch.optim.Adam]:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.files import atomic_write_text
+from storage.files import atomic_write_text
 from eval.paper_results import paper_reference
 
 REQUIRED = ("checkpoint_name", "dataset", "pretraining", "epochs", "seeds", "top1", "top5", "top10", "knn")

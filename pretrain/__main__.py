@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from data_prep import storage
+import storage
 from pretrain.checkpoint import CONFIG_FILE
 from pretrain.config import ConfigError, PretrainConfig, defaults_help, load_config
 

@@ -16,7 +16,7 @@ a payload that does not match its checksum (truncated, flipped bytes) is never r
 Checkpoint directories are named ``checkpoint_<step, 9 digits>`` so the latest sorts last. They
 sit in the Ray Train experiment directory, which is the run directory itself unless
 ``run.storage_path`` points elsewhere (then ``<storage_path>/<run dir name>``). Run and checkpoint
-paths may be ``s3://``/``gs://`` URLs (:mod:`data_prep.storage`); they are then returned as ``str``.
+paths may be ``s3://``/``gs://`` URLs (:mod:`storage`); they are then returned as ``str``.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_prep import storage
-from data_prep.files import atomic_write, atomic_write_text, sha256_file
+import storage
+from storage.files import atomic_write, atomic_write_text, sha256_file
 from data_prep.jigsaw import permutations_sha256
 
 FORMAT = 1

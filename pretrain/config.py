@@ -34,7 +34,7 @@ class RunSection:
 def run_home(run) -> str:
     """Where a config's run directories go: a URL ``run.storage_path`` (with checkpoints in a bucket
     there is no shared disk for the rest of the run either, so it holds the whole run), else ``run.root``."""
-    from data_prep import storage
+    import storage
 
     return run.storage_path if run.storage_path and storage.is_url(run.storage_path) else run.root
 
@@ -180,7 +180,7 @@ def merge_config(schema: type, path: str | os.PathLike | None = None,
     override, or a missing/unreadable YAML file. Paths are left as given; ``path`` may be a URL
     (a run's saved config).
     """
-    from data_prep import storage
+    import storage
 
     cfg = OmegaConf.structured(schema)
     if path is not None:
@@ -254,7 +254,7 @@ def absolute_paths(cfg: DictConfig) -> DictConfig:
     command line must be resolved where it was given. ``s3://``/``gs://`` URLs are kept as they are;
     any other ``scheme://`` is a :class:`ConfigError` (never a local folder named ``scheme:``).
     """
-    from data_prep import storage
+    import storage
 
     for section, key in (("data", "shards"), ("data", "permutations"), ("run", "root"), ("run", "storage_path")):
         node = cfg[section]
@@ -355,7 +355,7 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
             raise ConfigError("track.mlflow_uri is set but mlflow is not installed: pip install -e .[mlflow]")
     if not check_shards:
         return
-    from data_prep import storage
+    import storage
     from data_prep.manifest import ManifestError, read_manifest, shard_paths
 
     try:

@@ -47,7 +47,7 @@ def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dic
     """
     from safetensors.torch import save
 
-    from data_prep.files import atomic_write_bytes
+    from storage.files import atomic_write_bytes
     from pretrain.checkpoint import encoder_from_payload, load_checkpoint
 
     out = Path(out)

@@ -14,7 +14,7 @@ import contextlib
 import json
 from typing import Iterator
 
-from data_prep import storage
+import storage
 from data_prep.shard_stream import UndecodableSplitError
 
 FATAL_FILE = "fatal.json"

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from data_prep import storage
+import storage
 from pretrain.config import ConfigError
 
 # With this set to 0 Ray takes 127.0.0.1 as the node address and binds its servers there. Ray reads
@@ -35,7 +35,7 @@ class ResumePoint:
     skipped: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        from data_prep.storage import basename
+        from storage import basename
 
         where = f"resuming from {basename(self.path)} (step {self.step})" if self.path else "no intact checkpoint: starting at step 0"
         return where + (f"; skipped {'; '.join(self.skipped)}" if self.skipped else "")
@@ -103,13 +103,13 @@ def check_batch_fits_split(cfg: DictConfig) -> None:
 
 def check_writable(cfg: DictConfig, run_dir: Path | None) -> None:
     """The run directory (or run.root for a new run) and a local run.storage_path can be written."""
-    from data_prep.writable import NotWritableError, check_writable_dir
+    from storage.writable import NotWritableError, check_writable_dir
 
     targets = [(run_dir, "run directory")] if run_dir is not None else [(cfg.run.root, "run.root")]
     if cfg.run.storage_path:
         targets.append((cfg.run.storage_path, "run.storage_path"))
     for path, what in targets:
-        if storage.is_url(str(path)):  # object stores: data_prep.storage checks the bucket
+        if storage.is_url(str(path)):  # object stores: storage checks the bucket
             continue
         try:
             check_writable_dir(path, what, "choose another (run.root=DIR or run.storage_path=DIR)")

@@ -24,7 +24,7 @@ def run_dir_lock(run_dir) -> Iterator[None]:
     A run directory behind a URL (``s3://``, ``gs://``) is not locked: object stores offer no lock
     that the kernel releases when its holder dies.
     """
-    from data_prep import storage
+    import storage
 
     if storage.is_url(run_dir):
         yield

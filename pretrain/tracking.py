@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.progress import WALL_TIME
+from console.progress import WALL_TIME
 
 NOT_METRICS = ("step", WALL_TIME)  # the keys of a metrics.jsonl record that are not metrics
 
@@ -52,7 +52,7 @@ def flat_config(cfg: DictConfig | dict) -> dict[str, Any]:
 
 def final_metrics(metrics_file: Path | str) -> dict[str, float]:
     """The last report's values in ``metrics_file`` (a path or URL) as ``{"final/loss": ..., ...}`` (empty if none)."""
-    from data_prep import storage
+    import storage
 
     last = None
     if storage.isfile(metrics_file):

@@ -6,7 +6,7 @@ Reads top to bottom:
    ``TorchTrainer`` with ``FailureConfig(max_failures)``; re-running with the same run directory
    continues from its latest checkpoint (Ray Train restores it from the storage snapshot). While it
    runs, the driver prints a progress line per report and feeds the trackers, both read from
-   ``metrics.jsonl`` (:mod:`pretrain.progress`, :mod:`pretrain.tracking`).
+   ``metrics.jsonl`` (:mod:`console.progress`, :mod:`pretrain.tracking`).
 2. :func:`train_loop_per_worker` (each rank): build the task (encoder + heads + estimator, η
    included) and wrap it whole in DDP, so η's gradient is averaged like every other parameter and
    η stays identical on every rank; restore a checkpoint if Ray hands one over; then step.
@@ -43,7 +43,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from data_prep import shard_stream, storage
+import storage
+from data_prep import shard_stream
 from pretrain import dist, estimators, fatal, preflight
 from pretrain.checkpoint import (
     CONFIG_FILE,
@@ -56,7 +57,7 @@ from pretrain.checkpoint import (
     save_checkpoint,
 )
 from pretrain.config import ConfigError, from_plain, run_home, to_plain, validate
-from pretrain.progress import WALL_TIME
+from console.progress import WALL_TIME
 from pretrain.run_lock import run_dir_lock
 from pretrain.tasks import spec as task_spec
 
@@ -102,7 +103,7 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     ``run_dir``: an existing run directory to continue (``--resume``) or a new one to use;
     None makes ``<run.root>/<run.name>-<time>``. Config errors raise ``ConfigError`` before Ray
     starts. ``address``: a Ray cluster to join; None starts a local Ray (unless one is running).
-    Prints the run directory at the start and one line per report (:mod:`pretrain.progress`).
+    Prints the run directory at the start and one line per report (:mod:`console.progress`).
     One-line errors: ``ConfigError`` (before Ray starts, or when the cluster lacks the resources),
     ``RunDirInUse`` (another driver holds the run directory), ``fatal.RunFailed`` (an error in the
     workers that no retry can fix), :class:`TrainingStopped` (a non-finite loss).
@@ -121,7 +122,7 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pretrain.progress import ProgressLine, follow
+    from console.progress import ProgressLine, follow
     from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking
 
     storage.remove(storage.join(run_dir, NONFINITE_FILE))
@@ -169,7 +170,7 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
                 storage_path=experiments,
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                # the driver prints readable progress (pretrain.progress); Ray's INFO lines drown it
+                # the driver prints readable progress (console.progress); Ray's INFO lines drown it
                 logging_config=LoggingConfig(log_level="WARNING"),
             ),
         )
@@ -215,7 +216,7 @@ def controller_poll(seconds: float):
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point: one DDP rank of the pretraining loop (see the module docstring)."""
-    from pretrain.progress import quiet_ray_report_logs
+    from console.progress import quiet_ray_report_logs
 
     quiet_ray_report_logs()
     cfg = from_plain(loop_config["config"])

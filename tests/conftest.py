@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.local_s3 import local_s3_server
+from tests.support.local_s3 import local_s3_server
 
 # Every local Ray the tests start (in this process, in the CLI processes they spawn, in `ray start`
 # heads) binds 127.0.0.1 only; Ray reads this when it is imported, so it is set before any test module
@@ -94,7 +94,7 @@ class S3Server:
 
 @pytest.fixture(scope="module")
 def s3():
-    """moto's server mode on a free 127.0.0.1 port (:func:`data_prep.local_s3.local_s3_server`), found
+    """moto's server mode on a free 127.0.0.1 port (:func:`tests.support.local_s3.local_s3_server`), found
     through ``AWS_ENDPOINT_URL`` as any S3-compatible store would be, with dummy credentials and no AWS
     config files; stopped (and the environment restored) after the module."""
     with local_s3_server() as endpoint:

@@ -40,7 +40,7 @@ from torch import nn
 
 from experiments.mi_gaussian.critics import BatchedMLP, build_critic
 from pretrain import estimators
-from pretrain.progress import bar as progress_bar
+from console.progress import bar as progress_bar
 
 CONVEX = "eta-mine-convex"
 PROTOCOLS = ("paper", "staircase")

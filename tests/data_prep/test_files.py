@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.files import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file, sha256_stream
+from storage.files import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file, sha256_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,7 +60,7 @@ def test_atomic_write_killed_writer_leaves_old_file(tmp_path):
     path.write_bytes(b"old checkpoint")
     script = textwrap.dedent(f"""
         import sys, time
-        from data_prep.files import atomic_write
+        from storage.files import atomic_write
         with atomic_write({str(path)!r}) as f:
             f.write(b"x" * 100000)
             f.flush()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep import storage
+import storage
 from data_prep.__main__ import main
 from data_prep.eval_stream import eval_loader
 from data_prep.infomax_stream import infomax_loader
@@ -119,7 +119,7 @@ def test_a_mirror_of_a_bucket_uploads_and_leaves_no_folder_behind(s3, tmp_path):
 
     url = s3.bucket("mirror") + "/run"
     storage.write_text(url + "/metrics.jsonl", "1\n")
-    code = ("import sys; from data_prep.storage import LocalMirror\n"
+    code = ("import sys; from storage import LocalMirror\n"
             "m = LocalMirror(sys.argv[1], fetch=('metrics.jsonl',))\n"
             "open(m.dir + '/metrics.jsonl', 'a').write('2\\n'); m.push()\n")
     tmp = tmp_path / "tmp"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.files import sha256_file
+from storage.files import sha256_file
 from data_prep.manifest import read_manifest
 from eval.features import cached_features
 from eval.linear import main, prepare_features, run_linear_eval, verify_encoder_unchanged

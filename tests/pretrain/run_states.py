@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from data_prep import storage
+import storage
 
 
 def infomax_overrides(shards: str, root: str, *extra: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import json
 
-from pretrain.progress import LINE_RE, WALL_TIME, MetricsTail, ProgressLine, format_line
+from console.progress import LINE_RE, WALL_TIME, MetricsTail, ProgressLine, format_line
 
 
 def record(step, **extra):
@@ -44,7 +44,7 @@ def test_progress_line_fields_and_jigsaw_images_per_second():
 
 def test_eta_uses_the_time_between_reports(monkeypatch):
     clock = iter([110.0, 130.0])  # records without rank 0's time: the driver's clock
-    monkeypatch.setattr("pretrain.progress.time.time", lambda: next(clock))
+    monkeypatch.setattr("console.progress.time.time", lambda: next(clock))
     out = io.StringIO()
     line = ProgressLine(total_steps=100, stream=out)
     line(record(10))  # t=110: Ray's start-up is before this report, so no ETA yet
@@ -56,7 +56,7 @@ def test_eta_uses_the_time_between_reports(monkeypatch):
 def test_eta_of_records_read_together_comes_from_rank0s_times(monkeypatch):
     """The driver reads metrics.jsonl every half second, so records of fast steps arrive together;
     their own times (written by rank 0) give the ETA, not the moment they were read."""
-    monkeypatch.setattr("pretrain.progress.time.time", lambda: 500.0)  # one read for all three
+    monkeypatch.setattr("console.progress.time.time", lambda: 500.0)  # one read for all three
     out = io.StringIO()
     line = ProgressLine(total_steps=100, stream=out)
     for step, t in ((1, 200.0), (2, 200.5), (3, 201.0)):
@@ -66,7 +66,7 @@ def test_eta_of_records_read_together_comes_from_rank0s_times(monkeypatch):
 
 
 def test_bar_in_a_log_prints_whole_lines_not_redraws():
-    from pretrain.progress import bar
+    from console.progress import bar
 
     log = io.StringIO()  # not a terminal
     with bar(total=1000, desc="features train", stream=log, leave=False) as b:

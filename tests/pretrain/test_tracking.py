@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.config import load_config
-from pretrain.progress import WALL_TIME
+from console.progress import WALL_TIME
 from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking, final_metrics, flat_config
 
 from ..eval.conftest import make_config, write_checkpoint

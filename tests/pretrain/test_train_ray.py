@@ -19,7 +19,7 @@ from PIL import Image
 
 from pretrain import checkpoint as ck
 from pretrain.config import load_config
-from pretrain.progress import WALL_TIME
+from console.progress import WALL_TIME
 from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -121,7 +121,7 @@ def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, 
     assert [x["lr/main"] for x in m] == pytest.approx([1e-3, 2e-3, 2e-3, 2e-3])
     times = [x[WALL_TIME] for x in m]  # rank 0's clock at each report: the driver's ETA reads it
     assert times == sorted(times) and time.time() - 600 < times[0]
-    from pretrain.progress import LINE_RE
+    from console.progress import LINE_RE
 
     shown = [LINE_RE.match(line) for line in capfd.readouterr().out.splitlines() if line.startswith("step ")]
     assert [int(x["step"]) for x in shown] == [1, 2, 3, 4]
@@ -226,7 +226,7 @@ def test_loss_decreases_on_digits_with_readable_progress_and_tracking(ray_sessio
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pretrain.__main__ import main as cli
-    from pretrain.progress import LINE_RE
+    from console.progress import LINE_RE
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     config = tmp_path / "infomax.yaml"

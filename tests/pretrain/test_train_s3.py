@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import storage
+import storage
 from pretrain import checkpoint as ck
 from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics
 

@@ -1,8 +1,8 @@
 """From a user's shards to the paper's Table 2 or Table 3: every run, every probe, one table.
 
-    python -m eval.reproduce table3 --data-root /shared/shards --out /shared/reproduce --dry-run
-    python -m eval.reproduce table3 --data-root /shared/shards --out /shared/reproduce [--address URL]
-    python -m eval.reproduce table2 --data-root data/miniature --miniature      # toy scale, offline
+    python -m reproduce table3 --data-root /shared/shards --out /shared/reproduce --dry-run
+    python -m reproduce table3 --data-root /shared/shards --out /shared/reproduce [--address URL]
+    python -m reproduce table2 --data-root data/miniature --miniature      # toy scale, offline
 
 Reads top to bottom:
 
@@ -632,7 +632,7 @@ def reproduce(table: str, data_root: str | os.PathLike, out: str | os.PathLike, 
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m eval.reproduce", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__.splitlines()[0])
     ap.add_argument("table", choices=sorted(TABLES), help="table2: Deep InfoMax on CIFAR-10/STL-10; table3: jigsaw on ImageNet-10%%")
     ap.add_argument("--data-root", required=True,
                     help="folder holding the shards: cifar10/ and stl10/ (table2) or imagenet10/ (table3); "

@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
-from data_prep import storage
+import storage
 
 Listener = Callable[[dict], None]
 

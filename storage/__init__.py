@@ -24,7 +24,7 @@ import weakref
 from pathlib import Path
 from typing import IO, Iterator
 
-from data_prep import files
+from storage import files
 
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -192,7 +192,7 @@ def read_text(path) -> str:
 
 
 def sha256(path) -> str:
-    """Hex SHA-256 of a file's or object's bytes (:func:`data_prep.files.sha256_file` for local files)."""
+    """Hex SHA-256 of a file's or object's bytes (:func:`storage.files.sha256_file` for local files)."""
     if not is_url(path):
         return files.sha256_file(path)
     with open_read(path) as f:
@@ -212,7 +212,7 @@ def makedirs(path) -> None:
 def write_atomic(path) -> Iterator[IO[bytes]]:
     """A binary file that appears at ``path`` whole, when the block exits cleanly, or not at all.
 
-    Local: :func:`data_prep.files.atomic_write`. URL: a local temporary file uploaded in one put (an
+    Local: :func:`storage.files.atomic_write`. URL: a local temporary file uploaded in one put (an
     object is visible only once its upload completes). ``f.name`` names the local file in both cases.
     """
     path = str(path)

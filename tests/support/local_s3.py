@@ -1,6 +1,6 @@
 """An S3-compatible store on 127.0.0.1 for the tests and the benchmarks: moto's server mode in its own
 process, found through ``AWS_ENDPOINT_URL`` as any S3-compatible store would be (see
-:mod:`data_prep.storage`), with dummy credentials and no AWS config files.
+:mod:`storage`), with dummy credentials and no AWS config files.
 
 Its home is this package, not ``tests/`` or ``benchmarks/``, because both of those use it and neither
 can import the other: the benchmarks are scripts run as ``python benchmarks/NAME.py`` (``tests/`` is not

@@ -1,4 +1,4 @@
-"""eval.reproduce: the plan of each table, the 8-model aggregate, and the miniature end to end."""
+"""reproduce: the plan of each table, the 8-model aggregate, and the miniature end to end."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eval import reproduce
-from eval.reproduce import aggregate, build_plan, collect, make_table
+from reproduce import driver as reproduce
+from reproduce.driver import aggregate, build_plan, collect, make_table
 
 
 def test_table3_plan_is_three_methods_times_the_seeds(tmp_path):
@@ -130,7 +130,7 @@ def test_half_finished_run_continues_from_its_directory(tmp_path):
     --resume DIR`), one at the plan's steps is done, none is started afresh."""
     import yaml
 
-    from .conftest import make_config, write_checkpoint
+    from tests.eval.conftest import make_config, write_checkpoint
 
     plan = build_plan("table3", tmp_path / "data", tmp_path / "out", seeds=1, methods=["ce"])
     run = plan.runs[0]

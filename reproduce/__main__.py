@@ -1,0 +1,5 @@
+import sys
+
+from reproduce.driver import main
+
+sys.exit(main())
