@@ -30,7 +30,8 @@ from eval.features import encode_batch, extract_features
 from eval.linear import default_splits
 from eval.probe import make_probe, probe_scores, probe_step, train_linear_probe
 from eval.topk import topk_accuracy
-from pretrain.checkpoint import capture_rng, checkpoint_dir_name, load_encoder, save_checkpoint
+from pretrain.checkpoint import capture_rng, load_encoder, save_checkpoint
+from pretrain.run_dir import checkpoint_dir_name
 from pretrain.models import build_encoder
 
 KS = (1, 5, 10)

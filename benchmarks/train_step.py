@@ -92,7 +92,8 @@ def plain_loop(cfg, run_dir: Path) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     from storage import LocalMirror
-    from pretrain.checkpoint import capture_rng, checkpoint_dir_name, save_checkpoint
+    from pretrain.checkpoint import capture_rng, save_checkpoint
+    from pretrain.run_dir import checkpoint_dir_name
     from pretrain.config import to_plain
     from pretrain.train import (MetricWindow, batch_size_of, batch_stream, build_optimizers, build_task_from_config,
                                 log_rank0, permutations_of, train_step)

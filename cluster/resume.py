@@ -16,34 +16,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import storage
-from pretrain.config import ConfigError, PretrainConfig, merge_config, run_home
-
-RUN_DIR = r"{name}-(\d{{8}}-\d{{6}})(?:-(\d+))?"  # pretrain.train.new_run_dir: <name>-<YYYYmmdd-HHMMSS>[-n]
-CONFIG_FILE = "config.yaml"  # written into every run directory by pretrain.train.launch
-
-
-def latest_run_dir(root: Path | str, name: str) -> Path | str | None:
-    """The newest `<root>/<name>-<time>[-n]` holding a config.yaml, or None (`root` may be a URL)."""
-    pattern = re.compile(RUN_DIR.format(name=re.escape(name)))
-    found = []
-    for child in storage.listdir(root):
-        match = pattern.fullmatch(child)
-        path = storage.join(root, child)
-        if match and storage.isfile(storage.join(path, CONFIG_FILE)):
-            found.append(((match.group(1), int(match.group(2) or 0)), storage.as_path(path)))
-    return max(found)[1] if found else None
+from pretrain.config import ConfigError, PretrainConfig, merge_config
+from pretrain.run_dir import latest_run_dir, run_home
 
 
 def pretrain_command(config: Path, overrides: Sequence[str]) -> list[str]:
     """The `python -m pretrain` command line this job runs (resuming when the run exists)."""
     run = merge_config(PretrainConfig, config, list(overrides)).run  # the defaults, as pretrain sees them
-    name, root = run.name, run_home(run)  # where pretrain.train.new_run_dir puts the run
+    name, root = run.name, run_home(run)  # where pretrain.run_dir.new_run_dir puts the run
     previous = latest_run_dir(root, name) if name else None
     if previous is None:
         print(f"run {name}: starting under {root}", flush=True)

@@ -197,7 +197,7 @@ def pretrain_job(config_path: Path, overrides: Sequence[str], working_dir: Path)
     root, storage = run.root, run.storage_path
     name = None if unnamed or run.name == RunSection.name else run.name
 
-    # a bucket run.storage_path holds the whole run directory (pretrain.train.new_run_dir)
+    # a bucket run.storage_path holds the whole run directory (pretrain.run_dir.run_home)
     if not (storage and is_url(storage) and _shared(storage)) and (not root or not _shared(root)):
         raise SubmitError(
             f"run.root={root!r}: on a cluster the run directory (config, TensorBoard logs, checkpoints) must be "

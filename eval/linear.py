@@ -33,6 +33,7 @@ from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
 from eval.probe import train_linear_probe
 from pretrain.config import ConfigError, defaults_help
+from pretrain.run_dir import run_dir_of
 
 KS = (1, 5, 10)
 
@@ -302,24 +303,6 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
     if not seeds:
         raise ValueError("need at least one probe seed (seeds=N with N >= 1)")
     return seeds
-
-
-def run_dir_of(checkpoint_file: Path | str, config: dict) -> str | None:
-    """The pretraining run directory (the one with ``config.yaml``) a checkpoint file belongs to, or
-    None for a checkpoint outside one. Checkpoints sit in ``<run dir>/checkpoint_*/``, or in
-    ``<run.storage_path>/<run dir name>/checkpoint_*/`` with the run directory under ``run.root``."""
-    from pretrain.checkpoint import CONFIG_FILE, step_of
-
-    if storage.is_url(checkpoint_file):
-        return None  # the probe's curves stay in its local results directory, not in a bucket
-    ckpt_dir = Path(checkpoint_file).resolve().parent
-    if step_of(ckpt_dir) is None:
-        return None
-    candidates = [ckpt_dir.parent]
-    root = (config.get("run") or {}).get("root")
-    if root:
-        candidates.append(Path(root) / ckpt_dir.parent.name)
-    return next((str(c) for c in candidates if (c / CONFIG_FILE).is_file()), None)
 
 
 def probe_to_run_tensorboard(res: dict, per_seed: list[dict]) -> str | None:

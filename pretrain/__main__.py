@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import storage
-from pretrain.checkpoint import CONFIG_FILE
+from pretrain.run_dir import CONFIG_FILE
 from pretrain.config import ConfigError, PretrainConfig, defaults_help, load_config
 
 

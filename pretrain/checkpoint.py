@@ -24,7 +24,6 @@ import hashlib
 import io
 import os
 import random
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,18 +35,12 @@ from torch import nn
 import storage
 from storage.files import atomic_write, atomic_write_text, sha256_file
 from data_prep.jigsaw import permutations_sha256
+from pretrain.run_dir import experiment_dir, step_of
 
 FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKSUM_FILE = CHECKPOINT_FILE + ".sha256"
-CONFIG_FILE = "config.yaml"
-_DIR_RE = re.compile(r"^checkpoint_(\d+)$")
 _REQUIRED = ("format", "step", "config", "encoder", "task")
-
-
-def checkpoint_dir_name(step: int) -> str:
-    """Directory name of the checkpoint taken after ``step`` optimiser steps."""
-    return f"checkpoint_{step:09d}"
 
 
 # ----------------------------------------------------------------------------- building models
@@ -201,7 +194,7 @@ def newest_verified(experiment_dir: str | os.PathLike) -> tuple[Path | str | Non
     lists it (after a driver kill that record can lag the directory). The skipped ones are newer
     than the one returned.
     """
-    found = sorted((int(m.group(1)), name) for name in storage.listdir(experiment_dir) if (m := _DIR_RE.match(name)))
+    found = sorted((step, name) for name in storage.listdir(experiment_dir) if (step := step_of(name)) is not None)
     skipped = []
     for _, name in reversed(found):
         directory = storage.as_path(storage.join(experiment_dir, name))
@@ -210,12 +203,6 @@ def newest_verified(experiment_dir: str | os.PathLike) -> tuple[Path | str | Non
             return directory, skipped
         skipped.append(f"{name}: {problem}")
     return None, skipped
-
-
-def step_of(directory: str | os.PathLike) -> int | None:
-    """The step in a ``checkpoint_<step>`` directory name, else None."""
-    m = _DIR_RE.match(storage.basename(directory))
-    return int(m.group(1)) if m else None
 
 
 def _plain(config: Mapping) -> dict:
@@ -234,29 +221,10 @@ def checkpoint_dirs(experiment_dir: str | os.PathLike) -> list[Path | str]:
     """Checkpoint directories holding a ``checkpoint.pt`` under ``experiment_dir``, oldest first."""
     found = []
     for name in storage.listdir(experiment_dir):
-        m = _DIR_RE.match(name)
         child = storage.as_path(storage.join(experiment_dir, name))
-        if m and storage.isfile(storage.join(child, CHECKPOINT_FILE)):
-            found.append((int(m.group(1)), child))
+        if step_of(name) is not None and storage.isfile(storage.join(child, CHECKPOINT_FILE)):
+            found.append((step_of(name), child))
     return [p for _, p in sorted(found)]
-
-
-def experiment_dir(run_dir: str | os.PathLike) -> Path | str:
-    """Where Ray Train keeps the checkpoints of ``run_dir``.
-
-    The run directory itself, unless its ``config.yaml`` names a ``run.storage_path``; then
-    ``<storage_path>/<run dir name>``.
-    """
-    run_dir = storage.as_path(run_dir)
-    cfg_path = storage.join(run_dir, CONFIG_FILE)
-    if storage.isfile(cfg_path):
-        import yaml
-
-        cfg = yaml.safe_load(storage.read_text(cfg_path)) or {}
-        experiments = (cfg.get("run") or {}).get("storage_path")
-        if experiments:
-            return storage.as_path(storage.join(experiments, storage.basename(run_dir)))
-    return run_dir
 
 
 def resolve_checkpoint_file(path: str | os.PathLike) -> Path | str:

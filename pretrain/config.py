@@ -31,14 +31,6 @@ class RunSection:
     seed: int = 0  # seeds the models, the η/critic initialisation and the data order
 
 
-def run_home(run) -> str:
-    """Where a config's run directories go: a URL ``run.storage_path`` (with checkpoints in a bucket
-    there is no shared disk for the rest of the run either, so it holds the whole run), else ``run.root``."""
-    import storage
-
-    return run.storage_path if run.storage_path and storage.is_url(run.storage_path) else run.root
-
-
 @dataclass
 class DataSection:
     shards: str = MISSING  # a data_prep output directory (manifest.json + <split>-*.tar)

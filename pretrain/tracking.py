@@ -22,6 +22,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from console.progress import WALL_TIME
+from pretrain.run_dir import CONFIG_FILE, TENSORBOARD_DIR
 
 NOT_METRICS = ("step", WALL_TIME)  # the keys of a metrics.jsonl record that are not metrics
 
@@ -93,7 +94,7 @@ class Tracking:
     def _writer(self):
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(str(self.run_dir / "tb"))
+        return SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
 
     def _write_config_text(self) -> None:
         text = OmegaConf.to_yaml(self.cfg, resolve=True)
@@ -163,7 +164,6 @@ class MLflowRun:
             self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, succeeded: bool) -> None:
-        from pretrain.checkpoint import CONFIG_FILE
         from pretrain.export import export_encoder
 
         try:

@@ -35,7 +35,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,23 +46,28 @@ import storage
 from data_prep import shard_stream
 from pretrain import dist, estimators, fatal, preflight
 from pretrain.checkpoint import (
-    CONFIG_FILE,
     build_encoder_from_config,
     capture_rng,
-    checkpoint_dir_name,
     load_checkpoint,
     load_task_state,
     restore_rng,
     save_checkpoint,
 )
-from pretrain.config import ConfigError, from_plain, run_home, to_plain, validate
+from pretrain.config import ConfigError, from_plain, to_plain, validate
 from console.progress import WALL_TIME
+from pretrain.run_dir import (
+    CONFIG_FILE,
+    CRASH_MARKER,
+    METRICS_FILE,
+    NONFINITE_FILE,
+    TENSORBOARD_DIR,
+    checkpoint_dir_name,
+    new_run_dir,
+    ray_storage_path,
+)
 from pretrain.run_lock import run_dir_lock
 from pretrain.tasks import spec as task_spec
 
-NONFINITE_FILE = "nonfinite.json"
-METRICS_FILE = "metrics.jsonl"
-CRASH_MARKER = ".crashed_at_step"
 # Ray Train V2's controller reads its poll interval from this variable of the driver's environment
 # when fit() starts it (ray/train/v2/_internal/constants.py, ENV_VARS_TO_PROPAGATE).
 CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -80,20 +84,6 @@ class TrainingStopped(RuntimeError):
 class LaunchResult:
     run_dir: Path | str  # a str when the run lives at an s3:// or gs:// URL
     result: Any  # ray.train.Result
-
-
-def new_run_dir(cfg: DictConfig) -> Path | str:
-    """``<run.root>/<run.name>-<YYYYmmdd-HHMMSS>`` (absolute; a suffix keeps it unique).
-
-    A URL ``run.storage_path`` takes the place of ``run.root``: with checkpoints in a bucket there is
-    no shared disk for the rest of the run either, so config, metrics and TensorBoard go there too.
-    """
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = storage.join(storage.resolve(run_home(cfg.run)), f"{cfg.run.name}-{stamp}")
-    run_dir, n = base, 1
-    while storage.exists(run_dir):
-        run_dir, n = f"{base}-{n}", n + 1
-    return storage.as_path(run_dir)
 
 
 def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.PathLike | None = None,
@@ -129,7 +119,7 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     fatal.clear(run_dir)
     # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
     # Ray Train writes to a URL with its own storage layer (pyarrow.fs), from the same credentials.
-    experiments = storage.resolve(cfg.run.storage_path) if cfg.run.storage_path else storage.parent(run_dir)
+    experiments = ray_storage_path(cfg.run, run_dir)
     checkpoints = storage.join(experiments, storage.basename(run_dir))  # where Ray Train keeps them
     resume = preflight.resume_point(cfg, checkpoints)
     storage.write_text(storage.join(run_dir, CONFIG_FILE), OmegaConf.to_yaml(cfg, resolve=True))
@@ -271,7 +261,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
         from torch.utils.tensorboard import SummaryWriter
 
         logs = storage.LocalMirror(run_dir, fetch=(METRICS_FILE,))
-        writer = SummaryWriter(os.path.join(logs.dir, "tb"), purge_step=step)
+        writer = SummaryWriter(os.path.join(logs.dir, TENSORBOARD_DIR), purge_step=step)
 
     # ---- the loop ------------------------------------------------------------------------------
     stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=pins_memory(cfg, device))

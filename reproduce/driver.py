@@ -316,7 +316,7 @@ def add_costs(plan: Plan) -> None:
 
 def pretrain_state(plan: Plan, run: PretrainRun) -> tuple[str, Path | None]:
     """("done" | "partial" | "new", run directory or None) of a run, from its checkpoints on disk."""
-    from cluster.resume import latest_run_dir
+    from pretrain.run_dir import latest_run_dir
 
     run_dir = latest_run_dir(plan.run_root, run.name)
     if run_dir is None:
@@ -326,7 +326,8 @@ def pretrain_state(plan: Plan, run: PretrainRun) -> tuple[str, Path | None]:
 
 def last_step(run_dir) -> int:
     """The step of a run directory's newest checkpoint (0 without one)."""
-    from pretrain.checkpoint import checkpoint_dirs, experiment_dir, step_of
+    from pretrain.checkpoint import checkpoint_dirs
+    from pretrain.run_dir import experiment_dir, step_of
 
     dirs = checkpoint_dirs(experiment_dir(run_dir))
     return step_of(dirs[-1]) if dirs else 0

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from cluster import submit
-from cluster.resume import latest_run_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,24 +229,6 @@ def test_evaluation_results_must_go_to_shared_storage():
     assert submit.eval_job(["checkpoint=[/s/a,/s/b]", "data=/s/shards", "out=/s/eval", "epochs=3"]) == (
         "python -m eval.linear 'checkpoint=[/s/a,/s/b]' data=/s/shards out=/s/eval epochs=3"
     )
-
-
-def test_latest_run_dir_follows_pretrains_naming(tmp_path):
-    from pretrain.config import load_config
-    from pretrain.train import new_run_dir
-
-    cfg = load_config(None, [f"run.root={tmp_path}", "run.name=exp", "data.shards=/unused"])
-    first = new_run_dir(cfg)
-    first.mkdir()
-    (first / "config.yaml").write_text("run: {}\n")
-    second = new_run_dir(cfg)  # same second: pretrain appends -1
-    second.mkdir()
-    (second / "config.yaml").write_text("run: {}\n")
-    for decoy in ("exp-extra-20991231-235959", "exp-20991231-235959"):  # other run; no config.yaml
-        (tmp_path / decoy).mkdir()
-    assert latest_run_dir(tmp_path, "exp") == second
-    assert latest_run_dir(tmp_path, "ex") is None
-    assert latest_run_dir(tmp_path / "missing", "exp") is None
 
 
 def test_resume_reads_the_config_as_pretrain_does(tmp_path, monkeypatch, capsys):

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from data_prep.shard_writer import EncodeOptions, SourceItem, SplitSource, build_dataset
-from pretrain.checkpoint import capture_rng, checkpoint_dir_name, save_checkpoint
+from pretrain.checkpoint import capture_rng, save_checkpoint
+from pretrain.run_dir import checkpoint_dir_name
 from pretrain.models import build_encoder
 
 CLASSES = ["red", "green", "blue"]

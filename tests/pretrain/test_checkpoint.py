@@ -12,6 +12,7 @@ import yaml
 from pretrain import checkpoint as ck
 from pretrain.config import load_config, to_plain
 from pretrain.models import build_encoder
+from pretrain.run_dir import CONFIG_FILE, checkpoint_dir_name
 from pretrain.tasks import build_task
 
 
@@ -83,14 +84,14 @@ def test_rng_state_round_trip():
 
 def test_latest_checkpoint_of_a_run_dir_and_load_encoder(tmp_path):
     task, main, eta = trained_state()
-    save(tmp_path / ck.checkpoint_dir_name(4), task, main, eta, step=4)
+    save(tmp_path / checkpoint_dir_name(4), task, main, eta, step=4)
     with torch.no_grad():
         for p in task.encoder.parameters():
             p.add_(1.0)
-    save(tmp_path / ck.checkpoint_dir_name(10), task, main, eta, step=10)
+    save(tmp_path / checkpoint_dir_name(10), task, main, eta, step=10)
     (tmp_path / "tb").mkdir()  # other things in a run directory are ignored
-    for path in (tmp_path, tmp_path / ck.checkpoint_dir_name(10),
-                 tmp_path / ck.checkpoint_dir_name(10) / ck.CHECKPOINT_FILE):
+    for path in (tmp_path, tmp_path / checkpoint_dir_name(10),
+                 tmp_path / checkpoint_dir_name(10) / ck.CHECKPOINT_FILE):
         encoder, config = ck.load_encoder(path)
         assert config["task"]["kind"] == "infomax"
         assert not encoder.training
@@ -98,16 +99,16 @@ def test_latest_checkpoint_of_a_run_dir_and_load_encoder(tmp_path):
             assert torch.equal(a, b), k
     x = torch.randn(2, 3, 32, 32)
     assert encoder(x).shape == (2, encoder.feature_dim)
-    assert ck.load_checkpoint(tmp_path / ck.checkpoint_dir_name(4))["step"] == 4
+    assert ck.load_checkpoint(tmp_path / checkpoint_dir_name(4))["step"] == 4
 
 
 def test_run_dir_with_separate_storage(tmp_path):
     run_dir, storage = tmp_path / "runs" / "r1", tmp_path / "storage"
     run_dir.mkdir(parents=True)
     cfg = config_dict(**{"run.storage_path": str(storage)})
-    (run_dir / ck.CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg))
     task, main, eta = trained_state()
-    save(storage / "r1" / ck.checkpoint_dir_name(3), task, main, eta, step=3, config=cfg)
+    save(storage / "r1" / checkpoint_dir_name(3), task, main, eta, step=3, config=cfg)
     assert ck.load_checkpoint(run_dir)["step"] == 3
 
 
@@ -163,7 +164,7 @@ def test_rank0_writes_a_local_checkpoint_in_place_and_ray_only_records_it(tmp_pa
 
     monkeypatch.setattr(ray.train, "report", fake_report)
     home = None if where == "bucket" else tmp_path / "run"
-    name = ck.checkpoint_dir_name(7)
+    name = checkpoint_dir_name(7)
     if home is not None:
         (home / name).mkdir(parents=True)  # an earlier attempt's half-written checkpoint
         (home / name / ck.CHECKPOINT_FILE).write_bytes(b"half")
@@ -190,7 +191,7 @@ def test_a_restart_takes_rays_checkpoint_only_when_newer_and_intact(tmp_path):
     from pretrain.train import checkpoint_to_restore
 
     task, main, eta = trained_state()
-    old, new = tmp_path / ck.checkpoint_dir_name(4), tmp_path / ck.checkpoint_dir_name(8)
+    old, new = tmp_path / checkpoint_dir_name(4), tmp_path / checkpoint_dir_name(8)
     save(old, task, main, eta, step=4)
     save(new, task, main, eta, step=8)
     start = {"path": str(old), "step": 4}

@@ -15,6 +15,7 @@ import pytest
 from pretrain import checkpoint as ck
 from pretrain.__main__ import main as cli
 from pretrain.config import ConfigError, load_config
+from pretrain.run_dir import CONFIG_FILE, checkpoint_dir_name, step_of
 from tests.data_prep.conftest import make_png_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,11 +80,11 @@ def write_run(run_dir, shards, steps, ranks=1):
 
     cfg = load_config(None, overrides(shards, run_dir.parent, f"train.num_workers={ranks}"))
     run_dir.mkdir(parents=True)
-    (run_dir / ck.CONFIG_FILE).write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg))
+    (run_dir / CONFIG_FILE).write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg))
     task = build_task_from_config(cfg, None)
     main_opt, eta_opt = build_optimizers(cfg, task)
     for step in steps:
-        ck.save_checkpoint(run_dir / ck.checkpoint_dir_name(step), step=step, config=to_plain(cfg), task=task,
+        ck.save_checkpoint(run_dir / checkpoint_dir_name(step), step=step, config=to_plain(cfg), task=task,
                            optimizer=main_opt, eta_optimizer=eta_opt, rng=[ck.capture_rng()] * ranks,
                            data_position=[{"epoch": 0, "batch": 0}] * ranks, permutations=None)
     return cfg
@@ -94,11 +95,11 @@ def test_truncated_and_flipped_checkpoints_are_skipped_and_named(shards, tmp_pat
 
     run = tmp_path / "run"
     cfg = write_run(run, shards, [4, 8, 12])
-    flipped = run / ck.checkpoint_dir_name(8) / ck.CHECKPOINT_FILE
+    flipped = run / checkpoint_dir_name(8) / ck.CHECKPOINT_FILE
     data = bytearray(flipped.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit, inside a tensor
     flipped.write_bytes(bytes(data))
-    truncated = run / ck.checkpoint_dir_name(12) / ck.CHECKPOINT_FILE
+    truncated = run / checkpoint_dir_name(12) / ck.CHECKPOINT_FILE
     truncated.write_bytes(truncated.read_bytes()[:1000])
 
     point = resume_point(cfg, run)
@@ -116,10 +117,10 @@ def test_truncated_and_flipped_checkpoints_are_skipped_and_named(shards, tmp_pat
 def test_resume_with_another_num_workers_is_one_line_before_ray(shards, tmp_path, capsys):
     run = tmp_path / "run"
     write_run(run, shards, [4], ranks=2)
-    before = (run / ck.CONFIG_FILE).read_text()
+    before = (run / CONFIG_FILE).read_text()
     assert cli(["--resume", str(run), "train.num_workers=1"]) == 2
     assert "resume with train.num_workers=2" in one_line_error(capsys)
-    assert (run / ck.CONFIG_FILE).read_text() == before  # nothing lost
+    assert (run / CONFIG_FILE).read_text() == before  # nothing lost
 
 
 def test_more_workers_than_the_cluster_has_is_one_line(ray_session, shards, tmp_path):
@@ -215,7 +216,7 @@ def test_sigkilled_driver_resumes_from_newest_complete_checkpoint_and_a_second_r
         return dirs[0] if dirs else None
 
     def complete(step):
-        return lambda: run_dir() is not None and (run_dir() / ck.checkpoint_dir_name(step) / ck.CHECKSUM_FILE).is_file()
+        return lambda: run_dir() is not None and (run_dir() / checkpoint_dir_name(step) / ck.CHECKSUM_FILE).is_file()
 
     def reap(proc):
         """Wait for the driver's process group (its local Ray) to go; kill what is left of it."""
@@ -239,7 +240,7 @@ def test_sigkilled_driver_resumes_from_newest_complete_checkpoint_and_a_second_r
         first.kill() if first.poll() is None else None
         reap(first)
     newest, _ = ck.newest_verified(run_dir())
-    done = ck.step_of(newest)
+    done = step_of(newest)
     assert done >= 8
 
     resumed = start("--resume", str(run_dir()))
@@ -256,7 +257,7 @@ def test_sigkilled_driver_resumes_from_newest_complete_checkpoint_and_a_second_r
         resumed.kill() if resumed.poll() is None else None
         reap(resumed)
     assert resumed.returncode == 0, err[-3000:]
-    assert f"resuming from {ck.checkpoint_dir_name(done)} (step {done})" in out
+    assert f"resuming from {checkpoint_dir_name(done)} (step {done})" in out
     steps = [json.loads(line)["step"] for line in (run_dir() / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 16 and steps.count(done + 4) == 1 if done < 16 else True  # nothing after `done` redone
     assert ck.load_checkpoint(run_dir())["step"] == 16

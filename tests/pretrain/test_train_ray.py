@@ -19,6 +19,7 @@ from PIL import Image
 
 from pretrain import checkpoint as ck
 from pretrain.config import load_config
+from pretrain.run_dir import CRASH_MARKER
 from console.progress import WALL_TIME
 from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics
 
@@ -51,7 +52,7 @@ def infomax_cfg(shards, root, *extra):
 
 def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session, digits, tmp_path):
     from pretrain.__main__ import main as cli
-    from pretrain.train import CRASH_MARKER, launch
+    from pretrain.train import launch
 
     plain = launch(infomax_cfg(digits, tmp_path / "a")).run_dir
     reference = ck.load_checkpoint(plain)

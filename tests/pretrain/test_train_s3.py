@@ -19,6 +19,7 @@ import pytest
 
 import storage
 from pretrain import checkpoint as ck
+from pretrain.run_dir import CRASH_MARKER, experiment_dir, new_run_dir
 from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -97,21 +98,20 @@ def test_bad_url_missing_bucket_and_no_credentials_are_one_line(s3, shards, empt
 
 def test_a_bucket_storage_path_holds_the_whole_run_directory(s3, shards, tmp_path):
     from pretrain.config import load_config
-    from pretrain.train import new_run_dir
 
     cfg = load_config(None, infomax_overrides(shards, str(tmp_path / "runs"), "run.storage_path=s3://data/runs/"))
     assert cfg.run.storage_path == "s3://data/runs"
     run = new_run_dir(cfg)
     assert run.startswith("s3://data/runs/im-") and not (tmp_path / "runs").exists()
     storage.write_text(f"{run}/config.yaml", f"run:\n  storage_path: {cfg.run.storage_path}\n")
-    assert ck.experiment_dir(run) == run  # Ray Train's <storage_path>/<name> is the run directory itself
+    assert experiment_dir(run) == run  # Ray Train's <storage_path>/<name> is the run directory itself
 
 
 def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ray_session, shards, empty_config,
                                                                           tmp_path, monkeypatch):
     from pretrain.__main__ import main as cli
     from pretrain.config import load_config
-    from pretrain.train import CRASH_MARKER, launch
+    from pretrain.train import launch
 
     monkeypatch.chdir(tmp_path)
     runs = s3.bucket("runs")
