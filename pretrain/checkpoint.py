@@ -26,7 +26,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -35,29 +35,13 @@ from torch import nn
 import storage
 from storage.files import atomic_write, atomic_write_text, sha256_file
 from data_prep.jigsaw import permutations_sha256
+from pretrain.models import build_encoder_from_config
 from pretrain.run_dir import experiment_dir, step_of
 
 FORMAT = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKSUM_FILE = CHECKPOINT_FILE + ".sha256"
 _REQUIRED = ("format", "step", "config", "encoder", "task")
-
-
-# ----------------------------------------------------------------------------- building models
-
-
-def build_encoder_from_config(model: Mapping[str, Any]) -> nn.Module:
-    """Build the encoder described by the ``model`` section of a resolved config.
-
-    ``model["encoder"]`` is a name for ``pretrain.models.build_encoder`` (a timm model or
-    ``dcgan``); ``model["depth"]`` (if not None) and ``model["kwargs"]`` are passed on.
-    """
-    from pretrain.models import build_encoder
-
-    kwargs = dict(model.get("kwargs") or {})
-    if model.get("depth") is not None:
-        kwargs["depth"] = model["depth"]
-    return build_encoder(model["encoder"], **kwargs)
 
 
 def _encoder_prefix(task: nn.Module) -> str:

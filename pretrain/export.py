@@ -96,7 +96,7 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
     """
     from safetensors.torch import load_file
 
-    from pretrain.checkpoint import build_encoder_from_config
+    from pretrain.models import build_encoder_from_config
 
     meta = read_metadata(path)
     encoder = build_encoder_from_config(json.loads(meta[META_MODEL]))

@@ -50,7 +50,7 @@ def check(cfg: DictConfig, run_dir: Path | None) -> None:
 
 def check_task_builds(cfg: DictConfig) -> None:
     """Build encoder, bound and task on the meta device: a misspelt or unknown option is named."""
-    from pretrain.checkpoint import build_encoder_from_config
+    from pretrain.models import build_encoder_from_config
     from pretrain.tasks import build_task
 
     def fail(key: str, exc: Exception) -> ConfigError:

@@ -46,7 +46,6 @@ import storage
 from data_prep import shard_stream
 from pretrain import dist, estimators, fatal, preflight
 from pretrain.checkpoint import (
-    build_encoder_from_config,
     capture_rng,
     load_checkpoint,
     load_task_state,
@@ -55,6 +54,7 @@ from pretrain.checkpoint import (
 )
 from pretrain.config import ConfigError, from_plain, to_plain, validate
 from console.progress import WALL_TIME
+from pretrain.models import build_encoder_from_config
 from pretrain.run_dir import (
     CONFIG_FILE,
     CRASH_MARKER,

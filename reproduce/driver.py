@@ -272,7 +272,7 @@ def probe_flops(config: str, overrides: list[str], probe: ProbeRun) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from eval.features import kind_of
-    from pretrain.checkpoint import build_encoder_from_config
+    from pretrain.models import build_encoder_from_config
     from pretrain.config import load_config, to_plain
 
     cfg = to_plain(load_config(REPO_ROOT / config, overrides))

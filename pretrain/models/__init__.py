@@ -7,6 +7,6 @@ from .dcgan_encoder import DCGANEncoder
 from .descrambler import Descrambler
 from .infomax_witness import InfoMaxWitness
 from .jigsaw_witness import JigsawWitness
-from .registry import build_encoder
+from .registry import build_encoder, build_encoder_from_config
 
-__all__ = ["DCGANEncoder", "Descrambler", "InfoMaxWitness", "JigsawWitness", "build_encoder"]
+__all__ = ["DCGANEncoder", "Descrambler", "InfoMaxWitness", "JigsawWitness", "build_encoder", "build_encoder_from_config"]

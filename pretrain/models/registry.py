@@ -1,6 +1,8 @@
 """Encoders by name: the paper's DCGAN-style encoder, or any timm model."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import timm
 from torch import nn
 
@@ -20,3 +22,15 @@ def build_encoder(name: str, **kwargs) -> nn.Module:
     if timm.is_model(name):
         return build_timm_encoder(name, **kwargs)
     raise ValueError(f"unknown encoder {name!r}: use 'dcgan' or a timm model name such as 'resnet50' (see timm.list_models())")
+
+
+def build_encoder_from_config(model: Mapping[str, Any]) -> nn.Module:
+    """Build the encoder described by the ``model`` section of a resolved config.
+
+    ``model["encoder"]`` is a name for :func:`build_encoder`; ``model["depth"]`` (if not None) and
+    ``model["kwargs"]`` are passed on.
+    """
+    kwargs = dict(model.get("kwargs") or {})
+    if model.get("depth") is not None:
+        kwargs["depth"] = model["depth"]
+    return build_encoder(model["encoder"], **kwargs)
