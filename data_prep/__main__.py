@@ -13,6 +13,7 @@ import sys
 
 import storage
 from data_prep import shard_writer
+from data_prep.builders import BUILDERS, build
 
 
 def _common(p: argparse.ArgumentParser, fmt: str) -> None:
@@ -116,45 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     except NotWritableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    resize = getattr(args, "resize", None)
-    if args.command == "cifar10":
-        from data_prep import cifar10
-        class_names, splits = cifar10.sources(args.src)
-        options = {"src": os.path.abspath(args.src)}
-    elif args.command == "stl10":
-        from data_prep import stl10
-        class_names, splits = stl10.sources(args.src)
-        options = {"src": os.path.abspath(args.src)}
-    elif args.command == "imagenet":
-        from data_prep import imagenet
-        class_names, splits, selection = imagenet.sources(
-            args.train_dir, args.val_dir, args.val_labels, args.val_meta, args.fraction, args.per_class,
-            args.seed, args.subset_list, out_dir=args.out, val_fraction=args.val_fraction,
-            val_per_class=args.val_per_class)
-        options = {"train_dir": os.path.abspath(args.train_dir),
-                   "val_dir": args.val_dir and os.path.abspath(args.val_dir), "val_labels": args.val_labels,
-                   "fraction": args.fraction, "per_class": args.per_class, "subset_list": args.subset_list,
-                   "val_fraction": args.val_fraction, "val_per_class": args.val_per_class,
-                   "seed": args.seed, "selection": selection}
-    elif args.command == "digits":
-        from data_prep.sample_images import digits_sources
-        class_names, splits = digits_sources(args.size, args.test_fraction, args.seed)
-        options = {"src": "sklearn.datasets.load_digits", "size": args.size,
-                   "test_fraction": args.test_fraction, "seed": args.seed}
-    elif args.command == "skimage-crops":
-        from data_prep.sample_images import skimage_crop_sources
-        class_names, splits = skimage_crop_sources(args.images, args.test_fraction, args.seed)
-        options = {"src": "skimage.data", "images": args.images, "test_fraction": args.test_fraction,
-                   "seed": args.seed}
-    else:
-        from data_prep import folder
-        class_names, splits = folder.sources(args.src)
-        options = {"src": args.src}
-    name = {"folder": getattr(args, "name", None), "digits": "sklearn-digits"}.get(args.command, args.command)
-    opts = shard_writer.EncodeOptions(fmt=args.format, quality=args.quality, resize=resize)
-    manifest = shard_writer.build_dataset(
-        args.out, name, options, class_names, splits, opts, shard_size=args.shard_size,
-        workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress)
+    opts = shard_writer.EncodeOptions(fmt=args.format, quality=args.quality, resize=getattr(args, "resize", None))
+    inputs = {name: getattr(args, name) for name in BUILDERS[args.command].inputs}
+    manifest = build(args.command, args.out, inputs, opts, shard_size=args.shard_size, workers=args.workers,
+                     overwrite=args.overwrite, progress=not args.no_progress)
     print(shard_writer.summary(manifest))
     skipped = sum(len(s["skipped"]) for s in manifest["splits"].values())
     if skipped and args.strict:

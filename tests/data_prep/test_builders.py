@@ -236,3 +236,17 @@ def test_parallel_encoding_gives_identical_shards(tmp_path, cifar_archive):
         assert main(["cifar10", "--src", str(src), "--out", str(tmp_path / workers), "--workers", workers,
                      "--shard-size", "8", "--no-progress"]) == 0
     assert read_manifest(tmp_path / "1")["splits"] == read_manifest(tmp_path / "2")["splits"]
+
+
+def test_every_sub_command_but_verify_is_a_builder_that_reads_its_own_options():
+    import argparse
+    import inspect
+
+    from data_prep.__main__ import parser
+    from data_prep.builders import BUILDERS
+
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) - {"verify"} == set(BUILDERS)
+    for name, builder in BUILDERS.items():
+        assert set(builder.inputs) <= {a.dest for a in commands[name]._actions}, name
+        assert tuple(inspect.signature(builder.read).parameters) == builder.inputs, name
