@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from omegaconf import OmegaConf
+
 from storage import StorageError, check_url, is_url
-from eval.config import load_linear_config
 from pretrain.config import ConfigError, PretrainConfig, RunSection, merge_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -228,18 +229,29 @@ def _shared(path) -> bool:
 
 
 def eval_job(overrides: Sequence[str]) -> str:
-    """The linear-evaluation command line, its settings checked here. Its paths must be readable on
-    the cluster, and the results directory (`out=`) absolute on shared storage, or they vanish with the job."""
-    try:
-        cfg = load_linear_config(None, overrides)
-    except ConfigError as err:
-        raise SubmitError(str(err)) from None
-    if not cfg.out or not _shared(cfg.out):
+    """The linear-evaluation command line. Its paths must be readable on the cluster, and the results
+    directory (`out=`) absolute on shared storage, or they vanish with the job (checked here; the
+    entry point checks the other settings: :func:`resolved_settings`)."""
+    out = OmegaConf.from_dotlist([o for o in overrides if o.split("=", 1)[0].strip() == "out"]).get("out")
+    if not out or not _shared(out):
         raise SubmitError(
-            f"out={cfg.out!r}: give the results directory as a bucket URL or an absolute path on shared storage "
+            f"out={out!r}: give the results directory as a bucket URL or an absolute path on shared storage "
             "(e.g. out=s3://BUCKET/eval/RUN or out=/mnt/shared/eval/RUN); a job's working directory disappears with the job"
         )
     return shlex.join(["python", "-m", "eval.linear", *overrides])
+
+
+def resolved_settings(entrypoint: str, working_dir: Path) -> str:
+    """The settings an entry point resolves from its arguments, as it prints them (``--print-config``,
+    run here in ``working_dir``): the entry point is the one judge of its own settings, so a bad key
+    fails here, in its own words, before anything is submitted."""
+    command = shlex.split(entrypoint)
+    done = subprocess.run([sys.executable, *command[1:], "--print-config"], cwd=working_dir,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise SubmitError(lines[-1].removeprefix("error: "))
+    return done.stdout
 
 
 def _git_version(root: Path) -> str | None:
@@ -413,14 +425,11 @@ def run(argv: Sequence[str]) -> int:
             entrypoint, run_name, sent = pretrain_job(args.config, args.overrides, args.working_dir)
         else:
             entrypoint, run_name = eval_job(args.overrides), None
+            settings = resolved_settings(entrypoint, args.working_dir)
         if args.print_config:
-            from omegaconf import OmegaConf
-
             if args.command == "pretrain":
-                cfg = merge_config(PretrainConfig, args.config, sent)
-            else:
-                cfg = OmegaConf.structured(load_linear_config(None, args.overrides))
-            print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+                settings = OmegaConf.to_yaml(merge_config(PretrainConfig, args.config, sent), resolve=True)
+            print(settings, end="")
             return 0
         env = runtime_env(args.working_dir.resolve())
         client = connect(args.address)

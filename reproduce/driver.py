@@ -18,7 +18,7 @@ Reads top to bottom:
 3. :func:`run_locally` (one run after another, in this process) or :func:`run_on_cluster` (Ray jobs,
    as many at once as the cluster's GPUs hold): finished runs and probes are skipped, a
    half-finished run continues from its last checkpoint (``python -m pretrain --resume``
-   semantics, through :mod:`cluster.resume`).
+   semantics: :func:`pretrain_config` here, :mod:`cluster.resume` in a job).
 4. :func:`aggregate` and :func:`make_table`: mean ± std over all models of a method (pretraining
    seeds × probe seeds; the paper's Table 3 is over 4 × 2 = 8), the paper's numbers beside ours.
 
@@ -38,9 +38,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig
 
+import storage
+from data_prep.builders import build as build_shards
+from data_prep.manifest import MANIFEST_NAME
+from data_prep.shard_writer import EncodeOptions
+from eval.linear import run_linear_eval
 from eval.paper_results import TABLE2_TOP1, TABLE3
+from pretrain.config import ConfigError, load_config
+from pretrain.fatal import RunFailed
 from pretrain.plan import DEFAULT_TFLOPS
+from pretrain.preflight import local_ray_on_loopback
+from pretrain.run_dir import CONFIG_FILE
+from pretrain.run_lock import RunDirInUse
+from pretrain.tracking import TrackingError
+from pretrain.train import TrainingStopped, launch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KS = ("top1", "top5", "top10")
@@ -96,12 +109,25 @@ TABLES = {
 }
 PROBE_EPOCHS = 200  # paper, Appendix D
 
-# The miniature: each dataset's stand-in (a data_prep command run under --data-root when missing)
-# and the overrides that shrink each table's configs to a CPU.
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """A miniature's offline stand-in for a dataset: a data_prep builder run under --data-root when missing."""
+
+    folder: str
+    builder: str  # a name in data_prep.builders.BUILDERS
+    inputs: dict
+    encoding: EncodeOptions
+
+
+# The miniature: each dataset's stand-in and the overrides that shrink each table's configs to a CPU.
 MINIATURE_DATA = {
-    "cifar10": ("digits", ["digits", "--size", "32"]),
-    "stl10": ("skimage32", ["skimage-crops", "--images", "400", "--resize", "32"]),
-    "imagenet10": ("skimage_crops", ["skimage-crops", "--images", "200", "--resize", "292"]),
+    "cifar10": StandIn("digits", "digits", {"size": 32, "test_fraction": 0.2, "seed": 0}, EncodeOptions("png")),
+    "stl10": StandIn("skimage32", "skimage-crops", {"images": 400, "test_fraction": 0.2, "seed": 0},
+                     EncodeOptions("jpg", resize=32)),
+    "imagenet10": StandIn("skimage_crops", "skimage-crops", {"images": 200, "test_fraction": 0.2, "seed": 0},
+                          EncodeOptions("jpg", resize=292)),
 }
 MINIATURE_STEPS = {"table2": 40, "table3": 20}
 MINIATURE_OVERRIDES = {
@@ -174,7 +200,7 @@ class ReproduceError(RuntimeError):
 
 
 def shard_dir(data_root: Path, dataset: str, miniature: bool) -> Path:
-    return data_root / (MINIATURE_DATA[dataset][0] if miniature else DATASETS[dataset].folder)
+    return data_root / (MINIATURE_DATA[dataset].folder if miniature else DATASETS[dataset].folder)
 
 
 def build_plan(table: str, data_root: str | os.PathLike, out: str | os.PathLike, *, seeds: int = 4,
@@ -248,13 +274,13 @@ def check_data(table: str, data_root: Path, miniature: bool, methods: list[str] 
     for dataset in sorted({p.dataset for p in used} | {d for p in used for d in p.probes}):
         folder = shard_dir(data_root, dataset, miniature)
         if miniature:
-            if not (folder / "manifest.json").is_file():
-                from data_prep.__main__ import main as data_prep_main
-
+            if not (folder / MANIFEST_NAME).is_file():
+                stand_in = MINIATURE_DATA[dataset]
                 print(f"building the miniature's {dataset} stand-in in {folder}", flush=True)
-                args = MINIATURE_DATA[dataset][1] + ["--out", str(folder), "--workers", "1", "--no-progress"]
-                if data_prep_main(args) != 0:
-                    raise ReproduceError(f"could not build {folder} (python -m data_prep {' '.join(args)})")
+                try:
+                    build_shards(stand_in.builder, folder, stand_in.inputs, stand_in.encoding, workers=1, progress=False)
+                except (OSError, ValueError, ImportError) as exc:
+                    raise ReproduceError(f"could not build {folder} with data_prep {stand_in.builder}: {exc}") from exc
             continue
         try:
             read_manifest(folder)
@@ -358,28 +384,30 @@ def refresh_status(plan: Plan) -> None:
         probe.status = probe_state(plan, probe)
 
 
-def pretrain_args(plan: Plan, run: PretrainRun) -> list[str]:
-    """``python -m pretrain`` arguments: resume the run's directory if it exists, else start it."""
-    from cluster.resume import pretrain_command
-
-    return pretrain_command(REPO_ROOT / run.config, run.overrides)[3:]  # after [python, -m, pretrain]
+def pretrain_config(plan: Plan, run: PretrainRun) -> tuple[DictConfig, Path | None]:
+    """(config, run directory to continue or None): a run that exists continues from its saved
+    config.yaml with the plan's overrides (as ``python -m pretrain --resume`` does), else it starts
+    from its YAML."""
+    _, run_dir = pretrain_state(plan, run)
+    source = REPO_ROOT / run.config if run_dir is None else run_dir / CONFIG_FILE
+    return load_config(source, run.overrides), run_dir
 
 
 def run_locally(plan: Plan) -> None:
     """Every pretraining run, then every probe, one after another in this process."""
-    from eval.linear import run_linear_eval
-    from pretrain.__main__ import main as pretrain_main
-
+    local_ray_on_loopback()  # before anything imports ray
     for run in plan.runs:
         state, _ = pretrain_state(plan, run)
         if state == "done":
             print(f"[skip] {run.name}: finished", flush=True)
             continue
-        print(f"[pretrain] {run.name} ({run.steps} steps)", flush=True)
-        code = pretrain_main(pretrain_args(plan, run))
-        if code != 0:
-            raise ReproduceError(f"pretraining {run.name} failed (exit {code}); fix it and re-run the same "
-                                 f"command: finished runs are skipped, this one continues from its checkpoint")
+        cfg, run_dir = pretrain_config(plan, run)
+        print(f"[pretrain] {run.name} ({run.steps} steps{f', continuing {run_dir}' if run_dir else ''})", flush=True)
+        try:
+            launch(cfg, run_dir=run_dir)
+        except (ConfigError, TrainingStopped, RunFailed, RunDirInUse, TrackingError, storage.StorageError) as exc:
+            raise ReproduceError(f"pretraining {run.name} failed: {exc}; fix it and re-run the same command: "
+                                 f"finished runs are skipped, this one continues from its checkpoint") from exc
     for probe in plan.probes:
         if probe_state(plan, probe) == "done":
             print(f"[skip] probe of {probe.run_name} on {probe.dataset}: finished", flush=True)

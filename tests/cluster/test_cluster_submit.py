@@ -224,11 +224,16 @@ def test_evaluation_results_must_go_to_shared_storage():
         submit.eval_job(["checkpoint=/s/run", "data=/s/shards"])
     with pytest.raises(submit.SubmitError, match="out='out'"):
         submit.eval_job(["checkpoint=/s/run", "data=/s/shards", "out=out"])
-    with pytest.raises(submit.SubmitError, match="Key 'epoch' not in 'LinearConfig'"):
-        submit.eval_job(["checkpoint=/s/run", "data=/s/shards", "out=/s/eval", "epoch=3"])
     assert submit.eval_job(["checkpoint=[/s/a,/s/b]", "data=/s/shards", "out=/s/eval", "epochs=3"]) == (
         "python -m eval.linear 'checkpoint=[/s/a,/s/b]' data=/s/shards out=/s/eval epochs=3"
     )
+
+
+def test_evaluation_settings_are_checked_by_the_entry_point_before_submitting():
+    """cluster imports no eval code: `python -m eval.linear --print-config` judges the settings."""
+    with pytest.raises(submit.SubmitError, match="Key 'epoch' not in 'LinearConfig'"):  # nothing listens there:
+        submit.run(["eval", "--address", "http://127.0.0.1:1", "checkpoint=/s/run",  # it fails before connecting
+                    "data=/s/shards", "out=/s/eval", "epoch=3"])
 
 
 def test_resume_reads_the_config_as_pretrain_does(tmp_path, monkeypatch, capsys):

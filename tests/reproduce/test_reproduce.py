@@ -121,8 +121,23 @@ def test_miniature_end_to_end_skips_finished_work(tmp_path, monkeypatch, capsys)
     monkeypatch.setitem(reproduce.MINIATURE_STEPS, "table3", 8)  # now half-finished: it would continue, not restart
     plan = build_plan("table3", data, tmp_path / "out", **args)
     assert reproduce.pretrain_state(plan, plan.runs[0]) == ("partial", run_dir)
-    assert reproduce.pretrain_args(plan, plan.runs[0])[:2] == ["--resume", str(run_dir)]  # pretrain's --resume
+    cfg, resumed = reproduce.pretrain_config(plan, plan.runs[0])  # pretrain's --resume: the saved config
+    assert resumed == run_dir and cfg.train.steps == 8
     assert reproduce.probe_state(plan, plan.probes[0]) == "to run"
+
+
+def test_the_miniature_builds_a_missing_stand_in_through_the_builder_registry(tmp_path, monkeypatch, capsys):
+    from data_prep.manifest import read_manifest
+    from data_prep.shard_writer import EncodeOptions
+
+    tiny = reproduce.StandIn("digits8", "digits", {"size": 8, "test_fraction": 0.2, "seed": 0}, EncodeOptions("png"))
+    monkeypatch.setitem(reproduce.MINIATURE_DATA, "imagenet10", tiny)
+    reproduce.check_data("table3", tmp_path, miniature=True)
+    manifest = read_manifest(tmp_path / "digits8")
+    assert manifest["dataset"] == "sklearn-digits" and manifest["splits"]["train"]["num_samples"] + manifest["splits"]["test"]["num_samples"] == 1797
+    assert "building the miniature's imagenet10 stand-in" in capsys.readouterr().out
+    reproduce.check_data("table3", tmp_path, miniature=True)  # there now: not built again
+    assert capsys.readouterr().out == ""
 
 
 def test_half_finished_run_continues_from_its_directory(tmp_path):
@@ -135,14 +150,16 @@ def test_half_finished_run_continues_from_its_directory(tmp_path):
     plan = build_plan("table3", tmp_path / "data", tmp_path / "out", seeds=1, methods=["ce"])
     run = plan.runs[0]
     assert reproduce.pretrain_state(plan, run) == ("new", None)
-    assert reproduce.pretrain_args(plan, run)[:2] == ["--config", str(reproduce.REPO_ROOT / run.config)]
+    cfg, resumed = reproduce.pretrain_config(plan, run)
+    assert resumed is None and cfg.task.kind == "jigsaw-ce"  # from configs/jigsaw_ce_imagenet10.yaml
     run_dir = plan.run_root / f"{run.name}-20260101-000000"
     config = make_config("jigsaw-ce", tmp_path / "data", estimator=None, image_size=64)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     write_checkpoint(run_dir, config, step=1000)
     assert reproduce.pretrain_state(plan, run) == ("partial", run_dir)
-    assert reproduce.pretrain_args(plan, run)[:2] == ["--resume", str(run_dir)]
+    cfg, resumed = reproduce.pretrain_config(plan, run)
+    assert resumed == run_dir and cfg.model.encoder == "dcgan"  # the saved config.yaml, not the YAML
     reproduce.refresh_status(plan)
     assert run.status == "partial (step 1000 of 2560000)" and plan.probes[0].status == "to run"
     run.steps = 1000
