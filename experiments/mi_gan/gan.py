@@ -199,7 +199,7 @@ def _train(cfg: MIGANConfig, estimator: str, seed: int, tb_dir: str | None, log)
     D = Discriminator(hidden=cfg.hidden)
     mi = None
     if estimator != "none":
-        kwargs = {"n_critic": cfg.n_critic} if isinstance(estimators.build(estimator), estimators.EtaMINE) else {}
+        kwargs = {"n_critic": cfg.n_critic} if estimators.capabilities(estimator).has_eta else {}
         mi = MITerm(estimator, cfg.n_codes, cfg.hidden, **kwargs)
     betas = (0.5, 0.999)  # the usual GAN setting: less momentum keeps the two players from overshooting
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas)

@@ -190,8 +190,7 @@ class EstimatorBank(nn.Module):
 
 def _build_bound(name: str, n_critic: int) -> nn.Module:
     """The registered bound ``name``; η-MINE bounds get Algorithm 1's ``n_critic``."""
-    bound = estimators.build(name)
-    return estimators.build(name, n_critic=n_critic) if isinstance(bound, estimators.EtaMINE) else bound
+    return estimators.build(name, **({"n_critic": n_critic} if estimators.capabilities(name).has_eta else {}))
 
 
 def pair_initialisation(critic: nn.Module, runs: int) -> None:
@@ -475,7 +474,7 @@ def run_staircase(cfg: StaircaseConfig, writer=None, progress: bool = True, on_r
 
 def staircase_series(names: list[str]) -> list[str]:
     """The staircase's per-batch series: each bound, an η-MINE bound followed by its refit."""
-    return _report_order(names, [n for n in names if isinstance(estimators.build(n), estimators.EtaMINE)])
+    return _report_order(names, [n for n in names if estimators.capabilities(n).has_eta])
 
 
 # --------------------------------------------------------------------------------------------

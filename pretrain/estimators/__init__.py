@@ -9,6 +9,6 @@ Each bound lives in its own file; ``eta_mine_convex`` fits a linear witness on f
 from . import eta_mine, dv_mine, f_mine, a_mine, infonce, jsd, smile  # noqa: F401,I001
 from .base import MIEstimate, masks_checked
 from .eta_mine import EtaMINE, eta_step
-from .registry import build, names, register
+from .registry import Capabilities, build, capabilities, names, register
 
-__all__ = ["MIEstimate", "EtaMINE", "eta_step", "build", "masks_checked", "names", "register"]
+__all__ = ["Capabilities", "MIEstimate", "EtaMINE", "eta_step", "build", "capabilities", "masks_checked", "names", "register"]

@@ -14,7 +14,7 @@ from .base import MIEstimate, masked_log_mean_exp, masked_mean, resolve_masks
 from .registry import register
 
 
-@register("a-mine")
+@register("a-mine", takes_baseline=True)
 class AMINE(nn.Module):
     """TUBA bound on critic scores [N, M] with a per-column log-baseline [M]."""
 

@@ -32,7 +32,7 @@ from .base import MIEstimate, log_ema_update, masked_log_mean_exp, masked_mean, 
 from .registry import register
 
 
-@register("eta-mine")
+@register("eta-mine", has_eta=True)
 class EtaMINE(nn.Module):
     """η-MINE loss on critic scores. ``eta`` is a parameter the caller optimises (Adam, lr 1e-2).
 
@@ -103,7 +103,7 @@ class EtaMINE(nn.Module):
         """η's own update on a due step for bounds whose η has no gradient; plain η-MINE: none."""
 
 
-@register("eta-mine-clip")
+@register("eta-mine-clip", has_eta=True)
 class EtaMINEClip(EtaMINE):
     """η-MINE of the clipped witness g = clip(f, −τ, τ) in both terms:
 
@@ -126,7 +126,7 @@ class EtaMINEClip(EtaMINE):
         return scores.clamp(-self.tau, self.tau)
 
 
-@register("eta-mine-ema")
+@register("eta-mine-ema", has_eta=True)
 class EtaMINEEMA(EtaMINE):
     """η-MINE whose η is the log of a moving average (rate ``alpha``) of past batches'
     mean_marg e^f, set in closed form once every ``n_critic`` steps.

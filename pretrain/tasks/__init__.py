@@ -17,13 +17,13 @@ from .jigsaw_mi import JigsawMI, jigsaw_masks
 from .registry import TaskSpec, kinds, register, spec
 from .supervised import Supervised
 
-register(TaskSpec("jigsaw-ce", lambda enc, est, tb, num_permutations, **kw: JigsawCE(enc, num_permutations=num_permutations, **kw),
+register(TaskSpec("jigsaw-ce", lambda enc, est, takes_baseline, num_permutations, **kw: JigsawCE(enc, num_permutations=num_permutations, **kw),
                   stream="jigsaw", eval_kind="jigsaw", needs_estimator=False))
-register(TaskSpec("jigsaw-mi", lambda enc, est, tb, num_permutations, **kw: JigsawMI(enc, est, tb, num_permutations=num_permutations, **kw),
+register(TaskSpec("jigsaw-mi", lambda enc, est, takes_baseline, num_permutations, **kw: JigsawMI(enc, est, takes_baseline, num_permutations=num_permutations, **kw),
                   stream="jigsaw", eval_kind="jigsaw", needs_estimator=True))
-register(TaskSpec("infomax", lambda enc, est, tb, num_permutations, **kw: InfoMax(enc, est, tb, **kw),
+register(TaskSpec("infomax", lambda enc, est, takes_baseline, num_permutations, **kw: InfoMax(enc, est, takes_baseline, **kw),
                   stream="infomax", eval_kind="infomax", needs_estimator=True))
-register(TaskSpec("supervised", lambda enc, est, tb, num_permutations, **kw: Supervised(enc, **kw),
+register(TaskSpec("supervised", lambda enc, est, takes_baseline, num_permutations, **kw: Supervised(enc, **kw),
                   stream="infomax", eval_kind="infomax", needs_estimator=False, needs_labels=True))
 
 

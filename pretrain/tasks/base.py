@@ -6,7 +6,6 @@ bound, so one DDP wrapper averages every gradient, η's included. ``task(batch) 
 """
 from __future__ import annotations
 
-import inspect
 
 import torch
 from torch import nn
@@ -73,8 +72,7 @@ def build_estimator(kind: str, name: str | None, kwargs: dict | None) -> tuple[n
     """Build the MI bound for an MI task: (module, whether it takes ``log_baseline``)."""
     if name is None:
         raise ValueError(f"task {kind!r} needs an estimator; set one of: {', '.join(estimators.names())}")
-    est = estimators.build(name, **(kwargs or {}))
-    return est, "log_baseline" in inspect.signature(est.forward).parameters
+    return estimators.build(name, **(kwargs or {})), estimators.capabilities(name).takes_baseline
 
 
 def require(batch: dict, key: str, ndim: int, kind: str) -> torch.Tensor:
