@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m pretrain",
         description="Self-supervised pretraining (jigsaw CE/MI, InfoMax) on Ray Train.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys and their defaults (what each means: pretrain/config.py):\n"
+        epilog="config keys, their defaults and what each does (override with key=value):\n"
                + defaults_help(PretrainConfig))
     p.add_argument("--config", help="YAML config (see configs/); values override the dataclass defaults")
     p.add_argument("--address", default=None,

@@ -21,126 +21,127 @@ class ConfigError(ValueError):
     """A bad config: the message is one line naming the key and what to do."""
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field: its default and the line ``--help`` prints for it (``metadata["help"]``). A dict
+    default is copied for every config."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RunSection:
-    name: str = "pretrain"  # run directory is <root>/<name>-<YYYYmmdd-HHMMSS>
-    root: str = "runs"
-    # Ray Train storage for checkpoints (e.g. a shared file system on a cluster). None: the run
-    # directory itself, so checkpoints sit beside config.yaml and tb/.
-    storage_path: Optional[str] = None
-    seed: int = 0  # seeds the models, the η/critic initialisation and the data order
+    name: str = setting("pretrain", "the run directory is <root>/<name>-<YYYYmmdd-HHMMSS>; cluster jobs resume "
+                                    "the latest run of a name")
+    root: str = setting("runs", "folder or s3:// / gs:// URL holding the run directories")
+    storage_path: Optional[str] = setting(
+        None, "Ray Train storage for checkpoints (e.g. a shared file system on a cluster; a URL holds the whole "
+              "run); null: the run directory itself, beside config.yaml and tb/")
+    seed: int = setting(0, "seeds the models, the η/critic initialisation and the data order")
 
 
 @dataclass
 class DataSection:
-    shards: str = MISSING  # a data_prep output directory (manifest.json + <split>-*.tar)
-    split: str = "train"
-    # jigsaw: a batch is images_per_batch images x perms_per_image permutations (paper: 10 x 16)
-    images_per_batch: int = 10
-    perms_per_image: int = 16
-    num_permutations: int = 100  # size of the maximal-Hamming permutation set
-    # None: the committed set (data_prep/permutations/max_hamming_100.txt), the same for every
-    # run.seed as in the paper; a path (.npy or text, 9 integers a line) takes another, e.g. a
-    # published one. Its first num_permutations rows are used; checkpoints record their sha256.
-    permutations: Optional[str] = None
-    # infomax: batch_size images of size x size pixels per rank (STL10 is scaled to 32)
-    batch_size: int = 64
-    size: int = 32
-    # None: one pass over this rank's share of the split is one epoch
-    batches_per_epoch: Optional[int] = None
-    loader_workers: int = 0  # DataLoader worker processes per rank (0: decode in the train process)
-    # jigsaw: run the encoder once per image tile and gather the features into the puzzles (the
-    # stream's gather=False). Same loss and gradients as encoding every scrambled patch, for
-    # 1/perms_per_image of the encoder work and data movement (16x less with the paper's batches).
-    unique_tiles: bool = True
-    # jigsaw: where gray, per-patch standardisation and scrambling run. host: the loader workers.
-    # device: workers only decode and crop, and ship uint8 tiles (4x fewer bytes); the rest runs
-    # batched on the training device (needs unique_tiles). Same batches either way.
-    augment_on: str = "host"
+    shards: str = setting(MISSING, "a data_prep output directory (manifest.json + <split>-*.tar) or its URL")
+    split: str = setting("train", "the split to pretrain on")
+    images_per_batch: int = setting(10, "jigsaw: images a batch (a batch is images_per_batch x perms_per_image "
+                                        "puzzles; paper: 10 x 16)")
+    perms_per_image: int = setting(16, "jigsaw: permutations drawn for each image")
+    num_permutations: int = setting(100, "jigsaw: size of the maximal-Hamming permutation set")
+    permutations: Optional[str] = setting(
+        None, "jigsaw: null for the committed set (data_prep/permutations/max_hamming_100.txt, the same for every "
+              "run.seed as in the paper), or a .npy / text file of 9 integers a line; its first num_permutations "
+              "rows are used and checkpoints record their sha256")
+    batch_size: int = setting(64, "infomax and supervised: images a batch per rank")
+    size: int = setting(32, "infomax and supervised: image side in pixels (STL-10 is scaled to 32)")
+    batches_per_epoch: Optional[int] = setting(None, "null: one pass over this rank's share of the split is one epoch")
+    loader_workers: int = setting(0, "DataLoader worker processes per rank (0: decode in the training process)")
+    unique_tiles: bool = setting(
+        True, "jigsaw: encode each image tile once and gather the features into the puzzles: the same loss and "
+              "gradients for 1/perms_per_image of the encoder work")
+    augment_on: str = setting(
+        "host", "jigsaw: where gray, per-patch standardisation and scrambling run: host (the loader workers) or "
+                "device (workers ship uint8 tiles, 4x fewer bytes; needs unique_tiles); the same batches either way")
 
 
 @dataclass
 class ModelSection:
-    # timm model name (e.g. resnet50: 2048 features per patch) or "dcgan" (paper's InfoMax encoder)
-    encoder: str = "resnet50"
-    depth: Optional[int] = None  # dcgan: number of conv layers kept (the InfoMax result used 2)
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed on to build_encoder
+    encoder: str = setting("resnet50", "a timm model name (resnet50: 2048 features a patch) or dcgan (the paper's "
+                                       "InfoMax encoder)")
+    depth: Optional[int] = setting(None, "dcgan: conv layers kept (the InfoMax result used 2)")
+    kwargs: Dict[str, Any] = setting({}, "passed on to the encoder's constructor (e.g. {image_size: 64})")
 
 
 @dataclass
 class TaskSection:
-    kind: str = "jigsaw-ce"  # a kind of pretrain.tasks.kinds(): jigsaw-ce | jigsaw-mi | infomax | supervised
-    # MI bound for jigsaw-mi and infomax (eta-mine, dv-mine, ...); None for jigsaw-ce
-    estimator: Optional[str] = None
-    estimator_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {n_critic: 1}
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed on to build_task
+    kind: str = setting("jigsaw-ce", "jigsaw-ce | jigsaw-mi | infomax | supervised (pretrain.tasks.kinds())")
+    estimator: Optional[str] = setting(None, "MI bound for jigsaw-mi and infomax (eta-mine, dv-mine, ...; "
+                                             "docs/bounds.md); null for the others")
+    estimator_kwargs: Dict[str, Any] = setting({}, "options of the bound (e.g. {n_critic: 1})")
+    kwargs: Dict[str, Any] = setting({}, "the task's head and witness options, passed on to build_task")
 
 
 @dataclass
 class OptimSection:
     # Paper, Appendix D: Adam (0.9, 0.999), 1e-4 for encoder and heads, 1e-2 for η, no decay.
-    lr: float = 1e-4
-    eta_lr: float = 1e-2
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    # Many workers: none keeps train.steps and lr as given (then keep the paper's global batch by
-    # splitting data.images_per_batch over the workers). linear|sqrt read the config as one worker's
-    # run: each of W workers takes the full per-worker batch, the steps are divided by W (the same
-    # images seen) and lr is multiplied by W or sqrt(W) (η's lr is left as it is).
-    lr_scaling: str = "none"
-    warmup_steps: int = 0  # linear warm-up of the main lr over the first N steps (0: none)
+    lr: float = setting(1e-4, "Adam learning rate of the encoder and heads (paper: 1e-4)")
+    eta_lr: float = setting(1e-2, "Adam learning rate of η (paper: 1e-2)")
+    beta1: float = setting(0.9, "Adam beta1")
+    beta2: float = setting(0.999, "Adam beta2")
+    weight_decay: float = setting(0.0, "Adam weight decay (paper: none)")
+    lr_scaling: str = setting(
+        "none", "with many workers: none keeps train.steps and lr as given (split data.images_per_batch over the "
+                "workers to keep the paper's global batch); linear | sqrt read the config as one worker's run: "
+                "each worker takes the full batch, steps are divided by the workers W and lr multiplied by W or "
+                "sqrt(W) (η's lr stays)")
+    warmup_steps: int = setting(0, "linear warm-up of the main lr over the first N steps (0: none)")
 
 
 @dataclass
 class TrainSection:
-    # Ray Train workers (DDP ranks); each reserves one GPU (when used) and
-    # threads_per_worker + data.loader_workers CPUs (the processes it really runs)
-    num_workers: int = 1
-    use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
-    bf16: bool = False  # autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)
-    channels_last: bool = False  # NHWC memory format for conv encoders (faster on CPU and GPU)
-    # GPU only: batch-norm statistics over the global batch (CPU process groups cannot sync BN)
-    sync_batchnorm: bool = False
-    steps: int = 1000  # optimiser steps in total (a resumed run continues to this number)
-    # Every report_every steps the metrics are all-reduced and rank 0 writes TensorBoard and
-    # metrics.jsonl (cheap: one collective). Only checkpoints travel through ray.train.report.
-    report_every: int = 10
-    checkpoint_every: int = 100  # a multiple of report_every
-    # Ray Train's controller polls the workers this often (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, set by
-    # the launcher for the run): a ray.train.report waits until the controller has taken the one
-    # before (Ray's default 2 s made a report every step cost ~1.8 s); the end of a run waits two
-    # polls (the last report, then "finished"); a failed worker is noticed at the next poll.
-    # 0.1 s cost no measurable step time here (benchmarks/results/train_step_exploration.md); a poll
-    # is one actor call per worker, so on clusters of hundreds of workers 0.5 s keeps the load lower.
-    controller_poll_s: float = 0.1
-    # A run directory in a bucket: rank 0 uploads metrics.jsonl and the TensorBoard events at most
-    # this often, and at every checkpoint and the end (an object cannot be appended to: each upload
-    # sends the whole grown file). The driver's progress lines and TensorBoard lag by up to this much.
-    upload_every_s: float = 10.0
-    # Multi-node DDP: all-reduce gradients in bfloat16 (half the bytes on the network; DDP's
-    # bf16_compress_hook, NCCL only). Off: gradients travel in float32.
-    bf16_grad_allreduce: bool = False
-    keep_checkpoints: Optional[int] = None  # None: keep all
-    image_every: int = 0  # TensorBoard grid of scrambled puzzles every N steps (0: first report only)
-    max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the last checkpoint)
-    threads_per_worker: int = 1  # torch threads per worker (one CPU each)
-    # Seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes)
-    # before failing with what is missing, instead of waiting forever.
-    resource_wait_s: float = 60.0
-    # torch.compile the task (forward and backward); on CUDA with CUDA graphs ("reduce-overhead":
-    # a small batch's step is bound by kernel launches). Compiling costs minutes at start-up.
-    compile: bool = False
-    # Testing fault tolerance: rank world_size-1 exits hard once when it reaches this step.
-    crash_at_step: Optional[int] = None
+    num_workers: int = setting(1, "Ray Train workers (DDP ranks); each reserves one GPU (when used) and "
+                                  "threads_per_worker + data.loader_workers CPUs")
+    use_gpu: Optional[bool] = setting(None, "null: use GPUs when the cluster has them")
+    bf16: bool = setting(False, "autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)")
+    channels_last: bool = setting(False, "NHWC memory format for conv encoders (faster on CPU and GPU)")
+    sync_batchnorm: bool = setting(False, "GPU only: batch-norm statistics over the global batch (CPU process "
+                                          "groups cannot sync them)")
+    steps: int = setting(1000, "optimiser steps in total (a resumed run continues to this number)")
+    report_every: int = setting(
+        10, "every N steps the metrics are all-reduced and rank 0 writes TensorBoard and metrics.jsonl (one "
+            "collective: cheap)")
+    checkpoint_every: int = setting(100, "steps between checkpoints, a multiple of report_every")
+    # A ray.train.report waits until the controller has taken the one before (Ray's default 2 s made a
+    # report every step cost ~1.8 s); the end of a run waits two polls. 0.1 s cost no measurable step time
+    # (benchmarks/results/train_step_exploration.md); a poll is one actor call per worker.
+    controller_poll_s: float = setting(
+        0.1, "how often Ray Train's controller polls the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, set for the "
+             "run): a report and a failed worker wait up to this long; 0.5 keeps the load lower with hundreds of "
+             "workers")
+    upload_every_s: float = setting(
+        10.0, "a run directory in a bucket: rank 0 uploads metrics.jsonl and TensorBoard events at most this "
+              "often (each upload sends the whole grown file), and at every checkpoint and the end")
+    bf16_grad_allreduce: bool = setting(
+        False, "multi-node DDP: all-reduce gradients in bfloat16 (half the bytes on the network; NCCL only)")
+    keep_checkpoints: Optional[int] = setting(None, "checkpoints kept, newest first (null: all)")
+    image_every: int = setting(0, "TensorBoard grid of input batches every N steps (0: the first report only)")
+    max_failures: int = setting(2, "worker failures Ray Train recovers from, restarting from the last checkpoint")
+    threads_per_worker: int = setting(1, "torch threads per worker (one CPU each)")
+    resource_wait_s: float = setting(
+        60.0, "seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes) "
+              "before failing with what is missing")
+    compile: bool = setting(
+        False, "torch.compile the task, forward and backward (on CUDA with CUDA graphs, for small batches bound "
+               "by kernel launches); costs minutes at start-up")
+    crash_at_step: Optional[int] = setting(None, "testing fault tolerance: the last rank exits hard once at this step")
 
 
 @dataclass
 class TrackSection:
-    # MLflow tracking URI (file:./mlruns, sqlite:///mlflow.db, http://host:5000); None: TensorBoard
-    # only. Needs pip install -e .[mlflow]; the driver logs params, metrics and the exported encoder.
-    mlflow_uri: Optional[str] = None
-    mlflow_experiment: str = "pretrain"
+    mlflow_uri: Optional[str] = setting(
+        None, "MLflow tracking URI (file:./mlruns, sqlite:///mlflow.db, http://host:5000); null: TensorBoard "
+              "only. Needs pip install -e .[mlflow]; the driver logs params, metrics and the exported encoder")
+    mlflow_experiment: str = setting("pretrain", "MLflow experiment name")
 
 
 @dataclass
@@ -211,10 +212,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return absolute_paths(merge_config(PretrainConfig, path, overrides))
 
 
-def defaults_help(schema: type, prefix: str = "") -> str:
-    """One line per key of the dataclass ``schema``: ``key=default``, then the field's
-    ``metadata["help"]`` if it has one. For ``--help``: the defaults shown are the ones that apply."""
-    lines = []
+def config_keys(schema: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted key, default as YAML writes it, help)`` for every key of the dataclass ``schema``."""
+    keys = []
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         if f.default is not dataclasses.MISSING:
@@ -224,7 +224,7 @@ def defaults_help(schema: type, prefix: str = "") -> str:
         else:
             default = None
         if dataclasses.is_dataclass(default):
-            lines.append(defaults_help(type(default), prefix=f"{key}."))
+            keys += config_keys(type(default), prefix=f"{key}.")
             continue
         if isinstance(default, str) and default == MISSING:
             shown = "(required)"
@@ -232,11 +232,14 @@ def defaults_help(schema: type, prefix: str = "") -> str:
             shown = str(default).lower().replace("none", "null")
         else:
             shown = str(default)
-        text = f"  {key}={shown}"
-        if f.metadata.get("help"):
-            text = f"{text:<34} {f.metadata['help']}"
-        lines.append(text)
-    return "\n".join(lines)
+        keys.append((key, shown, f.metadata.get("help", "")))
+    return keys
+
+
+def defaults_help(schema: type) -> str:
+    """One line per key of the dataclass ``schema``: ``key=default``, then what it does (the field's
+    ``metadata["help"]``). For ``--help``: the defaults shown are the ones that apply."""
+    return "\n".join(f"{f'  {key}={shown}':<34} {help}".rstrip() for key, shown, help in config_keys(schema))
 
 
 def absolute_paths(cfg: DictConfig) -> DictConfig:
