@@ -97,22 +97,14 @@ def measure_step(cfg, device: torch.device, compiled: bool, reps: int, backend: 
 
 def make_shards(work: Path, n_images: int) -> Path:
     """``n_images`` smooth random 292x292 JPEGs (the size ImageNet shards are stored at) as shards."""
-    from PIL import Image
+    from data_prep.manifest import MANIFEST_NAME
+    from data_prep.sample_images import random_sources
+    from data_prep.shard_writer import EncodeOptions, build_dataset
 
-    from data_prep.__main__ import main as data_prep_main
-
-    out = work / "shards"
-    if (out / "manifest.json").is_file():
-        return out
-    rng = np.random.default_rng(0)
-    for i in range(n_images):
-        folder = work / "src" / f"c{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-        coarse.resize((292, 292), Image.BICUBIC).save(folder / f"{i}.jpg", quality=90)
-    assert data_prep_main(["folder", "--src", str(work / "src"), "--out", str(out), "--shard-size", "50",
-                           "--workers", "1", "--no-progress"]) == 0
-    return out
+    if not (work / "shards" / MANIFEST_NAME).is_file():
+        build_dataset(work / "shards", "random", {"images": n_images}, *random_sources(n_images, 2, 292, smooth=True),
+                      EncodeOptions("jpg"), shard_size=50, progress=False)
+    return work / "shards"
 
 
 def measure_data(cfg, batches: int, device: torch.device) -> float:

@@ -25,16 +25,15 @@ import torch
 from torch import nn
 
 from data_prep.eval_stream import eval_loader
-from data_prep.manifest import read_manifest
+from data_prep.manifest import MANIFEST_NAME, read_manifest
 from eval.features import encode_batch, extract_features
-from eval.linear import default_splits
+from eval.linear import KS, default_splits
 from eval.probe import make_probe, probe_scores, probe_step, train_linear_probe
 from eval.topk import topk_accuracy
 from pretrain.checkpoint import capture_rng, load_encoder, save_checkpoint
 from pretrain.run_dir import checkpoint_dir_name
 from pretrain.models import build_encoder
 
-KS = (1, 5, 10)
 
 
 def build_digits_shards(out: Path, size: int, limit: int | None) -> Path:
@@ -45,7 +44,7 @@ def build_digits_shards(out: Path, size: int, limit: int | None) -> Path:
     from data_prep.sample_images import digits_sources
     from data_prep.shard_writer import EncodeOptions, SplitSource, build_dataset
 
-    if (out / "manifest.json").is_file():
+    if (out / MANIFEST_NAME).is_file():
         return out
     class_names, splits = digits_sources(size, 0.2, 0)
     if limit:

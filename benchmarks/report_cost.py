@@ -36,9 +36,10 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_infomax_eta.yam
 def digits_shards(work: Path) -> Path:
     """scikit-learn's digits as shards (``python -m data_prep digits``)."""
     from data_prep.__main__ import main as data_prep_main
+    from data_prep.manifest import MANIFEST_NAME
 
     out = work / "digits"
-    if not (out / "manifest.json").is_file():
+    if not (out / MANIFEST_NAME).is_file():
         assert data_prep_main(["digits", "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     return out
 

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from data_prep.__main__ import main as data_prep_main
+    from data_prep.manifest import MANIFEST_NAME
     from data_prep.jigsaw import permutation_set
     from tests.support.local_s3 import local_s3_server
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         if not src.is_dir():
             make_crops(src, args.images)
         for out, extra in ((shards, []), (shards292, ["--resize", "292"])):
-            if not (out / "manifest.json").is_file():
+            if not (out / MANIFEST_NAME).is_file():
                 assert data_prep_main(["folder", "--src", str(src), "--out", str(out), "--shard-size", "250",
                                        "--name", "skimage-crops", "--no-progress", *extra]) == 0
         import fsspec

@@ -36,24 +36,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 
 def make_shards(work: Path, n_images: int = 64) -> Path:
-    """Random 128x128 RGB images in 2 classes, through the folder builder."""
-    from data_prep.__main__ import main as data_prep_main
+    """Random 128x128 RGB images in 2 classes, as JPEG shards."""
+    from data_prep.manifest import MANIFEST_NAME
+    from data_prep.sample_images import random_sources
+    from data_prep.shard_writer import EncodeOptions, build_dataset
 
-    out = work / "shards"
-    if (out / "manifest.json").is_file():
-        return out
-    rng = np.random.default_rng(0)
-    for i in range(n_images):
-        d = work / "src" / f"c{i % 2}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
-    assert data_prep_main(["folder", "--src", str(work / "src"), "--out", str(out), "--shard-size", "16",
-                           "--workers", "1", "--no-progress"]) == 0
-    return out
+    if not (work / "shards" / MANIFEST_NAME).is_file():
+        build_dataset(work / "shards", "random", {"images": n_images}, *random_sources(n_images, 2, 128),
+                      EncodeOptions("jpg"), shard_size=16, progress=False)
+    return work / "shards"
 
 
 def bench_config(args, shards: Path, root: Path):

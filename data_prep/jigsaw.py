@@ -86,10 +86,11 @@ def hamming_stats(perms: np.ndarray) -> dict:
 
 
 # The one permutation set every jigsaw run uses, whatever its run.seed (the paper trains all its
-# seeds on one set): max_hamming_permutations(100, seed=0), generated once and committed with its
-# sha256 (`python -m data_prep.jigsaw` writes both; `sha256sum -c` checks the file).
+# seeds on one set): max_hamming_permutations(NUM_PERMUTATIONS, seed=0), generated once and committed
+# with its sha256 (`python -m data_prep.jigsaw` writes both; `sha256sum -c` checks the file).
+NUM_PERMUTATIONS = 100  # the paper's set size: the classes of jigsaw-ce, the columns of jigsaw-mi
 PERMUTATIONS_DIR = Path(__file__).resolve().parent / "permutations"
-DEFAULT_PERMUTATIONS = PERMUTATIONS_DIR / "max_hamming_100.txt"
+DEFAULT_PERMUTATIONS = PERMUTATIONS_DIR / f"max_hamming_{NUM_PERMUTATIONS}.txt"
 
 
 def permutations_text(perms: np.ndarray) -> str:
@@ -154,7 +155,7 @@ def permutation_set(path: str | Path | None, n: int) -> tuple[np.ndarray, str]:
 def main() -> None:
     """Regenerate the committed set (it should come out identical: the generator is deterministic)."""
     PERMUTATIONS_DIR.mkdir(exist_ok=True)
-    digest = save_permutations(DEFAULT_PERMUTATIONS, max_hamming_permutations(100, seed=0))
+    digest = save_permutations(DEFAULT_PERMUTATIONS, max_hamming_permutations(NUM_PERMUTATIONS, seed=0))
     print(f"{DEFAULT_PERMUTATIONS}: sha256 {digest}")
 
 

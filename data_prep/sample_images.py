@@ -47,6 +47,20 @@ def digits_sources(size: int = 32, test_fraction: float = 0.2, seed: int = 0):
     return [str(c) for c in d.target_names], _split(arrays, np.asarray(d.target), keys, test_fraction, seed)
 
 
+def random_sources(n_images: int, n_classes: int, size: int, seed: int = 0, smooth: bool = False):
+    """Class names and a train source of ``n_images`` random ``size``×``size`` RGB images, image i of class
+    ``i % n_classes``: stand-in data for timing the pipeline (``smooth``: upscaled from 8×8 noise, so
+    that JPEG decodes cost what photographs cost)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for _ in range(n_images):
+        image = Image.fromarray(rng.integers(0, 256, (8, 8, 3) if smooth else (size, size, 3), dtype=np.uint8))
+        arrays.append(np.asarray(image.resize((size, size), Image.BICUBIC) if smooth else image))
+    items = lambda: (SourceItem(key=f"random_{i:05d}", label=i % n_classes, origin=f"random[{i}]", array=arrays[i])
+                     for i in range(n_images))
+    return [f"c{c}" for c in range(n_classes)], {"train": SplitSource(items, n_images, labelled=True)}
+
+
 def skimage_photos() -> dict[str, np.ndarray]:
     """The scikit-image sample photographs as uint8 RGB arrays [H, W, 3], by name."""
     import skimage.data

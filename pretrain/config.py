@@ -47,7 +47,8 @@ class DataSection:
     images_per_batch: int = setting(10, "jigsaw: images a batch (a batch is images_per_batch x perms_per_image "
                                         "puzzles; paper: 10 x 16)")
     perms_per_image: int = setting(16, "jigsaw: permutations drawn for each image")
-    num_permutations: int = setting(100, "jigsaw: size of the maximal-Hamming permutation set")
+    num_permutations: int = setting(100, "jigsaw: size of the maximal-Hamming permutation set (the committed one has "
+                                              "data_prep.jigsaw.NUM_PERMUTATIONS = 100)")
     permutations: Optional[str] = setting(
         None, "jigsaw: null for the committed set (data_prep/permutations/max_hamming_100.txt, the same for every "
               "run.seed as in the paper), or a .npy / text file of 9 integers a line; its first num_permutations "

@@ -19,7 +19,7 @@ Reads top to bottom:
    as many at once as the cluster's GPUs hold): finished runs and probes are skipped, a
    half-finished run continues from its last checkpoint (``python -m pretrain --resume``
    semantics: :func:`pretrain_config` here, :mod:`cluster.resume` in a job).
-4. :func:`aggregate` and :func:`make_table`: mean ± std over all models of a method (pretraining
+4. :func:`aggregate` and :func:`paper_table`: mean ± std over all models of a method (pretraining
    seeds × probe seeds; the paper's Table 3 is over 4 × 2 = 8), the paper's numbers beside ours.
 
 ``--miniature`` runs the same path at toy scale on data that ships with scikit-learn and
@@ -37,14 +37,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig
 
 import storage
 from data_prep.builders import build as build_shards
 from data_prep.manifest import MANIFEST_NAME
 from data_prep.shard_writer import EncodeOptions
-from eval.linear import run_linear_eval
+from eval.linear import KS as TOP_K, mean_std, run_linear_eval
 from eval.paper_results import TABLE2_TOP1, TABLE3
 from pretrain.config import ConfigError, load_config
 from pretrain.fatal import RunFailed
@@ -56,7 +55,9 @@ from pretrain.tracking import TrackingError
 from pretrain.train import TrainingStopped, launch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KS = ("top1", "top5", "top10")
+KS = tuple(f"top{k}" for k in TOP_K)  # the probe's accuracies, as eval.linear reports them
+PAPER_SEEDS = 4  # pretraining seeds per method: the paper's 8 models are 4 of them × 2 probe seeds
+PAPER_PROBE_SEEDS = 2
 DATA_SECONDS = 2.0  # how long pretrain.plan times each config's data side
 METHOD_NAMES = {"dv-mine": "DV-MINE", "eta-mine": "η-MINE", "ce": "CE", "supervised": "Sup."}
 DATASET_NAMES = {"cifar10": "C10", "stl10": "S10", "imagenet10": "ImageNet-10%"}
@@ -203,8 +204,8 @@ def shard_dir(data_root: Path, dataset: str, miniature: bool) -> Path:
     return data_root / (MINIATURE_DATA[dataset].folder if miniature else DATASETS[dataset].folder)
 
 
-def build_plan(table: str, data_root: str | os.PathLike, out: str | os.PathLike, *, seeds: int = 4,
-               probe_seeds: int = 2, miniature: bool = False, methods: list[str] | None = None) -> Plan:
+def build_plan(table: str, data_root: str | os.PathLike, out: str | os.PathLike, *, seeds: int = PAPER_SEEDS,
+               probe_seeds: int = PAPER_PROBE_SEEDS, miniature: bool = False, methods: list[str] | None = None) -> Plan:
     """Every pretraining run and probe of ``table``; reads only configs and (if there) manifests."""
     from pretrain.config import load_config
 
@@ -523,8 +524,7 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
     for key, rows in groups.items():
         out[key] = {"models": len(rows)}
         for k in KS:
-            a = np.array([r[k] for r in rows], dtype=np.float64)
-            out[key][k] = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
+            out[key][k] = mean_std([r[k] for r in rows])
     return out
 
 
@@ -535,7 +535,7 @@ def _pm(stat: dict | None, models: int | None = None, expected: int | None = Non
     return text if models is None or models == expected else f"{text} ({models} of {expected})"
 
 
-def make_table(plan: Plan, agg: dict[tuple, dict], seeds: int, probe_seeds: int) -> str:
+def paper_table(plan: Plan, agg: dict[tuple, dict], seeds: int, probe_seeds: int) -> str:
     """The Markdown table: ours (mean ± std over all models) beside the paper's numbers."""
     expected = seeds * probe_seeds
     lines = []
@@ -626,8 +626,8 @@ def describe(plan_dict: dict) -> str:
     return "\n".join(lines)
 
 
-def reproduce(table: str, data_root: str | os.PathLike, out: str | os.PathLike, *, seeds: int = 4,
-              probe_seeds: int = 2, miniature: bool = False, methods: list[str] | None = None,
+def reproduce(table: str, data_root: str | os.PathLike, out: str | os.PathLike, *, seeds: int = PAPER_SEEDS,
+              probe_seeds: int = PAPER_PROBE_SEEDS, miniature: bool = False, methods: list[str] | None = None,
               address: str | None = None, gpus: int | None = None, dry_run: bool = False,
               plan_out: str | os.PathLike | None = None, tflops: float = DEFAULT_TFLOPS) -> str | None:
     """Plan, run what is not finished, and write ``<out>/table.md``; returns the table (None for a dry run)."""
@@ -653,7 +653,7 @@ def reproduce(table: str, data_root: str | os.PathLike, out: str | os.PathLike, 
     else:
         run_on_cluster(plan, address, gpus)
     agg = aggregate(collect(plan))
-    text = make_table(plan, agg, seeds, probe_seeds)
+    text = paper_table(plan, agg, seeds, probe_seeds)
     (Path(out) / "table.md").write_text(text)
     (Path(out) / "table.json").write_text(json.dumps(
         [{"method": k[0], "pretrained_on": k[1], "dataset": k[2], **v} for k, v in sorted(agg.items())], indent=1) + "\n")
@@ -668,8 +668,9 @@ def parser() -> argparse.ArgumentParser:
                          "with --miniature, where the offline stand-ins are built")
     ap.add_argument("--out", help="runs, probes and the table (default runs/reproduce/<table>[-miniature]); "
                                   "with --address, on storage every node and this machine mount")
-    ap.add_argument("--seeds", type=int, help="pretraining seeds per method (default 4 as the paper; 2 with --miniature)")
-    ap.add_argument("--probe-seeds", type=int, default=2, help="probe seeds per encoder (paper: 2; 8 models = 4 × 2)")
+    ap.add_argument("--seeds", type=int, help=f"pretraining seeds per method (default {PAPER_SEEDS} as the paper; {MINIATURE_SEEDS} with --miniature)")
+    ap.add_argument("--probe-seeds", type=int, default=PAPER_PROBE_SEEDS,
+                    help=f"probe seeds per encoder (paper: {PAPER_PROBE_SEEDS}; {PAPER_SEEDS * PAPER_PROBE_SEEDS} models = {PAPER_SEEDS} × {PAPER_PROBE_SEEDS})")
     ap.add_argument("--methods", help="comma-separated subset of the table's methods (dv-mine, eta-mine, ce, supervised)")
     ap.add_argument("--address", help="Ray job API (dashboard) URL: runs go out as jobs; default: here, one after another")
     ap.add_argument("--gpus", type=int, help="GPUs the jobs may fill at once (default: what the cluster reports)")
@@ -685,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = args.out or f"runs/reproduce/{args.table}{'-miniature' if args.miniature else ''}"
     try:
-        seeds = args.seeds if args.seeds is not None else (MINIATURE_SEEDS if args.miniature else 4)
+        seeds = args.seeds if args.seeds is not None else (MINIATURE_SEEDS if args.miniature else PAPER_SEEDS)
         text = reproduce(args.table, args.data_root, out, seeds=seeds, probe_seeds=args.probe_seeds,
                          miniature=args.miniature, methods=args.methods.split(",") if args.methods else None,
                          address=args.address, gpus=args.gpus, dry_run=args.dry_run, plan_out=args.plan_out,

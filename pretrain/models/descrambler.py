@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from data_prep.jigsaw import NUM_PERMUTATIONS
+
 
 class Descrambler(nn.Module):
     """Permutation classifier on the features of a puzzle's patches.
@@ -22,7 +24,7 @@ class Descrambler(nn.Module):
         dropout: dropout before the last layer (the paper gives no rate; 0.5 as Noroozi & Favaro).
     """
 
-    def __init__(self, feature_dim: int, num_patches: int = 9, num_permutations: int = 100,
+    def __init__(self, feature_dim: int, num_patches: int = 9, num_permutations: int = NUM_PERMUTATIONS,
                  patch_dim: int = 512, hidden_dim: int = 512, dropout: float = 0.5):
         super().__init__()
         self.num_patches = num_patches

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.jigsaw import NUM_PERMUTATIONS
+
 
 def _unit_fp32(v: torch.Tensor) -> torch.Tensor:
     """Rows of v scaled to unit length, computed in float32 (bf16 would round cosines to ~0.4%)."""
@@ -46,7 +48,7 @@ class JigsawWitness(nn.Module):
         log_baseline: also build a per-permutation baseline η(y) (for ``a-mine``).
     """
 
-    def __init__(self, feature_dim: int, num_permutations: int = 100, num_patches: int = 9,
+    def __init__(self, feature_dim: int, num_permutations: int = NUM_PERMUTATIONS, num_patches: int = 9,
                  embed_dim: int = 512, channels: tuple[int, int] = (36, 72), score_scale: float = 1.0,
                  log_baseline: bool = False):
         super().__init__()

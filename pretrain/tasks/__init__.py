@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from data_prep.jigsaw import NUM_PERMUTATIONS
+
 from .base import Task, build_estimator
 from .infomax import InfoMax
 from .jigsaw_ce import JigsawCE
@@ -28,7 +30,7 @@ register(TaskSpec("supervised", lambda enc, est, takes_baseline, num_permutation
 
 
 def build_task(kind: str, encoder: nn.Module, *, estimator: str | None = None, estimator_kwargs: dict | None = None,
-               num_permutations: int = 100, **kwargs) -> Task:
+               num_permutations: int = NUM_PERMUTATIONS, **kwargs) -> Task:
     """Build the task ``kind`` around ``encoder``.
 
     Args:

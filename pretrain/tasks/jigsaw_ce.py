@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.jigsaw import NUM_PERMUTATIONS
 from pretrain.models import Descrambler
 
 from .base import Task, require
@@ -26,7 +27,7 @@ class JigsawCE(Task):
         **head_kwargs: ``Descrambler`` options (``patch_dim``, ``hidden_dim``, ``dropout``, ``num_patches``).
     """
 
-    def __init__(self, encoder: nn.Module, num_permutations: int = 100, **head_kwargs):
+    def __init__(self, encoder: nn.Module, num_permutations: int = NUM_PERMUTATIONS, **head_kwargs):
         super().__init__(encoder)
         self.num_permutations = num_permutations
         self.descrambler = Descrambler(encoder.feature_dim, num_permutations=num_permutations, **head_kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from data_prep.jigsaw import NUM_PERMUTATIONS
 from pretrain.estimators.base import masks_checked
 from pretrain.models import JigsawWitness
 
@@ -57,7 +58,7 @@ class JigsawMI(Task):
     """
 
     def __init__(self, encoder: nn.Module, estimator: nn.Module, takes_baseline: bool = False,
-                 num_permutations: int = 100, **witness_kwargs):
+                 num_permutations: int = NUM_PERMUTATIONS, **witness_kwargs):
         super().__init__(encoder, estimator)
         self.num_permutations = num_permutations
         self.takes_baseline = takes_baseline

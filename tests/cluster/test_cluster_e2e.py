@@ -10,42 +10,21 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+
+from tests.support.shards import synthetic_shards
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.timeout(900)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CLASSES = ["red", "green", "blue"]
-
-
-def build_shards(out: Path, size: int = 32, counts: dict[str, int] | None = None) -> Path:
-    """Three classes of flat colour plus noise, written by data_prep's shard builder."""
-    from data_prep.shard_writer import EncodeOptions, SourceItem, SplitSource, build_dataset
-
-    rng = np.random.default_rng(0)
-    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.int16)
-
-    def split(name: str, n: int) -> SplitSource:
-        labels = np.arange(n) % len(CLASSES)
-        images = np.clip(colours[labels][:, None, None, :] + rng.integers(-40, 41, (n, size, size, 3)), 0, 255)
-        images = images.astype(np.uint8)
-        items = lambda: (SourceItem(key=f"{name}_{i:04d}", label=int(labels[i]), origin=f"{name}[{i}]", array=images[i])
-                         for i in range(n))
-        return SplitSource(items, n, labelled=True)
-
-    counts = counts or {"train": 48, "test": 24}
-    build_dataset(out, "synthetic", {"seed": 0, "size": size}, CLASSES, {s: split(s, n) for s, n in counts.items()},
-                  EncodeOptions(fmt="png"), shard_size=12, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> Path:
     """Stands in for the cluster's shared file system: shards, run directories, results."""
     root = tmp_path_factory.mktemp("shared")
-    build_shards(root / "shards")
+    synthetic_shards(root / "shards", 32, {"train": 48, "test": 24}, shard_size=12)
     return root
 
 

@@ -116,22 +116,6 @@ def make_imagenet(root: Path, per_class: int = 20, val_per_class: int = 10) -> d
     return {"train": train, "val": val, "labels": root / "LOC_val_solution.csv"}
 
 
-def make_png_shards(root: Path, n_images: int, n_classes: int, size: int, shard_size: int) -> Path:
-    """``n_images`` random ``size``×``size`` RGB PNGs in ``root/src``, image i in class folder
-    ``c{i % n_classes}``, built into ``root/shards`` by the ``folder`` builder; returns that folder."""
-    from data_prep.__main__ import main as data_prep_main
-
-    rng = np.random.default_rng(0)
-    for i in range(n_images):
-        folder = root / "src" / f"c{i % n_classes}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    out = root / "shards"
-    assert data_prep_main(["folder", "--src", str(root / "src"), "--out", str(out), "--shard-size", str(shard_size),
-                           "--format", "png", "--workers", "1", "--no-progress"]) == 0
-    return out
-
-
 def read_shards(shard_dir: Path, split: str) -> dict:
     """{key: (uint8 image, label or None)} read with tarfile + PIL, independent of the package."""
     out = {}

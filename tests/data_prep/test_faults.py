@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from data_prep.__main__ import main as build
-from tests.data_prep.conftest import make_cifar, make_png_shards
+from tests.data_prep.conftest import make_cifar
+from tests.support.shards import folder_shards
 
 
 class _Payload:
@@ -60,7 +61,7 @@ def test_real_cifar_layout_still_reads_with_the_restricted_unpickler(tmp_path):
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory):
     """8 PNG images in 2 classes, 4 shards of 2."""
-    return make_png_shards(tmp_path_factory.mktemp("faults"), 8, n_classes=2, size=40, shard_size=2)
+    return folder_shards(tmp_path_factory.mktemp("faults"), 8, n_classes=2, size=40, shard_size=2)
 
 
 def damaged_copy(src, dst, damage):

@@ -12,29 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from data_prep.shard_writer import EncodeOptions, SourceItem, SplitSource, build_dataset
 from pretrain.checkpoint import capture_rng, save_checkpoint
 from pretrain.run_dir import checkpoint_dir_name
 from pretrain.models import build_encoder
+from tests.support.shards import synthetic_shards
 
-CLASSES = ["red", "green", "blue"]
-COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.int16)
-
-
-def build_synthetic_shards(out: Path, size: int, counts: dict[str, int], seed: int = 0, shard_size: int = 20) -> Path:
-    """Write `synthetic` shards (PNG) with the data_prep builder: {split: number of images}."""
-    rng = np.random.default_rng(seed)
-
-    def source(split: str, n: int) -> SplitSource:
-        labels = np.arange(n) % len(CLASSES)
-        noise = rng.integers(-40, 41, size=(n, size, size, 3))
-        images = np.clip(COLOURS[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
-        return SplitSource(lambda: (SourceItem(key=f"{split}_{i:04d}", label=int(labels[i]), origin=f"{split}[{i}]", array=images[i])
-                                    for i in range(n)), n, labelled=True)
-
-    build_dataset(out, "synthetic", {"seed": seed, "size": size}, CLASSES, {s: source(s, n) for s, n in counts.items()},
-                  EncodeOptions(fmt="png"), shard_size=shard_size, progress=False)
-    return out
 
 
 class TinyTask(nn.Module):
@@ -78,8 +60,8 @@ def eval_world(tmp_path_factory):
     """Shards and checkpoints shared by the eval tests: an InfoMax run (32×32) and a jigsaw run
     (DCGAN on 64×64 patches, so the 9-patch path runs fast on a CPU)."""
     root = tmp_path_factory.mktemp("eval_world")
-    small = build_synthetic_shards(root / "synthetic32", 32, {"train": 60, "test": 30})
-    big = build_synthetic_shards(root / "synthetic96", 96, {"train": 12, "test": 6}, seed=1, shard_size=6)
+    small = synthetic_shards(root / "synthetic32", 32, {"train": 60, "test": 30})
+    big = synthetic_shards(root / "synthetic96", 96, {"train": 12, "test": 6}, seed=1, shard_size=6)
     infomax_run = root / "runs" / "infomax-eta"
     write_checkpoint(infomax_run, make_config("infomax", small), step=3, seed=1)
     write_checkpoint(infomax_run, make_config("infomax", small), step=6, seed=2)  # the latest: run dirs load this one

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from pretrain.config import ConfigError, load_config, to_plain, validate
+from tests.support.shards import folder_shards
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -19,17 +19,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """A tiny folder-built shard directory (4 images, 2 classes)."""
-    from data_prep.__main__ import main as data_prep_main
-
-    root = tmp_path_factory.mktemp("cfg")
-    src = root / "src"
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (src / c).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(src / c / f"{i}.png")
-    out = root / "shards"
-    assert data_prep_main(["folder", "--src", str(src), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    out = folder_shards(tmp_path_factory.mktemp("cfg"), 4, n_classes=2, size=40, shard_size=1000)
     return out
 
 

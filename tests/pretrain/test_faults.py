@@ -16,7 +16,7 @@ from pretrain import checkpoint as ck
 from pretrain.__main__ import main as cli
 from pretrain.config import ConfigError, load_config
 from pretrain.run_dir import CONFIG_FILE, checkpoint_dir_name, step_of
-from tests.data_prep.conftest import make_png_shards
+from tests.support.shards import folder_shards
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """40 random 32×32 PNGs in 4 classes, 4 shards."""
-    out = make_png_shards(tmp_path_factory.mktemp("pf"), 40, n_classes=4, size=32, shard_size=10)
+    out = folder_shards(tmp_path_factory.mktemp("pf"), 40, n_classes=4, size=32, shard_size=10)
     (out.parent / "base.yaml").write_text("run:\n  seed: 0\n")
     return out
 

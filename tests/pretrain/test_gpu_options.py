@@ -14,7 +14,7 @@ from data_prep import jigsaw
 from pretrain.config import ConfigError, load_config, validate
 from pretrain.plan import example_batch
 from pretrain.train import build_task_from_config, permutations_of
-from tests.pretrain.run_states import tiny_cfg
+from tests.support.run_states import tiny_cfg
 
 JIGSAW = ["data.shards=/nonexistent", "task.kind=jigsaw-mi", "task.estimator=eta-mine", "model.encoder=dcgan",
           "model.depth=2", "model.kwargs.image_size=64", "data.images_per_batch=3", "data.perms_per_image=4",

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pretrain import dist, estimators
 from pretrain.checkpoint import capture_rng, save_checkpoint
-from tests.pretrain.run_states import tiny_cfg
+from tests.support.run_states import tiny_cfg
 from pretrain.plan import example_batch
 from pretrain.train import (MetricWindow, build_optimizers, build_task_from_config, eta_across_ranks,
                             permutations_of, resume, to_device, train_step)

@@ -61,10 +61,10 @@ def test_an_unusable_tracking_uri_is_one_line_before_ray_starts(tmp_path, monkey
 
     from pretrain.__main__ import main
 
-    from ..eval.conftest import build_synthetic_shards
+    from tests.support.shards import synthetic_shards
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    shards = build_synthetic_shards(tmp_path / "shards", 32, {"train": 64})  # a batch of 32 for each of 2 ranks
+    shards = synthetic_shards(tmp_path / "shards", 32, {"train": 64})  # a batch of 32 for each of 2 ranks
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the store should be")
     config = Path(__file__).resolve().parents[2] / "configs" / "demo_infomax_eta.yaml"

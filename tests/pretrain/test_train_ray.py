@@ -21,7 +21,7 @@ from pretrain import checkpoint as ck
 from pretrain.config import load_config
 from pretrain.run_dir import CRASH_MARKER
 from console.progress import WALL_TIME
-from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics
+from tests.support.run_states import assert_same_state, infomax_overrides, read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 

@@ -20,7 +20,7 @@ import pytest
 import storage
 from pretrain import checkpoint as ck
 from pretrain.run_dir import CRASH_MARKER, experiment_dir, new_run_dir
-from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics
+from tests.support.run_states import assert_same_state, infomax_overrides, read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 

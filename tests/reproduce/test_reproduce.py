@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reproduce import driver as reproduce
-from reproduce.driver import aggregate, build_plan, collect, make_table
+from reproduce.driver import aggregate, build_plan, collect, paper_table
 
 
 def test_table3_plan_is_three_methods_times_the_seeds(tmp_path):
@@ -80,7 +80,7 @@ def test_eight_models_aggregate_as_by_hand(tmp_path):
     assert eta["top5"] == pytest.approx({"mean": 21.0, "std": 2.0})
     assert eta["top10"] == pytest.approx({"mean": 22.0, "std": 4.0})
     assert agg[("ce", "imagenet10", "imagenet10")]["models"] == 6
-    table = make_table(plan, agg, seeds=4, probe_seeds=2)
+    table = paper_table(plan, agg, seeds=4, probe_seeds=2)
     row = next(line for line in table.splitlines() if line.startswith("| η-MINE"))
     assert row == "| η-MINE | 8 of 8 | 11.0 ± 2.0 | 21.0 ± 2.0 | 22.0 ± 4.0 | 11.0 ± 1.1 | 24.1 ± 2.2 | 32.7 ± 2.2 |"
     assert next(line for line in table.splitlines() if line.startswith("| CE")).startswith("| CE | 6 of 8 | 12.0 ± 0.0")

@@ -2,11 +2,10 @@
 process, found through ``AWS_ENDPOINT_URL`` as any S3-compatible store would be (see
 :mod:`storage`), with dummy credentials and no AWS config files.
 
-Its home is this package, not ``tests/`` or ``benchmarks/``, because both of those use it and neither
-can import the other: the benchmarks are scripts run as ``python benchmarks/NAME.py`` (``tests/`` is not
-on their path) and loaded by the tests from their files (``benchmarks/`` is not a package). Nothing in
-the packages imports it, and it imports no moto itself (the server is ``python -m moto.server`` in a
-subprocess), so moto stays a ``dev`` extra that only starting the server needs.
+It is test infrastructure: ``tests/conftest.py``'s ``s3`` fixture starts it, and
+``benchmarks/stream_throughput.py --s3`` imports it from the repository root. Nothing in the packages
+imports it, and it imports no moto itself (the server is ``python -m moto.server`` in a subprocess), so
+moto stays a ``dev`` extra that only starting the server needs.
 """
 from __future__ import annotations
 
