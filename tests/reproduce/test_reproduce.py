@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from reproduce import driver as reproduce
-from reproduce.driver import aggregate, build_plan, collect, paper_table
+from reproduce import driver, plan as rplan, run as rrun
+from reproduce.aggregate import aggregate, collect, paper_table
+from reproduce.plan import build_plan
 
 
 def test_table3_plan_is_three_methods_times_the_seeds(tmp_path):
@@ -41,9 +42,9 @@ def test_table2_plan_has_cross_probes_and_the_supervised_column(tmp_path):
 
 
 def test_dry_run_writes_the_plan_with_costs(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(reproduce, "DATA_SECONDS", 0.2)  # pretrain.plan times each config's data side
+    monkeypatch.setattr(rplan, "DATA_SECONDS", 0.2)  # pretrain.plan times each config's data side
     plan_file = tmp_path / "plan.json"
-    assert reproduce.main(["table2", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
+    assert driver.main(["table2", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
                            "--seeds", "1", "--probe-seeds", "2", "--dry-run", "--plan-out", str(plan_file)]) == 0
     plan = json.loads(plan_file.read_text())
     assert plan["table"] == "table2" and len(plan["runs"]) == 6 + 10
@@ -56,7 +57,7 @@ def test_dry_run_writes_the_plan_with_costs(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "6 pretraining runs, 10 probes" in out and "GPU-minutes at a sustained" in out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing else
-    assert reproduce.main(["table3", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert driver.main(["table3", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "no imagenet10 shards in" in capsys.readouterr().err  # before any run, with the command to build them
 
 
@@ -100,11 +101,11 @@ def test_miniature_end_to_end_skips_finished_work(tmp_path, monkeypatch, capsys)
     data = tmp_path / "data"
     assert data_prep_main(["skimage-crops", "--images", "40", "--resize", "292", "--out", str(data / "skimage_crops"),
                            "--workers", "1", "--no-progress"]) == 0
-    monkeypatch.setitem(reproduce.MINIATURE_STEPS, "table3", 4)
-    monkeypatch.setattr(reproduce, "MINIATURE_PROBE_EPOCHS", 3)
-    monkeypatch.setattr(reproduce, "DATA_SECONDS", 0.05)
+    monkeypatch.setitem(rplan.MINIATURE_STEPS, "table3", 4)
+    monkeypatch.setattr(rplan, "MINIATURE_PROBE_EPOCHS", 3)
+    monkeypatch.setattr(rplan, "DATA_SECONDS", 0.05)
     args = dict(seeds=1, probe_seeds=2, miniature=True, methods=["eta-mine"])
-    table = reproduce.reproduce("table3", data, tmp_path / "out", **args)
+    table = driver.reproduce("table3", data, tmp_path / "out", **args)
     assert "| η-MINE | 2 of 2 |" in table and (tmp_path / "out" / "table.md").read_text() == table
     run_dir = next((tmp_path / "out" / "runs").iterdir())
     payload = torch.load(resolve_checkpoint_file(run_dir), weights_only=True)
@@ -114,29 +115,29 @@ def test_miniature_end_to_end_skips_finished_work(tmp_path, monkeypatch, capsys)
     assert first["step"] == 4 and first["seeds"] == [0, 1] and first["checkpoint"] == str(resolve_checkpoint_file(run_dir))
     capsys.readouterr()
 
-    assert reproduce.reproduce("table3", data, tmp_path / "out", **args) == table  # everything finished: skipped
+    assert driver.reproduce("table3", data, tmp_path / "out", **args) == table  # everything finished: skipped
     out = capsys.readouterr().out
     assert "[skip] table3-mini-eta-mine-imagenet10-seed0: finished" in out and "[pretrain]" not in out and "[probe]" not in out
 
-    monkeypatch.setitem(reproduce.MINIATURE_STEPS, "table3", 8)  # now half-finished: it would continue, not restart
+    monkeypatch.setitem(rplan.MINIATURE_STEPS, "table3", 8)  # now half-finished: it would continue, not restart
     plan = build_plan("table3", data, tmp_path / "out", **args)
-    assert reproduce.pretrain_state(plan, plan.runs[0]) == ("partial", run_dir)
-    cfg, resumed = reproduce.pretrain_config(plan, plan.runs[0])  # pretrain's --resume: the saved config
+    assert rrun.pretrain_state(plan, plan.runs[0]) == ("partial", run_dir)
+    cfg, resumed = rrun.pretrain_config(plan, plan.runs[0])  # pretrain's --resume: the saved config
     assert resumed == run_dir and cfg.train.steps == 8
-    assert reproduce.probe_state(plan, plan.probes[0]) == "to run"
+    assert rrun.probe_state(plan, plan.probes[0]) == "to run"
 
 
 def test_the_miniature_builds_a_missing_stand_in_through_the_builder_registry(tmp_path, monkeypatch, capsys):
     from data_prep.manifest import read_manifest
     from data_prep.shard_writer import EncodeOptions
 
-    tiny = reproduce.StandIn("digits8", "digits", {"size": 8, "test_fraction": 0.2, "seed": 0}, EncodeOptions("png"))
-    monkeypatch.setitem(reproduce.MINIATURE_DATA, "imagenet10", tiny)
-    reproduce.check_data("table3", tmp_path, miniature=True)
+    tiny = rplan.StandIn("digits8", "digits", {"size": 8, "test_fraction": 0.2, "seed": 0}, EncodeOptions("png"))
+    monkeypatch.setitem(rplan.MINIATURE_DATA, "imagenet10", tiny)
+    rplan.check_data("table3", tmp_path, miniature=True)
     manifest = read_manifest(tmp_path / "digits8")
     assert manifest["dataset"] == "sklearn-digits" and manifest["splits"]["train"]["num_samples"] + manifest["splits"]["test"]["num_samples"] == 1797
     assert "building the miniature's imagenet10 stand-in" in capsys.readouterr().out
-    reproduce.check_data("table3", tmp_path, miniature=True)  # there now: not built again
+    rplan.check_data("table3", tmp_path, miniature=True)  # there now: not built again
     assert capsys.readouterr().out == ""
 
 
@@ -149,21 +150,21 @@ def test_half_finished_run_continues_from_its_directory(tmp_path):
 
     plan = build_plan("table3", tmp_path / "data", tmp_path / "out", seeds=1, methods=["ce"])
     run = plan.runs[0]
-    assert reproduce.pretrain_state(plan, run) == ("new", None)
-    cfg, resumed = reproduce.pretrain_config(plan, run)
+    assert rrun.pretrain_state(plan, run) == ("new", None)
+    cfg, resumed = rrun.pretrain_config(plan, run)
     assert resumed is None and cfg.task.kind == "jigsaw-ce"  # from configs/jigsaw_ce_imagenet10.yaml
     run_dir = plan.run_root / f"{run.name}-20260101-000000"
     config = make_config("jigsaw-ce", tmp_path / "data", estimator=None, image_size=64)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     write_checkpoint(run_dir, config, step=1000)
-    assert reproduce.pretrain_state(plan, run) == ("partial", run_dir)
-    cfg, resumed = reproduce.pretrain_config(plan, run)
+    assert rrun.pretrain_state(plan, run) == ("partial", run_dir)
+    cfg, resumed = rrun.pretrain_config(plan, run)
     assert resumed == run_dir and cfg.model.encoder == "dcgan"  # the saved config.yaml, not the YAML
-    reproduce.refresh_status(plan)
+    rrun.refresh_status(plan)
     assert run.status == "partial (step 1000 of 2560000)" and plan.probes[0].status == "to run"
     run.steps = 1000
-    assert reproduce.pretrain_state(plan, run) == ("done", run_dir)
+    assert rrun.pretrain_state(plan, run) == ("done", run_dir)
 
 
 def test_cluster_jobs_resume_named_runs_and_probe_their_directory(tmp_path):
@@ -174,11 +175,11 @@ def test_cluster_jobs_resume_named_runs_and_probe_their_directory(tmp_path):
 
     plan = build_plan("table3", tmp_path / "data", tmp_path / "out", seeds=1, probe_seeds=2, methods=["ce"])
     run = plan.runs[0]
-    entrypoint, name, _ = pretrain_job(reproduce.REPO_ROOT / run.config, run.overrides, reproduce.REPO_ROOT)
+    entrypoint, name, _ = pretrain_job(rplan.REPO_ROOT / run.config, run.overrides, rplan.REPO_ROOT)
     assert name == "table3-ce-imagenet10-seed0"
     assert shlex.split(entrypoint)[:5] == ["python", "-m", "cluster.resume", "--config", "configs/jigsaw_ce_imagenet10.yaml"]
     assert f"run.root={tmp_path / 'out' / 'runs'}" in shlex.split(entrypoint)
-    probe = shlex.split(reproduce.probe_entrypoint(plan, plan.probes[0], tmp_path / "out" / "runs" / "r-1"))
+    probe = shlex.split(rrun.probe_entrypoint(plan, plan.probes[0], tmp_path / "out" / "runs" / "r-1"))
     assert probe[:3] == ["python", "-m", "eval.linear"]
     assert {f"checkpoint={tmp_path / 'out' / 'runs' / 'r-1'}", "seeds=2", "epochs=200",
             f"out={tmp_path / 'out' / 'probes' / 'table3-ce-imagenet10-seed0-on-imagenet10'}"} <= set(probe[3:])
