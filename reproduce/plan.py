@@ -11,10 +11,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from data_prep.builders import build as build_shards
-from data_prep.manifest import MANIFEST_NAME
+from data_prep.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from data_prep.shard_writer import EncodeOptions
+from eval.features import kind_of
+from pretrain.config import load_config, to_plain
+from pretrain.models import build_encoder_from_config
 from pretrain.plan import DEFAULT_TFLOPS
+from pretrain.plan import plan as config_plan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAPER_SEEDS = 4  # pretraining seeds per method: the paper's 8 models are 4 of them × 2 probe seeds
@@ -28,7 +35,6 @@ DATA_SECONDS = 2.0  # how long pretrain.plan times each config's data side
 @dataclass(frozen=True)
 class Dataset:
     """A dataset of the paper: its shard folder under ``--data-root`` and how to build it."""
-
     folder: str
     build: str  # the data_prep command (shown when the shards are missing)
     sizes: tuple[int, int]  # (probe train, probe test) images, for the plan when no manifest is there
@@ -37,7 +43,6 @@ class Dataset:
 @dataclass(frozen=True)
 class Pretraining:
     """One method's pretraining on one dataset and the datasets its encoder is probed on."""
-
     method: str  # dv-mine | eta-mine | ce | supervised
     dataset: str
     config: str  # relative to the repository
@@ -74,7 +79,6 @@ PROBE_EPOCHS = 200  # paper, Appendix D
 @dataclass(frozen=True)
 class StandIn:
     """A miniature's offline stand-in for a dataset: a data_prep builder run under --data-root when missing."""
-
     folder: str
     builder: str  # a name in data_prep.builders.BUILDERS
     inputs: dict
@@ -166,8 +170,6 @@ def shard_dir(data_root: Path, dataset: str, miniature: bool) -> Path:
 def build_plan(table: str, data_root: str | os.PathLike, out: str | os.PathLike, *, seeds: int = PAPER_SEEDS,
                probe_seeds: int = PAPER_PROBE_SEEDS, miniature: bool = False, methods: list[str] | None = None) -> Plan:
     """Every pretraining run and probe of ``table``; reads only configs and (if there) manifests."""
-    from pretrain.config import load_config
-
     if table not in TABLES:
         raise ReproduceError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
     if seeds < 1 or probe_seeds < 1:
@@ -205,7 +207,6 @@ def build_plan(table: str, data_root: str | os.PathLike, out: str | os.PathLike,
 
 
 def _class_count(shards: Path) -> int:
-    from data_prep.manifest import ManifestError, read_manifest
 
     try:
         return len(read_manifest(shards)["class_names"])
@@ -215,8 +216,6 @@ def _class_count(shards: Path) -> int:
 
 def _probe_sizes(data: Path, dataset: str) -> tuple[int, int]:
     """(train, test) images of a probe dataset: from its manifest, else the dataset's usual sizes."""
-    from data_prep.manifest import ManifestError, read_manifest
-
     try:
         splits = read_manifest(data)["splits"]
     except ManifestError:
@@ -228,8 +227,6 @@ def _probe_sizes(data: Path, dataset: str) -> tuple[int, int]:
 def check_data(table: str, data_root: Path, miniature: bool, methods: list[str] | None = None) -> None:
     """Every shard folder the table reads exists (the miniature builds its own); else one line naming
     the command that builds it."""
-    from data_prep.manifest import ManifestError, read_manifest
-
     used = [p for p in TABLES[table] if not methods or p.method in methods]
     for dataset in sorted({p.dataset for p in used} | {d for p in used for d in p.probes}):
         folder = shard_dir(data_root, dataset, miniature)
@@ -254,12 +251,7 @@ def check_data(table: str, data_root: Path, miniature: bool, methods: list[str] 
 
 def probe_flops(config: str, overrides: list[str], probe: ProbeRun) -> float:
     """Feature extraction (one forward pass per train and test image, cached) plus the linear probe."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from eval.features import kind_of
-    from pretrain.models import build_encoder_from_config
-    from pretrain.config import load_config, to_plain
 
     cfg = to_plain(load_config(REPO_ROOT / config, overrides))
     encoder = build_encoder_from_config(cfg["model"]).eval()
@@ -276,9 +268,6 @@ def probe_flops(config: str, overrides: list[str], probe: ProbeRun) -> float:
 def add_costs(plan: Plan) -> None:
     """Fill in every run's cost (:func:`pretrain.plan.plan` of its config, each config once) and
     every probe's FLOPs."""
-    from pretrain.config import load_config
-    from pretrain.plan import plan as config_plan
-
     per_config: dict[tuple, object] = {}
     for run in plan.runs:
         key = (run.config, *[o for o in run.overrides if not o.startswith(("run.", "data.shards="))])

@@ -10,11 +10,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 import storage
+from cluster import submit as cs
 from eval.linear import run_linear_eval
+from pretrain.checkpoint import checkpoint_dirs, resolve_checkpoint_file
 from pretrain.config import ConfigError, load_config
 from pretrain.fatal import RunFailed
 from pretrain.preflight import local_ray_on_loopback
-from pretrain.run_dir import CONFIG_FILE
+from pretrain.run_dir import CONFIG_FILE, experiment_dir, latest_run_dir, step_of
 from pretrain.run_lock import RunDirInUse
 from pretrain.tracking import TrackingError
 from pretrain.train import TrainingStopped, launch
@@ -25,8 +27,6 @@ from reproduce.plan import REPO_ROOT, Plan, PretrainRun, ProbeRun, ReproduceErro
 
 def pretrain_state(plan: Plan, run: PretrainRun) -> tuple[str, Path | None]:
     """("done" | "partial" | "new", run directory or None) of a run, from its checkpoints on disk."""
-    from pretrain.run_dir import latest_run_dir
-
     run_dir = latest_run_dir(plan.run_root, run.name)
     if run_dir is None:
         return "new", None
@@ -35,9 +35,6 @@ def pretrain_state(plan: Plan, run: PretrainRun) -> tuple[str, Path | None]:
 
 def last_step(run_dir) -> int:
     """The step of a run directory's newest checkpoint (0 without one)."""
-    from pretrain.checkpoint import checkpoint_dirs
-    from pretrain.run_dir import experiment_dir, step_of
-
     dirs = checkpoint_dirs(experiment_dir(run_dir))
     return step_of(dirs[-1]) if dirs else 0
 
@@ -48,7 +45,6 @@ def probe_state(plan: Plan, probe: ProbeRun) -> str:
     state, run_dir = pretrain_state(plan, plan.run(probe.run_name))
     if state != "done" or not results.is_file():
         return "to run"
-    from pretrain.checkpoint import resolve_checkpoint_file
 
     res = json.loads(results.read_text())
     same = (res.get("checkpoint") == str(resolve_checkpoint_file(run_dir).resolve())
@@ -103,27 +99,21 @@ def run_locally(plan: Plan) -> None:
 
 def cluster_gpus(address: str) -> int:
     """GPUs of the Ray cluster behind the job API ``address`` (its state API)."""
-    from ray.util.state import list_nodes
+    from ray.util.state import list_nodes  # Ray's state API: only a cluster run needs it
 
-    from cluster.submit import normalise_address
-
-    nodes = list_nodes(address=normalise_address(address), filters=[("state", "=", "ALIVE")])
+    nodes = list_nodes(address=cs.normalise_address(address), filters=[("state", "=", "ALIVE")])
     return int(sum(n.resources_total.get("GPU", 0) for n in nodes))
 
 
 def probe_entrypoint(plan: Plan, probe: ProbeRun, run_dir: Path) -> str:
     """The ``python -m eval.linear`` job command of a probe (through ``cluster.submit.eval_job``)."""
-    from cluster.submit import eval_job
-
-    return eval_job([f"checkpoint={run_dir}", f"data={probe.data}", f"epochs={probe.epochs}",
-                     f"seeds={probe.probe_seeds}", f"out={probe.out}", f"cache_dir={Path(plan.out) / 'feature_cache'}"])
+    return cs.eval_job([f"checkpoint={run_dir}", f"data={probe.data}", f"epochs={probe.epochs}",
+                        f"seeds={probe.probe_seeds}", f"out={probe.out}", f"cache_dir={Path(plan.out) / 'feature_cache'}"])
 
 
 def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: float = 10.0) -> None:
     """Submit the runs as Ray jobs, as many at once as the cluster's GPUs hold; each probe once its
     run has finished. ``--out`` and ``--data-root`` must be on storage every node and this machine mount."""
-    from cluster import submit as cs
-
     client = cs.connect(address)
     env = cs.runtime_env(REPO_ROOT)
     try:

@@ -9,6 +9,7 @@ import json
 import torch
 
 import storage
+from pretrain.config import load_config
 
 
 def infomax_overrides(shards: str, root: str, *extra: str) -> list[str]:
@@ -42,8 +43,6 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 def tiny_cfg(kind: str, estimator: str | None, *extra: str):
     """A config of ``kind`` on a depth-2 DCGAN small enough for one CPU step (shards never read)."""
-    from pretrain.config import load_config
-
     common = ["data.shards=/nonexistent", f"task.kind={kind}", "model.encoder=dcgan", *extra]
     if estimator:
         common.append(f"task.estimator={estimator}")
