@@ -128,14 +128,19 @@ def test_miniature_end_to_end_skips_finished_work(tmp_path, monkeypatch, capsys)
 
 
 def test_the_miniature_builds_a_missing_stand_in_through_the_builder_registry(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
     from data_prep.manifest import read_manifest
     from data_prep.shard_writer import EncodeOptions
 
-    tiny = rplan.StandIn("digits8", "digits", {"size": 8, "test_fraction": 0.2, "seed": 0}, EncodeOptions("png"))
+    for i in range(4):
+        (tmp_path / "src" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(tmp_path / "src" / f"c{i % 2}" / f"{i}.png")
+    tiny = rplan.StandIn("tiny", "folder", {"src": [str(tmp_path / "src")], "name": "tiny"}, EncodeOptions("png"))
     monkeypatch.setitem(rplan.MINIATURE_DATA, "imagenet10", tiny)
     rplan.check_data("table3", tmp_path, miniature=True)
-    manifest = read_manifest(tmp_path / "digits8")
-    assert manifest["dataset"] == "sklearn-digits" and manifest["splits"]["train"]["num_samples"] + manifest["splits"]["test"]["num_samples"] == 1797
+    manifest = read_manifest(tmp_path / "tiny")
+    assert manifest["dataset"] == "tiny" and manifest["splits"]["train"]["num_samples"] == 4
     assert "building the miniature's imagenet10 stand-in" in capsys.readouterr().out
     rplan.check_data("table3", tmp_path, miniature=True)  # there now: not built again
     assert capsys.readouterr().out == ""
