@@ -2,23 +2,19 @@
 defaults, read like the pretraining config (:func:`pretrain.config.merge_config`: YAML, then
 `key=value`; an unknown key is a one-line error naming it).
 
-Kept apart from :mod:`eval.linear` so that launchers (`cluster.submit`) can check an evaluation's
-settings before submitting it without importing torch.
+Kept apart from :mod:`eval.linear`: reading and checking the settings imports no torch.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
 
 from pretrain.config import ConfigError, merge_config
-
-
-def _setting(default, help: str):
-    return field(default=default, metadata={"help": help})
+from pretrain.config import setting as _setting
 
 
 # Feature extraction when `extract_batch_size` / `num_workers` are left null. On a GPU a forward pass
