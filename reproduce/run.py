@@ -126,43 +126,43 @@ def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: fl
     probe_gpus = 1 if reported else 0  # a probe job asks for a GPU only where there are GPUs
     queue: list[tuple[str, object]] = [("pretrain", r) for r in plan.runs if pretrain_state(plan, r)[0] != "done"]
     queue += [("probe", p) for p in plan.probes if probe_state(plan, p) != "done"]
-    running: dict[str, tuple[str, object, int]] = {}  # job id -> (kind, item, GPUs)
+    running: dict[str, tuple[str, object, int]] = {}  # job id -> (stage, item, GPUs)
     finished: set[str] = {r.name for r in plan.runs if pretrain_state(plan, r)[0] == "done"}
     failed: list[str] = []
     while queue or running:
         free = gpus - sum(g for _, _, g in running.values())
-        for kind, item in list(queue):
-            if kind == "probe" and item.run_name not in finished:
+        for stage, item in list(queue):
+            if stage == "probe" and item.run_name not in finished:
                 if item.run_name in failed:
-                    queue.remove((kind, item))
+                    queue.remove((stage, item))
                 continue
-            need = item.workers if kind == "pretrain" else 1  # a CPU-only cluster: --gpus counts job slots
+            need = item.workers if stage == "pretrain" else 1  # a CPU-only cluster: --gpus counts job slots
             if need > free:
                 continue
-            if kind == "pretrain":
+            if stage == "pretrain":
                 entrypoint, run_name, _ = cs.pretrain_job(REPO_ROOT / item.config, item.overrides, REPO_ROOT)
                 job = cs.submit(client, entrypoint, env, kind="pretrain", run_name=run_name)
             else:
                 _, run_dir = pretrain_state(plan, plan.run(item.run_name))
                 job = cs.submit(client, probe_entrypoint(plan, item, run_dir), env, kind="eval",
                                 entrypoint_gpus=probe_gpus)
-            print(f"[job {job}] {kind} {getattr(item, 'name', None) or f'{item.run_name} on {item.dataset}'}", flush=True)
-            running[job] = (kind, item, need)
-            queue.remove((kind, item))
+            print(f"[job {job}] {stage} {getattr(item, 'name', None) or f'{item.run_name} on {item.dataset}'}", flush=True)
+            running[job] = (stage, item, need)
+            queue.remove((stage, item))
             free -= need
         time.sleep(poll_s)
-        for job, (kind, item, _) in list(running.items()):
+        for job, (stage, item, _) in list(running.items()):
             status = str(client.get_job_status(job))
             if status not in cs.TERMINAL:
                 continue
             del running[job]
-            name = item.name if kind == "pretrain" else f"{item.run_name} on {item.dataset}"
+            name = item.name if stage == "pretrain" else f"{item.run_name} on {item.dataset}"
             if status == "SUCCEEDED":
-                if kind == "pretrain":
+                if stage == "pretrain":
                     finished.add(item.name)
             else:
-                failed.append(item.name if kind == "pretrain" else name)
-                print(f"[job {job}] {kind} {name}: {status} (python -m cluster.submit logs {job})", flush=True)
+                failed.append(item.name if stage == "pretrain" else name)
+                print(f"[job {job}] {stage} {name}: {status} (python -m cluster.submit logs {job})", flush=True)
     if failed:
         raise ReproduceError(f"{len(failed)} job(s) failed: {', '.join(failed)}; re-run the same command to "
                              f"retry them (finished runs are skipped, started ones continue)")
