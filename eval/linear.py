@@ -33,7 +33,7 @@ from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
 from eval.probe import train_linear_probe
 from pretrain.config import ConfigError, defaults_help
-from pretrain.run_dir import run_dir_of
+from pretrain.run_dir import TENSORBOARD_DIR, run_dir_of
 
 KS = (1, 5, 10)
 
@@ -314,7 +314,7 @@ def probe_to_run_tensorboard(res: dict, per_seed: list[dict]) -> str | None:
 
     if not res.get("run_dir"):
         return None
-    tb = Path(res["run_dir"]) / "tb" / (f"probe-{res['dataset']}" + ("-random-init" if res["random_init"] else ""))
+    tb = Path(res["run_dir"]) / TENSORBOARD_DIR / (f"probe-{res['dataset']}" + ("-random-init" if res["random_init"] else ""))
     try:
         with SummaryWriter(str(tb)) as w:
             for k in KS[:2]:
