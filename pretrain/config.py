@@ -57,6 +57,10 @@ class DataSection:
     # None: one pass over this rank's share of the split is one epoch
     batches_per_epoch: Optional[int] = None
     loader_workers: int = 0  # DataLoader worker processes per rank (0: decode in the train process)
+    virtual_shards: Optional[int] = field(default=None, metadata={"help": (
+        "V: the global batch is V micro-batches (one per virtual shard, each its own batch for the "
+        "bound and batch norm); each of W workers runs V/W of them a step. Fixes the result whatever W "
+        "computes it; a run keeps its V when resumed. null: train.num_workers")})
     # jigsaw: run the encoder once per image tile and gather the features into the puzzles (the
     # stream's gather=False). Same loss and gradients as encoding every scrambled patch, for
     # 1/perms_per_image of the encoder work and data movement (16x less with the paper's batches).
@@ -105,6 +109,10 @@ class TrainSection:
     # Ray Train workers (DDP ranks); each reserves one GPU (when used) and
     # threads_per_worker + data.loader_workers CPUs (the processes it really runs)
     num_workers: int = 1
+    min_workers: Optional[int] = field(default=None, metadata={"help": (
+        "elastic runs: Ray Train runs between min_workers and num_workers workers (always a divisor of "
+        "data.virtual_shards), restarting from the last checkpoint on the workers left when nodes go and "
+        "growing back when they return. null: a fixed num_workers")})
     use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
     bf16: bool = False  # autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)
     channels_last: bool = False  # NHWC memory format for conv encoders (faster on CPU and GPU)
