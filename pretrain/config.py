@@ -140,6 +140,9 @@ class TrainSection:
     keep_checkpoints: Optional[int] = None  # None: keep all
     image_every: int = 0  # TensorBoard grid of scrambled puzzles every N steps (0: first report only)
     max_failures: int = 2  # worker failures Ray Train recovers from (restarting from the last checkpoint)
+    resize_every_s: float = field(default=60.0, metadata={"help": (
+        "elastic runs: how often Ray Train checks whether the cluster holds more (or fewer) workers "
+        "than the group runs, and resizes it (restarting from the last checkpoint)")})
     threads_per_worker: int = 1  # torch threads per worker (one CPU each)
     # Seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes)
     # before failing with what is missing, instead of waiting forever.

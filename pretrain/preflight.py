@@ -64,6 +64,12 @@ def check_workers_divide_shards(cfg: DictConfig) -> None:
                           f"V/W micro-batches a step); choose one of {virtual_shards.divisors(n)}")
     if low is not None and not 1 <= low <= w:
         raise ConfigError(f"train.min_workers must be between 1 and train.num_workers={w}, got {low}")
+    if cfg.task.estimator_kwargs.get("reduce") and (n != w or low is not None):
+        # a reduced bound's means span the micro-batches the ranks run at the same time: W of them
+        raise ConfigError(f"task.estimator_kwargs.reduce=true takes its means over the workers' concurrent "
+                          f"micro-batches, so its result depends on the worker count: run it on a fixed "
+                          f"train.num_workers equal to data.virtual_shards ({n}), or set reduce=false (the bound "
+                          f"per virtual shard)")
 
 
 def check_task_builds(cfg: DictConfig) -> None:

@@ -120,9 +120,9 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
 def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ray_init_kwargs: dict | None) -> LaunchResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from console.progress import ProgressLine, follow
+    from pretrain.elastic import ShardTrainer
     from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking
 
     storage.remove(storage.join(run_dir, NONFINITE_FILE))
@@ -159,15 +159,18 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
         resources = {"CPU": worker_cpus(cfg)}
         if use_gpu:
             resources["GPU"] = 1
-        preflight.wait_for_resources(cfg.train.num_workers, resources, cfg.train.resource_wait_s)
-        trainer = TorchTrainer(
+        preflight.wait_for_resources(cfg.train.min_workers or cfg.train.num_workers, resources,
+                                     cfg.train.resource_wait_s)
+        trainer = ShardTrainer(
             train_loop_per_worker,
             train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
                                # a local folder: rank 0 writes checkpoints there itself (no copy by Ray)
                                "checkpoints": None if storage.is_url(checkpoints) else str(checkpoints),
                                "start": {"path": resume.path and str(resume.path), "step": resume.step}},
-            scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker=resources),
+            scaling_config=ScalingConfig(num_workers=worker_range(cfg), use_gpu=use_gpu,
+                                         resources_per_worker=resources,
+                                         elastic_resize_monitor_interval_s=cfg.train.resize_every_s),
+            virtual_shards=cfg.data.virtual_shards,
             run_config=RunConfig(
                 name=storage.basename(run_dir),
                 storage_path=experiments,
@@ -312,7 +315,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
             if step % cfg.train.report_every == 0 or step == total_steps:
                 metrics = window.reduce(world, time.perf_counter() - t_window)
                 metrics.update(eta_across_ranks(task))
-                metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"]})
+                metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"], "workers": world})
                 if eta_opt is not None:
                     metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
                 checkpoint_now = step % cfg.train.checkpoint_every == 0 or step == total_steps
@@ -710,6 +713,13 @@ def batch_stream(cfg: DictConfig, permutations, shards: range | list[int], n_sha
             epoch, index = epoch + 1, 0
         index += 1
         yield list(batches), {"epoch": epoch, "batch": index}
+
+
+def worker_range(cfg: DictConfig) -> int | tuple[int, int]:
+    """Ray Train's ``ScalingConfig.num_workers``: ``train.num_workers``, or ``(train.min_workers,
+    train.num_workers)`` for an elastic run (:mod:`pretrain.elastic` keeps W a divisor of V)."""
+    t = cfg.train
+    return t.num_workers if t.min_workers is None else (t.min_workers, t.num_workers)
 
 
 def worker_cpus(cfg: DictConfig) -> int:

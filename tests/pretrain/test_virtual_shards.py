@@ -82,3 +82,22 @@ def test_a_worker_count_that_does_not_divide_the_virtual_shards_is_one_line(shar
         preflight.check(run_cfg(shards, tmp_path, "train.num_workers=3"), None)
     with pytest.raises(ConfigError, match="data.virtual_shards must be >= 1"):
         preflight.check(run_cfg(shards, tmp_path, "data.virtual_shards=0"), None)
+
+
+def test_elastic_policy_runs_the_largest_divisor_of_the_virtual_shards_the_cluster_holds():
+    """Ray Train's elastic policy counts the workers the reserved resources hold (whole CPUs per node);
+    the run's policy rounds that down to a divisor of V, and the launcher asks for (min, max) workers."""
+    from ray.train import ScalingConfig
+
+    from pretrain.elastic import DivisorScalingPolicy
+    from pretrain.train import worker_range
+
+    policy = DivisorScalingPolicy(ScalingConfig(num_workers=(1, 4), resources_per_worker={"CPU": 2}), 4)
+    held = {(1, 1): 0, (2, 1): 1, (2, 2): 2, (4, 3): 2, (4, 2): 2, (4, 4): 4, (20, 20): 4}  # CPUs a node -> W
+    for (a, b), workers in held.items():
+        assert policy._count_possible_workers({"a": {"CPU": a}, "b": {"CPU": b}}) == workers, (a, b)
+    six = DivisorScalingPolicy(ScalingConfig(num_workers=(2, 6), resources_per_worker={"CPU": 1}), 6)
+    assert six._count_possible_workers({"a": {"CPU": 5}}) == 3 and six._count_possible_workers({"a": {"CPU": 1}}) == 1
+    cfg = load_config(None, ["data.shards=unused", "train.num_workers=4", "data.virtual_shards=8"])
+    assert worker_range(cfg) == 4
+    assert worker_range(load_config(None, ["data.shards=unused", "train.num_workers=4", "train.min_workers=2"])) == (2, 4)
