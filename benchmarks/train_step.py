@@ -102,11 +102,11 @@ def plain_loop(cfg, run_dir: Path) -> dict:
     task.train()
     writer = SummaryWriter(str(run_dir / "tb"))
     logs = LocalMirror(run_dir)  # what rank 0 writes metrics.jsonl into: the run directory itself here
-    stream = batch_stream(cfg, perms, 0, 1, {"epoch": 0, "batch": 0})
+    stream = batch_stream(cfg, perms, [0], 1, {"epoch": 0, "batch": 0})
     window, t_window = MetricWindow(), time.perf_counter()
     for step in range(1, cfg.train.steps + 1):
         t0 = time.perf_counter()
-        host_batch, position = next(stream)
+        (host_batch,), position = next(stream)
         batch = task.host_prepare(host_batch)
         window.data_s += time.perf_counter() - t0
         out = train_step(task, task, batch, step - 1, main, eta, bf16=cfg.train.bf16)

@@ -223,3 +223,29 @@ class BatchLoader:
         return iter(torch.utils.data.DataLoader(
             self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=False, prefetch_factor=2))
+
+
+class ZippedStreams(torch.utils.data.IterableDataset):
+    """Several :class:`ShardBatchStream` side by side: item ``g`` is the tuple of every stream's ``g``-th batch.
+
+    The streams of one training rank's virtual shards (each built as ``rank=v, world_size=V``) move in
+    lockstep, one batch each a step, so one DataLoader and its worker processes serve them all: inside a
+    loader worker every stream yields that worker's share of its batches, so the tuples come out in order
+    too. All streams must have the same epoch length, start batch and number of loader workers.
+    """
+
+    def __init__(self, streams: list[ShardBatchStream]):
+        super().__init__()
+        if not streams:
+            raise ValueError("ZippedStreams needs at least one stream")
+        shapes = {(s.batches_per_epoch, s.skip_batches, s.num_workers, s.epoch) for s in streams}
+        if len(shapes) != 1:
+            raise ValueError(f"zipped streams must share epoch length, start and loader workers, got {sorted(shapes)}")
+        self.streams = streams
+        self.batches_per_epoch = streams[0].batches_per_epoch
+
+    def __len__(self) -> int:
+        return len(self.streams[0])
+
+    def __iter__(self) -> Iterator[tuple]:
+        return zip(*(iter(s) for s in self.streams))

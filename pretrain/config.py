@@ -57,6 +57,10 @@ class DataSection:
     size: int = setting(32, "infomax and supervised: image side in pixels (STL-10 is scaled to 32)")
     batches_per_epoch: Optional[int] = setting(None, "null: one pass over this rank's share of the split is one epoch")
     loader_workers: int = setting(0, "DataLoader worker processes per rank (0: decode in the training process)")
+    virtual_shards: Optional[int] = field(default=None, metadata={"help": (
+        "V: the global batch is V micro-batches (one per virtual shard, each its own batch for the "
+        "bound and batch norm); each of W workers runs V/W of them a step. Fixes the result whatever W "
+        "computes it; a run keeps its V when resumed. null: train.num_workers")})
     unique_tiles: bool = setting(
         True, "jigsaw: encode each image tile once and gather the features into the puzzles: the same loss and "
               "gradients for 1/perms_per_image of the encoder work")
@@ -102,6 +106,10 @@ class OptimSection:
 class TrainSection:
     num_workers: int = setting(1, "Ray Train workers (DDP ranks); each reserves one GPU (when used) and "
                                   "threads_per_worker + data.loader_workers CPUs")
+    min_workers: Optional[int] = field(default=None, metadata={"help": (
+        "elastic runs: Ray Train runs between min_workers and num_workers workers (always a divisor of "
+        "data.virtual_shards), restarting from the last checkpoint on the workers left when nodes go and "
+        "growing back when they return. null: a fixed num_workers")})
     use_gpu: Optional[bool] = setting(None, "null: use GPUs when the cluster has them")
     bf16: bool = setting(False, "autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)")
     channels_last: bool = setting(False, "NHWC memory format for conv encoders (faster on CPU and GPU)")
@@ -127,6 +135,9 @@ class TrainSection:
     keep_checkpoints: Optional[int] = setting(None, "checkpoints kept, newest first (null: all)")
     image_every: int = setting(0, "TensorBoard grid of input batches every N steps (0: the first report only)")
     max_failures: int = setting(2, "worker failures Ray Train recovers from, restarting from the last checkpoint")
+    resize_every_s: float = field(default=60.0, metadata={"help": (
+        "elastic runs: how often Ray Train checks whether the cluster holds more (or fewer) workers "
+        "than the group runs, and resizes it (restarting from the last checkpoint)")})
     threads_per_worker: int = setting(1, "torch threads per worker (one CPU each)")
     resource_wait_s: float = setting(
         60.0, "seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes) "

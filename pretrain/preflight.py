@@ -3,7 +3,7 @@
 What a worker would otherwise find 40-60 s later, after Ray retried it ``max_failures`` times:
 options the task, encoder or bound does not take (the task is built once on the ``meta`` device:
 no memory, no weights), a batch larger than the split, an output directory that cannot be written,
-a resume with another number of workers than the checkpoint was written by. Plus, once Ray is up,
+a worker count that does not divide the run's virtual shards (a resume included). Plus, once Ray is up,
 whether the cluster has (or grows within ``train.resource_wait_s`` to have) the CPUs and GPUs the
 workers ask for; and how a local Ray is started: bound to the loopback address only.
 """
@@ -33,6 +33,7 @@ class ResumePoint:
     path: Path | str | None = None
     step: int = 0
     skipped: list[str] = field(default_factory=list)
+    virtual_shards: int | None = None  # V of the run the checkpoint continues
 
     def describe(self) -> str:
         from storage import basename
@@ -43,9 +44,32 @@ class ResumePoint:
 
 def check(cfg: DictConfig, run_dir: Path | None) -> None:
     """Every check that needs no Ray: raise :class:`ConfigError` with one line naming the key."""
+    check_workers_divide_shards(cfg)
     check_task_builds(cfg)
     check_batch_fits_split(cfg)
     check_writable(cfg, run_dir)
+
+
+def check_workers_divide_shards(cfg: DictConfig) -> None:
+    """Every worker count the run may take (``train.num_workers``, and down to ``train.min_workers`` when
+    elastic) must divide ``data.virtual_shards``: each worker runs V/W whole micro-batches a step."""
+    from pretrain import virtual_shards
+
+    v, w, low = cfg.data.virtual_shards, cfg.train.num_workers, cfg.train.min_workers
+    if v is not None and v < 1:
+        raise ConfigError(f"data.virtual_shards must be >= 1, got {v}")
+    n = virtual_shards.count(cfg)
+    if n % w:
+        raise ConfigError(f"train.num_workers={w} does not divide data.virtual_shards={n} (each worker runs "
+                          f"V/W micro-batches a step); choose one of {virtual_shards.divisors(n)}")
+    if low is not None and not 1 <= low <= w:
+        raise ConfigError(f"train.min_workers must be between 1 and train.num_workers={w}, got {low}")
+    if cfg.task.estimator_kwargs.get("reduce") and (n != w or low is not None):
+        # a reduced bound's means span the micro-batches the ranks run at the same time: W of them
+        raise ConfigError(f"task.estimator_kwargs.reduce=true takes its means over the workers' concurrent "
+                          f"micro-batches, so its result depends on the worker count: run it on a fixed "
+                          f"train.num_workers equal to data.virtual_shards ({n}), or set reduce=false (the bound "
+                          f"per virtual shard)")
 
 
 def check_task_builds(cfg: DictConfig) -> None:
@@ -84,8 +108,10 @@ def check_batch_fits_split(cfg: DictConfig) -> None:
     """A batch needs that many distinct images of the split, and an epoch at least one batch per rank."""
     from data_prep import sharding
     from data_prep.manifest import read_manifest, shard_sample_counts
+    from pretrain import virtual_shards
     from pretrain.tasks import spec
 
+    n_shards = virtual_shards.count(cfg)
     d = cfg.data
     key = spec(cfg.task.kind).batch_key
     group = int(d[key])
@@ -94,11 +120,11 @@ def check_batch_fits_split(cfg: DictConfig) -> None:
         raise ConfigError(f"data.{key}={group} exceeds the {sum(counts)} images of split {d.split!r} in {d.shards}")
     if d.batches_per_epoch is None:
         try:
-            sharding.default_batches_per_epoch(counts, group, cfg.train.num_workers, d.loader_workers, resampled=True)
+            sharding.default_batches_per_epoch(counts, group, n_shards, d.loader_workers, resampled=True)
         except ValueError:
-            raise ConfigError(f"split {d.split!r} ({sum(counts)} images) cannot give each of train.num_workers="
-                              f"{cfg.train.num_workers} ranks a batch of data.{key}={group}; lower them or set "
-                              f"data.batches_per_epoch") from None
+            raise ConfigError(f"split {d.split!r} ({sum(counts)} images) cannot give each of {n_shards} virtual "
+                              f"shards (data.virtual_shards, else train.num_workers) a batch of data.{key}={group}; "
+                              f"lower them or set data.batches_per_epoch") from None
 
 
 def check_writable(cfg: DictConfig, run_dir: Path | None) -> None:
@@ -119,7 +145,8 @@ def check_writable(cfg: DictConfig, run_dir: Path | None) -> None:
 
 def resume_point(cfg: DictConfig, experiment_dir) -> ResumePoint:
     """The newest checkpoint in ``experiment_dir`` (a local path or URL) that matches its checksum (Ray's
-    own record of the run can lag the directory after a driver kill); another number of ranks is an error."""
+    own record of the run can lag the directory after a driver kill), with the run's virtual shards V (one
+    stream position a shard); a ``data.virtual_shards`` set to another V is an error."""
     import io
 
     from pretrain.checkpoint import CHECKPOINT_FILE, newest_verified, step_of
@@ -130,11 +157,11 @@ def resume_point(cfg: DictConfig, experiment_dir) -> ResumePoint:
     file = storage.join(path, CHECKPOINT_FILE)
     source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
     payload = torch.load(source, map_location="cpu", weights_only=True, mmap=not storage.is_url(file))
-    ranks = len(payload["rng"])
-    if ranks != cfg.train.num_workers:
-        raise ConfigError(f"{path} was written by {ranks} rank(s): resume with train.num_workers={ranks} "
-                          f"(the data order and RNG streams are per rank), not {cfg.train.num_workers}")
-    return ResumePoint(path, step_of(path), skipped)
+    shards = len(payload["data_position"])
+    if cfg.data.virtual_shards is not None and cfg.data.virtual_shards != shards:
+        raise ConfigError(f"{path} holds {shards} virtual shard(s): resume with data.virtual_shards={shards} (the "
+                          f"data order, RNG streams and global batch are per shard), not {cfg.data.virtual_shards}")
+    return ResumePoint(path, step_of(path), skipped, shards)
 
 
 def local_ray_on_loopback() -> None:

@@ -44,7 +44,7 @@ from torch import nn
 
 import storage
 from data_prep import shard_stream
-from pretrain import dist, estimators, fatal, preflight
+from pretrain import dist, estimators, fatal, preflight, virtual_shards
 from pretrain.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -110,9 +110,9 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
 def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ray_init_kwargs: dict | None) -> LaunchResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from console.progress import ProgressLine, follow
+    from pretrain.elastic import ShardTrainer
     from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking
 
     storage.remove(storage.join(run_dir, NONFINITE_FILE))
@@ -122,6 +122,9 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     experiments = ray_storage_path(cfg.run, run_dir)
     checkpoints = storage.join(experiments, storage.basename(run_dir))  # where Ray Train keeps them
     resume = preflight.resume_point(cfg, checkpoints)
+    # a run keeps its V: a resumed run takes its checkpoint's, a new one train.num_workers when unset
+    cfg = OmegaConf.merge(cfg, {"data": {"virtual_shards": resume.virtual_shards or virtual_shards.count(cfg)}})
+    preflight.check_workers_divide_shards(cfg)
     storage.write_text(storage.join(run_dir, CONFIG_FILE), OmegaConf.to_yaml(cfg, resolve=True))
     print(f"run directory: {run_dir}", flush=True)
     if resume.path or resume.skipped:
@@ -146,15 +149,18 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
         resources = {"CPU": worker_cpus(cfg)}
         if use_gpu:
             resources["GPU"] = 1
-        preflight.wait_for_resources(cfg.train.num_workers, resources, cfg.train.resource_wait_s)
-        trainer = TorchTrainer(
+        preflight.wait_for_resources(cfg.train.min_workers or cfg.train.num_workers, resources,
+                                     cfg.train.resource_wait_s)
+        trainer = ShardTrainer(
             train_loop_per_worker,
             train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
                                # a local folder: rank 0 writes checkpoints there itself (no copy by Ray)
                                "checkpoints": None if storage.is_url(checkpoints) else str(checkpoints),
                                "start": {"path": resume.path and str(resume.path), "step": resume.step}},
-            scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker=resources),
+            scaling_config=ScalingConfig(num_workers=worker_range(cfg), use_gpu=use_gpu,
+                                         resources_per_worker=resources,
+                                         elastic_resize_monitor_interval_s=cfg.train.resize_every_s),
+            virtual_shards=cfg.data.virtual_shards,
             run_config=RunConfig(
                 name=storage.basename(run_dir),
                 storage_path=experiments,
@@ -238,14 +244,20 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     main_opt, eta_opt = build_optimizers(cfg, task)
     total_steps, peak_lr = run_schedule(cfg)
 
-    # ---- restore, or seed each rank's own RNG stream (dropout, marginal pairs) -----------------
+    # ---- this rank's virtual shards: restore them, or seed each one's own RNG stream (dropout) ---
+    n_shards = virtual_shards.count(cfg)
+    if n_shards % world:
+        raise fatal.FatalError(f"{world} workers cannot share data.virtual_shards={n_shards}; run on one of "
+                               f"{virtual_shards.divisors(n_shards)} workers", every_rank=True)
+    shards = virtual_shards.owned(rank, world, n_shards)
     step, position = 0, {"epoch": 0, "batch": 0}
-    seed_rank(cfg.run.seed, rank)
+    rng = virtual_shards.seeded_rng(cfg.run.seed, shards)
     last_checkpoint = None
     source = checkpoint_to_restore(ray.train.get_checkpoint(), start)
     if source is not None:
         with source.as_directory() if hasattr(source, "as_directory") else contextlib.nullcontext(source) as ckpt_dir:
-            step, position, restored_perms, last_checkpoint = resume(ckpt_dir, task, main_opt, eta_opt, rank, world)
+            step, position, rng, restored_perms, last_checkpoint = resume(ckpt_dir, task, main_opt, eta_opt,
+                                                                          shards, n_shards)
         permutations = restored_perms if restored_perms is not None else permutations
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
@@ -255,6 +267,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     if cfg.train.compile:
         model = compile_model(model, device)
     model.train()
+    buffers = virtual_shards.StepBuffers(task) if len(shards) > 1 or world > 1 else None
 
     writer = None
     if rank == 0:
@@ -264,20 +277,21 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
         writer = SummaryWriter(os.path.join(logs.dir, TENSORBOARD_DIR), purge_step=step)
 
     # ---- the loop ------------------------------------------------------------------------------
-    stream = batch_stream(cfg, permutations, rank, world, position, pin_memory=pins_memory(cfg, device))
+    stream = batch_stream(cfg, permutations, shards, n_shards, position, pin_memory=pins_memory(cfg, device))
     window = MetricWindow(device)
     t_window = time.perf_counter()
     try:
         while step < total_steps:
             t0 = time.perf_counter()
-            host_batch, next_position = next(stream)
-            batch = to_device(task.host_prepare(host_batch), device)
+            host_batches, next_position = next(stream)
+            batches = [to_device(task.host_prepare(b), device) for b in host_batches]
             window.data_s += time.perf_counter() - t0
 
             maybe_crash(cfg, run_dir, step, rank, world)
             for group in main_opt.param_groups:
                 group["lr"] = lr_at(step, peak_lr, cfg.optim.warmup_steps)
-            out = train_step(model, task, batch, step, main_opt, eta_opt, bf16=cfg.train.bf16)
+            out = train_step(model, task, batches, step, main_opt, eta_opt, bf16=cfg.train.bf16, rng=rng,
+                             buffers=buffers)
             if not out["finite"]:
                 if rank == 0:
                     storage.write_text(storage.join(run_dir, NONFINITE_FILE), json.dumps(
@@ -286,21 +300,21 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
                 return
             step += 1
             position = next_position
-            window.add(out["metrics"], samples=batch_size_of(batch))
+            window.add(out["metrics"], samples=sum(batch_size_of(b) for b in batches))
 
             if step % cfg.train.report_every == 0 or step == total_steps:
                 metrics = window.reduce(world, time.perf_counter() - t_window)
                 metrics.update(eta_across_ranks(task))
-                metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"]})
+                metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"], "workers": world})
                 if eta_opt is not None:
                     metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
                 checkpoint_now = step % cfg.train.checkpoint_every == 0 or step == total_steps
                 if writer is not None:  # the files go up with every checkpoint, else at most every upload_every_s
-                    log_rank0(writer, logs, metrics, step, host_batch, cfg,
+                    log_rank0(writer, logs, metrics, step, host_batches[0], cfg,
                               upload_after_s=0.0 if checkpoint_now else cfg.train.upload_every_s)
                 if checkpoint_now:
                     last_checkpoint = report_with_checkpoint(
-                        cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, permutations)
+                        cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, rng, permutations)
                 window = MetricWindow(device)
                 t_window = time.perf_counter()
     finally:  # every way out (the end, a non-finite stop, an error): the last curves reach the run directory
@@ -371,13 +385,14 @@ def build_optimizers(cfg: DictConfig, task: nn.Module):
 
 
 def run_schedule(cfg: DictConfig) -> tuple[int, float]:
-    """``(optimiser steps, peak main lr)`` of the run on ``train.num_workers`` workers.
+    """``(optimiser steps, peak main lr)`` of the run of V virtual shards (:func:`virtual_shards.count`).
 
     ``optim.lr_scaling=none``: ``train.steps`` and ``optim.lr``. ``linear``/``sqrt``: the config is
-    one worker's run and W workers each take its per-worker batch, a W times larger global batch:
-    ``ceil(steps / W)`` steps (the same images seen) at ``lr * W`` or ``lr * sqrt(W)``.
+    one shard's run and the V shards each take its batch, a V times larger global batch:
+    ``ceil(steps / V)`` steps (the same images seen) at ``lr * V`` or ``lr * sqrt(V)``. The worker count
+    does not enter: a run keeps its schedule when it resizes.
     """
-    w, o = cfg.train.num_workers, cfg.optim
+    w, o = virtual_shards.count(cfg), cfg.optim
     if o.lr_scaling == "none":
         return cfg.train.steps, o.lr
     return math.ceil(cfg.train.steps / w), o.lr * (w if o.lr_scaling == "linear" else math.sqrt(w))
@@ -403,38 +418,34 @@ def compile_model(model: nn.Module, device: torch.device, backend: str = "induct
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
 
 
-def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, rank: int, world: int):
-    """Load a checkpoint into ``task`` and the optimisers and restore this rank's RNG states.
+def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, shards: range, n_shards: int):
+    """Load a checkpoint into ``task`` and the optimisers; take the RNG states and stream position of
+    this rank's virtual shards ``shards`` (of ``n_shards``).
 
-    Returns ``(step, data position, permutations or None, checkpoint file)``. The file is read to
-    the CPU: RNG states and permutations must stay there (``torch.set_rng_state`` and NumPy take
-    CPU tensors), and ``load_state_dict`` moves weights and Adam's moments to the parameters' device.
+    Returns ``(step, data position, RNG states of shards, permutations or None, checkpoint file)``. The
+    file is read to the CPU: RNG states and permutations must stay there (``torch.set_rng_state`` and
+    NumPy take CPU tensors), and ``load_state_dict`` moves weights and Adam's moments to the parameters'
+    device. A checkpoint holds one RNG state and position per virtual shard, so any worker count that
+    divides ``n_shards`` continues it.
     """
     try:
         payload = load_checkpoint(ckpt_dir, map_location="cpu")
     except (OSError, ValueError) as exc:  # every rank reads the same file: no rank is left waiting
         raise fatal.FatalError(str(exc), every_rank=True) from None
-    if len(payload["rng"]) != world:
-        raise fatal.FatalError(f"checkpoint {payload['path']} was written by {len(payload['rng'])} ranks; "
-                               f"resume with train.num_workers={len(payload['rng'])}", every_rank=True)
+    written = len(payload["data_position"])
+    if written != n_shards or len(payload["rng"]) != n_shards:
+        raise fatal.FatalError(f"checkpoint {payload['path']} holds {written} virtual shards; resume with "
+                               f"data.virtual_shards={written}", every_rank=True)
+    positions = [payload["data_position"][v] for v in shards]
+    if any(p != positions[0] for p in positions):  # the shards move in lockstep, one batch each a step
+        raise fatal.FatalError(f"checkpoint {payload['path']}: virtual shards {list(shards)} are at different "
+                               f"stream positions {positions}", every_rank=True)
     load_task_state(task, payload["encoder"], payload["task"])
     main_opt.load_state_dict(payload["optimizer"]["main"])
     if eta_opt is not None:
         eta_opt.load_state_dict(payload["optimizer"]["eta"])
-    restore_rng(payload["rng"][rank])
-    return payload["step"], payload["data_position"][rank], payload["permutations"], payload["path"]
-
-
-def seed_rank(seed: int, rank: int) -> None:
-    """Seed Python, NumPy and torch for this rank (distinct streams per rank)."""
-    import random
-
-    import numpy as np
-
-    s = seed * 1000 + rank + 1
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
+    rng = [payload["rng"][v] for v in shards]
+    return payload["step"], positions[0], rng, payload["permutations"], payload["path"]
 
 
 def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = False) -> nn.Module:
@@ -448,7 +459,9 @@ def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = 
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    model = DistributedDataParallel(task, device_ids=ids, gradient_as_bucket_view=True)
+    # buffers: the loop makes them the mean over the virtual shards (virtual_shards.StepBuffers), the same
+    # on every rank; DDP's broadcast of rank 0's would be one more collective a micro-batch
+    model = DistributedDataParallel(task, device_ids=ids, gradient_as_bucket_view=True, broadcast_buffers=False)
     if bf16_grad_allreduce:
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
@@ -456,36 +469,63 @@ def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = 
     return model
 
 
-def train_step(model: nn.Module, task: nn.Module, batch: dict, step: int,
+def train_step(model: nn.Module, task: nn.Module, batches: dict | list[dict], step: int,
                main_opt: torch.optim.Optimizer, eta_opt: torch.optim.Optimizer | None,
-               *, bf16: bool = False) -> dict:
-    """One optimiser step; ``step`` counts from 0 (Algorithm 1's η schedule reads it).
+               *, bf16: bool = False, rng: list[dict] | None = None,
+               buffers: virtual_shards.StepBuffers | None = None) -> dict:
+    """One optimiser step over this rank's micro-batches; ``step`` counts from 0 (Algorithm 1's η
+    schedule reads it).
 
-    ``batch``: a device batch after ``task.host_prepare``. After ``backward`` the loss is
-    all-reduced and its finiteness read on the host: the step's one device sync. If it is
-    non-finite on any rank, every rank returns ``finite=False`` without updating anything.
-    Returns ``{"finite", "global_loss" (float, only when not finite), "metrics"}``, the metrics
-    being this rank's detached 0-d tensors, still on the device.
+    ``batches``: this rank's device batches after ``task.host_prepare``, one per virtual shard (a dict is
+    one). Each micro-batch's loss, divided by their number k, is back-propagated into the accumulated
+    gradients; DDP all-reduces them only after the last (``no_sync`` before), so W ranks × k micro-batches
+    give the mean gradient over the V = W·k micro-batches. ``rng``: each micro-batch's RNG state, restored
+    before it and updated after it (None: the process's RNG runs on). ``buffers``: the task's buffers
+    restarted for each micro-batch and combined over every rank's after the last (None: left as the
+    micro-batches leave them). Then the loss is all-reduced and its finiteness read on the host: the
+    step's one device sync. If it is non-finite on any rank, every rank returns ``finite=False`` without
+    updating anything. Returns ``{"finite", "global_loss" (float, only when not finite), "metrics"}``, the
+    metrics being this rank's means over its micro-batches, detached 0-d tensors still on the device.
     """
+    micro = [batches] if isinstance(batches, dict) else list(batches)
+    k = len(micro)
     device_type = next(task.parameters()).device.type
-    # masks_checked: host_prepare checked or built the batch's pair masks; entered here, outside a
-    # compiled model, where setting it does not break the graph
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16), estimators.masks_checked():
-        out = model(batch)
-    loss = out["loss"]
     main_opt.zero_grad(set_to_none=True)
     if eta_opt is not None:
         eta_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    global_loss = dist.all_reduce_mean_detached(loss.detach().float())
+    loss_sum, sums = None, {}
+    for j, batch in enumerate(micro):
+        if buffers is not None:
+            buffers.begin(j)
+        if rng is not None:
+            restore_rng(rng[j])
+        accumulate = j < k - 1 and hasattr(model, "no_sync")  # DDP: all-reduce after the last only
+        with model.no_sync() if accumulate else contextlib.nullcontext():
+            # masks_checked: host_prepare checked or built the batch's pair masks; entered here, outside a
+            # compiled model, where setting it does not break the graph
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16), estimators.masks_checked():
+                out = model(batch)
+            (out["loss"] / k).backward()
+        if rng is not None:
+            rng[j] = capture_rng()
+        if buffers is not None:
+            buffers.keep()
+        loss = out["loss"].detach()
+        loss_sum = loss if loss_sum is None else loss_sum + loss
+        for name, v in out.items():
+            if name != "loss" and torch.is_tensor(v) and v.numel() == 1:
+                sums[name] = v.detach() if name not in sums else sums[name] + v.detach()
+    if buffers is not None:
+        buffers.combine()
+    global_loss = dist.all_reduce_mean_detached(loss_sum.float() / k)
     if not torch.isfinite(global_loss):
         return {"finite": False, "global_loss": float(global_loss), "metrics": {}}
     main_opt.step()
     bounds = getattr(task, "estimator", task)  # η-MINE lives in the estimator: no walk over the encoder a step
     if bounds is not None:
         estimators.eta_step(bounds, eta_opt, step)
-    metrics = {k: v.detach() for k, v in out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}
-    metrics["loss"] = loss.detach()
+    metrics = {name: v / k for name, v in sums.items()}
+    metrics["loss"] = loss_sum / k
     return {"finite": True, "metrics": metrics}
 
 
@@ -543,9 +583,11 @@ def eta_across_ranks(task: nn.Module) -> dict:
     return {"eta": values[0], **{f"eta/rank{r}": v for r, v in enumerate(values)}}
 
 
-def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, main_opt, eta_opt, position,
+def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, main_opt, eta_opt, position, rng,
                            permutations) -> str:
-    """Gather every rank's RNG state and data position; rank 0 writes the checkpoint; all report.
+    """Gather the RNG states of every virtual shard (``rng``: this rank's, in shard order); rank 0 writes
+    the checkpoint with one RNG state and stream position (``position``: every shard's, in lockstep) per
+    virtual shard; all report.
 
     ``checkpoints``: the local folder Ray Train keeps this run's checkpoints in (its experiment
     directory), or None for a bucket. When that folder is the one the controller made (Ray's storage
@@ -562,7 +604,8 @@ def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, ma
     from ray.train import Checkpoint, CheckpointUploadMode
     from ray.train.v2._internal.constants import VALIDATE_STORAGE_MARKER_FILENAME
 
-    rng, positions = gather_objects(capture_rng()), gather_objects(position)
+    rng = [state for states in gather_objects(rng) for state in states]  # rank order = shard order
+    positions = [position] * len(rng)
     name = checkpoint_dir_name(step)
     if dist.rank() != 0:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
@@ -625,36 +668,48 @@ def maybe_crash(cfg: DictConfig, run_dir: Path | str, step: int, rank: int, worl
 # ============================================================================ data
 
 
-def open_loader(cfg: DictConfig, permutations, rank: int, world: int, epoch: int, start_batch: int,
+def open_loader(cfg: DictConfig, permutations, shard: int, n_shards: int, epoch: int, start_batch: int,
                 pin_memory: bool = False):
-    """This rank's data_prep stream from epoch ``epoch`` after ``start_batch`` batches, endless.
+    """Virtual shard ``shard``'s data_prep stream (of ``n_shards``) from epoch ``epoch`` after ``start_batch``
+    batches, endless.
 
-    The streams are seeded by (seed, epoch, rank, batch index), so skipping is exact: a resumed
-    run reads the same batches an uninterrupted one would have read next.
+    The stream is the one rank ``shard`` of ``n_shards`` ranks reads, seeded by (seed, epoch, shard, batch
+    index), so skipping is exact: a resumed run reads the same batches an uninterrupted one would have
+    read next, whichever worker runs the shard.
     """
     d = cfg.data
     return task_spec(cfg.task.kind).open_stream(
         d, permutations, split=d.split, train=True, seed=cfg.run.seed, epoch=epoch,
         batches_per_epoch=d.batches_per_epoch, num_workers=d.loader_workers,
-        rank=rank, world_size=world, skip_batches=start_batch, pin_memory=pin_memory, endless=True)
+        rank=shard, world_size=n_shards, skip_batches=start_batch, pin_memory=pin_memory, endless=True)
 
 
-def batch_stream(cfg: DictConfig, permutations, rank: int, world: int, position: dict,
+def batch_stream(cfg: DictConfig, permutations, shards: range | list[int], n_shards: int, position: dict,
                  pin_memory: bool = False) -> Iterator:
-    """Endless ``(batch, position after it)`` over epochs, starting at ``position``.
+    """Endless ``([one batch per shard of shards], position after them)`` over epochs, from ``position``.
 
-    ``position = {"epoch": e, "batch": i}`` names the next batch (``i`` batches of epoch ``e``
-    are done). One loader for the whole run: its worker processes and shuffle buffers carry on
-    from one epoch into the next.
+    ``position = {"epoch": e, "batch": i}`` names the next batch of every shard (``i`` batches of epoch
+    ``e`` are done; the shards move in lockstep). One loader for the whole run, whose worker processes
+    serve every shard (:class:`data_prep.shard_stream.ZippedStreams`) and carry on from one epoch into
+    the next.
     """
-    loader = open_loader(cfg, permutations, rank, world, position["epoch"], position["batch"], pin_memory)
+    streams = [open_loader(cfg, permutations, v, n_shards, position["epoch"], position["batch"]).stream
+               for v in shards]
+    loader = shard_stream.BatchLoader(shard_stream.ZippedStreams(streams), cfg.data.loader_workers, pin_memory)
     per_epoch = loader.stream.batches_per_epoch
     epoch, index = position["epoch"], position["batch"]
-    for batch in loader:
+    for batches in loader:
         if index == per_epoch:
             epoch, index = epoch + 1, 0
         index += 1
-        yield batch, {"epoch": epoch, "batch": index}
+        yield list(batches), {"epoch": epoch, "batch": index}
+
+
+def worker_range(cfg: DictConfig) -> int | tuple[int, int]:
+    """Ray Train's ``ScalingConfig.num_workers``: ``train.num_workers``, or ``(train.min_workers,
+    train.num_workers)`` for an elastic run (:mod:`pretrain.elastic` keeps W a divisor of V)."""
+    t = cfg.train
+    return t.num_workers if t.min_workers is None else (t.min_workers, t.num_workers)
 
 
 def worker_cpus(cfg: DictConfig) -> int:

@@ -10,9 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain import dist
-from pretrain.estimators.base import masks_checked
-from pretrain.estimators.infonce import InfoNCE
 from pretrain.models import InfoMaxWitness
 
 from .base import Task, require
@@ -29,8 +26,9 @@ class InfoMax(Task):
         layer_l: the shallow layer (1-based, default 1). layer_k: the deeper one (default: last).
         **witness_kwargs: ``InfoMaxWitness`` options (``reduce_channels``, ``hidden_dim``, ``embed_dim``).
 
-    With InfoNCE under several ranks, the layer-k embeddings are gathered from every rank so each
-    row is scored against the global batch (the contract of ``pretrain.estimators.infonce``).
+    Every bound sees one batch: the training loop calls the task once per virtual shard, so the
+    marginal pairs (InfoNCE's candidates too) are that micro-batch's, whichever worker runs it
+    (``pretrain.virtual_shards``).
     """
 
     def __init__(self, encoder: nn.Module, estimator: nn.Module, takes_baseline: bool = False,
@@ -55,13 +53,7 @@ class InfoMax(Task):
             raise ValueError(f"task {KIND!r}: need at least 2 images per batch for marginal pairs, got {images.shape[0]}")
         maps = self.encoder.forward_layers(self.encoder_input(images))
         a, b = self.witness.embed(maps[self.layer_l - 1], maps[self.layer_k - 1])
-        if isinstance(self.estimator, InfoNCE) and dist.is_distributed():
-            scores = self.witness.scores(a, dist.all_gather_cat(b)).float()
-            pos = dist.global_diag_mask(a.shape[0], device=scores.device)
-            with masks_checked():  # one diagonal entry per row, by construction
-                loss, mi = self.estimator(scores, pos)
-        else:
-            scores = self.witness.scores(a, b).float()
-            extra = {"log_baseline": self.witness.log_baseline(b).float()} if self.takes_baseline else {}
-            loss, mi = self.estimator(scores, None, None, **extra)
+        scores = self.witness.scores(a, b).float()
+        extra = {"log_baseline": self.witness.log_baseline(b).float()} if self.takes_baseline else {}
+        loss, mi = self.estimator(scores, None, None, **extra)
         return {"loss": loss, "mi": mi, **self.estimator_metrics()}

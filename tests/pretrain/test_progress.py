@@ -39,7 +39,9 @@ def test_progress_line_fields_and_jigsaw_images_per_second():
     assert float(m["images_per_s"]) == 20.0 and m["data_wait"] == "25" and m["eta_time"] == "0:01:52"
     plain = {"step": 5, "loss": 4.6, "samples_per_s": 10.0}  # jigsaw-ce: no MI, no η
     m = LINE_RE.match(format_line(plain, total=10))
-    assert m and m["mi"] is None and m["eta"] is None and m["eta_time"] == "-"
+    assert m and m["mi"] is None and m["eta"] is None and m["eta_time"] == "-" and m["workers"] is None
+    m = LINE_RE.match(format_line({**plain, "workers": 2}, total=10))  # an elastic run's group size
+    assert m["workers"] == "2" and " | 2 workers | " in format_line({**plain, "workers": 2}, total=10)
 
 
 def test_eta_uses_the_time_between_reports(monkeypatch):

@@ -1,0 +1,47 @@
+"""Elastic runs on Ray Train V2: the worker count follows the cluster, always a divisor of V.
+
+With ``train.min_workers`` set, the run asks Ray Train for ``ScalingConfig(num_workers=(min, max))``.
+Ray's elastic policy (``ray.train.v2._internal.execution.scaling_policy.elastic``) counts the workers
+the reserved resources hold and starts (or, every ``train.resize_every_s`` while the group runs, resizes
+to) that many; :class:`DivisorScalingPolicy` rounds that count down to the largest divisor of the run's
+virtual shards, so every worker runs V/W whole micro-batches. After a node loss the group fails, Ray
+restarts it from the last checkpoint on the workers left; when nodes return its resize check grows it
+back (a restart from the last checkpoint too). Either way the weights do not depend on W
+(:mod:`pretrain.virtual_shards`).
+"""
+from __future__ import annotations
+
+from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy
+
+from pretrain.virtual_shards import divisors
+
+
+def largest_divisor(virtual_shards: int, at_most: int) -> int:
+    """The largest worker count ``<= at_most`` that divides ``virtual_shards`` (0 when ``at_most < 1``)."""
+    return max((d for d in divisors(virtual_shards) if d <= at_most), default=0)
+
+
+class DivisorScalingPolicy(ElasticScalingPolicy):
+    """Ray Train's elastic policy, counting only worker group sizes that divide ``virtual_shards``."""
+
+    def __init__(self, scaling_config, virtual_shards: int):
+        super().__init__(scaling_config)
+        self.virtual_shards = virtual_shards
+
+    def _count_possible_workers(self, reserved_resources) -> int:
+        return largest_divisor(self.virtual_shards, super()._count_possible_workers(reserved_resources))
+
+
+class ShardTrainer(TorchTrainer):
+    """A ``TorchTrainer`` whose elastic runs resize by :class:`DivisorScalingPolicy` (fixed runs: Ray's
+    own policy). ``virtual_shards``: the run's V."""
+
+    def __init__(self, *args, virtual_shards: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.virtual_shards = virtual_shards
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        if isinstance(controller_init_kwargs.get("scaling_policy"), ElasticScalingPolicy):
+            controller_init_kwargs["scaling_policy"] = DivisorScalingPolicy(self.scaling_config, self.virtual_shards)
+        return super()._initialize_and_run_controller(**controller_init_kwargs)

@@ -1,0 +1,67 @@
+"""The training step of ``pretrain.train`` run by W processes (gloo on 127.0.0.1) over V virtual shards
+of fixed random images, for ``test_virtual_shards.py``: what the Ray loop does a step (DDP-wrapped task,
+each rank's micro-batches, per-shard RNG states, buffers combined over the shards), without Ray, so one
+pair of processes can try every bound in a few seconds."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+V = 4  # virtual shards
+BATCH = 4  # images per micro-batch
+SIZE = 8  # pixels a side
+
+
+def shard_batch(step: int, shard: int) -> dict:
+    """Virtual shard ``shard``'s micro-batch at ``step``: images [BATCH, 3, SIZE, SIZE] from (step, shard) only."""
+    return {"images": torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1000 * step + shard))}
+
+
+def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, port: int = 0) -> None:
+    """``steps`` steps of the InfoMax task with each bound in ``bounds`` on rank ``rank`` of ``world``;
+    rank 0 saves ``{bound: task state_dict}`` to ``out``."""
+    from pretrain import virtual_shards
+    from pretrain.train import build_optimizers, build_task_from_config, train_step, wrap_ddp
+    from tests.pretrain.run_states import tiny_cfg
+
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    shards = virtual_shards.owned(rank, world, V)
+    states = {}
+    for name in bounds:
+        cfg = tiny_cfg("infomax", name, "task.kwargs.hidden_dim=32", "task.kwargs.embed_dim=16",
+                       f"model.kwargs.image_size={SIZE}")
+        torch.manual_seed(0)
+        task = build_task_from_config(cfg, None)
+        main_opt, eta_opt = build_optimizers(cfg, task)
+        model = wrap_ddp(task, torch.device("cpu"))
+        model.train()
+        rng = virtual_shards.seeded_rng(0, shards)
+        buffers = virtual_shards.StepBuffers(task)
+        for step in range(steps):
+            result = train_step(model, task, [shard_batch(step, v) for v in shards], step, main_opt, eta_opt,
+                             rng=rng, buffers=buffers)
+            assert result["finite"]
+        states[name] = {k: v.detach().clone() for k, v in task.state_dict().items()}
+    if rank == 0:
+        torch.save(states, out)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def spawn_ranks(world: int, bounds: list[str], steps: int, out: str) -> None:
+    """:func:`run_bounds` on ``world`` fresh processes (in this process when ``world`` is 1)."""
+    if world == 1:
+        run_bounds(0, 1, bounds, steps, out)
+        return
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(run_bounds, args=(world, bounds, steps, out, port), nprocs=world, join=True)
