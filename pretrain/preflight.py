@@ -129,8 +129,15 @@ def resume_point(cfg: DictConfig, experiment_dir) -> ResumePoint:
         return ResumePoint(skipped=skipped)
     file = storage.join(path, CHECKPOINT_FILE)
     source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
-    payload = torch.load(source, map_location="cpu", weights_only=True, mmap=not storage.is_url(file))
-    ranks = len(payload["rng"])
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True, mmap=not storage.is_url(file))
+        ranks = len(payload["rng"])
+    except Exception as exc:  # a foreign pickle, a payload of another layout: its checksum matched
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, KeyError):
+            first = f"no {first} key"
+        raise ConfigError(f"{file} matches its checksum but is not a loadable pretraining checkpoint ({first}); "
+                          f"move its directory aside to resume from an earlier one") from None
     if ranks != cfg.train.num_workers:
         raise ConfigError(f"{path} was written by {ranks} rank(s): resume with train.num_workers={ranks} "
                           f"(the data order and RNG streams are per rank), not {cfg.train.num_workers}")
