@@ -3,6 +3,7 @@ values the types let through, checkpoints whose checksum matches but whose paylo
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from pretrain import checkpoint as ck
 from pretrain.__main__ import main as cli
 from storage.files import sha256_file
 from tests.data_prep.conftest import make_png_shards
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_infomax_eta.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +122,27 @@ def test_resume_from_a_checkpoint_that_verifies_but_cannot_load_is_one_line(shar
     assert "checkpoint_000000004" in err and "is not a loadable pretraining checkpoint" in err, err
     assert ("'rng'" in err) == (what == "no rng")
     assert not marker.exists()
+
+
+def test_a_checkpoint_cannot_make_timm_read_a_file(shards, tmp_path, capsys):
+    """``model.kwargs`` of a checkpoint reach the encoder's constructor: only architecture options pass
+    (timm would load ``checkpoint_path`` itself). Refused in one line by export and by evaluation's
+    loader, and by pretrain's checks when a config names it."""
+    from pretrain.export import main as export
+
+    weights = tmp_path / "elsewhere.pth"
+    torch.save({}, weights)
+    config = {"model": {"encoder": "resnet18", "depth": None, "kwargs": {"checkpoint_path": str(weights)}}}
+    ckpt = tmp_path / "run" / ck.checkpoint_dir_name(4)
+    ckpt.mkdir(parents=True)
+    torch.save({"format": ck.FORMAT, "step": 4, "config": config, "encoder": {}, "task": {}}, ckpt / ck.CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match="model.kwargs.checkpoint_path is not an option here") as info:
+        ck.load_encoder(ckpt)
+    assert "\n" not in str(info.value)
+    assert export([str(ckpt), "--out", str(tmp_path / "enc.safetensors")]) == 2
+    assert "model.kwargs.checkpoint_path is not an option here" in one_line_error(capsys)
+    assert not (tmp_path / "enc.safetensors").exists()
+
+    assert cli(["--config", str(REPO_CONFIG), f"data.shards={shards}", f"run.root={tmp_path / 'runs'}",
+                "model.encoder=resnet18", "model.depth=null", f"model.kwargs.checkpoint_path={weights}"]) == 2
+    assert "model.kwargs.checkpoint_path is not an option here" in one_line_error(capsys)
