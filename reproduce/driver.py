@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+import storage
 from eval.paper_results import TABLE2_TOP1, TABLE3
 from pretrain.plan import DEFAULT_TFLOPS
 
@@ -656,12 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = args.out or f"runs/reproduce/{args.table}{'-miniature' if args.miniature else ''}"
     try:
+        storage.local_only(out, "--out")
         seeds = args.seeds if args.seeds is not None else (MINIATURE_SEEDS if args.miniature else 4)
         text = reproduce(args.table, args.data_root, out, seeds=seeds, probe_seeds=args.probe_seeds,
                          miniature=args.miniature, methods=args.methods.split(",") if args.methods else None,
                          address=args.address, gpus=args.gpus, dry_run=args.dry_run, plan_out=args.plan_out,
                          tflops=args.tflops)
-    except (ReproduceError, FileNotFoundError, ValueError) as exc:
+    except (ReproduceError, OSError, ValueError) as exc:  # OSError: FileNotFoundError, storage.StorageError
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     if text is not None:
