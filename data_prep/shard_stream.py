@@ -55,16 +55,14 @@ def _open_shards(src: Iterator[dict], handler: Callable[[Exception], bool]) -> I
         yield {**source, "stream": stream}
 
 
-def tar_samples(src: Iterator[dict], handler: Callable[[Exception], bool],
-                max_member_mb: float = shard_tar.MAX_MEMBER_MB) -> Iterator[dict]:
+def tar_samples(src: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
     """``{"url": shard}`` dicts -> samples ``{"__key__", "__url__", ext: bytes}`` (webdataset's
     ``tarfile_samples``, with shards opened by :func:`_open_shards` and read by
-    :mod:`data_prep.shard_tar`: plain tar only, members up to ``max_member_mb``)."""
-    return wds.tariterators.group_by_keys(_tar_members(_open_shards(src, handler), handler, max_member_mb),
-                                          handler=handler)
+    :mod:`data_prep.shard_tar`: plain tar only, members up to its ``MAX_MEMBER_MB``)."""
+    return wds.tariterators.group_by_keys(_tar_members(_open_shards(src, handler), handler), handler=handler)
 
 
-def _tar_members(shards: Iterator[dict], handler: Callable[[Exception], bool], max_member_mb: float) -> Iterator[dict]:
+def _tar_members(shards: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
     """``{"fname", "data", "__url__"}`` per regular member, then ``{}`` at each shard's end (so that
     samples of two shards never merge). A shard that fails goes to ``handler`` from where it failed."""
     for source in shards:
@@ -74,7 +72,7 @@ def _tar_members(shards: Iterator[dict], handler: Callable[[Exception], bool], m
                 for member in tar:
                     if not member.isreg():
                         continue
-                    shard_tar.check_member(member, url, max_member_mb)
+                    shard_tar.check_member(member, url)
                     yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": url}
                     tar.members = []  # a stream's TarFile would otherwise keep every header it read
         except Exception as exn:

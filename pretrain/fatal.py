@@ -110,14 +110,15 @@ def _key(run_dir) -> str:
 
 
 def record(run_dir, rank: int, line: str) -> None:
-    """Record ``line`` for the run (once: the first record stays), where it can be written."""
-    if recorded(run_dir) is not None:
-        return
+    """Record ``line`` for the run (once: the first record stays), where it can be written: Ray's
+    key-value store first (it needs neither the disk nor the store that failed), then ``fatal.json``."""
     kv = _kv()
     if kv is not None:
         kv._internal_kv_put(_key(run_dir), line, overwrite=False, namespace=KV_NAMESPACE)
+    path = storage.join(run_dir, FATAL_FILE)
     with contextlib.suppress(OSError):  # the disk or store that failed may refuse this too
-        storage.write_text(storage.join(run_dir, FATAL_FILE), json.dumps({"rank": rank, "message": line}))
+        if not storage.isfile(path):
+            storage.write_text(path, json.dumps({"rank": rank, "message": line}))
 
 
 def recorded(run_dir) -> str | None:
