@@ -12,7 +12,7 @@ import os
 import sys
 
 import storage
-from data_prep import shard_writer
+from data_prep import shard_tar, shard_writer
 from data_prep.builders import BUILDERS, build
 
 
@@ -83,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every shard against manifest.json")
     p.add_argument("dir", help="shard directory or s3:// / gs:// URL")
     p.add_argument("--no-decode", action="store_true", help="skip decoding the images (faster)")
+    p.add_argument("--max-member-mb", type=float, default=shard_tar.MAX_MEMBER_MB,
+                   help="refuse a shard member above this size, unread (default %(default)s: an image sample "
+                        "is far smaller; a larger one is damage or a decompression bomb)")
     return ap
 
 
@@ -102,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         storage.check_bucket(target)
     if args.command == "verify":
         from data_prep.verify import verify
-        problems = verify(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty())
+        problems = verify(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty(),
+                          max_member_mb=args.max_member_mb)
         for line in problems:
             print(f"verify: {line}", file=sys.stderr)
         if problems:

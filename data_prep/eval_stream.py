@@ -6,9 +6,11 @@ position: batches come out in shard order whatever ``num_workers`` is. Shards ma
 - ``kind="jigsaw"``: squash to 232×232, centre crop 192, gapless 3×3 grid of 64×64 tiles, each patch's
   channels standardised: ``patches`` float32 [B, 9, 3, 64, 64] (tiles in natural row-major order).
 - ``kind="infomax"``: ``images`` float32 [B, 3, 32, 32] normalised as the InfoMax stream in test mode.
-Plus ``label`` int64 [B] (-1 when unlabelled) and ``key`` (list of str). A sample that fails to decode
-is dropped from its batch with a warning (a batch with none left is ``None``); a truncated or unreadable
-shard keeps the samples stored before the damage, is named in a warning and in ``damaged_shards``.
+Plus ``label`` int64 [B] (-1 when unlabelled) and ``key`` (list of str). A sample that fails to decode,
+or whose ``.cls`` is not an integer, is dropped from its batch with a warning naming sample and shard
+(a batch with none left is ``None``); a truncated or unreadable shard (compressed, or a member above
+:data:`data_prep.shard_tar.MAX_MEMBER_MB`) keeps the samples stored before the damage, is named in a
+warning and in ``damaged_shards``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 import storage
-from data_prep import jigsaw
+from data_prep import jigsaw, shard_tar
 from data_prep.image_io import decode_resized
 from data_prep.infomax_stream import normalise
 from data_prep.manifest import read_manifest, shard_paths, split_member_name
@@ -39,10 +41,11 @@ def index_shard(path: str) -> tuple[list[tuple[str, dict[str, tuple[int, int]]]]
         with storage.open_read(path) as f:
             file_size = f.seek(0, 2)
             f.seek(0)
-            with tarfile.open(fileobj=f) as tar:
+            with shard_tar.open_tar(f, path, stream=False) as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
+                    shard_tar.check_member(member, path)
                     if member.offset_data + member.size > file_size:
                         raise tarfile.ReadError(f"member {member.name} ends past the end of the file")
                     key, ext = split_member_name(member.name)
@@ -85,9 +88,15 @@ class ShardIndexDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         path, key, files = self.entries[i]
-        label = int(self._read(path, *files["cls"])) if "cls" in files else -1
         ext = next((e for e in ("jpg", "png", "jpeg") if e in files), None)
+        label = -1
         try:
+            if "cls" in files:
+                text = self._read(path, *files["cls"])
+                try:
+                    label = int(text)
+                except ValueError:
+                    raise ValueError(f"its .cls label {text[:20]!r} is not an integer") from None
             if ext is None:
                 raise KeyError(f"no .jpg/.png (found {sorted(files)})")
             data = self._read(path, *files[ext])

@@ -12,6 +12,7 @@ Layout (format 1)::
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import storage
@@ -36,14 +37,76 @@ def read_manifest(shard_dir: str | Path) -> dict:
             f"`python -m data_prep <cifar10|stl10|imagenet|folder> ... --out {shard_dir}`")
     try:
         manifest = json.loads(storage.read_text(path))
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); rebuild the shards") from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path} is not valid JSON ({e}); rebuild the shards") from None
+    check_manifest(manifest, path)
+    return manifest
+
+
+# Names a manifest puts into paths (the dataset in cache files and result folders, splits and shards in
+# file names) are single path components: no separator, no parent, no NUL, no drive.
+_NOT_A_COMPONENT = re.compile(r"[/\\\x00-\x1f]|^\.{1,2}$|^[A-Za-z]:|^~")
+
+
+def check_component(value, field: str, path) -> str:
+    """``value`` if it is a non-empty string usable as one path component, else a :class:`ManifestError`
+    naming ``field`` of the manifest at ``path``."""
+    if not isinstance(value, str) or not value or _NOT_A_COMPONENT.search(value):
+        raise ManifestError(f"{path}: {field} is {value!r}, not a plain name (no /, \\, .., NUL or drive); "
+                            f"the manifest is damaged or not from data_prep: rebuild the shards")
+    return value
+
+
+def check_manifest(manifest, path) -> None:
+    """The layout of the module docstring, with the types every reader relies on; one-line
+    :class:`ManifestError` naming the first field that is wrong. Every reader goes through here
+    (:func:`read_manifest`), so training, evaluation and ``verify`` refuse the same manifests."""
+    def fail(field: str, what: str):
+        raise ManifestError(f"{path}: {field} {what}; the manifest is damaged or not from data_prep: rebuild the shards")
+
+    def count(value, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail(field, f"is {value!r}, not a count")
+        return value
+
+    if not isinstance(manifest, dict):
+        fail("the top level", f"is a {type(manifest).__name__}, not an object")
     for key in ("format", "dataset", "splits", "class_names"):
         if key not in manifest:
             raise ManifestError(f"{path} lacks the key {key!r}; rebuild the shards")
     if manifest["format"] != FORMAT:
         raise ManifestError(f"{path} has format {manifest['format']}, this code reads format {FORMAT}")
-    return manifest
+    check_component(manifest["dataset"], "dataset", path)
+    names = manifest["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        fail("class_names", "is not a list of strings")
+    if not isinstance(manifest["splits"], dict):
+        fail("splits", "is not an object")
+    for split, info in manifest["splits"].items():
+        where = f"splits.{split}"
+        check_component(split, f"the split name {split!r}", path)
+        if not isinstance(info, dict):
+            fail(where, "is not an object")
+        for key in ("num_samples", "shards"):
+            if key not in info:
+                fail(f"{where}.{key}", "is missing")
+        count(info["num_samples"], f"{where}.num_samples")
+        if not isinstance(info.get("labelled", True), bool):
+            fail(f"{where}.labelled", "is not true or false")
+        if "class_counts" in info and (not isinstance(info["class_counts"], list) or
+                                       not all(isinstance(c, int) for c in info["class_counts"])):
+            fail(f"{where}.class_counts", "is not a list of counts")
+        if not isinstance(info["shards"], list):
+            fail(f"{where}.shards", "is not a list")
+        for i, shard in enumerate(info["shards"]):
+            if not isinstance(shard, dict) or not {"name", "num_samples", "sha256"} <= shard.keys():
+                fail(f"{where}.shards[{i}]", "is not an object with name, num_samples and sha256")
+            check_component(shard["name"], f"{where}.shards[{i}].name", path)
+            count(shard["num_samples"], f"{where}.shards[{i}].num_samples")
+            if not isinstance(shard["sha256"], str):
+                fail(f"{where}.shards[{i}].sha256", "is not a string")
 
 
 def split_info(manifest: dict, split: str) -> dict:

@@ -20,7 +20,7 @@ import torch
 import webdataset as wds
 
 import storage
-from data_prep import sharding
+from data_prep import shard_tar, sharding
 from data_prep.manifest import read_manifest, shard_paths, shard_sample_counts
 
 
@@ -57,9 +57,28 @@ def _open_shards(src: Iterator[dict], handler: Callable[[Exception], bool]) -> I
 
 def tar_samples(src: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
     """``{"url": shard}`` dicts -> samples ``{"__key__", "__url__", ext: bytes}`` (webdataset's
-    ``tarfile_samples`` with shards opened by :func:`_open_shards`)."""
-    files = wds.tariterators.tar_file_expander(_open_shards(src, handler), handler=handler)
-    return wds.tariterators.group_by_keys(files, handler=handler)
+    ``tarfile_samples``, with shards opened by :func:`_open_shards` and read by
+    :mod:`data_prep.shard_tar`: plain tar only, members up to its ``MAX_MEMBER_MB``)."""
+    return wds.tariterators.group_by_keys(_tar_members(_open_shards(src, handler), handler), handler=handler)
+
+
+def _tar_members(shards: Iterator[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """``{"fname", "data", "__url__"}`` per regular member, then ``{}`` at each shard's end (so that
+    samples of two shards never merge). A shard that fails goes to ``handler`` from where it failed."""
+    for source in shards:
+        url = source["url"]
+        try:
+            with source["stream"] as f, shard_tar.open_tar(f, url, stream=True) as tar:
+                for member in tar:
+                    if not member.isreg():
+                        continue
+                    shard_tar.check_member(member, url)
+                    yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": url}
+                    tar.members = []  # a stream's TarFile would otherwise keep every header it read
+        except Exception as exn:
+            if not handler(exn):
+                break
+        yield {}
 
 
 class ShardBatchStream(torch.utils.data.IterableDataset):

@@ -13,31 +13,37 @@ from pathlib import Path
 from tqdm import tqdm
 
 import storage
+from data_prep import shard_tar
 from data_prep.image_io import BadImage, open_fully
 from data_prep.manifest import ManifestError, read_manifest, split_member_name
 
 IMAGE_EXTS = ("png", "jpg")
 
 
-def _samples(path: str):
-    """Yield (key, {ext: bytes}) from a shard, in order, grouping consecutive members by key."""
+def _samples(path: str, max_member_mb: float = shard_tar.MAX_MEMBER_MB):
+    """Yield (key, {ext: bytes}) from a shard, in order, grouping consecutive members by key
+    (:mod:`data_prep.shard_tar`: plain tar only, members up to ``max_member_mb``)."""
     key, files = None, {}
-    with storage.open_read(path) as f, tarfile.open(fileobj=f) as tar:
+    with storage.open_read(path) as f, shard_tar.open_tar(f, path, stream=True) as tar:
         for member in tar:
             if not member.isfile():
                 continue
+            shard_tar.check_member(member, path, max_member_mb)
             k, ext = split_member_name(member.name)
             if k != key:
                 if key is not None:
                     yield key, files
                 key, files = k, {}
             files[ext] = tar.extractfile(member).read()
+            tar.members = []  # a stream's TarFile would otherwise keep every header it read
     if key is not None:
         yield key, files
 
 
-def verify(shard_dir: str | Path, decode: bool = True, progress: bool = False) -> list[str]:
-    """Return one line per mismatch between ``shard_dir``'s shards and its manifest."""
+def verify(shard_dir: str | Path, decode: bool = True, progress: bool = False,
+           max_member_mb: float = shard_tar.MAX_MEMBER_MB) -> list[str]:
+    """Return one line per mismatch between ``shard_dir``'s shards and its manifest; a shard member
+    above ``max_member_mb`` MB (or a compressed shard) is one, read no further."""
     try:
         manifest = read_manifest(shard_dir)
     except (ManifestError, storage.StorageError) as e:
@@ -57,7 +63,7 @@ def verify(shard_dir: str | Path, decode: bool = True, progress: bool = False) -
                 problems.append(f"{split}: shard {shard['name']} sha256 differs from the manifest (modified or corrupt)")
             n = 0
             try:
-                for key, files in _samples(path):
+                for key, files in _samples(path, max_member_mb):
                     n += 1
                     where = f"{split}: {shard['name']} sample {key}"
                     if key in keys:
@@ -83,7 +89,8 @@ def verify(shard_dir: str | Path, decode: bool = True, progress: bool = False) -
                     elif "cls" in files:
                         problems.append(f"{where}: .cls in an unlabelled split")
             except (tarfile.TarError, OSError, EOFError) as e:
-                problems.append(f"{split}: shard {shard['name']} is not a readable tar ({e})")
+                problems.append(f"{split}: {e}" if isinstance(e, shard_tar.ShardFormatError)
+                                else f"{split}: shard {shard['name']} is not a readable tar ({e})")
             if n != shard["num_samples"]:
                 problems.append(f"{split}: shard {shard['name']} holds {n} samples, manifest says {shard['num_samples']}")
             total += n

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import storage
+
 
 # Lines Ray forwards from its actors and workers, "(TrainController pid=123) ...": in the log only.
 RAY_PROCESS_LINE = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+")
@@ -114,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few steps and epochs only (smoke test)")
     ap.add_argument("--workers", type=int, default=2, help="Ray Train workers per pretraining run")
     args = ap.parse_args(argv)
-
-    out = Path(args.out)
+    try:
+        out = storage.local_only(args.out, "--out")
+    except storage.StorageError as exc:
+        ap.error(str(exc))
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from storage.files import atomic_write_text
+import storage
 from eval.paper_results import paper_reference
 
 REQUIRED = ("checkpoint_name", "dataset", "pretraining", "epochs", "seeds", "top1", "top5", "top10", "knn")
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     table = make_table(results)
     print(table, end="")
     if args.out:
-        atomic_write_text(args.out, table)
+        storage.write_text(storage.resolve(args.out), table)  # a local file (atomically) or an s3:// / gs:// object
     return 0
 
 

@@ -94,15 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as exc:
         print(f"training stopped: {exc}", file=sys.stderr)
         return 1
-    except (RunFailed, RunDirInUse) as exc:
+    except (RunFailed, RunDirInUse, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except TrackingError as exc:
         print(f"tracking error: {exc}", file=sys.stderr)
         return 2
     print(f"run directory: {out.run_dir}")
-    if out.result.checkpoint is not None:
-        print(f"latest checkpoint: {out.result.checkpoint.path}")
+    if out.result.checkpoint is not None:  # Ray's path has no scheme; its file system names it
+        ckpt = out.result.checkpoint
+        scheme = {"s3": "s3://", "gcs": "gs://"}.get(getattr(ckpt.filesystem, "type_name", ""), "")
+        print(f"latest checkpoint: {scheme}{ckpt.path}")
     return 0
 
 

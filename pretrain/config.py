@@ -201,6 +201,7 @@ def merge_config(schema: type, path: str | os.PathLike | None = None,
         except Exception as exc:  # YAML syntax error
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(f"{path}: cannot parse YAML: {first}") from None
+        refuse_interpolations(file_cfg, str(path))
         if not isinstance(file_cfg, DictConfig):
             keys = ", ".join(f"{f.name}:" for f in dataclasses.fields(schema))
             raise ConfigError(f"{path}: the top level is a {type(file_cfg).__name__}, not a mapping of "
@@ -213,10 +214,29 @@ def merge_config(schema: type, path: str | os.PathLike | None = None,
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.steps=100)")
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+        dotlist = OmegaConf.from_dotlist(list(overrides or []))
+        refuse_interpolations(dotlist, "command line")
+        cfg = OmegaConf.merge(cfg, dotlist)
     except OmegaConfBaseException as exc:
         raise _one_line(exc, "command line") from None
     return cfg
+
+
+def refuse_interpolations(node, source: str, prefix: str = "") -> None:
+    """A config is data: a ``${...}`` value (an OmegaConf interpolation or resolver such as
+    ``${oc.env:AWS_SECRET_ACCESS_KEY}``, which would copy the environment into the run's name, files
+    and checkpoints) is a :class:`ConfigError` naming the key, before anything resolves it."""
+    from omegaconf import ListConfig
+
+    if not isinstance(node, (DictConfig, ListConfig)):
+        return
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        name = f"{prefix}{key}"
+        if OmegaConf.is_interpolation(node, key):
+            raise ConfigError(f"{source}: {name} is an interpolation (${{...}}); a config holds values, not "
+                              f"references to the environment or other keys: write the value itself")
+        refuse_interpolations(node._get_node(key), source, f"{name}.")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> DictConfig:
@@ -284,6 +304,41 @@ def from_plain(d: dict) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(PretrainConfig), d)
 
 
+# (section, key, lowest, lowest allowed itself, highest or None, None allowed): numbers the types let
+# through but a worker would crash on (or train nonsense with). Comparisons are written so that NaN fails.
+RANGES = (
+    ("optim", "lr", 0.0, False, None, False),
+    ("optim", "eta_lr", 0.0, False, None, False),
+    ("optim", "beta1", 0.0, True, 1.0, False),
+    ("optim", "beta2", 0.0, True, 1.0, False),
+    ("optim", "weight_decay", 0.0, True, None, False),
+    ("train", "keep_checkpoints", 1, True, None, True),
+    ("train", "resource_wait_s", 0.0, True, None, False),
+    ("train", "controller_poll_s", 0.0, False, None, False),
+    ("train", "upload_every_s", 0.0, True, None, False),
+    ("train", "image_every", 0, True, None, False),
+    ("train", "crash_at_step", 0, True, None, True),
+    ("data", "loader_workers", 0, True, None, False),
+    ("data", "batches_per_epoch", 1, True, None, True),
+)
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every number of :data:`RANGES` finite and in its range (``beta`` below 1), else a :class:`ConfigError`."""
+    import math
+
+    for section, key, low, low_ok, high, none_ok in RANGES:
+        value = cfg[section][key]
+        if value is None and none_ok:
+            continue
+        above = value >= low if low_ok else value > low
+        below = high is None or value < high
+        if not (math.isfinite(value) and above and below):
+            bound = f"{'>=' if low_ok else '>'} {low:g}" + (f" and < {high:g}" if high is not None else "")
+            raise ConfigError(f"{section}.{key} must be a finite number {bound}, got {value}"
+                              + ("; null means none" if none_ok else ""))
+
+
 def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     """Check what types cannot; raise :class:`ConfigError` with one line naming the key.
 
@@ -293,14 +348,11 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
     if OmegaConf.is_missing(cfg.data, "shards"):
         raise ConfigError("data.shards is required: a data_prep output directory (data.shards=DIR)")
     t = cfg.train
+    check_ranges(cfg)
     if cfg.optim.lr_scaling not in ("none", "linear", "sqrt"):
         raise ConfigError(f"optim.lr_scaling must be none, linear or sqrt, got {cfg.optim.lr_scaling!r}")
     if cfg.optim.warmup_steps < 0:
         raise ConfigError(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
-    if t.controller_poll_s <= 0:
-        raise ConfigError(f"train.controller_poll_s must be > 0, got {t.controller_poll_s}")
-    if t.upload_every_s < 0:
-        raise ConfigError(f"train.upload_every_s must be >= 0, got {t.upload_every_s}")
     if t.bf16_grad_allreduce and t.use_gpu is False:
         raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL); gloo cannot all-reduce bfloat16 hooks")
     for key in ("steps", "report_every", "checkpoint_every", "num_workers", "threads_per_worker"):

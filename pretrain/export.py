@@ -2,13 +2,17 @@
 
     python -m pretrain.export RUN_OR_CHECKPOINT --out encoder.safetensors
 
-The file holds the encoder's state dict and nothing else (no heads, no η, no optimiser), under
-the key names of the encoder module itself. A timm encoder (e.g. ``resnet50``) is a plain timm
-model without its classifier, so the file loads where timm weights load::
+``--out`` may be an ``s3://``/``gs://`` URL (written through :mod:`storage`). The command ends by
+printing the Python lines that load what it wrote. The file holds the encoder's state dict and
+nothing else (no heads, no η, no optimiser), under the key names of the encoder module itself.
+:func:`load_exported` rebuilds any exported encoder from the architecture recorded in the file's
+metadata. A timm encoder (e.g. ``resnet50``) is a plain timm model without its classifier;
+:func:`load_into` loads the file into one strictly::
 
-    import timm
-    encoder = timm.create_model("resnet50", pretrained=True, num_classes=0,
-                                pretrained_cfg_overlay=dict(file="encoder.safetensors"))
+    encoder = load_into(timm.create_model("resnet50", num_classes=0), "encoder.safetensors")
+
+(timm's own ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` loads it too, but without its
+classifier timm loads leniently: a file of another architecture leaves random weights and a warning),
 
 and, for ResNets, into torchvision's model of the same name (only ``fc`` is absent)::
 
@@ -17,8 +21,7 @@ and, for ResNets, into torchvision's model of the same name (only ``fc`` is abse
     model.load_state_dict(load_file("encoder.safetensors"), strict=False)  # missing: fc.weight, fc.bias
     model.fc = torch.nn.Identity()
 
-The DCGAN-style encoder is this project's own module; :func:`load_exported` rebuilds it (or any
-exported encoder) from the architecture recorded in the file's metadata.
+The DCGAN-style encoder is this project's own module: :func:`load_exported` is its loader.
 """
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from torch import nn
+
+import storage
 
 # safetensors metadata keys (string values only)
 META_FORMAT = "eta_mine_export"
@@ -39,20 +43,19 @@ META_SOURCE = "checkpoint"
 
 
 def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict:
-    """Write the encoder of ``checkpoint`` (run dir, checkpoint dir or file) to ``out`` (safetensors).
+    """Write the encoder of ``checkpoint`` (run dir, checkpoint dir or file) to ``out`` (safetensors;
+    a local path or an ``s3://``/``gs://`` URL, written through :mod:`storage`).
 
-    The weights are checked to load (strict) into the encoder the run's config describes before
-    anything is written. Returns the metadata written: the model section, feature dimension, step
-    and source checkpoint.
+    ``out`` is checked before the checkpoint is read (a ``*.safetensors`` name, not a directory, in
+    a folder that can be written), and the weights are checked to load (strict) into the encoder the
+    run's config describes before anything is written. Returns the metadata written: the model
+    section, feature dimension, step and source checkpoint. One-line ``ValueError``/``OSError`` otherwise.
     """
     from safetensors.torch import save
 
-    from storage.files import atomic_write_bytes
     from pretrain.checkpoint import encoder_from_payload, load_checkpoint
 
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out {out}: name the file *.safetensors (timm picks the loader by extension)")
+    check_out(out)
     payload = load_checkpoint(checkpoint)
     encoder, config = encoder_from_payload(payload)
     # safetensors refuses tensors that share memory or are not contiguous; copies are cheap here.
@@ -64,28 +67,76 @@ def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dic
         META_STEP: str(int(payload["step"])),
         META_SOURCE: str(payload["path"]),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, save(state, metadata=metadata))
+    storage.makedirs(storage.parent(storage.resolve(out)))
+    storage.write_bytes(storage.resolve(out), save(state, metadata=metadata))
     return metadata
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata :func:`export_encoder` wrote into ``path``; a one-line ``ValueError`` otherwise."""
-    from safetensors import safe_open
+def check_out(out: str | os.PathLike) -> None:
+    """``--out`` names a ``*.safetensors`` file that can be written: a ``ValueError`` or
+    :class:`~storage.writable.NotWritableError` (one line) before any work otherwise."""
+    from storage.writable import check_writable_dir
 
-    path = Path(path)
-    if not path.is_file():
+    out = str(out)
+    if not out.endswith(".safetensors"):
+        raise ValueError(f"--out {out}: name the file *.safetensors (timm picks the loader by extension)")
+    if storage.is_url(out):
+        storage.check_bucket(storage.resolve(out))
+        return
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a directory; name a file in it, e.g. {os.path.join(out, 'encoder.safetensors')}")
+    check_writable_dir(os.path.dirname(os.path.abspath(out)), "--out folder", "choose another --out")
+
+
+def read_exported(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(metadata, state dict)`` of a file :func:`export_encoder` wrote (a local path or a URL);
+    a one-line ``ValueError`` (``FileNotFoundError`` when it is not there) otherwise."""
+    from safetensors.torch import load
+
+    if not storage.isfile(path):
         raise FileNotFoundError(f"exported encoder {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+    data = storage.read_bytes(path)
+    try:  # the safetensors layout: an 8-byte little-endian header length, the JSON header, the tensors
+        n = int.from_bytes(data[:8], "little")
+        if not 0 < n <= len(data) - 8:
+            raise ValueError(f"header length {n} does not fit a file of {len(data)} bytes")
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+        state = load(data)
     except Exception as exc:  # truncated or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot read {path} as safetensors: {first}") from None
     if META_FORMAT not in meta:
         raise ValueError(f"{path} was not written by pretrain.export (no {META_FORMAT!r} metadata); "
                          f"load it with timm or torchvision directly")
-    return meta
+    return meta, state
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata :func:`export_encoder` wrote into ``path``; a one-line ``ValueError`` otherwise."""
+    return read_exported(path)[0]
+
+
+def describe(meta: dict) -> str:
+    """``dcgan (depth 2, 8192 features)``: the architecture an export holds."""
+    model = json.loads(meta[META_MODEL])
+    depth = f"depth {model['depth']}, " if model.get("depth") is not None else ""
+    return f"{model['encoder']} ({depth}{meta[META_FEATURE_DIM]} features)"
+
+
+def load_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load an exported encoder's weights into ``model`` (strict) and return it in eval mode.
+
+    A model of another architecture than the file holds (a DCGAN export into a ResNet, another depth)
+    is a one-line ``ValueError`` naming what the file holds, never a model left with random weights.
+    """
+    meta, state = read_exported(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"{path} holds the encoder {describe(meta)}, which does not fit this "
+                         f"{type(model).__name__} ({first}); load it with pretrain.export.load_exported") from None
+    return model.eval()
 
 
 def load_exported(path: str | os.PathLike) -> nn.Module:
@@ -94,14 +145,23 @@ def load_exported(path: str | os.PathLike) -> nn.Module:
     Works for every encoder, and is the way to load the DCGAN-style encoder (which timm and
     torchvision do not know): the module maps images [B, 3, H, W] to features [B, feature_dim].
     """
-    from safetensors.torch import load_file
-
     from pretrain.models import build_encoder_from_config
 
-    meta = read_metadata(path)
-    encoder = build_encoder_from_config(json.loads(meta[META_MODEL]))
-    encoder.load_state_dict(load_file(str(path)), strict=True)
-    return encoder.eval()
+    return load_into(build_encoder_from_config(json.loads(read_metadata(path)[META_MODEL])), path)
+
+
+def how_to_load(out: str, meta: dict) -> str:
+    """The Python lines that load the export ``out`` for its kind of encoder."""
+    model = json.loads(meta[META_MODEL])
+    lines = ["from pretrain.export import load_exported",
+             f"encoder = load_exported({out!r})  # images [B, 3, H, W] -> features [B, {meta[META_FEATURE_DIM]}]"]
+    if model["encoder"] != "dcgan" and not storage.is_url(out):
+        args = "".join(f", {k}={v!r}" for k, v in sorted((model.get("kwargs") or {}).items()))
+        lines += ["# or with timm itself (strictly: a file of another architecture is an error):",
+                  "import timm",
+                  "from pretrain.export import load_into",
+                  f"encoder = load_into(timm.create_model({model['encoder']!r}, num_classes=0{args}), {out!r})"]
+    return "\n".join("    " + line for line in lines)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -116,12 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         meta = export_encoder(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: FileNotFoundError, NotWritableError, StorageError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    model = json.loads(meta[META_MODEL])
-    print(f"wrote {args.out}: encoder {model['encoder']} ({meta[META_FEATURE_DIM]} features) "
-          f"from step {meta[META_STEP]} of {meta[META_SOURCE]}")
+    out = storage.resolve(args.out)
+    print(f"wrote {out}: encoder {describe(meta)} from step {meta[META_STEP]} of {meta[META_SOURCE]}\n"
+          f"load it with:\n{how_to_load(out, meta)}")
     return 0
 
 

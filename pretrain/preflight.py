@@ -156,8 +156,16 @@ def resume_point(cfg: DictConfig, experiment_dir) -> ResumePoint:
         return ResumePoint(skipped=skipped)
     file = storage.join(path, CHECKPOINT_FILE)
     source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
-    payload = torch.load(source, map_location="cpu", weights_only=True, mmap=not storage.is_url(file))
-    shards = len(payload["data_position"])
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True, mmap=not storage.is_url(file))
+        shards = len(payload["data_position"])
+        payload["rng"]
+    except Exception as exc:  # a foreign pickle, a payload of another layout: its checksum matched
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, KeyError):
+            first = f"no {first} key"
+        raise ConfigError(f"{file} matches its checksum but is not a loadable pretraining checkpoint ({first}); "
+                          f"move its directory aside to resume from an earlier one") from None
     if cfg.data.virtual_shards is not None and cfg.data.virtual_shards != shards:
         raise ConfigError(f"{path} holds {shards} virtual shard(s): resume with data.virtual_shards={shards} (the "
                           f"data order, RNG streams and global batch are per shard), not {cfg.data.virtual_shards}")

@@ -70,6 +70,31 @@ def final_metrics(metrics_file: Path | str) -> dict[str, float]:
             if isinstance(v, (int, float)) and k not in NOT_METRICS}
 
 
+def one_record_per_step(metrics_file: Path | str) -> None:
+    """Rewrite ``metrics_file`` (a path or URL) with one record per step, the later one, in step order.
+
+    After Ray restarts the workers from a checkpoint, the steps after it run (and are reported) again;
+    the later record is the one the run's state carries on from. A line cut short by a crash is
+    dropped. The driver calls this once the workers have ended (nothing else writes the file then).
+    """
+    import storage
+
+    if not storage.isfile(metrics_file):
+        return
+    lines = storage.read_text(metrics_file).splitlines()
+    by_step: dict[int, dict] = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            by_step[record["step"]] = record  # a later record of the same step replaces the earlier
+    kept = [json.dumps(by_step[s]) for s in sorted(by_step)]
+    if kept != lines:
+        storage.write_text(metrics_file, "".join(line + "\n" for line in kept))
+
+
 class Tracking:
     """What the driver tracks for one launch: :meth:`listeners` go to the metrics tail,
     :meth:`finish` closes everything once ``trainer.fit()`` returned (or failed)."""
@@ -84,8 +109,10 @@ class Tracking:
     def listeners(self) -> list[Callable[[dict], None]]:
         return [self.mlflow.log_record] if self.mlflow is not None else []
 
-    def finish(self, succeeded: bool) -> None:
-        final = final_metrics(self.metrics_file)
+    def finish(self, succeeded: bool, write_hparams: bool = True) -> None:
+        """End the tracking; ``write_hparams=False`` after an error no retry fixes (often the run
+        directory's disk: TensorBoard's writer thread would print a traceback of its own)."""
+        final = final_metrics(self.metrics_file) if write_hparams else {}
         if final:
             self._write_hparams(final)
         if self.mlflow is not None:

@@ -113,10 +113,9 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
 
     from console.progress import ProgressLine, follow
     from pretrain.elastic import ShardTrainer
-    from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking
+    from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking, one_record_per_step
 
     storage.remove(storage.join(run_dir, NONFINITE_FILE))
-    fatal.clear(run_dir)
     # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
     # Ray Train writes to a URL with its own storage layer (pyarrow.fs), from the same credentials.
     experiments = ray_storage_path(cfg.run, run_dir)
@@ -136,10 +135,11 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     # before Ray: a bad tracking URI fails fast
     tracking = Tracking(cfg, Path(driver_files.dir), metrics_file, checkpoints=run_dir)
 
-    succeeded = False
+    succeeded, message = False, None
     stopped = storage.join(run_dir, NONFINITE_FILE)
     try:  # from here on, every way out ends the tracking run and uploads the driver's files
         preflight.init_ray(address, ray_init_kwargs)
+        fatal.clear(run_dir)  # an earlier launch's record, in the run directory and in this Ray
         use_gpu = cfg.train.use_gpu
         if use_gpu is None:
             use_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -175,14 +175,22 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
         with follow(metrics_file, listeners), controller_poll(cfg.train.controller_poll_s):
             try:
                 result = trainer.fit()
-            except Exception:
-                if fatal.recorded(run_dir) is None:
+            except Exception as exc:  # an error no retry fixes: one line (fatal.py), else Ray's error
+                message = fatal.recorded(run_dir) or fatal.find(exc, run_dir)
+                if message is None:
                     raise
-        message = fatal.recorded(run_dir)
+        message = message or fatal.recorded(run_dir)
         succeeded = message is None and not storage.isfile(stopped)
     finally:
-        tracking.finish(succeeded)
-        driver_files.push()
+        with contextlib.suppress(OSError):  # a store that is gone leaves the records as written
+            one_record_per_step(metrics_file)  # the steps re-run after a worker restart were reported twice
+        try:
+            tracking.finish(succeeded, write_hparams=message is None)
+            driver_files.push()
+        except OSError:
+            if succeeded:
+                raise
+            # else the run's own error (or its one line) is what the user needs, not the full disk's echo
     if message is not None:
         raise fatal.RunFailed(message)
     if storage.isfile(stopped):

@@ -34,6 +34,7 @@ import os
 import sys
 from pathlib import Path
 
+import storage
 from pretrain.plan import DEFAULT_TFLOPS
 from reproduce.aggregate import aggregate, collect, paper_table
 from reproduce.plan import (MINIATURE_SEEDS, PAPER_PROBE_SEEDS, PAPER_SEEDS, TABLES, ReproduceError, add_costs,
@@ -101,12 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = args.out or f"runs/reproduce/{args.table}{'-miniature' if args.miniature else ''}"
     try:
+        storage.local_only(out, "--out")
         seeds = args.seeds if args.seeds is not None else (MINIATURE_SEEDS if args.miniature else PAPER_SEEDS)
         text = reproduce(args.table, args.data_root, out, seeds=seeds, probe_seeds=args.probe_seeds,
                          miniature=args.miniature, methods=args.methods.split(",") if args.methods else None,
                          address=args.address, gpus=args.gpus, dry_run=args.dry_run, plan_out=args.plan_out,
                          tflops=args.tflops)
-    except (ReproduceError, FileNotFoundError, ValueError) as exc:
+    except (ReproduceError, OSError, ValueError) as exc:  # OSError: FileNotFoundError, storage.StorageError
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     if text is not None:

@@ -84,6 +84,15 @@ def join(base, *names: str) -> str:
     return os.path.join(base, *names)
 
 
+def local_only(path, what: str) -> Path:
+    """``path`` as a local ``Path``, for an output a command writes only on this machine; a URL is a
+    :class:`StorageError` naming ``what`` (never a local folder named ``s3:``)."""
+    if is_url(path):
+        raise StorageError(f"{what} {path}: this command writes local files only; give a local folder "
+                           f"(and copy it to the bucket afterwards)")
+    return Path(path)
+
+
 def basename(path) -> str:
     return posixpath.basename(str(path).rstrip("/")) if is_url(path) else os.path.basename(str(path).rstrip(os.sep))
 

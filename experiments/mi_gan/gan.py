@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import storage
 from experiments.mi_gan.models import Discriminator, Generator, StatisticsNetwork
 from pretrain import estimators
 
@@ -421,6 +422,10 @@ def load_config(overrides: list[str] = ()) -> MIGANConfig:
     for key in ("steps", "runs", "eval_every", "eval_samples", "batch", "jobs", "threads", "n_codes", "n_critic"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    try:
+        storage.local_only(cfg.out, "out")
+    except storage.StorageError as exc:
+        raise ValueError(str(exc)) from None
     return cfg
 
 

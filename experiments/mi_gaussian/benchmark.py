@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import storage
 from experiments.mi_gaussian.critics import BatchedMLP, build_critic
 from pretrain import estimators
 from console.progress import bar as progress_bar
@@ -562,7 +563,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.mi_gaussian", description=__doc__.split("\n\n")[0], epilog=_defaults_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper", help="paper: Fig. 3a (d = 2, 10, 20); staircase: Poole et al.'s 2→10 nats")
     p.add_argument("--quick", action="store_true", help="a small, fast version (< 1 min) for demos and smoke tests")
-    p.add_argument("--out", type=Path, help="output directory (default runs/mi_gaussian/<protocol>)")
+    p.add_argument("--out", help="output directory (default runs/mi_gaussian/<protocol>; local only)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the protocol's config, e.g. runs=10 dims=[10,20] estimators=[eta-mine,dv-mine]")
@@ -664,11 +665,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser().parse_args(argv)
     try:
         cfg = load_config(args.protocol, args.overrides, args.quick)
-    except ValueError as err:
+        out = storage.local_only(args.out, "--out") if args.out else None
+    except (ValueError, storage.StorageError) as err:
         parser().error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or Path("runs/mi_gaussian") / (args.protocol + ("-quick" if args.quick else ""))
+    out = out or Path("runs/mi_gaussian") / (args.protocol + ("-quick" if args.quick else ""))
     rows = run(args.protocol, cfg, out, progress=not args.no_progress, command="python -m experiments.mi_gaussian " + shlex.join(argv if argv is not None else sys.argv[1:]))
     print((out / "results.md").read_text())
     print(f"written to {out}/")

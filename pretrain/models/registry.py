@@ -15,7 +15,8 @@ def build_encoder(name: str, **kwargs) -> nn.Module:
 
     The module has ``feature_dim`` and maps images [B, 3, H, W] to features [B, feature_dim];
     ``dcgan`` also has ``forward_layers`` (every conv layer's map, for InfoMax).
-    Keyword options go to ``DCGANEncoder`` or ``timm.create_model``.
+    Keyword options go to ``DCGANEncoder``, or to ``timm.create_model`` when they are architecture
+    options (``timm_encoder.OPTIONS``: a checkpoint's config must not name files for timm to read).
     """
     if name == "dcgan":
         return DCGANEncoder(**kwargs)

@@ -5,6 +5,12 @@ import timm
 from torch import nn
 
 
+# The keyword options a timm encoder takes from a config or a checkpoint: architecture only. Every other
+# timm.create_model option is refused: some read files or fetch weights (checkpoint_path,
+# pretrained_cfg_overlay, cache_dir), and a checkpoint is data that must not choose what is read.
+OPTIONS = ("drop_rate", "drop_path_rate", "drop_block_rate", "in_chans", "global_pool", "img_size", "output_stride")
+
+
 def build_timm_encoder(name: str, **kwargs) -> nn.Module:
     """``timm.create_model(name, pretrained=False, num_classes=0)``: x [B, 3, H, W] -> [B, feature_dim].
 
@@ -19,6 +25,10 @@ def build_timm_encoder(name: str, **kwargs) -> nn.Module:
         raise ValueError(f"encoder {name!r}: num_classes is fixed to 0 (pooled features); drop the option")
     if "depth" in kwargs:
         raise ValueError(f"encoder {name!r}: depth applies only to the dcgan encoder; unset model.depth")
+    for key in kwargs:
+        if key not in OPTIONS:
+            raise ValueError(f"encoder {name!r}: model.kwargs.{key} is not an option here; a timm encoder "
+                             f"takes {', '.join(OPTIONS)}")
     model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     model.feature_dim = int(model.num_features)
     return model

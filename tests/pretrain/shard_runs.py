@@ -23,7 +23,7 @@ def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, p
     rank 0 saves ``{bound: task state_dict}`` to ``out``."""
     from pretrain import virtual_shards
     from pretrain.train import build_optimizers, build_task_from_config, train_step, wrap_ddp
-    from tests.pretrain.run_states import tiny_cfg
+    from tests.support.run_states import tiny_cfg
 
     torch.set_num_threads(1)
     if world > 1:

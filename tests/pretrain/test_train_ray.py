@@ -68,10 +68,12 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
     assert metrics[-1]["eta"] != 0.0
     assert list((plain / "tb").glob("events.out.tfevents.*"))
 
-    # a worker dies at step 6 (after the checkpoint at 4): Ray restarts the group from step 4
-    crashed = launch(infomax_cfg(digits, tmp_path / "b", "train.crash_at_step=6")).run_dir
+    # a worker dies at step 6 (after the checkpoint at 4 and the report at 6): Ray restarts the group
+    # from step 4, so step 6 is reported again; metrics.jsonl keeps the later record
+    crashed = launch(infomax_cfg(digits, tmp_path / "b", "train.crash_at_step=6", "train.report_every=2")).run_dir
     assert (crashed / CRASH_MARKER).read_text() == "6"
     assert_same_state(ck.load_checkpoint(crashed), reference)
+    assert [m["step"] for m in read_metrics(crashed)] == [2, 4, 6, 8, 10, 12]
 
     # the driver stops after 8 steps; `python -m pretrain --resume RUN_DIR train.steps=12` continues
     first = launch(infomax_cfg(digits, tmp_path / "c", "train.steps=8")).run_dir

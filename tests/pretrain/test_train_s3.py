@@ -108,7 +108,7 @@ def test_a_bucket_storage_path_holds_the_whole_run_directory(s3, shards, tmp_pat
 
 
 def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ray_session, shards, empty_config,
-                                                                          tmp_path, monkeypatch):
+                                                                          tmp_path, monkeypatch, capsys):
     from pretrain.__main__ import main as cli
     from pretrain.config import load_config
     from pretrain.train import launch
@@ -155,7 +155,9 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
     command = pretrain_command(Path(empty_config), infomax_overrides(shards, root, "train.crash_at_step=6"))
     assert command[3:5] == ["--resume", run]
     assert cli(command[3:]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"latest checkpoint: {run}/checkpoint_000000012"
     assert_same_state(ck.load_checkpoint(run), reference)
+    assert [m["step"] for m in read_metrics(run)] == [4, 8, 12]  # one record a step, however often re-run
 
     # the probe reads the checkpoint and the shards from the bucket, and writes its results there
     from eval.linear import evaluate_checkpoints
@@ -167,3 +169,38 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
     written = json.loads(storage.read_text(f"{runs}/eval/results.json"))
     assert written["checkpoint"] == res["checkpoint"] and written["top1"] == res["top1"] and res["out"] == f"{runs}/eval"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]  # nothing local was made
+
+
+def test_the_store_dying_mid_run_is_one_line(s3, ray_session, shards, empty_config, tmp_path):
+    """The S3 server is SIGKILLed once the run's first checkpoint is in the bucket: the driver ends with
+    one line naming the store, at once (no retry brings it back), exit 1. It kills this module's server,
+    so it is the module's last test."""
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    root = f"{s3.bucket('dying')}/runs"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pretrain", "--config", empty_config, "--address", ray_session,
+         *infomax_overrides(shards, root, "train.steps=100000", "train.upload_every_s=0")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert driver.poll() is None, driver.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint 4 in the bucket"
+            run = only_run(root) if storage.listdir(root) else None
+            if run and storage.isfile(f"{run}/checkpoint_000000004/checkpoint.pt.sha256"):
+                break
+            time.sleep(0.2)
+        port = int(s3.endpoint.rsplit(":", 1)[1])
+        (server,) = {c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"}
+        os.kill(server, signal.SIGKILL)  # the server this module's s3 fixture started
+        _, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    lines = err.strip().splitlines()
+    assert driver.returncode == 1, err[-3000:]
+    assert lines[-1].startswith("error: ") and f"--resume {run} once the store is back" in lines[-1], err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
