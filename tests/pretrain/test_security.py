@@ -10,7 +10,7 @@ import torch
 
 from pretrain import checkpoint as ck
 from pretrain.__main__ import main as cli
-from pretrain.run_dir import CONFIG_FILE
+from pretrain.run_dir import CONFIG_FILE, checkpoint_dir_name
 from storage.files import sha256_file
 from tests.data_prep.conftest import make_png_shards
 
@@ -101,7 +101,7 @@ def _run_with_payload(run, shards, write_payload) -> None:
 
     cfg = load_config(None, [f"data.shards={shards}", f"run.root={run.parent}", "task.kind=infomax",
                              "task.estimator=eta-mine", "model.encoder=dcgan", "model.depth=2", "data.batch_size=8"])
-    d = run / ck.checkpoint_dir_name(4)
+    d = run / checkpoint_dir_name(4)
     d.mkdir(parents=True)
     (run / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg))
     write_payload(d / ck.CHECKPOINT_FILE)
@@ -134,7 +134,7 @@ def test_a_checkpoint_cannot_make_timm_read_a_file(shards, tmp_path, capsys):
     weights = tmp_path / "elsewhere.pth"
     torch.save({}, weights)
     config = {"model": {"encoder": "resnet18", "depth": None, "kwargs": {"checkpoint_path": str(weights)}}}
-    ckpt = tmp_path / "run" / ck.checkpoint_dir_name(4)
+    ckpt = tmp_path / "run" / checkpoint_dir_name(4)
     ckpt.mkdir(parents=True)
     torch.save({"format": ck.FORMAT, "step": 4, "config": config, "encoder": {}, "task": {}}, ckpt / ck.CHECKPOINT_FILE)
     with pytest.raises(ValueError, match="model.kwargs.checkpoint_path is not an option here") as info:
