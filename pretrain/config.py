@@ -108,7 +108,9 @@ class TrainSection:
     use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
     bf16: bool = False  # autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)
     channels_last: bool = False  # NHWC memory format for conv encoders (faster on CPU and GPU)
-    # GPU only: batch-norm statistics over the global batch (CPU process groups cannot sync BN)
+    # GPU only: batch-norm statistics over the global batch (CPU process groups cannot sync BN). Costs a
+    # host sync per BatchNorm layer a step (torch's SyncBatchNorm masks out empty ranks' statistics:
+    # 53 for a ResNet-50, where a step otherwise has one); the launcher warns when it is on.
     sync_batchnorm: bool = False
     steps: int = 1000  # optimiser steps in total (a resumed run continues to this number)
     # Every report_every steps the metrics are all-reduced and rank 0 writes TensorBoard and
