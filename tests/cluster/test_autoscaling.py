@@ -7,6 +7,7 @@ one) stop in one line that names the driver and the torch CUDA build.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,34 @@ def test_a_gpu_torch_cannot_use_stops_the_launch_in_one_line(cluster, shards, tm
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("config error:")]
     assert "torch.cuda.is_available() is false" in line and "NVIDIA driver not found" in line
     assert f"torch {torch.__version__} built for CUDA {torch.version.cuda or 'none'}" in line
+
+
+def grow(cluster) -> None:
+    """Both worker types up (the tests above leave them so; alone, this asks for them)."""
+    script = ("import time, ray; from pretrain.preflight import request_bundles; ray.init(address='auto'); "
+              "have = ray.cluster_resources\n"
+              "with request_bundles([{'CPU': 1}, {'CPU': 1, 'GPU': 1}], expire_after_s=120):\n"
+              "    while have().get('CPU', 0) < 2 or have().get('GPU', 0) < 1: time.sleep(0.5)")
+    subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env={**cluster.env, "RAY_ADDRESS": cluster.address},
+                   check=True, timeout=240, capture_output=True)
+
+
+def test_the_doctor_checks_every_node_and_all_reduces_across_two(cluster, shards, tmp_path):
+    """Three nodes on 127.0.0.1: the head, a CPU node, and a node Ray was told has a GPU that torch cannot
+    see. One problem line for that node; gloo all-reduce between the two workers; shards read, run.root
+    written from every node. ``--json`` keeps the interface the GPU suite calls."""
+    grow(cluster)
+    out = tmp_path / "doctor.json"
+    done = subprocess.run([sys.executable, "-m", "cluster.doctor", "--address", cluster.address, "--json", str(out),
+                           f"data.shards={shards}", f"run.root={tmp_path / 'runs'}"],
+                          cwd=REPO_ROOT, env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert len(report["nodes"]) == 3 and sorted(r["ray_gpus"] for r in report["nodes"]) == [0, 0, 1]
+    assert all(r["shards_read"] and r["run_root_write"] for r in report["nodes"])
+    assert report["all_reduce"]["ran"] and report["all_reduce"]["ok"] and report["all_reduce"]["backend"] == "gloo"
+    problems = [p for p in report["problems"] if "GB free" not in p]  # a small test disk may add that line
+    (gpu_line,) = problems
+    assert "Ray gives this node GPUs but torch.cuda.is_available() is false" in gpu_line
+    assert [x for x in done.stdout.splitlines() if x.startswith("problem: ")] == [f"problem: {p}" for p in report["problems"]]
+    assert "all-reduce across nodes: gloo ok" in done.stdout

@@ -103,3 +103,19 @@ def test_sync_batchnorm_warns_of_its_host_syncs():
 
     with pytest.warns(UserWarning, match=r"train.sync_batchnorm=true: \d+ BatchNorm layers, each a host sync"):
         warn_sync_batchnorm(tiny_cfg("infomax", "eta-mine", "train.sync_batchnorm=true"))
+
+
+def test_the_doctor_s_node_row_names_each_gpu_problem(monkeypatch, tmp_path):
+    """cluster.doctor's per-node task on a faked 1-GPU T4 node that Ray says has 2 GPUs, asked for bf16."""
+    from cluster.doctor import node_report
+    from pretrain import gpu
+
+    FakeCuda(monkeypatch, count=1, capability=(7, 5), name="Tesla T4")
+    monkeypatch.setattr(gpu, "driver_version", lambda: "550.54.15")
+    row = node_report(None, "train", str(tmp_path / "runs"), str(tmp_path / "runs"), bf16=True, gpus=2)
+    assert (row["devices"], row["driver"], row["capability"], row["run_root_write"]) == (1, "550.54.15", [7, 5], True)
+    assert row["shards_read"] is None and row["free_disk_gb"] > 0
+    gpu_lines = [p for p in row["problems"] if "GB free" not in p]
+    assert len(gpu_lines) == 2
+    assert gpu_lines[0].startswith("Ray gives this node 2 GPU(s) but torch sees 1")
+    assert gpu_lines[1].startswith("train.bf16=true needs compute capability >= 8.0")
