@@ -237,19 +237,24 @@ def wait_for_resources(num_workers: int, per_worker: dict, wait_s: float, poll_s
     import ray
 
     need = {k: v * num_workers for k, v in per_worker.items()}
+
+    def enough(have: dict) -> bool:
+        return all(have.get(k, 0) >= v for k, v in need.items())
+
+    have = ray.cluster_resources()
+    if enough(have):  # a cluster that holds them already is asked for nothing
+        return
     deadline = time.monotonic() + wait_s
     with request_bundles([dict(per_worker)] * num_workers, expire_after_s=wait_s + 30):
-        while True:
-            have = ray.cluster_resources()
-            missing = {k: v for k, v in need.items() if have.get(k, 0) < v}
-            if not missing or time.monotonic() >= deadline:
-                break
+        while time.monotonic() < deadline:
             time.sleep(poll_s)
-    if missing:
-        parts = ", ".join(f"{v:g} {k} (cluster has {have.get(k, 0):g})" for k, v in missing.items())
-        raise ConfigError(f"train.num_workers={num_workers} need {parts}, still missing after "
-                          f"train.resource_wait_s={wait_s:g} (a rank takes train.threads_per_worker + "
-                          f"data.loader_workers CPUs); lower one of them, or add nodes")
+            have = ray.cluster_resources()
+            if enough(have):
+                return
+    parts = ", ".join(f"{v:g} {k} (cluster has {have.get(k, 0):g})" for k, v in need.items() if have.get(k, 0) < v)
+    raise ConfigError(f"train.num_workers={num_workers} need {parts}, still missing after "
+                      f"train.resource_wait_s={wait_s:g} (a rank takes train.threads_per_worker + "
+                      f"data.loader_workers CPUs); lower one of them, or add nodes")
 
 
 @contextlib.contextmanager
