@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from pretrain.plan import H200_BF16_DENSE_TFLOPS
+from pretrain.train import cuda_math
 
 
 def step_config(encoder: str, images: int, perms: int, shards: str = "/nonexistent", augment_on: str = "host",
@@ -144,8 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.encoder, args.perms, args.reps, sizes = "dcgan", 2, 1, [2, 4]
         args.loader_workers, args.data_batches, backend, bf16, warmup, n_images = 0, 2, "aot_eager", False, 1, 20
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        cuda_math()  # as a training rank sets them
 
     out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "setup": {"encoder": args.encoder, "perms": args.perms, "reps": args.reps, "peak_tflops": args.peak_tflops,

@@ -76,7 +76,13 @@ def load_task_state(task: nn.Module, encoder_state: Mapping, rest_state: Mapping
 
 
 def capture_rng() -> dict:
-    """This process's RNG states (Python, NumPy, torch CPU and CUDA) as plain types and tensors."""
+    """This process's RNG states (Python, NumPy, torch CPU, and its own CUDA device) as plain types and tensors.
+
+    ``cuda``: the state of this rank's device only (``torch.cuda.current_device()``, which Ray Train
+    sets for each worker), or None without CUDA. Ray shows every worker of a node all of its GPUs, so
+    the states of every visible device would be one per GPU of the node: a restart on a node with
+    fewer GPUs could not restore them, and one with as many would hand a rank another GPU's state.
+    """
     np_state = np.random.get_state()
     state = {
         "python": _to_lists(random.getstate()),
@@ -87,13 +93,13 @@ def capture_rng() -> dict:
             "cached_gaussian": float(np_state[4]),
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(torch.cuda.current_device()) if torch.cuda.is_available() else None,
     }
     return state
 
 
 def restore_rng(state: Mapping) -> None:
-    """Restore the RNG states captured by :func:`capture_rng`."""
+    """Restore the RNG states captured by :func:`capture_rng` (the CUDA state into this rank's device)."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npst = state["numpy"]
@@ -102,8 +108,8 @@ def restore_rng(state: Mapping) -> None:
          npst["cached_gaussian"])
     )
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.is_tensor(state.get("cuda")) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
 
 
 def _to_lists(obj):

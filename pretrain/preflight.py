@@ -4,11 +4,13 @@ What a worker would otherwise find 40-60 s later, after Ray retried it ``max_fai
 options the task, encoder or bound does not take (the task is built once on the ``meta`` device:
 no memory, no weights), a batch larger than the split, an output directory that cannot be written,
 a worker count that does not divide the run's virtual shards (a resume included). Plus, once Ray is up,
-whether the cluster has (or grows within ``train.resource_wait_s`` to have) the CPUs and GPUs the
-workers ask for; and how a local Ray is started: bound to the loopback address only.
+whether the cluster has (or grows within ``train.resource_wait_s`` to have: the autoscaler is asked
+for the workers' bundles) the CPUs and GPUs the workers ask for, and whether torch can use a GPU
+there (driver, CUDA build, bf16); and how a local Ray is started: bound to the loopback address only.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -48,6 +50,7 @@ def check(cfg: DictConfig, run_dir: Path | None) -> None:
     check_task_builds(cfg)
     check_batch_fits_split(cfg)
     check_writable(cfg, run_dir)
+    warn_sync_batchnorm(cfg)
 
 
 def check_workers_divide_shards(cfg: DictConfig) -> None:
@@ -102,6 +105,23 @@ def check_task_builds(cfg: DictConfig) -> None:
                        num_permutations=cfg.data.num_permutations, **dict(cfg.task.kwargs))
         except (TypeError, ValueError) as exc:
             raise fail("task.kwargs", exc) from None
+
+
+def warn_sync_batchnorm(cfg: DictConfig) -> None:
+    """``train.sync_batchnorm``: warn what it costs. torch's SyncBatchNorm drops the statistics of ranks
+    with empty batches through a boolean mask, a read back from the GPU in every BatchNorm layer's
+    forward: the host waits for the device that many times a step, where the loop otherwise waits once."""
+    if not cfg.train.sync_batchnorm:
+        return
+    import warnings
+
+    from pretrain.train import build_task_from_config
+
+    with torch.device("meta"):
+        task = build_task_from_config(cfg, None)
+    layers = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in task.modules())
+    warnings.warn(f"train.sync_batchnorm=true: {layers} BatchNorm layers, each a host sync a step on GPUs "
+                  f"(the step otherwise has one); keep it off unless per-rank batches are too small for batch norm")
 
 
 def check_batch_fits_split(cfg: DictConfig) -> None:
@@ -230,21 +250,90 @@ def warn_if_not_loopback() -> None:
                       f"importing ray (python -m pretrain does) to keep it off the network")
 
 
+def wait_for_workers(num_workers: int, cpus: int, use_gpu: bool | None, wait_s: float, poll_s: float = 1.0) -> bool:
+    """Wait until the cluster holds ``num_workers`` workers of ``cpus`` CPUs (and a GPU each when they use
+    GPUs); return whether they do. ``use_gpu=None`` is decided once the CPU bundles exist, from the
+    nodes that hold them (an autoscaling cluster starts none until asked: an empty cluster says
+    nothing about its GPUs), and then the GPU bundles are waited for as well."""
+    import ray
+
+    if use_gpu is None:
+        wait_for_resources(num_workers, {"CPU": cpus}, wait_s, poll_s)
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if use_gpu:
+        wait_for_resources(num_workers, {"CPU": cpus, "GPU": 1}, wait_s, poll_s)
+    return use_gpu
+
+
 def wait_for_resources(num_workers: int, per_worker: dict, wait_s: float, poll_s: float = 1.0) -> None:
     """Return once the cluster holds ``num_workers × per_worker`` (e.g. ``{"CPU": 1, "GPU": 1}``); an
-    autoscaling cluster gets ``wait_s`` seconds to grow. Raises :class:`ConfigError` saying what is missing."""
+    autoscaling cluster is asked for those bundles (:func:`request_bundles`: nodes start at once) and
+    gets ``wait_s`` seconds to grow. Raises :class:`ConfigError` saying what is missing."""
     import ray
 
     need = {k: v * num_workers for k, v in per_worker.items()}
+
+    def enough(have: dict) -> bool:
+        return all(have.get(k, 0) >= v for k, v in need.items())
+
+    have = ray.cluster_resources()
+    if enough(have):  # a cluster that holds them already is asked for nothing
+        return
     deadline = time.monotonic() + wait_s
-    while True:
-        have = ray.cluster_resources()
-        missing = {k: v for k, v in need.items() if have.get(k, 0) < v}
-        if not missing or time.monotonic() >= deadline:
-            break
-        time.sleep(poll_s)
-    if missing:
-        parts = ", ".join(f"{v:g} {k} (cluster has {have.get(k, 0):g})" for k, v in missing.items())
-        raise ConfigError(f"train.num_workers={num_workers} need {parts}, still missing after "
-                          f"train.resource_wait_s={wait_s:g} (a rank takes train.threads_per_worker + "
-                          f"data.loader_workers CPUs); lower one of them, or add nodes")
+    with request_bundles([dict(per_worker)] * num_workers, expire_after_s=wait_s + 30):
+        while time.monotonic() < deadline:
+            time.sleep(poll_s)
+            have = ray.cluster_resources()
+            if enough(have):
+                return
+    parts = ", ".join(f"{v:g} {k} (cluster has {have.get(k, 0):g})" for k, v in need.items() if have.get(k, 0) < v)
+    raise ConfigError(f"train.num_workers={num_workers} need {parts}, still missing after "
+                      f"train.resource_wait_s={wait_s:g} (a rank takes train.threads_per_worker + "
+                      f"data.loader_workers CPUs); lower one of them, or add nodes")
+
+
+@contextlib.contextmanager
+def request_bundles(bundles: list[dict], expire_after_s: float):
+    """Ask the autoscaler for ``bundles`` while inside (nothing else asks before the trainer starts: an
+    autoscaling cluster whose worker types have ``min_workers: 0`` would stay empty).
+
+    Through Ray's autoscaling coordinator, the actor that Ray Train and Ray Data send their requests
+    to: it merges every requester's bundles into one ``ray.autoscaler.sdk.request_resources`` call and
+    re-sends the merge every 20 s, so a request made around it would be overwritten. Cancelled on the
+    way out: the workers' placement group holds the nodes from then on.
+    """
+    import uuid
+
+    import ray
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        ResourceRequestPriority, get_or_create_autoscaling_coordinator)
+
+    coordinator = get_or_create_autoscaling_coordinator()
+    requester = f"pretrain-preflight-{uuid.uuid4().hex[:8]}"
+    ray.get(coordinator.request_resources.remote(requester_id=requester, resources=bundles,
+                                                 expire_after_s=expire_after_s,
+                                                 priority=ResourceRequestPriority.HIGH))
+    try:
+        yield
+    finally:
+        ray.get(coordinator.cancel_request.remote(requester_id=requester))
+
+
+def check_gpu_workers(bf16: bool, wait_s: float) -> None:
+    """Before the workers start: a Ray task given one GPU reports what torch sees there
+    (:func:`pretrain.gpu.facts`). A GPU torch cannot use (a CUDA build the driver is too old for) fails
+    here in one line, not in the workers' NCCL set-up; so does ``train.bf16`` on a GPU without bf16."""
+    import ray
+
+    from pretrain import gpu
+
+    probe = ray.remote(num_gpus=1, num_cpus=0)(gpu.facts).remote()
+    try:
+        facts = ray.get(probe, timeout=max(wait_s, 30.0))
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(probe)
+        raise ConfigError(f"no GPU free for the GPU check within {max(wait_s, 30.0):g} s (another job holds them?); "
+                          f"free them, or set train.use_gpu=false") from None
+    found = gpu.problems(facts, gpus=1, bf16=bf16)
+    if found:
+        raise ConfigError(found[0])

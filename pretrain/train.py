@@ -108,7 +108,6 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
 
 
 def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ray_init_kwargs: dict | None) -> LaunchResult:
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
     from console.progress import ProgressLine, follow
@@ -140,17 +139,15 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     try:  # from here on, every way out ends the tracking run and uploads the driver's files
         preflight.init_ray(address, ray_init_kwargs)
         fatal.clear(run_dir)  # an earlier launch's record, in the run directory and in this Ray
-        use_gpu = cfg.train.use_gpu
-        if use_gpu is None:
-            use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        use_gpu = preflight.wait_for_workers(cfg.train.min_workers or cfg.train.num_workers, worker_cpus(cfg),
+                                             cfg.train.use_gpu, cfg.train.resource_wait_s)
         if cfg.train.bf16_grad_allreduce and not use_gpu:
             raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL) and this cluster has none; "
                               "set train.bf16_grad_allreduce=false")
         resources = {"CPU": worker_cpus(cfg)}
         if use_gpu:
             resources["GPU"] = 1
-        preflight.wait_for_resources(cfg.train.min_workers or cfg.train.num_workers, resources,
-                                     cfg.train.resource_wait_s)
+            preflight.check_gpu_workers(cfg.train.bf16, cfg.train.resource_wait_s)
         trainer = ShardTrainer(
             train_loop_per_worker,
             train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
@@ -240,10 +237,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     device = ray.train.torch.get_device()
     dist.bind_device(device)
     if device.type == "cuda":
-        # fixed input shapes: let cuDNN pick its fastest kernels once; TF32 for what is not autocast
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        cuda_math()
 
     # ---- the task: same initial weights on every rank (DDP also broadcasts rank 0's) ----------
     torch.manual_seed(cfg.run.seed)
@@ -413,6 +407,21 @@ def lr_at(step: int, peak: float, warmup_steps: int) -> float:
     return peak
 
 
+def cuda_math() -> None:
+    """A rank's CUDA settings: cuDNN picks its fastest kernels once (the input shapes are fixed) and
+    convolutions outside autocast run in TF32. Matrix products stay IEEE float32: the witnesses
+    compute their scores in float32 on purpose, also under bf16 autocast (the estimators take e^f of
+    them), and TF32 would round every input of those products to a 10-bit mantissa."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def grads_in_buckets(model: nn.Module) -> bool:
+    """Whether ``model`` (possibly compiled) is DDP with gradients that are views into its buckets."""
+    return bool(getattr(getattr(model, "_orig_mod", model), "gradient_as_bucket_view", False))
+
+
 def compile_model(model: nn.Module, device: torch.device, backend: str = "inductor") -> nn.Module:
     """``torch.compile`` of the (DDP-wrapped) task; forward and backward become compiled graphs.
 
@@ -498,9 +507,12 @@ def train_step(model: nn.Module, task: nn.Module, batches: dict | list[dict], st
     micro = [batches] if isinstance(batches, dict) else list(batches)
     k = len(micro)
     device_type = next(task.parameters()).device.type
-    main_opt.zero_grad(set_to_none=True)
+    # DDP's gradients are views into its all-reduce buckets: zeroed in place they stay so; set to None,
+    # each backward allocates them anew and DDP copies every one into its bucket again
+    set_to_none = not grads_in_buckets(model)
+    main_opt.zero_grad(set_to_none=set_to_none)
     if eta_opt is not None:
-        eta_opt.zero_grad(set_to_none=True)
+        eta_opt.zero_grad(set_to_none=set_to_none)
     loss_sum, sums = None, {}
     for j, batch in enumerate(micro):
         if buffers is not None:

@@ -36,6 +36,26 @@ def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def project_packages() -> set[str]:
+    """The top-level packages pyproject.toml installs (every one must reach the nodes)."""
+    import tomllib
+
+    include = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    return {name.rstrip("*") for name in include}
+
+
+def assert_torch_pin(command: str, index: str = "cu126") -> None:
+    """torch and torchvision at the versions installed here, from the CUDA 12.6 index: a build that runs
+    on every driver from 525.60.13 on (the images' drivers are older than the 580 that PyPI's CUDA 13
+    build needs: common-cu124 ships a 550)."""
+    import torch
+    import torchvision
+
+    assert f"--index-url https://download.pytorch.org/whl/{index} " in command
+    assert f'"torch=={torch.__version__.split("+")[0]}"' in command
+    assert f'"torchvision=={torchvision.__version__.split("+")[0]}"' in command
+
+
 def start_commands(config: dict) -> list[str]:
     return [*config["head_start_ray_commands"], *config["worker_start_ray_commands"]]
 
@@ -81,9 +101,13 @@ def test_launcher_installs_this_project_at_the_submitted_version(path):
     for local in mounts.values():
         assert (REPO_ROOT / local).exists(), local
     packages = {Path(local).name for local in mounts.values()}
-    assert {"pyproject.toml", "README.md", "pretrain", "eval", "data_prep", "cluster", "configs"} <= packages
+    assert {"pyproject.toml", "README.md", "configs", *project_packages()} <= packages
     setup = " ; ".join(raw["setup_commands"])
     assert re.search(r"pip install -q ~/eta-mine-pretrain\b", setup)
+    # torch's CUDA build is chosen before the project's install (which then keeps it)
+    (torch_install,) = [i for i, c in enumerate(raw["setup_commands"]) if "download.pytorch.org" in c]
+    assert_torch_pin(raw["setup_commands"][torch_install])
+    assert torch_install < next(i for i, c in enumerate(raw["setup_commands"]) if "~/eta-mine-pretrain" in c)
     # The cluster runs the same Ray as this machine (the launcher and job API require it).
     assert f'"ray[default,train]=={ray.__version__}"' in setup
     assert "**/__pycache__" in raw["rsync_exclude"]
@@ -261,7 +285,14 @@ def test_dockerfile_builds_from_the_same_ray_and_copies_existing_paths():
         for g in [d["spec"]["rayClusterSpec"]["headGroupSpec"], *d["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
     }
     assert len(images) == 1  # head and workers run the same build
+    copied = set()
     for line in lines:
         if line.startswith("COPY "):
             for source in [w for w in line.split()[1:-1] if not w.startswith("--")]:
                 assert (REPO_ROOT / source).exists(), source
+                copied.add(source)
+    assert project_packages() <= copied
+    (torch_arg,) = [line for line in lines if line.startswith("ARG TORCH_CUDA=")]
+    text = "\n".join(lines).replace("${TORCH_CUDA}", torch_arg.split("=")[1])
+    assert_torch_pin(text)
+    assert text.index("download.pytorch.org") < text.index("pip install --no-cache-dir .")
