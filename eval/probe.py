@@ -15,32 +15,59 @@ from torch import nn
 from eval.topk import topk_accuracy
 from console.progress import bar as progress_bar
 
+BETAS = (0.9, 0.999)
+BN_EPS = 1e-6  # MAE's BatchNorm before its linear probe
 
-def make_probe(feature_dim: int, num_classes: int, seed: int, lr: float = 1e-4, device: str | torch.device = "cpu") -> tuple[nn.Linear, torch.optim.Adam]:
-    """A seeded linear layer feature_dim -> num_classes and its Adam (0.9, 0.999), no weight decay (paper, App. D)."""
+
+def make_probe(feature_dim: int, num_classes: int, seed: int, lr: float = 1e-4, device: str | torch.device = "cpu", *,
+               weight_decay: float = 0.0, batchnorm: bool = False) -> tuple[nn.Module, torch.optim.Adam]:
+    """A seeded linear layer feature_dim -> num_classes and its Adam (0.9, 0.999); the paper's probe
+    (App. D) has no weight decay and no BatchNorm. `batchnorm` puts a parameter-free BatchNorm before
+    the linear layer, as MAE's linear probe does (`BatchNorm1d(affine=False, eps=1e-6)`)."""
     g = torch.Generator().manual_seed(seed)
-    probe = nn.Linear(feature_dim, num_classes)
+    linear = nn.Linear(feature_dim, num_classes)
     with torch.no_grad():  # nn.Linear's default init, but from our generator so each seed is reproducible
-        bound = 1.0 / math.sqrt(feature_dim)
-        probe.weight.copy_(torch.empty_like(probe.weight).uniform_(-bound, bound, generator=g))
-        probe.bias.copy_(torch.empty_like(probe.bias).uniform_(-bound, bound, generator=g))
+        weight, bias = init_linear(feature_dim, num_classes, g)
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    probe = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False, eps=BN_EPS), linear) if batchnorm else linear
     probe = probe.to(device)
-    return probe, torch.optim.Adam(probe.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    return probe, torch.optim.Adam(probe.parameters(), lr=lr, betas=BETAS, weight_decay=weight_decay)
 
 
-def probe_step(probe: nn.Linear, optimizer: torch.optim.Optimizer, features: torch.Tensor, labels: torch.Tensor) -> float:
-    """One Adam step of cross-entropy on a batch. features: [B, D], labels: [B]. Returns the batch loss."""
+def init_linear(feature_dim: int, num_classes: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.Linear's default init from `generator`: (weight [C, D], bias [C]), uniform in ±1/sqrt(D)."""
+    bound = 1.0 / math.sqrt(feature_dim)
+    weight = torch.empty(num_classes, feature_dim).uniform_(-bound, bound, generator=generator)
+    return weight, torch.empty(num_classes).uniform_(-bound, bound, generator=generator)
+
+
+def probe_step(probe: nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One Adam step of cross-entropy on a batch. features: [B, D], labels: [B].
+
+    Returns the batch loss as a detached tensor on the probe's device: reading it (`float`) waits for
+    the device, so callers sum it there and read once an epoch.
+    """
     loss = F.cross_entropy(probe(features), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 @torch.no_grad()
-def probe_scores(probe: nn.Linear, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """Logits of the probe for features [N, D], in batches. Returns [N, C] on the CPU."""
-    return torch.cat([probe(features[i : i + batch_size]).cpu() for i in range(0, features.shape[0], batch_size)])
+def probe_scores(probe: nn.Module, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Logits of the probe (in eval mode) for features [N, D], in batches. Returns [N, C] on the CPU."""
+    was_training = probe.training
+    probe.eval()
+    scores = torch.cat([probe(features[i : i + batch_size]) for i in range(0, features.shape[0], batch_size)])
+    probe.train(was_training)
+    return scores.cpu()
+
+
+def batch_order_generator(seed: int) -> torch.Generator:
+    """The generator of a probe seed's batch order, independent of its init stream."""
+    return torch.Generator().manual_seed(seed + 1_000_003)
 
 
 def train_linear_probe(
@@ -53,6 +80,8 @@ def train_linear_probe(
     epochs: int,
     seed: int,
     lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    batchnorm: bool = False,
     batch_size: int = 256,
     shuffle: bool = True,
     ks: Sequence[int] = (1, 5, 10),
@@ -65,7 +94,7 @@ def train_linear_probe(
 
     train_features: [N, D] float, train_labels: [N] int64, test_features: [Q, D], test_labels: [Q].
     Each epoch visits the train set once in batches of `batch_size` (a fresh seeded order if
-    `shuffle`); the reported accuracies are those after the last epoch (no model selection on the
+    `shuffle`); the loss is summed on the device and read once an epoch. The reported accuracies are those after the last epoch (no model selection on the
     test set). `writer` (a TensorBoard SummaryWriter, optional) gets `probe/train_loss` and
     `probe/test_top1` once per epoch.
 
@@ -81,19 +110,19 @@ def train_linear_probe(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     x, y = train_features.float().to(device), train_labels.long().to(device)
     xt, yt = test_features.float().to(device), test_labels.long().cpu()
-    probe, opt = make_probe(x.shape[1], num_classes, seed, lr, device)
-    order_gen = torch.Generator().manual_seed(seed + 1_000_003)  # batch order: independent of the init stream
+    probe, opt = make_probe(x.shape[1], num_classes, seed, lr, device, weight_decay=weight_decay, batchnorm=batchnorm)
+    order_gen = batch_order_generator(seed)
     n = x.shape[0]
     bar = progress_bar(range(epochs), desc=desc, enabled=progress, leave=False)
     loss_epoch = float("nan")
     history = {"train_loss": [], "test_top1": []}
     for epoch in bar:
         order = torch.randperm(n, generator=order_gen).to(device) if shuffle else torch.arange(n, device=device)
-        total = 0.0
+        total = torch.zeros((), device=device)
         for i in range(0, n, batch_size):
             sel = order[i : i + batch_size]
             total += probe_step(probe, opt, x[sel], y[sel]) * sel.numel()
-        loss_epoch = total / n
+        loss_epoch = float(total) / n  # the epoch's one read of the loss
         top1 = topk_accuracy(probe_scores(probe, xt), yt, (1,))[1]
         history["train_loss"].append(loss_epoch)
         history["test_top1"].append(top1)

@@ -1,0 +1,192 @@
+"""K linear probes trained at once on cached features: a grid of learning rates × weight decays
+(optionally each with a BatchNorm before the linear layer, as MAE's probe), one pass over the
+features an epoch and one matmul for all heads, the head chosen on a held-out share of the TRAINING
+split.
+
+Every head starts from the same seeded init and sees the same batches in the same order, so head k
+is the probe :func:`eval.probe.train_linear_probe` trains alone with that head's settings and seed
+(tested to float tolerance). The heads' weights sit side by side in one [D, K·C] matrix and are
+updated by one vectorised Adam step (the formula of `torch.optim.Adam`, with a learning rate and a
+weight decay per column), so K heads cost little more than one while C·K stays small beside the
+batch's feature reads.
+
+Selection never sees the test split: :func:`train_sweep` takes train features only; the caller
+scores the chosen head on the test split once (:func:`score_head`).
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from console.progress import bar as progress_bar
+from eval.probe import BETAS, BN_EPS, batch_order_generator, init_linear
+from eval.topk import topk_accuracy
+
+EPS = 1e-8  # torch.optim.Adam's default
+
+
+def sweep_grid(lrs: Sequence[float], weight_decays: Sequence[float], batchnorm: Sequence[bool] = (False,)) -> list[dict]:
+    """The heads of a sweep: every (lr, weight_decay, batchnorm) combination, in that nesting order.
+
+    Returns [{"name", "lr", "weight_decay", "batchnorm"}]; a one-line ValueError for an empty axis or
+    a learning rate <= 0 / weight decay < 0.
+    """
+    for name, axis in (("sweep_lrs", lrs), ("sweep_weight_decays", weight_decays), ("sweep_batchnorm", batchnorm)):
+        if not list(axis):
+            raise ValueError(f"{name} is empty; give at least one value (e.g. {name}=[...])")
+    if any(lr <= 0 for lr in lrs) or any(wd < 0 for wd in weight_decays):
+        raise ValueError(f"sweep_lrs must be > 0 and sweep_weight_decays >= 0, got {list(lrs)} and {list(weight_decays)}")
+    return [{"name": f"lr{lr:g}-wd{wd:g}" + ("-bn" if bn else ""), "lr": float(lr), "weight_decay": float(wd), "batchnorm": bool(bn)}
+            for bn, lr, wd in itertools.product(batchnorm, lrs, weight_decays)]
+
+
+def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit indices, held-out indices) of a train split of `n` rows: a seeded random `share` is held out."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"holdout_share must be in (0, 1), got {share}")
+    held = max(1, round(share * n))
+    if held >= n:
+        raise ValueError(f"holdout_share={share} of {n} train samples leaves none to train on")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[held:].sort().values, order[:held].sort().values
+
+
+class _Heads(nn.Module):
+    """K linear heads of one input (raw or BatchNorm'd features) as one [D, K·C] weight matrix."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, k: int, batchnorm: bool):
+        super().__init__()
+        self.k, self.num_classes = k, bias.numel()
+        self.weight = nn.Parameter(weight.t().repeat(1, k).contiguous())  # [D, K·C], head j in columns j·C..(j+1)·C
+        self.bias = nn.Parameter(bias.repeat(k).contiguous())  # [K·C]
+        self.norm = nn.BatchNorm1d(weight.shape[1], affine=False, eps=BN_EPS) if batchnorm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, D] -> scores [B, K, C]."""
+        if self.norm is not None:
+            x = self.norm(x)
+        return torch.addmm(self.bias, x, self.weight).view(x.shape[0], self.k, self.num_classes)
+
+
+@torch.no_grad()
+def _adam_(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor, step: int) -> None:
+    """torch.optim.Adam's update (L2 weight decay added to the gradient), with lr and wd per column."""
+    g = p.grad + wd * p
+    m.lerp_(g, 1 - BETAS[0])
+    v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
+    bias1, bias2 = 1 - BETAS[0] ** step, 1 - BETAS[1] ** step
+    denom = (v.sqrt() / bias2 ** 0.5).add_(EPS)
+    p.sub_(m / denom * (lr / bias1))
+
+
+def train_sweep(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    num_classes: int,
+    grid: list[dict],
+    *,
+    epochs: int,
+    seed: int,
+    holdout_share: float = 0.1,
+    holdout_seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    writer=None,
+    progress: bool = True,
+    desc: str = "sweep",
+) -> dict:
+    """Train every head of `grid` (see :func:`sweep_grid`) on the fit part of the train split, score each
+    on the held-out part after every epoch, and choose the best held-out top-1 (the first in grid order
+    on a tie). train_features: [N, D], train_labels: [N].
+
+    Returns {"seed", "epochs", "holdout": {"share", "seed", "num_fit", "num_heldout"}, "heads": grid with
+    "heldout_top1" each, "chosen": index into heads, "weight" [C, D] and "bias" [C] (CPU) and
+    "batchnorm" (its running mean/var, or None) of the chosen head, "history": {"heldout_top1": [epochs][K]}}.
+    `writer` (optional SummaryWriter) gets `sweep/heldout_top1/<head>` per epoch.
+    """
+    if train_features.ndim != 2 or train_labels.shape != (train_features.shape[0],):
+        raise ValueError(f"train_sweep: want features [N, D] and labels [N], got {tuple(train_features.shape)} and {tuple(train_labels.shape)}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"train_sweep: epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fit, held = holdout_split(train_features.shape[0], holdout_share, holdout_seed)
+    x, y = train_features[fit].float().to(device), train_labels[fit].long().to(device)
+    xh, yh = train_features[held].float().to(device), train_labels[held].long().to(device)
+    weight, bias = init_linear(x.shape[1], num_classes, torch.Generator().manual_seed(seed))
+    groups = []  # one per input (raw features, BatchNorm'd features): the heads of the grid that read it
+    for bn in (False, True):
+        idx = [i for i, h in enumerate(grid) if h["batchnorm"] == bn]
+        if not idx:
+            continue
+        heads = _Heads(weight, bias, len(idx), bn).to(device)
+        per_col = lambda key: torch.tensor([grid[i][key] for i in idx], device=device).repeat_interleave(num_classes)  # noqa: E731
+        lr, wd = per_col("lr"), per_col("weight_decay")
+        state = [(p, torch.zeros_like(p), torch.zeros_like(p), l, w) for p, l, w in ((heads.weight, lr, wd), (heads.bias, lr, wd))]
+        groups.append((idx, heads, state))
+    order_gen = batch_order_generator(seed)
+    n, k = x.shape[0], len(grid)
+    history = []
+    bar = progress_bar(range(epochs), desc=desc, enabled=progress, leave=False)
+    step = 0
+    for epoch in bar:
+        order = torch.randperm(n, generator=order_gen).to(device)
+        for heads in (g[1] for g in groups):
+            heads.train()
+        for i in range(0, n, batch_size):
+            sel = order[i : i + batch_size]
+            xb, yb = x[sel], y[sel]
+            step += 1
+            for idx, heads, state in groups:
+                scores = heads(xb)  # [B, K', C]
+                # each head's mean cross-entropy, summed: head j's gradient is that of its own loss
+                loss = F.cross_entropy(scores.permute(0, 2, 1), yb[:, None].expand(-1, len(idx)), reduction="sum") / yb.numel()
+                heads.weight.grad = heads.bias.grad = None
+                loss.backward()
+                for p, m, v, lr, wd in state:
+                    _adam_(p, m, v, lr if p.ndim == 1 else lr[None], wd if p.ndim == 1 else wd[None], step)
+        acc = heldout_top1(groups, xh, yh, k)
+        history.append(acc)
+        best = max(range(k), key=lambda j: (acc[j], -j))
+        bar.set_postfix(best=f"{grid[best]['name']} {acc[best]:.1f}", refresh=False)
+        if writer is not None:
+            for h, a in zip(grid, acc):
+                writer.add_scalar(f"sweep/heldout_top1/{h['name']}", a, epoch + 1)
+    bar.close()
+    acc = history[-1]
+    chosen = max(range(k), key=lambda j: (acc[j], -j))
+    for idx, heads, _ in groups:
+        if chosen in idx:
+            j = idx.index(chosen)
+            cols = slice(j * num_classes, (j + 1) * num_classes)
+            norm = None if heads.norm is None else {"mean": heads.norm.running_mean.cpu(), "var": heads.norm.running_var.cpu()}
+            head = {"weight": heads.weight.detach()[:, cols].t().cpu().contiguous(), "bias": heads.bias.detach()[cols].cpu(), "batchnorm": norm}
+    return {"seed": seed, "epochs": epochs,
+            "holdout": {"share": holdout_share, "seed": holdout_seed, "num_fit": int(fit.numel()), "num_heldout": int(held.numel())},
+            "heads": [{**h, "heldout_top1": a} for h, a in zip(grid, acc)], "chosen": chosen, **head,
+            "history": {"heldout_top1": history}}
+
+
+@torch.no_grad()
+def heldout_top1(groups, xh: torch.Tensor, yh: torch.Tensor, k: int, batch_size: int = 4096) -> list[float]:
+    """Top-1 (%) of every head on the held-out rows, in grid order; one host read."""
+    correct = torch.zeros(k, device=xh.device)
+    for idx, heads, _ in groups:
+        heads.eval()
+        hits = torch.zeros(len(idx), device=xh.device)
+        for i in range(0, xh.shape[0], batch_size):
+            hits += heads(xh[i : i + batch_size]).argmax(-1).eq(yh[i : i + batch_size, None]).sum(0)
+        correct[torch.tensor(idx, device=xh.device)] = hits
+    return [100.0 * c / xh.shape[0] for c in correct.tolist()]
+
+
+@torch.no_grad()
+def score_head(head: dict, features: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Top-k (%) of a head returned by :func:`train_sweep` on features [Q, D] (CPU), labels [Q]."""
+    x = features.float()
+    if head["batchnorm"] is not None:
+        x = (x - head["batchnorm"]["mean"]) / (head["batchnorm"]["var"] + BN_EPS).sqrt()
+    return topk_accuracy(torch.addmm(head["bias"], x, head["weight"].t()), labels.cpu(), ks)
