@@ -35,6 +35,32 @@ def make_probe(feature_dim: int, num_classes: int, seed: int, lr: float = 1e-4, 
     return probe, torch.optim.Adam(probe.parameters(), lr=lr, betas=BETAS, weight_decay=weight_decay)
 
 
+def probe_memory_bytes(feature_dim: int, num_classes: int, num_test: int, heads: int = 1) -> tuple[int, int]:
+    """(bytes on the probe's device, bytes on the host) a probe needs beyond the features: per head the
+    weights, their gradient and Adam's two moments in fp32; on the host the test logits (fp32) and the
+    kNN votes (fp64), each [num_test, num_classes]."""
+    return 16 * (feature_dim + 1) * num_classes * heads, 12 * num_test * num_classes
+
+
+def check_probe_memory(feature_dim: int, num_classes: int, num_test: int, device: str | torch.device, heads: int = 1) -> None:
+    """A one-line `MemoryError` when the probe cannot fit in the memory free now (on `device` and on the
+    host), before any feature is extracted: 10^6 classes of 2,048-d features need 33 GB."""
+    import psutil
+
+    device = torch.device(device)
+    on_device, on_host = probe_memory_bytes(feature_dim, num_classes, num_test, heads)
+    host_free = psutil.virtual_memory().available
+    places = [(on_host + (on_device if device.type == "cpu" else 0), host_free, "host")]
+    if device.type == "cuda":
+        places.append((on_device, torch.cuda.mem_get_info(device)[0], str(device)))
+    for need, free, where in places:
+        if need > free:
+            raise MemoryError(
+                f"a linear probe of {num_classes:,} classes on {feature_dim:,}-d features"
+                + (f" ({heads} heads)" if heads > 1 else "") + f" needs {need / 1e9:.1f} GB on the {where}, "
+                f"{free / 1e9:.1f} GB are free; probe fewer classes or use a machine with more memory")
+
+
 def init_linear(feature_dim: int, num_classes: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """nn.Linear's default init from `generator`: (weight [C, D], bias [C]), uniform in ±1/sqrt(D)."""
     bound = 1.0 / math.sqrt(feature_dim)

@@ -104,8 +104,9 @@ def train_sweep(
     on a tie). train_features: [N, D], train_labels: [N].
 
     Returns {"seed", "epochs", "holdout": {"share", "seed", "num_fit", "num_heldout"}, "heads": grid with
-    "heldout_top1" each, "chosen": index into heads, "weight" [C, D] and "bias" [C] (CPU) and
-    "batchnorm" (its running mean/var, or None) of the chosen head, "history": {"heldout_top1": [epochs][K]}}.
+    "heldout_top1" each, "chosen": index into heads, every head's "weights" [K, C, D] and "biases" [K, C]
+    (CPU), "batchnorm": the running {"mean", "var"} [D] of the heads with BatchNorm (or None),
+    "history": {"heldout_top1": [epochs][K]}}.
     `writer` (optional SummaryWriter) gets `sweep/heldout_top1/<head>` per epoch.
     """
     if train_features.ndim != 2 or train_labels.shape != (train_features.shape[0],):
@@ -158,16 +159,16 @@ def train_sweep(
     bar.close()
     acc = history[-1]
     chosen = max(range(k), key=lambda j: (acc[j], -j))
+    weights, biases, norm = torch.empty(k, num_classes, x.shape[1]), torch.empty(k, num_classes), None
     for idx, heads, _ in groups:
-        if chosen in idx:
-            j = idx.index(chosen)
-            cols = slice(j * num_classes, (j + 1) * num_classes)
-            norm = None if heads.norm is None else {"mean": heads.norm.running_mean.cpu(), "var": heads.norm.running_var.cpu()}
-            head = {"weight": heads.weight.detach()[:, cols].t().cpu().contiguous(), "bias": heads.bias.detach()[cols].cpu(), "batchnorm": norm}
+        weights[idx] = heads.weight.detach().view(-1, len(idx), num_classes).permute(1, 2, 0).cpu()
+        biases[idx] = heads.bias.detach().view(len(idx), num_classes).cpu()
+        if heads.norm is not None:  # one BatchNorm for every head that has one: same batches, same statistics
+            norm = {"mean": heads.norm.running_mean.cpu(), "var": heads.norm.running_var.cpu()}
     return {"seed": seed, "epochs": epochs,
             "holdout": {"share": holdout_share, "seed": holdout_seed, "num_fit": int(fit.numel()), "num_heldout": int(held.numel())},
-            "heads": [{**h, "heldout_top1": a} for h, a in zip(grid, acc)], "chosen": chosen, **head,
-            "history": {"heldout_top1": history}}
+            "heads": [{**h, "heldout_top1": a} for h, a in zip(grid, acc)], "chosen": chosen,
+            "weights": weights, "biases": biases, "batchnorm": norm, "history": {"heldout_top1": history}}
 
 
 @torch.no_grad()
@@ -184,9 +185,9 @@ def heldout_top1(groups, xh: torch.Tensor, yh: torch.Tensor, k: int, batch_size:
 
 
 @torch.no_grad()
-def score_head(head: dict, features: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
-    """Top-k (%) of a head returned by :func:`train_sweep` on features [Q, D] (CPU), labels [Q]."""
+def score_head(sweep: dict, j: int, features: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Top-k (%) of head `j` of a :func:`train_sweep` result on features [Q, D] (CPU), labels [Q]."""
     x = features.float()
-    if head["batchnorm"] is not None:
-        x = (x - head["batchnorm"]["mean"]) / (head["batchnorm"]["var"] + BN_EPS).sqrt()
-    return topk_accuracy(torch.addmm(head["bias"], x, head["weight"].t()), labels.cpu(), ks)
+    if sweep["heads"][j]["batchnorm"]:
+        x = (x - sweep["batchnorm"]["mean"]) / (sweep["batchnorm"]["var"] + BN_EPS).sqrt()
+    return topk_accuracy(torch.addmm(sweep["biases"][j], x, sweep["weights"][j].t()), labels.cpu(), ks)

@@ -282,7 +282,8 @@ def test_default_splits_pick_test_or_val_and_refuse_unlabelled():
 
 def test_progress_lines_when_logged_and_probe_curves_beside_the_run(eval_world, tmp_path, capsys):
     """Piped or logged (not a terminal): readable progress lines, not carriage-return redraws. A
-    checkpoint inside a run directory gets the probe's curves in that run's TensorBoard."""
+    checkpoint inside a run directory gets the probe's result in that run's TensorBoard; each curve is
+    written once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from .conftest import make_config, write_checkpoint
@@ -302,8 +303,11 @@ def test_progress_lines_when_logged_and_probe_curves_beside_the_run(eval_world, 
     summary = EventAccumulator(res["run_tensorboard"]).Reload()
     (top1,) = summary.Scalars("probe/top1")
     assert top1.step == 9 and top1.value == pytest.approx(res["top1"]["mean"])
-    curves = EventAccumulator(str(run / "tb" / "probe-synthetic" / "step9" / "seed0")).Reload()
+    # each per-epoch curve is in TensorBoard once: in the results directory, not again beside the run
+    curves = EventAccumulator(str(tmp_path / "out" / "tb" / "seed0")).Reload()
     assert [e.step for e in curves.Scalars("probe/test_top1")] == [1, 2, 3]
+    event_dirs = {f.parent for f in tmp_path.rglob("events.out.tfevents.*")}
+    assert event_dirs == {tmp_path / "out" / "tb" / "seed0", run / "tb" / "probe-synthetic"}
     # a checkpoint outside a run directory (eval_world's have no config.yaml) leaves nothing behind
     assert not (eval_world["infomax_run"] / "tb").exists()
 
