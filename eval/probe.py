@@ -32,7 +32,8 @@ def make_probe(feature_dim: int, num_classes: int, seed: int, lr: float = 1e-4, 
         linear.bias.copy_(bias)
     probe = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False, eps=BN_EPS), linear) if batchnorm else linear
     probe = probe.to(device)
-    return probe, torch.optim.Adam(probe.parameters(), lr=lr, betas=BETAS, weight_decay=weight_decay)
+    # fused: one kernel a step, and its step counters stay on the device (the unfused Adam reads them back every step)
+    return probe, torch.optim.Adam(probe.parameters(), lr=lr, betas=BETAS, weight_decay=weight_decay, fused=True)
 
 
 def probe_memory_bytes(feature_dim: int, num_classes: int, num_test: int, heads: int = 1) -> tuple[int, int]:

@@ -348,3 +348,32 @@ def test_the_ray_extraction_task_reserves_what_it_runs_and_fits_a_node():
     assert extraction_task({**kw, "num_workers": 6, "batch_size": 32}, [node(3, 1)]) == (
         {**kw, "num_workers": 6, "batch_size": 32}, {"num_cpus": 7, "num_gpus": 1})
     assert extraction_task({**kw, "device": "cpu"}, [node(32, 8)])[1] == {"num_cpus": 1, "num_gpus": 0}
+
+
+def test_a_probe_too_large_for_memory_is_one_line_before_extraction(eval_world, tmp_path, capsys):
+    """10^6 classes: the probe (weights, gradient, Adam's moments) and its test logits need far more
+    than the machine has; eval.linear says so in one line instead of allocating, and extracts nothing."""
+    import shutil
+
+    import psutil
+
+    from eval.probe import check_probe_memory, probe_memory_bytes
+
+    on_device, on_host = probe_memory_bytes(2048, 10**6, 10_000)
+    assert round(on_device / 1e9) == 33  # the issue's ResNet50 case
+    with pytest.raises(MemoryError, match=r"1,000,000 classes on 2,048-d features needs .* GB on the host"):
+        check_probe_memory(2048, 10**6, 10_000, "cpu")
+    check_probe_memory(2048, 1000, 10_000, "cpu")  # ImageNet's 1000 classes fit
+
+    data = tmp_path / "many_classes"
+    shutil.copytree(eval_world["small"], data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["class_names"] = [f"c{i}" for i in range(10**6)]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    feature_dim = 8192  # the eval_world DCGAN's (depth 2 on 32×32)
+    assert sum(probe_memory_bytes(feature_dim, 10**6, 30)) > psutil.virtual_memory().available
+    cache = tmp_path / "cache"
+    assert main([f"checkpoint={eval_world['infomax_run']}", f"data={data}", f"out={tmp_path / 'out'}", f"cache_dir={cache}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: a linear probe of 1,000,000 classes") and len(err.splitlines()) == 1, err
+    assert not cache.exists() or not any(cache.iterdir())  # stopped before extracting
