@@ -98,27 +98,33 @@ def default_splits(manifest: dict, train_split: str | None, test_split: str | No
 
 
 def describe_pretraining(config: dict) -> dict:
-    """What the checkpoint was pretrained with: task, estimator, encoder and dataset name (when its
-    shard manifest is readable from here; else the shard directory's name)."""
+    """What the checkpoint was pretrained with: task, estimator, encoder, run seed, the global batch
+    (images a step over all ranks), the dataset's name and the size of the split it read (when its shard
+    manifest is readable from here; else the shard directory's name and no size)."""
     from data_prep.manifest import ManifestError, read_manifest
 
     task, model, data = config.get("task") or {}, config.get("model") or {}, config.get("data") or {}
+    train, run = config.get("train") or {}, config.get("run") or {}
     shards = data.get("shards")
-    dataset = None
-    source = None
+    dataset = source = num_samples = None
     if shards:
         try:
             m = read_manifest(shards)
             dataset, source = m["dataset"], m.get("source")
+            num_samples = (m["splits"].get(data.get("split", "train")) or {}).get("num_samples")
         except (ManifestError, storage.StorageError):
             dataset = storage.basename(shards)
+    per_rank = data.get("images_per_batch") if str(task.get("kind", "")).startswith("jigsaw") else data.get("batch_size")
     return {
         "task": task.get("kind"),
         "estimator": task.get("estimator"),
         "encoder": model.get("encoder"),
         "depth": model.get("depth"),
+        "seed": run.get("seed"),
+        "global_batch": per_rank * int(train.get("num_workers", 1)) if per_rank is not None else None,
         "dataset": dataset,
         "dataset_source": source,
+        "num_samples": num_samples,
         "shards": shards,
     }
 
