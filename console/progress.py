@@ -36,6 +36,7 @@ WALL_TIME = "time"
 LINE_RE = re.compile(
     r"^step (?P<step>\d+)/(?P<total>\d+) \((?P<percent>\d+)%\)"
     r"(?: \| loss (?P<loss>\S+))?(?: \| MI (?P<mi>\S+))?(?: \| η (?P<eta>\S+))?"
+    r"(?: \| probe top-1 (?P<probe_top1>\S+)%)?"
     r" \| (?P<images_per_s>[\d.]+) images/s \| data wait (?P<data_wait>\d+)% \| ETA (?P<eta_time>\S+)$"
 )
 
@@ -142,6 +143,8 @@ def format_line(record: dict, total: int, samples_per_image: int = 1, eta_s: flo
         parts.append(f"MI {record['mi']:.3f}")
     if "eta" in record:
         parts.append(f"η {record['eta']:.4f}")
+    if "online_probe/top1" in record:  # train.online_probe
+        parts.append(f"probe top-1 {record['online_probe/top1']:.1f}%")
     parts.append(f"{record['samples_per_s'] / samples_per_image:.1f} images/s")
     parts.append(f"data wait {round(100 * record.get('data_wait_fraction', 0.0))}%")
     if step >= total:

@@ -148,7 +148,7 @@ def train_linear_probe(
         total = torch.zeros((), device=device)
         for i in range(0, n, batch_size):
             sel = order[i : i + batch_size]
-            total += probe_step(probe, opt, x[sel], y[sel]) * sel.numel()
+            total += probe_step(probe, opt, x.index_select(0, sel), y.index_select(0, sel)) * sel.numel()
         loss_epoch = float(total) / n  # the epoch's one read of the loss
         top1 = topk_accuracy(probe_scores(probe, xt), yt, (1,))[1]
         history["train_loss"].append(loss_epoch)

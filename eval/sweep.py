@@ -5,10 +5,10 @@ split.
 
 Every head starts from the same seeded init and sees the same batches in the same order, so head k
 is the probe :func:`eval.probe.train_linear_probe` trains alone with that head's settings and seed
-(tested to float tolerance). The heads' weights sit side by side in one [D, K·C] matrix and are
-updated by one vectorised Adam step (the formula of `torch.optim.Adam`, with a learning rate and a
-weight decay per column), so K heads cost little more than one while C·K stays small beside the
-batch's feature reads.
+(tested to float tolerance): the same fused Adam, a parameter group per head. The K heads' scores
+come from one matmul of the batch with their weights side by side ([K·C, D]); the batch's feature
+read, the step's Python and kernel launches are paid once for all heads. The matmul's FLOPs grow
+with K: on a CPU with wide features they dominate (benchmarks/linear_probe_sweep.py).
 
 Selection never sees the test split: :func:`train_sweep` takes train features only; the caller
 scores the chosen head on the test split once (:func:`score_head`).
@@ -25,9 +25,6 @@ from torch import nn
 from console.progress import bar as progress_bar
 from eval.probe import BETAS, BN_EPS, batch_order_generator, init_linear
 from eval.topk import topk_accuracy
-
-EPS = 1e-8  # torch.optim.Adam's default
-
 
 def sweep_grid(lrs: Sequence[float], weight_decays: Sequence[float], batchnorm: Sequence[bool] = (False,)) -> list[dict]:
     """The heads of a sweep: every (lr, weight_decay, batchnorm) combination, in that nesting order.
@@ -56,31 +53,20 @@ def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.
 
 
 class _Heads(nn.Module):
-    """K linear heads of one input (raw or BatchNorm'd features) as one [D, K·C] weight matrix."""
+    """K linear heads of one input (raw or BatchNorm'd features), scored with one matmul."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, k: int, batchnorm: bool):
         super().__init__()
         self.k, self.num_classes = k, bias.numel()
-        self.weight = nn.Parameter(weight.t().repeat(1, k).contiguous())  # [D, K·C], head j in columns j·C..(j+1)·C
-        self.bias = nn.Parameter(bias.repeat(k).contiguous())  # [K·C]
+        self.weights = nn.ParameterList(weight.clone() for _ in range(k))  # each [C, D], as nn.Linear
+        self.biases = nn.ParameterList(bias.clone() for _ in range(k))  # each [C]
         self.norm = nn.BatchNorm1d(weight.shape[1], affine=False, eps=BN_EPS) if batchnorm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, D] -> scores [B, K, C]."""
         if self.norm is not None:
             x = self.norm(x)
-        return torch.addmm(self.bias, x, self.weight).view(x.shape[0], self.k, self.num_classes)
-
-
-@torch.no_grad()
-def _adam_(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor, step: int) -> None:
-    """torch.optim.Adam's update (L2 weight decay added to the gradient), with lr and wd per column."""
-    g = p.grad + wd * p
-    m.lerp_(g, 1 - BETAS[0])
-    v.mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
-    bias1, bias2 = 1 - BETAS[0] ** step, 1 - BETAS[1] ** step
-    denom = (v.sqrt() / bias2 ** 0.5).add_(EPS)
-    p.sub_(m / denom * (lr / bias1))
+        return F.linear(x, torch.cat(list(self.weights)), torch.cat(list(self.biases))).view(x.shape[0], self.k, self.num_classes)
 
 
 def train_sweep(
@@ -124,31 +110,28 @@ def train_sweep(
         if not idx:
             continue
         heads = _Heads(weight, bias, len(idx), bn).to(device)
-        per_col = lambda key: torch.tensor([grid[i][key] for i in idx], device=device).repeat_interleave(num_classes)  # noqa: E731
-        lr, wd = per_col("lr"), per_col("weight_decay")
-        state = [(p, torch.zeros_like(p), torch.zeros_like(p), l, w) for p, l, w in ((heads.weight, lr, wd), (heads.bias, lr, wd))]
-        groups.append((idx, heads, state))
+        # the one-head probe's optimiser, a parameter group per head: fused, one kernel a group
+        optimizer = torch.optim.Adam([{"params": [w, b], "lr": grid[i]["lr"], "weight_decay": grid[i]["weight_decay"]}
+                                      for i, w, b in zip(idx, heads.weights, heads.biases)], betas=BETAS, fused=True)
+        groups.append((idx, heads, optimizer))
     order_gen = batch_order_generator(seed)
     n, k = x.shape[0], len(grid)
     history = []
     bar = progress_bar(range(epochs), desc=desc, enabled=progress, leave=False)
-    step = 0
     for epoch in bar:
         order = torch.randperm(n, generator=order_gen).to(device)
         for heads in (g[1] for g in groups):
             heads.train()
         for i in range(0, n, batch_size):
             sel = order[i : i + batch_size]
-            xb, yb = x[sel], y[sel]
-            step += 1
-            for idx, heads, state in groups:
+            xb, yb = x.index_select(0, sel), y.index_select(0, sel)
+            for idx, heads, optimizer in groups:
                 scores = heads(xb)  # [B, K', C]
                 # each head's mean cross-entropy, summed: head j's gradient is that of its own loss
                 loss = F.cross_entropy(scores.permute(0, 2, 1), yb[:, None].expand(-1, len(idx)), reduction="sum") / yb.numel()
-                heads.weight.grad = heads.bias.grad = None
+                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                for p, m, v, lr, wd in state:
-                    _adam_(p, m, v, lr if p.ndim == 1 else lr[None], wd if p.ndim == 1 else wd[None], step)
+                optimizer.step()
         acc = heldout_top1(groups, xh, yh, k)
         history.append(acc)
         best = max(range(k), key=lambda j: (acc[j], -j))
@@ -161,8 +144,8 @@ def train_sweep(
     chosen = max(range(k), key=lambda j: (acc[j], -j))
     weights, biases, norm = torch.empty(k, num_classes, x.shape[1]), torch.empty(k, num_classes), None
     for idx, heads, _ in groups:
-        weights[idx] = heads.weight.detach().view(-1, len(idx), num_classes).permute(1, 2, 0).cpu()
-        biases[idx] = heads.bias.detach().view(len(idx), num_classes).cpu()
+        weights[idx] = torch.stack(list(heads.weights)).detach().cpu()
+        biases[idx] = torch.stack(list(heads.biases)).detach().cpu()
         if heads.norm is not None:  # one BatchNorm for every head that has one: same batches, same statistics
             norm = {"mean": heads.norm.running_mean.cpu(), "var": heads.norm.running_var.cpu()}
     return {"seed": seed, "epochs": epochs,

@@ -45,7 +45,7 @@ from torch import nn
 
 import storage
 from data_prep import shard_stream
-from pretrain import dist, estimators, fatal, preflight
+from pretrain import dist, estimators, fatal, online_probe, preflight
 from pretrain.checkpoint import (
     CONFIG_FILE,
     build_encoder_from_config,
@@ -246,6 +246,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     permutations = permutations_of(cfg)
     task = build_task_from_config(cfg, permutations).to(device)
     main_opt, eta_opt = build_optimizers(cfg, task)
+    probe = online_probe.from_config(cfg, task, device)  # None unless train.online_probe
     total_steps, peak_lr = run_schedule(cfg)
 
     # ---- restore, or seed each rank's own RNG stream (dropout, marginal pairs) -----------------
@@ -255,7 +256,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     source = checkpoint_to_restore(ray.train.get_checkpoint(), start)
     if source is not None:
         with source.as_directory() if hasattr(source, "as_directory") else contextlib.nullcontext(source) as ckpt_dir:
-            step, position, restored_perms, last_checkpoint = resume(ckpt_dir, task, main_opt, eta_opt, rank, world)
+            step, position, restored_perms, last_checkpoint = resume(ckpt_dir, task, main_opt, eta_opt, rank, world, probe)
         permutations = restored_perms if restored_perms is not None else permutations
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
@@ -294,6 +295,8 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
                         {"step": step, "loss": out["global_loss"], "last_checkpoint": last_checkpoint}))
                 ray.train.report({"step": step, "nonfinite": 1})
                 return
+            if probe is not None:
+                out["metrics"].update(probe.step(batch["label"]))
             step += 1
             position = next_position
             window.add(out["metrics"], samples=batch_size_of(batch))
@@ -310,7 +313,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
                               upload_after_s=0.0 if checkpoint_now else cfg.train.upload_every_s)
                 if checkpoint_now:
                     last_checkpoint = report_with_checkpoint(
-                        cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, permutations)
+                        cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, permutations, probe)
                 window = MetricWindow(device)
                 t_window = time.perf_counter()
     finally:  # every way out (the end, a non-finite stop, an error): the last curves reach the run directory
@@ -413,8 +416,9 @@ def compile_model(model: nn.Module, device: torch.device, backend: str = "induct
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
 
 
-def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, rank: int, world: int):
-    """Load a checkpoint into ``task`` and the optimisers and restore this rank's RNG states.
+def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, rank: int, world: int, probe=None):
+    """Load a checkpoint into ``task``, the optimisers (and ``probe``, the online probe) and restore
+    this rank's RNG states.
 
     Returns ``(step, data position, permutations or None, checkpoint file)``. The file is read to
     the CPU: RNG states and permutations must stay there (``torch.set_rng_state`` and NumPy take
@@ -432,6 +436,8 @@ def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, rank: int, world: int):
     if eta_opt is not None:
         eta_opt.load_state_dict(payload["optimizer"]["eta"])
     restore_rng(payload["rng"][rank])
+    if probe is not None:
+        probe.load_state_dict(payload.get("online_probe"))
     return payload["step"], payload["data_position"][rank], payload["permutations"], payload["path"]
 
 
@@ -554,7 +560,7 @@ def eta_across_ranks(task: nn.Module) -> dict:
 
 
 def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, main_opt, eta_opt, position,
-                           permutations) -> str:
+                           permutations, probe=None) -> str:
     """Gather every rank's RNG state and data position; rank 0 writes the checkpoint; all report.
 
     ``checkpoints``: the local folder Ray Train keeps this run's checkpoints in (its experiment
@@ -580,7 +586,8 @@ def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, ma
 
     def save(directory):
         save_checkpoint(directory, step=step, config=to_plain(cfg), task=task, optimizer=main_opt,
-                        eta_optimizer=eta_opt, rng=rng, data_position=positions, permutations=permutations)
+                        eta_optimizer=eta_opt, rng=rng, data_position=positions, permutations=permutations,
+                        online_probe=None if probe is None else probe.state_dict())
 
     if checkpoints is not None and os.path.isfile(os.path.join(checkpoints, VALIDATE_STORAGE_MARKER_FILENAME)):
         path = os.path.join(checkpoints, name)
