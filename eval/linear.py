@@ -4,9 +4,11 @@
 
 Reads top to bottom: load the frozen encoder (`weights_only=True`), extract train and test features
 once (cached on disk, keyed by checkpoint and dataset), check that no encoder tensor changed, train
-one linear classifier per seed on the cached features (Adam 0.9/0.999, lr 1e-4, no weight decay, as
-Appendix D), score top-1/5/10 on the test split, run a faiss weighted kNN (k = 20) on the same
-features, check the encoder again, and write `results.json`, `results.md` and TensorBoard curves.
+one linear classifier per seed on the cached features (`protocol=paper`: Adam 0.9/0.999, lr 1e-4, no
+weight decay, as Appendix D; `protocol=sweep`: a grid of heads in one pass, the best on a held-out
+share of the train split), score top-1/5/10 on the test split, run a faiss weighted kNN (k = 10, 20,
+100, 200 from one search) on the same features, check the encoder again, and write `results.json`,
+`results.md` and TensorBoard curves.
 
 Several checkpoints, and the seeds of each, run as parallel Ray tasks when a Ray cluster is there
 (`ray_address=`, `RAY_ADDRESS`, or `ray.init` already called from Python); otherwise in this process.
