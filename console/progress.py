@@ -35,7 +35,8 @@ WALL_TIME = "time"
 # The progress line's format, for whatever reads a run's output (the tests parse it with this).
 LINE_RE = re.compile(
     r"^step (?P<step>\d+)/(?P<total>\d+) \((?P<percent>\d+)%\)"
-    r"(?: \| loss (?P<loss>\S+))?(?: \| MI (?P<mi>\S+))?(?: \| η (?P<eta>\S+))?(?: \| (?P<workers>\d+) workers)?"
+    r"(?: \| loss (?P<loss>\S+))?(?: \| MI (?P<mi>\S+))?(?: \| η (?P<eta>\S+))?"
+    r"(?: \| probe top-1 (?P<probe_top1>\S+)%)?(?: \| (?P<workers>\d+) workers)?"
     r" \| (?P<images_per_s>[\d.]+) images/s \| data wait (?P<data_wait>\d+)% \| ETA (?P<eta_time>\S+)$"
 )
 
@@ -142,6 +143,8 @@ def format_line(record: dict, total: int, samples_per_image: int = 1, eta_s: flo
         parts.append(f"MI {record['mi']:.3f}")
     if "eta" in record:
         parts.append(f"η {record['eta']:.4f}")
+    if "online_probe/top1" in record:  # train.online_probe
+        parts.append(f"probe top-1 {record['online_probe/top1']:.1f}%")
     if "workers" in record:  # the worker count of the group that wrote it (elastic runs change it)
         parts.append(f"{int(record['workers'])} workers")
     parts.append(f"{record['samples_per_s'] / samples_per_image:.1f} images/s")

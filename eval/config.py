@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
 from omegaconf import MISSING, OmegaConf
 
 from pretrain.config import ConfigError, merge_config
 from pretrain.config import setting as _setting
+
+
+def _list_setting(default: list, help: str):
+    return field(default_factory=lambda: list(default), metadata={"help": help})
+
+
+PROTOCOLS = ("paper", "sweep")
 
 
 # Feature extraction when `extract_batch_size` / `num_workers` are left null. On a GPU a forward pass
@@ -40,9 +47,18 @@ class LinearConfig:
     epochs: int = _setting(200, "probe epochs over the train features (paper: 200)")
     seeds: int = _setting(2, "probe seeds 0..N-1; results are mean ± std over them")
     out: Optional[str] = _setting(None, "results directory (null: runs/eval/<checkpoint>-<dataset>)")
-    lr: float = _setting(1e-4, "probe Adam learning rate (paper: 1e-4)")
+    protocol: str = _setting("paper", "paper: one probe, Adam lr, no selection (the paper's Tables 2-3); sweep: a grid of "
+                                      "heads in one pass, the best on a held-out share of the train split (see docs/evaluation.md)")
+    lr: float = _setting(1e-4, "probe Adam learning rate (paper: 1e-4; protocol=paper)")
+    sweep_lrs: List[float] = _list_setting([1e-4, 3e-4, 1e-3, 3e-3], "protocol=sweep: Adam learning rates of the grid")
+    sweep_weight_decays: List[float] = _list_setting([0.0, 1e-4, 1e-3], "protocol=sweep: weight decays of the grid")
+    sweep_batchnorm: List[bool] = _list_setting([False], "protocol=sweep: [false,true] adds each head again with a "
+                                                        "BatchNorm before it (MAE's probe)")
+    holdout_share: float = _setting(0.1, "protocol=sweep: share of the train split held out to choose the head (seeded)")
+    holdout_seed: int = _setting(0, "protocol=sweep: seed of the held-out share (recorded in results.json)")
     batch_size: int = _setting(256, "probe batch size on the cached features")
-    knn_k: int = _setting(20, "neighbours of the weighted kNN")
+    knn_k: int = _setting(20, "neighbours of the weighted kNN (the headline number)")
+    knn_ks: List[int] = _list_setting([10, 20, 100, 200], "kNN also scored at these k, from the same one search")
     knn_temperature: float = _setting(0.07, "kNN vote weight exp(cos / T)")
     random_init: bool = _setting(False, "evaluate a randomly initialised encoder of the checkpoint's architecture (baseline)")
     train_split: Optional[str] = _setting(None, "split to train the probe on (null: train)")
@@ -73,6 +89,8 @@ def load_linear_config(path: str | os.PathLike | None = None, overrides: Sequenc
     if not paths or not all(isinstance(c, (str, int)) for c in paths):
         raise ConfigError(f"checkpoint must be a path or a list [A,B] of paths, got {cfg.checkpoint!r}")
     cfg.checkpoint = [str(c) for c in paths]
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol={cfg.protocol!r} is not one of {', '.join(PROTOCOLS)} (see --help)")
     for key, least in (("extract_batch_size", 1), ("num_workers", 0)):
         if getattr(cfg, key) is not None and getattr(cfg, key) < least:
             raise ConfigError(f"{key} must be >= {least} or null (the device's default), got {getattr(cfg, key)}")

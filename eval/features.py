@@ -50,7 +50,7 @@ def encode_batch(encoder: nn.Module, batch: dict, kind: str, device: torch.devic
 
     jigsaw: batch["patches"] [B, 9, 3, 64, 64] -> mean of the 9 patch features [B, D] (paper, App. D).
     infomax: batch["images"] [B, 3, 32, 32] -> encoder features [B, D].
-    Returns float32 [B, D] on the CPU.
+    Returns float32 [B, D] on `device` (no copy back: :func:`extract_features` does that without waiting).
     """
     # channels_last on a GPU (prepare_features converts the encoder); a no-op layout change on the CPU
     memory_format = torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
@@ -58,10 +58,10 @@ def encode_batch(encoder: nn.Module, batch: dict, kind: str, device: torch.devic
         patches = batch["patches"].to(device, non_blocking=True)
         b, p = patches.shape[:2]
         x = patches.flatten(0, 1).contiguous(memory_format=memory_format)
-        return encoder(x).view(b, p, -1).mean(1).float().cpu()
+        return encoder(x).view(b, p, -1).mean(1).float()
     if kind == "infomax":
         x = batch["images"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        return encoder(x).float().cpu()
+        return encoder(x).float()
     raise ValueError(f"unknown feature kind {kind!r}; use one of {KINDS}")
 
 
@@ -93,10 +93,14 @@ def extract_features(
     """Run the frozen encoder (eval mode, no gradient) over every batch of an evaluation stream.
 
     batches: dicts with `patches` [B, 9, 3, 64, 64] or `images` [B, 3, H, W], `label` [B] and `key`
-    (B strings). Returns {"features": float32 [N, D], "labels": int64 [N], "keys": list of N str}.
+    (B strings). Returns {"features": float32 [N, D], "labels": int64 [N], "keys": list of N str}, on the CPU.
+
+    On a GPU each batch's features are copied into pinned host memory asynchronously: the device is
+    waited for once, at the end, not once a batch.
     """
     was_training = encoder.training
     encoder.eval()  # batch-norm must use, never update, its running statistics
+    on_gpu = torch.device(device).type == "cuda"
     feats, labels, keys = [], [], []
     bar = progress_bar(total=total, desc=desc, unit="img", enabled=progress, leave=False)
     try:
@@ -104,10 +108,13 @@ def extract_features(
             if batch is None:  # a batch in which no image decoded
                 continue
             f = encode_batch(encoder, batch, kind, device)
-            feats.append(f)
-            labels.append(torch.as_tensor(batch["label"]).long().cpu())
+            host = torch.empty(f.shape, dtype=f.dtype, pin_memory=on_gpu)
+            feats.append(host.copy_(f, non_blocking=on_gpu))
+            labels.append(torch.as_tensor(batch["label"]).long())  # the loader's, on the host already
             keys.extend(str(k) for k in batch["key"])
             bar.update(f.shape[0])
+        if on_gpu:
+            torch.cuda.synchronize(device)  # the one wait: every copy above has landed
     finally:
         bar.close()
         encoder.train(was_training)

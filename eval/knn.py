@@ -6,6 +6,8 @@ close neighbours count more than the 20th.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import faiss
 import numpy as np
 import torch
@@ -38,6 +40,20 @@ def cosine_neighbours(train_features: torch.Tensor, query_features: torch.Tensor
 
 
 @torch.no_grad()
+def votes_from_neighbours(sim: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, k: int, temperature: float) -> torch.Tensor:
+    """Class votes of the first k of the neighbours found (best first), each weighted by exp(cos / T).
+
+    sim: [Q, K] cosine similarities, neighbour_labels: [Q, K] int64, k <= K. Returns votes [Q, C] float64.
+    """
+    if temperature <= 0:
+        raise ValueError(f"knn: temperature must be > 0, got {temperature}")
+    weights = (sim[:, :k].double() / temperature).exp()  # double: exp(1/0.07) ~ 1.6e6 is fine, sums stay exact-ish
+    votes = torch.zeros(sim.shape[0], num_classes, dtype=torch.float64)
+    votes.scatter_add_(1, neighbour_labels[:, :k], weights)
+    return votes
+
+
+@torch.no_grad()
 def knn_votes(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -52,13 +68,8 @@ def knn_votes(
     """
     if train_labels.shape != (train_features.shape[0],):
         raise ValueError(f"knn_votes: train_labels must be [{train_features.shape[0]}], got {tuple(train_labels.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"knn_votes: temperature must be > 0, got {temperature}")
     sim, idx = cosine_neighbours(train_features, query_features, k)
-    weights = (sim.double() / temperature).exp()  # [Q, k]; double: exp(1/0.07) ~ 1.6e6 is fine, sums stay exact-ish
-    votes = torch.zeros(query_features.shape[0], num_classes, dtype=torch.float64)
-    votes.scatter_add_(1, train_labels.cpu()[idx], weights)
-    return votes
+    return votes_from_neighbours(sim, train_labels.cpu()[idx], num_classes, sim.shape[1], temperature)
 
 
 def knn_accuracy(
@@ -69,12 +80,25 @@ def knn_accuracy(
     num_classes: int,
     k: int = 20,
     temperature: float = 0.07,
-) -> dict[str, float]:
-    """Weighted kNN top-1 and top-5 accuracy (percent) of test samples against the train features.
+    ks: Sequence[int] = (),
+) -> dict:
+    """Weighted kNN top-1 and top-5 accuracy (percent) of test samples against the train features,
+    for `k` and for every k of `ks`, from one faiss search at the largest of them.
 
     train_features: [N, D], train_labels: [N], test_features: [Q, D], test_labels: [Q].
-    Returns {"k", "temperature", "top1", "top5"}.
+    Returns {"k", "temperature", "top1", "top5" (at `k`), "by_k": {str(k): {"top1", "top5"}} (every k)}.
+    A k above N votes with all N train samples.
     """
-    votes = knn_votes(train_features, train_labels, test_features, num_classes, k, temperature)
-    acc = topk_accuracy(votes, test_labels.cpu(), (1, 5))
-    return {"k": k, "temperature": temperature, "top1": acc[1], "top5": acc[5]}
+    if train_labels.shape != (train_features.shape[0],):
+        raise ValueError(f"knn_accuracy: train_labels must be [{train_features.shape[0]}], got {tuple(train_labels.shape)}")
+    all_ks = sorted({int(k), *(int(j) for j in ks)})
+    if all_ks[0] < 1:
+        raise ValueError(f"knn: every k must be >= 1, got {all_ks}")
+    sim, idx = cosine_neighbours(train_features, test_features, all_ks[-1])  # the one search
+    neighbour_labels = train_labels.cpu()[idx]
+    by_k = {}
+    for j in all_ks:
+        votes = votes_from_neighbours(sim, neighbour_labels, num_classes, min(j, sim.shape[1]), temperature)
+        acc = topk_accuracy(votes, test_labels.cpu(), (1, 5))
+        by_k[str(j)] = {"top1": acc[1], "top5": acc[5]}
+    return {"k": k, "temperature": temperature, **by_k[str(k)], "by_k": by_k}

@@ -4,9 +4,11 @@
 
 Reads top to bottom: load the frozen encoder (`weights_only=True`), extract train and test features
 once (cached on disk, keyed by checkpoint and dataset), check that no encoder tensor changed, train
-one linear classifier per seed on the cached features (Adam 0.9/0.999, lr 1e-4, no weight decay, as
-Appendix D), score top-1/5/10 on the test split, run a faiss weighted kNN (k = 20) on the same
-features, check the encoder again, and write `results.json`, `results.md` and TensorBoard curves.
+one linear classifier per seed on the cached features (`protocol=paper`: Adam 0.9/0.999, lr 1e-4, no
+weight decay, as Appendix D; `protocol=sweep`: a grid of heads in one pass, the best on a held-out
+share of the train split), score top-1/5/10 on the test split, run a faiss weighted kNN (k = 10, 20,
+100, 200 from one search) on the same features, check the encoder again, and write `results.json`,
+`results.md` and TensorBoard curves.
 
 Several checkpoints, and the seeds of each, run as parallel Ray tasks when a Ray cluster is there
 (`ray_address=`, `RAY_ADDRESS`, or `ray.init` already called from Python); otherwise in this process.
@@ -31,7 +33,8 @@ import storage
 from eval.config import LinearConfig, extraction_settings, load_linear_config
 from eval.features import cached_features, kind_of
 from eval.knn import knn_accuracy
-from eval.probe import train_linear_probe
+from eval.probe import check_probe_memory, train_linear_probe
+from eval.sweep import score_head, sweep_grid, train_sweep
 from pretrain.config import ConfigError, defaults_help
 from pretrain.run_dir import TENSORBOARD_DIR, run_dir_of
 
@@ -98,27 +101,33 @@ def default_splits(manifest: dict, train_split: str | None, test_split: str | No
 
 
 def describe_pretraining(config: dict) -> dict:
-    """What the checkpoint was pretrained with: task, estimator, encoder and dataset name (when its
-    shard manifest is readable from here; else the shard directory's name)."""
+    """What the checkpoint was pretrained with: task, estimator, encoder, run seed, the global batch
+    (images a step over all ranks), the dataset's name and the size of the split it read (when its shard
+    manifest is readable from here; else the shard directory's name and no size)."""
     from data_prep.manifest import ManifestError, read_manifest
 
     task, model, data = config.get("task") or {}, config.get("model") or {}, config.get("data") or {}
+    train, run = config.get("train") or {}, config.get("run") or {}
     shards = data.get("shards")
-    dataset = None
-    source = None
+    dataset = source = num_samples = None
     if shards:
         try:
             m = read_manifest(shards)
             dataset, source = m["dataset"], m.get("source")
+            num_samples = (m["splits"].get(data.get("split", "train")) or {}).get("num_samples")
         except (ManifestError, storage.StorageError):
             dataset = storage.basename(shards)
+    per_rank = data.get("images_per_batch") if str(task.get("kind", "")).startswith("jigsaw") else data.get("batch_size")
     return {
         "task": task.get("kind"),
         "estimator": task.get("estimator"),
         "encoder": model.get("encoder"),
         "depth": model.get("depth"),
+        "seed": run.get("seed"),
+        "global_batch": per_rank * int(train.get("num_workers", 1)) if per_rank is not None else None,
         "dataset": dataset,
         "dataset_source": source,
+        "num_samples": num_samples,
         "shards": shards,
     }
 
@@ -149,13 +158,15 @@ def prepare_features(
     device: str | None = None,
     progress: bool = True,
     keep_encoder: bool = False,
+    probe_heads: int = 1,
 ) -> dict:
     """Load the frozen encoder, get train/test features (cache or extraction) and check the encoder.
 
     Returns {"meta": dict, "train": (features [N, D], labels [N]), "test": (features [Q, D], labels [Q])},
     plus "encoder" and "reference" (its checkpoint state) when `keep_encoder`.
     Raises `FileNotFoundError`/`ValueError` with one line for a wrong path, a corrupt checkpoint, an
-    encoder of another architecture, or unusable shards.
+    encoder of another architecture, or unusable shards; `MemoryError` (one line) before extracting
+    when `probe_heads` probes of the dataset's classes would not fit in memory.
     """
     from data_prep.manifest import read_manifest
     from pretrain.checkpoint import encoder_from_payload, load_checkpoint, resolve_checkpoint_file
@@ -175,6 +186,8 @@ def prepare_features(
     manifest = read_manifest(data)
     train_split, test_split = default_splits(manifest, train_split, test_split)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_probe_memory(encoder.feature_dim, len(manifest["class_names"]), int(manifest["splits"][test_split]["num_samples"]),
+                       dev, heads=probe_heads)
     encoder.to(dev).eval().requires_grad_(False)
     if dev.type == "cuda":  # NHWC convolutions are faster on GPUs; the features stay fp32 (cache-compatible)
         encoder.to(memory_format=torch.channels_last)
@@ -219,11 +232,15 @@ def prepare_features(
 
 
 def probe_one_seed(features: dict, seed: int, *, epochs: int, lr: float, batch_size: int, tb_dir: str | None = None,
-                   device: str | None = None, progress: bool = True) -> dict:
+                   device: str | None = None, progress: bool = True, protocol: str = "paper", sweep: dict | None = None) -> dict:
     """Train and score the linear probe of one seed on prepared features (see `prepare_features`).
 
-    Writes TensorBoard curves (`probe/train_loss`, `probe/test_top1` per epoch) to `tb_dir` if given.
-    Returns the dict of `eval.probe.train_linear_probe`.
+    protocol "paper": `eval.probe.train_linear_probe` (one head, Adam `lr`, scored after the last
+    epoch). protocol "sweep": `eval.sweep.train_sweep` with `sweep` = {"grid", "holdout_share",
+    "holdout_seed"}: the head chosen on the held-out share of the train split, then the test split
+    scored once, for that head only. Writes TensorBoard curves per epoch to `tb_dir` if given.
+    Returns {"seed", "epochs", "top1", "top5", "top10", "history": {tag: [per epoch]}} and, for the
+    sweep, "chosen" (the head's name), "heads" (every head with its held-out top-1) and "holdout".
     """
     writer = None
     if tb_dir is not None:
@@ -232,9 +249,21 @@ def probe_one_seed(features: dict, seed: int, *, epochs: int, lr: float, batch_s
         writer = SummaryWriter(tb_dir)
     try:
         (x, y), (xt, yt) = features["train"], features["test"]
-        return train_linear_probe(x, y, xt, yt, features["meta"]["num_classes"], epochs=epochs, seed=seed, lr=lr,
-                                  batch_size=batch_size, ks=KS, device=device, writer=writer, progress=progress,
-                                  desc=f"probe seed {seed}")
+        num_classes = features["meta"]["num_classes"]
+        if protocol == "sweep":
+            res = train_sweep(x, y, num_classes, sweep["grid"], epochs=epochs, seed=seed, holdout_share=sweep["holdout_share"],
+                              holdout_seed=sweep["holdout_seed"], batch_size=batch_size, device=device, writer=writer,
+                              progress=progress, desc=f"sweep seed {seed}")
+            acc = score_head(res, res["chosen"], xt, yt, KS)  # the one read of the test split
+            history = {f"sweep/heldout_top1/{h['name']}": [epoch[i] for epoch in res["history"]["heldout_top1"]]
+                       for i, h in enumerate(res["heads"])}
+            return {"seed": seed, "epochs": epochs, **{f"top{k}": acc[k] for k in KS}, "chosen": res["heads"][res["chosen"]]["name"],
+                    "heads": res["heads"], "holdout": res["holdout"], "history": history}
+        res = train_linear_probe(x, y, xt, yt, num_classes, epochs=epochs, seed=seed, lr=lr,
+                                 batch_size=batch_size, ks=KS, device=device, writer=writer, progress=progress,
+                                 desc=f"probe seed {seed}")
+        res["history"] = {"probe/train_loss": res["history"]["train_loss"], "probe/test_top1": res["history"]["test_top1"]}
+        return res
     finally:
         if writer is not None:
             writer.close()
@@ -246,15 +275,22 @@ def mean_std(values: Sequence[float]) -> dict:
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
 
 
-def summarise(meta: dict, per_seed: list[dict], knn: dict, *, epochs: int, lr: float, batch_size: int) -> dict:
-    """The results record written to results.json."""
+def summarise(meta: dict, per_seed: list[dict], knn: dict, *, epochs: int, lr: float, batch_size: int,
+              protocol: str = "paper", sweep: dict | None = None) -> dict:
+    """The results record written to results.json. For protocol "sweep" it also records the grid, the
+    held-out share, every seed's chosen head and every head's held-out top-1 (in "per_seed")."""
     per_seed = sorted(per_seed, key=lambda r: r["seed"])
+    protocol_record = {"protocol": protocol}
+    if protocol == "sweep":
+        protocol_record["sweep"] = {"grid": sweep["grid"], "holdout": per_seed[0]["holdout"],
+                                    "chosen": [r["chosen"] for r in per_seed]}
     return {
         **{k: meta[k] for k in ("checkpoint", "checkpoint_name", "step", "random_init", "run_dir", "pretraining", "dataset", "dataset_source", "data",
                                 "train_split", "test_split", "num_train", "num_test", "num_classes", "feature_dim", "kind")},
+        **protocol_record,
         "epochs": epochs,
         "seeds": [r["seed"] for r in per_seed],
-        "lr": lr,
+        "lr": lr if protocol == "paper" else None,
         "batch_size": batch_size,
         **{f"top{k}": mean_std([r[f"top{k}"] for r in per_seed]) for k in KS},
         "per_seed": [{k: v for k, v in r.items() if k != "history"} for r in per_seed],
@@ -269,7 +305,15 @@ def summarise(meta: dict, per_seed: list[dict], knn: dict, *, epochs: int, lr: f
 def results_markdown(res: dict) -> str:
     """results.md: one small table for one checkpoint on one dataset."""
     pre = res["pretraining"]
+    top10 = "—" if res["num_classes"] <= 10 else f"{res['top10']['mean']:.2f} ± {res['top10']['std']:.2f}"  # 100 by definition
+    by_k = ", ".join(f"{k}: {v['top1']:.2f}" for k, v in (res["knn"].get("by_k") or {}).items())
     f = lambda m: f"{m['mean']:.2f} ± {m['std']:.2f}"  # noqa: E731
+    if res.get("protocol") == "sweep":
+        sw = res["sweep"]
+        probe = (f"sweep of {len(sw['grid'])} heads, chosen on {sw['holdout']['num_heldout']} held-out train samples "
+                 f"(share {sw['holdout']['share']}, seed {sw['holdout']['seed']}): {', '.join(sw['chosen'])}")
+    else:
+        probe = f"Adam lr {res['lr']}"
     lines = [
         f"# Linear probe: {res['checkpoint_name']} on {res['dataset']}",
         "",
@@ -277,13 +321,14 @@ def results_markdown(res: dict) -> str:
         f"- pretraining: {pre['task']} / {pre['estimator'] or '-'} / {pre['encoder']} on {pre['dataset']}",
         f"- probe: {res['train_split']} ({res['num_train']}) → {res['test_split']} ({res['num_test']}), "
         f"{res['num_classes']} classes, {res['feature_dim']}-d features, {res['epochs']} epochs, "
-        f"Adam lr {res['lr']}, batch {res['batch_size']}, seeds {res['seeds']}",
+        f"{probe}, batch {res['batch_size']}, seeds {res['seeds']}",
         "",
         "| top-1 | top-5 | top-10 | kNN top-1 | kNN top-5 |",
         "| --- | --- | --- | --- | --- |",
-        f"| {f(res['top1'])} | {f(res['top5'])} | {f(res['top10'])} | {res['knn']['top1']:.2f} | {res['knn']['top5']:.2f} |",
+        f"| {f(res['top1'])} | {f(res['top5'])} | {top10} | {res['knn']['top1']:.2f} | {res['knn']['top5']:.2f} |",
         "",
-        f"Accuracies in %, mean ± std over seeds; kNN: cosine, k = {res['knn']['k']}, T = {res['knn']['temperature']}.",
+        f"Accuracies in %, mean ± std over seeds; kNN: cosine, k = {res['knn']['k']}, T = {res['knn']['temperature']}"
+        + (f"; kNN top-1 at k = {by_k}" if by_k else "") + ".",
         "The frozen encoder was checked unchanged (every tensor) after evaluation.",
         "",
     ]
@@ -305,11 +350,11 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
     return seeds
 
 
-def probe_to_run_tensorboard(res: dict, per_seed: list[dict]) -> str | None:
-    """Put the probe's curves next to the pretraining run's, in ``<run dir>/tb/probe-<dataset>[-random-init]``:
-    top-1/5 and kNN top-1 at the checkpoint's pretraining step (several checkpoints make a curve), and
-    each seed's per-epoch curves under ``step<step>/seed<s>``. Returns that directory (None when the
-    checkpoint is not in a run directory or the run directory is not writable)."""
+def probe_to_run_tensorboard(res: dict) -> str | None:
+    """Put the probe's result next to the pretraining run's curves, in ``<run dir>/tb/probe-<dataset>[-random-init]``:
+    top-1/5 and kNN top-1 at the checkpoint's pretraining step (several checkpoints make a curve). The
+    per-epoch probe curves live once, in the results directory (``OUT/tb``). Returns that directory
+    (None when the checkpoint is not in a run directory or the run directory is not writable)."""
     from torch.utils.tensorboard import SummaryWriter
 
     if not res.get("run_dir"):
@@ -320,21 +365,20 @@ def probe_to_run_tensorboard(res: dict, per_seed: list[dict]) -> str | None:
             for k in KS[:2]:
                 w.add_scalar(f"probe/top{k}", res[f"top{k}"]["mean"], res["step"])
             w.add_scalar("probe/knn_top1", res["knn"]["top1"], res["step"])
-        for r in per_seed:
-            _history_to_tensorboard(str(tb / f"step{res['step']}" / f"seed{r['seed']}"), r["history"])
     except OSError as exc:  # a read-only run directory (shared storage): the results directory has the curves
-        print(f"note: probe curves not written next to the run ({tb}): {exc}", file=sys.stderr)
+        print(f"note: probe results not written next to the run ({tb}): {exc}", file=sys.stderr)
         return None
     return str(tb)
 
 
 def _history_to_tensorboard(tb_dir: str, history: dict) -> None:
+    """Per-epoch curves {tag: [value per epoch]} (a Ray task's, sent back) to `tb_dir`."""
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(tb_dir) as w:
-        for epoch, (loss, top1) in enumerate(zip(history["train_loss"], history["test_top1"]), start=1):
-            w.add_scalar("probe/train_loss", loss, epoch)
-            w.add_scalar("probe/test_top1", top1, epoch)
+        for tag, values in history.items():
+            for epoch, value in enumerate(values, start=1):
+                w.add_scalar(tag, value, epoch)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -381,9 +425,14 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
     check_output_dir(out)
     if cache_dir is not None and not _writable(cache_dir):
         cache_dir = None
+    sweep = None
+    if cfg.protocol == "sweep":
+        sweep = {"grid": sweep_grid(cfg.sweep_lrs, cfg.sweep_weight_decays, cfg.sweep_batchnorm),
+                 "holdout_share": cfg.holdout_share, "holdout_seed": cfg.holdout_seed}
     prep_kw = dict(random_init=cfg.random_init, train_split=cfg.train_split, test_split=cfg.test_split, cache_dir=cache_dir,
-                   batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers, device=cfg.device)
-    probe_kw = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, device=cfg.device)
+                   batch_size=cfg.extract_batch_size, num_workers=cfg.num_workers, device=cfg.device,
+                   probe_heads=len(sweep["grid"]) if sweep else 1)
+    probe_kw = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, device=cfg.device, protocol=cfg.protocol, sweep=sweep)
     if use_ray is None:
         use_ray = cfg.ray_address is not None or "RAY_ADDRESS" in os.environ or _ray_initialised()
     t0 = time.perf_counter()
@@ -408,14 +457,14 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
             if not r.pop("history_written", False):
                 _history_to_tensorboard(str(res_dir / "tb" / f"seed{r['seed']}"), r["history"])
         (x, y), (xt, yt) = feats["train"], feats["test"]
-        knn = knn_accuracy(x, y, xt, yt, meta["num_classes"], k=cfg.knn_k, temperature=cfg.knn_temperature)
-        res = summarise(meta, per_seed, knn, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size)
+        knn = knn_accuracy(x, y, xt, yt, meta["num_classes"], k=cfg.knn_k, temperature=cfg.knn_temperature, ks=cfg.knn_ks)
+        res = summarise(meta, per_seed, knn, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, protocol=cfg.protocol, sweep=sweep)
         res["wall_seconds"] = time.perf_counter() - t0
         res["out"] = str(res_dir)
         if mirror is not None:
             rel = os.path.relpath(res_dir, mirror.dir)
             res["out"] = mirror.path if rel == "." else storage.join(mirror.path, rel)
-        res["run_tensorboard"] = probe_to_run_tensorboard(res, per_seed)
+        res["run_tensorboard"] = probe_to_run_tensorboard(res)
         write_results(res_dir, res)
         results.append(res)
     if mirror is not None:
@@ -533,14 +582,14 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
             return 0
         results = evaluate(cfg)
-    except (ConfigError, OSError, ValueError, RuntimeError) as exc:  # OSError: FileNotFoundError, NotWritableError
+    except (ConfigError, OSError, ValueError, RuntimeError, MemoryError) as exc:  # OSError: FileNotFoundError, NotWritableError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for res in results:
         print(results_markdown(res))
         print(f"results: {res['out']}/results.json; curves: tensorboard --logdir {res['out']}/tb")
         if res["run_tensorboard"]:
-            print(f"probe curves beside the run's: tensorboard --logdir {Path(res['run_tensorboard']).parent}")
+            print(f"probe results beside the run's curves: tensorboard --logdir {Path(res['run_tensorboard']).parent}")
     return 0
 
 

@@ -132,12 +132,14 @@ def save_checkpoint(
     rng: list,
     data_position: list,
     permutations: torch.Tensor | None,
+    online_probe: dict | None = None,
 ) -> Path:
     """Write ``directory/checkpoint.pt`` (atomically) and return its path.
 
     ``task`` is the unwrapped task module (not the DDP wrapper); its encoder is stored apart
     under ``"encoder"`` so evaluation can load it without the heads. ``rng`` and
-    ``data_position`` hold one entry per rank (rank order).
+    ``data_position`` hold one entry per rank (rank order). ``online_probe``: the state of the online
+    probe (:mod:`pretrain.online_probe`; the same on every rank), or None.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -156,6 +158,7 @@ def save_checkpoint(
         "data_position": data_position,
         "permutations": None if permutations is None else permutations.to(torch.long).cpu(),
         "permutations_sha256": None if permutations is None else permutations_sha256(permutations.cpu().numpy()),
+        "online_probe": online_probe,
     }
     path = directory / CHECKPOINT_FILE
     with atomic_write(path) as f:

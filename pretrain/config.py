@@ -148,6 +148,10 @@ class TrainSection:
         False, "torch.compile the task, forward and backward (on CUDA with CUDA graphs, for small batches bound "
                "by kernel launches); costs minutes at start-up")
     crash_at_step: Optional[int] = setting(None, "testing fault tolerance: the last rank exits hard once at this step")
+    online_probe: bool = field(default=False, metadata={"help": (
+        "a linear head on the encoder's detached features of the (labelled) training batches, its top-1 in "
+        "each report: watch quality rise without stopping the run (pretrain/online_probe.py; InfoMax tasks)")})
+    online_probe_lr: float = field(default=1e-3, metadata={"help": "Adam lr of the online probe's head"})
 
 
 @dataclass
@@ -366,6 +370,9 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
             f"train.report_every ({t.report_every}): a checkpoint carries the metrics of its report")
     if t.max_failures < 0:
         raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
+    if t.online_probe and (t.compile or cfg.task.kind not in ("infomax", "supervised")):
+        raise ConfigError("train.online_probe is for task.kind=infomax or supervised without train.compile "
+                          "(it reads the image features the task's forward pass computes)")
     from pretrain import tasks
 
     if cfg.task.kind not in tasks.kinds():
@@ -430,6 +437,9 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
                 storage.check_bucket(cfg.run[key])
             except storage.StorageError as exc:
                 raise ConfigError(f"run.{key}: {exc}") from None
+    if t.online_probe and not manifest["splits"][d.split].get("labelled", True):
+        raise ConfigError(f"train.online_probe needs labels, and data.split {d.split!r} of {d.shards} has none "
+                          f"(set train.online_probe=false, or pretrain on a labelled split)")
     if spec.needs_labels:
         if not manifest["splits"][d.split].get("labelled", True):
             raise ConfigError(f"data.split {d.split!r} of {d.shards} has no labels; task.kind={cfg.task.kind} "

@@ -44,7 +44,7 @@ from torch import nn
 
 import storage
 from data_prep import shard_stream
-from pretrain import dist, estimators, fatal, preflight, virtual_shards
+from pretrain import dist, estimators, fatal, online_probe, preflight, virtual_shards
 from pretrain.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -244,6 +244,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     permutations = permutations_of(cfg)
     task = build_task_from_config(cfg, permutations).to(device)
     main_opt, eta_opt = build_optimizers(cfg, task)
+    probe = online_probe.from_config(cfg, task, device)  # None unless train.online_probe
     total_steps, peak_lr = run_schedule(cfg)
 
     # ---- this rank's virtual shards: restore them, or seed each one's own RNG stream (dropout) ---
@@ -259,7 +260,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     if source is not None:
         with source.as_directory() if hasattr(source, "as_directory") else contextlib.nullcontext(source) as ckpt_dir:
             step, position, rng, restored_perms, last_checkpoint = resume(ckpt_dir, task, main_opt, eta_opt,
-                                                                          shards, n_shards)
+                                                                          shards, n_shards, probe)
         permutations = restored_perms if restored_perms is not None else permutations
     if cfg.train.channels_last:
         task = task.to(memory_format=torch.channels_last)
@@ -300,6 +301,8 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
                         {"step": step, "loss": out["global_loss"], "last_checkpoint": last_checkpoint}))
                 ray.train.report({"step": step, "nonfinite": 1})
                 return
+            if probe is not None:
+                out["metrics"].update(probe.step(batches[-1]["label"]))  # the last micro-batch's features
             step += 1
             position = next_position
             window.add(out["metrics"], samples=sum(batch_size_of(b) for b in batches))
@@ -316,7 +319,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
                               upload_after_s=0.0 if checkpoint_now else cfg.train.upload_every_s)
                 if checkpoint_now:
                     last_checkpoint = report_with_checkpoint(
-                        cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, rng, permutations)
+                        cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, rng, permutations, probe)
                 window = MetricWindow(device)
                 t_window = time.perf_counter()
     finally:  # every way out (the end, a non-finite stop, an error): the last curves reach the run directory
@@ -435,9 +438,9 @@ def compile_model(model: nn.Module, device: torch.device, backend: str = "induct
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
 
 
-def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, shards: range, n_shards: int):
-    """Load a checkpoint into ``task`` and the optimisers; take the RNG states and stream position of
-    this rank's virtual shards ``shards`` (of ``n_shards``).
+def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, shards: range, n_shards: int, probe=None):
+    """Load a checkpoint into ``task``, the optimisers (and ``probe``, the online probe); take the RNG
+    states and stream position of this rank's virtual shards ``shards`` (of ``n_shards``).
 
     Returns ``(step, data position, RNG states of shards, permutations or None, checkpoint file)``. The
     file is read to the CPU: RNG states and permutations must stay there (``torch.set_rng_state`` and
@@ -461,6 +464,8 @@ def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, shards: range, n_shards
     main_opt.load_state_dict(payload["optimizer"]["main"])
     if eta_opt is not None:
         eta_opt.load_state_dict(payload["optimizer"]["eta"])
+    if probe is not None:
+        probe.load_state_dict(payload.get("online_probe"))
     rng = [payload["rng"][v] for v in shards]
     return payload["step"], positions[0], rng, payload["permutations"], payload["path"]
 
@@ -604,7 +609,7 @@ def eta_across_ranks(task: nn.Module) -> dict:
 
 
 def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, main_opt, eta_opt, position, rng,
-                           permutations) -> str:
+                           permutations, probe=None) -> str:
     """Gather the RNG states of every virtual shard (``rng``: this rank's, in shard order); rank 0 writes
     the checkpoint with one RNG state and stream position (``position``: every shard's, in lockstep) per
     virtual shard; all report.
@@ -633,7 +638,8 @@ def report_with_checkpoint(cfg, checkpoints: str | None, metrics, step, task, ma
 
     def save(directory):
         save_checkpoint(directory, step=step, config=to_plain(cfg), task=task, optimizer=main_opt,
-                        eta_optimizer=eta_opt, rng=rng, data_position=positions, permutations=permutations)
+                        eta_optimizer=eta_opt, rng=rng, data_position=positions, permutations=permutations,
+                        online_probe=None if probe is None else probe.state_dict())
 
     if checkpoints is not None and os.path.isfile(os.path.join(checkpoints, VALIDATE_STORAGE_MARKER_FILENAME)):
         path = os.path.join(checkpoints, name)

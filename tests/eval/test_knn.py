@@ -65,3 +65,17 @@ def test_k_above_train_size_is_clamped_and_bad_shapes_raise():
         cosine_neighbours(train, torch.randn(3, 5), 2)
     with pytest.raises(ValueError, match="train_labels"):
         knn_votes(train, labels[:4], torch.randn(3, 4), 2)
+
+
+def test_every_k_from_one_search_equals_a_search_per_k(clusters):
+    """kNN at k = 10, 20, 100, 200 from one faiss search at k = 200 equals a search for each k."""
+    from eval.topk import topk_accuracy
+
+    train, train_labels, test, test_labels, num_classes = clusters
+    got = knn_accuracy(train, train_labels, test, test_labels, num_classes, k=20, temperature=0.1, ks=(10, 20, 100, 200))
+    assert sorted(got["by_k"], key=int) == ["10", "20", "100", "200"]
+    for k in (10, 20, 100, 200):
+        alone = topk_accuracy(knn_votes(train, train_labels, test, num_classes, k, 0.1), test_labels, (1, 5))
+        assert got["by_k"][str(k)] == {"top1": alone[1], "top5": alone[5]}
+    assert (got["top1"], got["top5"]) == (got["by_k"]["20"]["top1"], got["by_k"]["20"]["top5"])
+    assert got["by_k"]["10"] != got["by_k"]["200"]  # the k's really vote differently here

@@ -282,7 +282,8 @@ def test_default_splits_pick_test_or_val_and_refuse_unlabelled():
 
 def test_progress_lines_when_logged_and_probe_curves_beside_the_run(eval_world, tmp_path, capsys):
     """Piped or logged (not a terminal): readable progress lines, not carriage-return redraws. A
-    checkpoint inside a run directory gets the probe's curves in that run's TensorBoard."""
+    checkpoint inside a run directory gets the probe's result in that run's TensorBoard; each curve is
+    written once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from .conftest import make_config, write_checkpoint
@@ -302,8 +303,11 @@ def test_progress_lines_when_logged_and_probe_curves_beside_the_run(eval_world, 
     summary = EventAccumulator(res["run_tensorboard"]).Reload()
     (top1,) = summary.Scalars("probe/top1")
     assert top1.step == 9 and top1.value == pytest.approx(res["top1"]["mean"])
-    curves = EventAccumulator(str(run / "tb" / "probe-synthetic" / "step9" / "seed0")).Reload()
+    # each per-epoch curve is in TensorBoard once: in the results directory, not again beside the run
+    curves = EventAccumulator(str(tmp_path / "out" / "tb" / "seed0")).Reload()
     assert [e.step for e in curves.Scalars("probe/test_top1")] == [1, 2, 3]
+    event_dirs = {f.parent for f in tmp_path.rglob("events.out.tfevents.*")}
+    assert event_dirs == {tmp_path / "out" / "tb" / "seed0", run / "tb" / "probe-synthetic"}
     # a checkpoint outside a run directory (eval_world's have no config.yaml) leaves nothing behind
     assert not (eval_world["infomax_run"] / "tb").exists()
 
@@ -344,3 +348,32 @@ def test_the_ray_extraction_task_reserves_what_it_runs_and_fits_a_node():
     assert extraction_task({**kw, "num_workers": 6, "batch_size": 32}, [node(3, 1)]) == (
         {**kw, "num_workers": 6, "batch_size": 32}, {"num_cpus": 7, "num_gpus": 1})
     assert extraction_task({**kw, "device": "cpu"}, [node(32, 8)])[1] == {"num_cpus": 1, "num_gpus": 0}
+
+
+def test_a_probe_too_large_for_memory_is_one_line_before_extraction(eval_world, tmp_path, capsys):
+    """10^6 classes: the probe (weights, gradient, Adam's moments) and its test logits need far more
+    than the machine has; eval.linear says so in one line instead of allocating, and extracts nothing."""
+    import shutil
+
+    import psutil
+
+    from eval.probe import check_probe_memory, probe_memory_bytes
+
+    on_device, on_host = probe_memory_bytes(2048, 10**6, 10_000)
+    assert round(on_device / 1e9) == 33  # the issue's ResNet50 case
+    with pytest.raises(MemoryError, match=r"1,000,000 classes on 2,048-d features needs .* GB on the host"):
+        check_probe_memory(2048, 10**6, 10_000, "cpu")
+    check_probe_memory(2048, 1000, 10_000, "cpu")  # ImageNet's 1000 classes fit
+
+    data = tmp_path / "many_classes"
+    shutil.copytree(eval_world["small"], data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["class_names"] = [f"c{i}" for i in range(10**6)]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    feature_dim = 8192  # the eval_world DCGAN's (depth 2 on 32×32)
+    assert sum(probe_memory_bytes(feature_dim, 10**6, 30)) > psutil.virtual_memory().available
+    cache = tmp_path / "cache"
+    assert main([f"checkpoint={eval_world['infomax_run']}", f"data={data}", f"out={tmp_path / 'out'}", f"cache_dir={cache}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: a linear probe of 1,000,000 classes") and len(err.splitlines()) == 1, err
+    assert not cache.exists() or not any(cache.iterdir())  # stopped before extracting

@@ -8,13 +8,20 @@ from eval.paper_results import is_imagenet10, paper_reference
 from eval.table import main, make_table
 
 
-def _result(name, task, estimator, encoder, pre_ds, probe_ds, *, source=None, pre_source=None, random_init=False, top1=(50.0, 60.0)):
+# the shipped configs' schedules (Table 2's setting): 78,100 steps of 64 images
+CIFAR_SCHEDULE = {"step": 78_100, "num_samples": 50_000, "global_batch": 64}
+STL_SCHEDULE = {"step": 78_100, "num_samples": 100_000, "global_batch": 64}
+
+
+def _result(name, task, estimator, encoder, pre_ds, probe_ds, *, source=None, pre_source=None, random_init=False, top1=(50.0, 60.0),
+            step=100, num_samples=None, global_batch=None, seed=None, num_classes=10):
     meta = {
-        "checkpoint": f"/runs/{name}/checkpoint_000000100/checkpoint.pt", "checkpoint_name": name, "step": 100,
+        "checkpoint": f"/runs/{name}/checkpoint_000000100/checkpoint.pt", "checkpoint_name": name, "step": step,
         "random_init": random_init, "run_dir": None, "dataset": probe_ds, "dataset_source": source, "data": f"/shards/{probe_ds}",
         "pretraining": {"task": task, "estimator": estimator, "encoder": encoder, "depth": 2 if encoder == "dcgan" else None,
-                        "dataset": pre_ds, "dataset_source": pre_source, "shards": f"/shards/{pre_ds}"},
-        "train_split": "train", "test_split": "test", "num_train": 100, "num_test": 50, "num_classes": 10,
+                        "dataset": pre_ds, "dataset_source": pre_source, "shards": f"/shards/{pre_ds}", "seed": seed,
+                        "global_batch": global_batch, "num_samples": num_samples},
+        "train_split": "train", "test_split": "test", "num_train": 100, "num_test": 50, "num_classes": num_classes,
         "feature_dim": 8192, "kind": "infomax", "feature_cache": {"train": None, "test": None, "hit": False},
         "skipped": {"train": {"samples": [], "shards": []}, "test": {"samples": [], "shards": []}},
         "feature_seconds": 1.0,
@@ -47,7 +54,7 @@ def test_paper_numbers_only_where_the_setting_matches():
 
 
 def test_table_rows_and_means(tmp_path):
-    a = _result("eta-run-step100", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10", top1=(70.0, 72.0))
+    a = _result("eta-run-step100", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10", top1=(70.0, 72.0), **CIFAR_SCHEDULE)
     b = _result("digits-run-step100", "infomax", "dv-mine", "dcgan", "digits", "digits", top1=(33.0, 35.0))
     write_results(tmp_path / "one", a)
     write_results(tmp_path / "nested" / "two", b)
@@ -60,15 +67,52 @@ def test_table_rows_and_means(tmp_path):
     assert "71.0 ± 1.4" in row_a and "74.8 (Table 2)" in row_a
     assert "34.0 ± 1.4" in row_b and "74.8" not in row_b and row_b.rstrip().endswith("| – | – | – |")
     assert len({l.count("|") for l in lines if l.startswith("|")}) == 1  # every row has every column
+    assert "| 64 |" in row_a and "| paper |" in row_a  # the global pretraining batch and the probe protocol
+    assert "Table 2 (Table 2" not in table and "Table 2 is Deep InfoMax" in table
+
+
+def test_a_paper_number_stands_beside_a_row_only_with_the_papers_schedule():
+    """An 8-step run on 300 images has the paper's setting (task, bound, encoder, datasets) but not its
+    schedule: the paper's 74.8 goes to a footnote that says what differs; top-10 of 10 classes is "—"."""
+    toy = _result("toy-step8", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10", step=8, num_samples=300, global_batch=64)
+    unknown = _result("old-step100", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10")  # no schedule recorded
+    full = _result("full-step78100", "infomax", "eta-mine", "dcgan", "cifar10", "cifar10", **CIFAR_SCHEDULE)
+    table = make_table([toy, unknown, full])
+    row = {name: next(l for l in table.splitlines() if l.startswith(f"| {name} ")) for name in ("toy-step8", "old-step100", "full-step78100")}
+    assert "74.8" not in row["toy-step8"] and "see [" in row["toy-step8"]
+    assert "74.8" not in row["old-step100"] and "74.8 (Table 2)" in row["full-step78100"]
+    assert "toy-step8: Table 2 reports top-1 74.8 for this setting, not shown beside it: pretrained 8 steps × 64 images on 300 images" in table
+    assert "old-step100: Table 2 reports top-1 74.8" in table and "not recorded" in table
+    for r in row.values():  # top-10 of 10 classes: "—" (always 100)
+        assert r.split("|")[14].strip() == "—"
+    hundred = _result("many", "infomax", "eta-mine", "dcgan", "digits", "digits", num_classes=100)
+    assert next(l for l in make_table([hundred]).splitlines() if l.startswith("| many ")).split("|")[14].strip() == "100.0 ± 0.0"
+
+
+def test_spread_over_pretraining_seeds_is_labelled_apart_from_probe_seeds():
+    runs = [_result(f"eta-s{seed}", "infomax", "eta-mine", "dcgan", "digits", "digits", seed=seed, num_samples=1000,
+                    global_batch=64, top1=(t, t + 2.0)) for seed, t in ((0, 40.0), (1, 50.0), (2, 60.0))]
+    other_step = _result("eta-s3-longer", "infomax", "eta-mine", "dcgan", "digits", "digits", seed=3, num_samples=1000,
+                         global_batch=64, step=200)
+    table = make_table(runs + [other_step])
+    assert "Over pretraining seeds" in table and "mean ± std over probe seeds" in table
+    (group,) = [l for l in table.split("Over pretraining seeds")[1].splitlines() if l.startswith("| infomax")]
+    assert "| 0, 1, 2 |" in group and "| 51.0 ± 10.0 |" in group  # runs' means 41, 51, 61; the step-200 run is apart
+    assert "Over pretraining seeds" not in make_table(runs[:1] + [other_step])  # one seed a config: no spread to show
 
 
 def test_cli_gathers_directories_and_rejects_bad_input(tmp_path, capsys):
-    write_results(tmp_path / "r1", _result("x", "infomax", "eta-mine", "dcgan", "stl10", "cifar10"))
-    write_results(tmp_path / "r2", _result("y", "infomax", "dv-mine", "dcgan", "stl10", "cifar10"))
+    write_results(tmp_path / "r1", _result("x", "infomax", "eta-mine", "dcgan", "stl10", "cifar10", **STL_SCHEDULE))
+    write_results(tmp_path / "r2", _result("y", "infomax", "dv-mine", "dcgan", "stl10", "cifar10", **STL_SCHEDULE))
+    write_results(tmp_path / "r3", _result("z", "infomax", "dv-mine", "dcgan", "stl10", "cifar10", random_init=True))
     assert main([str(tmp_path), "--out", str(tmp_path / "table.md")]) == 0
     out = capsys.readouterr().out
     assert "68.3 (Table 2)" in out and "67.5 (Table 2)" in out
     assert (tmp_path / "table.md").read_text() == out
+    import matplotlib.image
+
+    png = matplotlib.image.imread(tmp_path / "table.png")  # the plot beside the Markdown
+    assert png.ndim == 3 and png.shape[0] > 100 and png.shape[1] > 400
     assert main([str(tmp_path / "missing")]) == 2
     assert "neither a results directory" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
@@ -94,7 +138,7 @@ def test_other_results_files_are_skipped_with_a_note(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "table.md")]) == 0
     captured = capsys.readouterr()
     assert "| x |" in captured.out and (tmp_path / "table.md").read_text() == captured.out
-    notes = captured.err.strip().splitlines()
+    notes = [line for line in captured.err.strip().splitlines() if not line.startswith("table: ")]
     assert len(notes) == 3 and all(n.startswith("note: skipped ") for n in notes)
     assert any("mi_gaussian" in n and "a JSON list" in n for n in notes)
 

@@ -1,0 +1,176 @@
+"""K linear probes trained at once on cached features: a grid of learning rates × weight decays
+(optionally each with a BatchNorm before the linear layer, as MAE's probe), one pass over the
+features an epoch and one matmul for all heads, the head chosen on a held-out share of the TRAINING
+split.
+
+Every head starts from the same seeded init and sees the same batches in the same order, so head k
+is the probe :func:`eval.probe.train_linear_probe` trains alone with that head's settings and seed
+(tested to float tolerance): the same fused Adam, a parameter group per head. The K heads' scores
+come from one matmul of the batch with their weights side by side ([K·C, D]); the batch's feature
+read, the step's Python and kernel launches are paid once for all heads. The matmul's FLOPs grow
+with K: on a CPU with wide features they dominate (benchmarks/linear_probe_sweep.py).
+
+Selection never sees the test split: :func:`train_sweep` takes train features only; the caller
+scores the chosen head on the test split once (:func:`score_head`).
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from console.progress import bar as progress_bar
+from eval.probe import BETAS, BN_EPS, batch_order_generator, init_linear
+from eval.topk import topk_accuracy
+
+def sweep_grid(lrs: Sequence[float], weight_decays: Sequence[float], batchnorm: Sequence[bool] = (False,)) -> list[dict]:
+    """The heads of a sweep: every (lr, weight_decay, batchnorm) combination, in that nesting order.
+
+    Returns [{"name", "lr", "weight_decay", "batchnorm"}]; a one-line ValueError for an empty axis or
+    a learning rate <= 0 / weight decay < 0.
+    """
+    for name, axis in (("sweep_lrs", lrs), ("sweep_weight_decays", weight_decays), ("sweep_batchnorm", batchnorm)):
+        if not list(axis):
+            raise ValueError(f"{name} is empty; give at least one value (e.g. {name}=[...])")
+    if any(lr <= 0 for lr in lrs) or any(wd < 0 for wd in weight_decays):
+        raise ValueError(f"sweep_lrs must be > 0 and sweep_weight_decays >= 0, got {list(lrs)} and {list(weight_decays)}")
+    return [{"name": f"lr{lr:g}-wd{wd:g}" + ("-bn" if bn else ""), "lr": float(lr), "weight_decay": float(wd), "batchnorm": bool(bn)}
+            for bn, lr, wd in itertools.product(batchnorm, lrs, weight_decays)]
+
+
+def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit indices, held-out indices) of a train split of `n` rows: a seeded random `share` is held out."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"holdout_share must be in (0, 1), got {share}")
+    held = max(1, round(share * n))
+    if held >= n:
+        raise ValueError(f"holdout_share={share} of {n} train samples leaves none to train on")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[held:].sort().values, order[:held].sort().values
+
+
+class _Heads(nn.Module):
+    """K linear heads of one input (raw or BatchNorm'd features), scored with one matmul."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, k: int, batchnorm: bool):
+        super().__init__()
+        self.k, self.num_classes = k, bias.numel()
+        self.weights = nn.ParameterList(weight.clone() for _ in range(k))  # each [C, D], as nn.Linear
+        self.biases = nn.ParameterList(bias.clone() for _ in range(k))  # each [C]
+        self.norm = nn.BatchNorm1d(weight.shape[1], affine=False, eps=BN_EPS) if batchnorm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, D] -> scores [B, K, C]."""
+        if self.norm is not None:
+            x = self.norm(x)
+        return F.linear(x, torch.cat(list(self.weights)), torch.cat(list(self.biases))).view(x.shape[0], self.k, self.num_classes)
+
+
+def train_sweep(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    num_classes: int,
+    grid: list[dict],
+    *,
+    epochs: int,
+    seed: int,
+    holdout_share: float = 0.1,
+    holdout_seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    writer=None,
+    progress: bool = True,
+    desc: str = "sweep",
+) -> dict:
+    """Train every head of `grid` (see :func:`sweep_grid`) on the fit part of the train split, score each
+    on the held-out part after every epoch, and choose the best held-out top-1 (the first in grid order
+    on a tie). train_features: [N, D], train_labels: [N].
+
+    Returns {"seed", "epochs", "holdout": {"share", "seed", "num_fit", "num_heldout"}, "heads": grid with
+    "heldout_top1" each, "chosen": index into heads, every head's "weights" [K, C, D] and "biases" [K, C]
+    (CPU), "batchnorm": the running {"mean", "var"} [D] of the heads with BatchNorm (or None),
+    "history": {"heldout_top1": [epochs][K]}}.
+    `writer` (optional SummaryWriter) gets `sweep/heldout_top1/<head>` per epoch.
+    """
+    if train_features.ndim != 2 or train_labels.shape != (train_features.shape[0],):
+        raise ValueError(f"train_sweep: want features [N, D] and labels [N], got {tuple(train_features.shape)} and {tuple(train_labels.shape)}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"train_sweep: epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fit, held = holdout_split(train_features.shape[0], holdout_share, holdout_seed)
+    x, y = train_features[fit].float().to(device), train_labels[fit].long().to(device)
+    xh, yh = train_features[held].float().to(device), train_labels[held].long().to(device)
+    weight, bias = init_linear(x.shape[1], num_classes, torch.Generator().manual_seed(seed))
+    groups = []  # one per input (raw features, BatchNorm'd features): the heads of the grid that read it
+    for bn in (False, True):
+        idx = [i for i, h in enumerate(grid) if h["batchnorm"] == bn]
+        if not idx:
+            continue
+        heads = _Heads(weight, bias, len(idx), bn).to(device)
+        # the one-head probe's optimiser, a parameter group per head: fused, one kernel a group
+        optimizer = torch.optim.Adam([{"params": [w, b], "lr": grid[i]["lr"], "weight_decay": grid[i]["weight_decay"]}
+                                      for i, w, b in zip(idx, heads.weights, heads.biases)], betas=BETAS, fused=True)
+        groups.append((idx, heads, optimizer))
+    order_gen = batch_order_generator(seed)
+    n, k = x.shape[0], len(grid)
+    history = []
+    bar = progress_bar(range(epochs), desc=desc, enabled=progress, leave=False)
+    for epoch in bar:
+        order = torch.randperm(n, generator=order_gen).to(device)
+        for heads in (g[1] for g in groups):
+            heads.train()
+        for i in range(0, n, batch_size):
+            sel = order[i : i + batch_size]
+            xb, yb = x.index_select(0, sel), y.index_select(0, sel)
+            for idx, heads, optimizer in groups:
+                scores = heads(xb)  # [B, K', C]
+                # each head's mean cross-entropy, summed: head j's gradient is that of its own loss
+                loss = F.cross_entropy(scores.permute(0, 2, 1), yb[:, None].expand(-1, len(idx)), reduction="sum") / yb.numel()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        acc = heldout_top1(groups, xh, yh, k)
+        history.append(acc)
+        best = max(range(k), key=lambda j: (acc[j], -j))
+        bar.set_postfix(best=f"{grid[best]['name']} {acc[best]:.1f}", refresh=False)
+        if writer is not None:
+            for h, a in zip(grid, acc):
+                writer.add_scalar(f"sweep/heldout_top1/{h['name']}", a, epoch + 1)
+    bar.close()
+    acc = history[-1]
+    chosen = max(range(k), key=lambda j: (acc[j], -j))
+    weights, biases, norm = torch.empty(k, num_classes, x.shape[1]), torch.empty(k, num_classes), None
+    for idx, heads, _ in groups:
+        weights[idx] = torch.stack(list(heads.weights)).detach().cpu()
+        biases[idx] = torch.stack(list(heads.biases)).detach().cpu()
+        if heads.norm is not None:  # one BatchNorm for every head that has one: same batches, same statistics
+            norm = {"mean": heads.norm.running_mean.cpu(), "var": heads.norm.running_var.cpu()}
+    return {"seed": seed, "epochs": epochs,
+            "holdout": {"share": holdout_share, "seed": holdout_seed, "num_fit": int(fit.numel()), "num_heldout": int(held.numel())},
+            "heads": [{**h, "heldout_top1": a} for h, a in zip(grid, acc)], "chosen": chosen,
+            "weights": weights, "biases": biases, "batchnorm": norm, "history": {"heldout_top1": history}}
+
+
+@torch.no_grad()
+def heldout_top1(groups, xh: torch.Tensor, yh: torch.Tensor, k: int, batch_size: int = 4096) -> list[float]:
+    """Top-1 (%) of every head on the held-out rows, in grid order; one host read."""
+    correct = torch.zeros(k, device=xh.device)
+    for idx, heads, _ in groups:
+        heads.eval()
+        hits = torch.zeros(len(idx), device=xh.device)
+        for i in range(0, xh.shape[0], batch_size):
+            hits += heads(xh[i : i + batch_size]).argmax(-1).eq(yh[i : i + batch_size, None]).sum(0)
+        correct[torch.tensor(idx, device=xh.device)] = hits
+    return [100.0 * c / xh.shape[0] for c in correct.tolist()]
+
+
+@torch.no_grad()
+def score_head(sweep: dict, j: int, features: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Top-k (%) of head `j` of a :func:`train_sweep` result on features [Q, D] (CPU), labels [Q]."""
+    x = features.float()
+    if sweep["heads"][j]["batchnorm"]:
+        x = (x - sweep["batchnorm"]["mean"]) / (sweep["batchnorm"]["var"] + BN_EPS).sqrt()
+    return topk_accuracy(torch.addmm(sweep["biases"][j], x, sweep["weights"][j].t()), labels.cpu(), ks)

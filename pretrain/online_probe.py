@@ -1,0 +1,94 @@
+"""An online linear probe (``train.online_probe=true``): a linear head trained alongside pretraining on
+the encoder's detached features of the training batches (the shards carry labels), with its own Adam,
+so each report shows probe top-1 (TensorBoard ``online_probe/top1`` and the progress line) without
+stopping the run.
+
+It never touches the encoder: a forward hook keeps a detached copy of the features the task's own
+forward pass computes (no second forward), the head's loss reaches only the head, and its init draws
+from its own generator, never the global RNG the run's dropout and marginal pairs read. Under DDP its
+gradient is averaged over ranks (one small all-reduce a step), so every rank holds the same head and
+rank 0's checkpoint restores it exactly. A step reads nothing back from the device: top-1 and loss
+stay on it, summed in the loop's metric window.
+
+The number is an online read (each batch is scored before the head learns from it, on training
+images): it tracks the trend; the offline probe (``python -m eval.linear``) gives the result.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain import dist
+
+
+def feature_module(encoder: nn.Module) -> nn.Module:
+    """The module whose output, flattened, is ``encoder(x)``: the last kept layer of an encoder with
+    ``forward_layers`` (the InfoMax task calls that, not ``forward``), else the encoder itself."""
+    return encoder.layers[-1] if hasattr(encoder, "forward_layers") else encoder
+
+
+class OnlineProbe:
+    """A linear head on the detached features of ``encoder`` (the task's, not a copy).
+
+    ``step(labels)`` after each training step: the features its forward pass left, labels int64 [B]
+    (-1 unlabelled, left out) -> {"online_probe/top1" (%), "online_probe/loss"}: 0-d tensors on the device.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, *, lr: float, seed: int, device: torch.device | str):
+        if num_classes < 2:
+            raise ValueError(f"train.online_probe needs a labelled split of >= 2 classes, got {num_classes}")
+        dim = encoder.feature_dim
+        self.head = nn.utils.skip_init(nn.Linear, dim, num_classes, device=device)  # no draw from the global RNG
+        g = torch.Generator().manual_seed(seed)
+        bound = 1.0 / math.sqrt(dim)
+        with torch.no_grad():  # nn.Linear's default init, from the head's own generator
+            self.head.weight.copy_(torch.empty(num_classes, dim).uniform_(-bound, bound, generator=g))
+            self.head.bias.copy_(torch.empty(num_classes).uniform_(-bound, bound, generator=g))
+        self.optimizer = torch.optim.Adam(self.head.parameters(), lr=lr, fused=True)
+        self.features: torch.Tensor | None = None
+        self.hook = feature_module(encoder).register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self.features = output.detach()
+
+    def step(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One Adam step of the head on the features of the forward pass just run; labels [B] int64."""
+        if self.features is None:
+            raise RuntimeError("online probe: no features captured; the task's forward pass did not run the encoder")
+        x, self.features = self.features.flatten(1).float(), None
+        labelled = labels >= 0
+        count = labelled.sum().clamp(min=1)
+        logits = self.head(x)
+        loss = (F.cross_entropy(logits, labels.clamp(min=0), reduction="none") * labelled).sum() / count
+        top1 = ((logits.detach().argmax(1) == labels) & labelled).sum() * (100.0 / count)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if dist.is_distributed():  # the same head on every rank: average its gradient as DDP would
+            params = list(self.head.parameters())
+            flat = dist.all_reduce_mean_detached(torch.cat([p.grad.flatten() for p in params]))
+            for p, g in zip(params, flat.split([p.numel() for p in params])):
+                p.grad.copy_(g.view_as(p))
+        self.optimizer.step()
+        return {"online_probe/top1": top1.detach(), "online_probe/loss": loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore a checkpoint's probe; None (a checkpoint written without the probe) keeps the fresh head."""
+        if state is not None:
+            self.head.load_state_dict(state["head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def from_config(cfg, task: nn.Module, device: torch.device) -> OnlineProbe | None:
+    """The run's online probe (``train.online_probe``), or None when it is off."""
+    if not cfg.train.online_probe:
+        return None
+    from data_prep.manifest import read_manifest
+
+    classes = len(read_manifest(cfg.data.shards)["class_names"])
+    return OnlineProbe(task.encoder, classes, lr=cfg.train.online_probe_lr, seed=cfg.run.seed, device=device)
