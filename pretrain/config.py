@@ -136,6 +136,9 @@ class TrainSection:
     # Seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes)
     # before failing with what is missing, instead of waiting forever.
     resource_wait_s: float = 60.0
+    # Ctrl-C or SIGTERM to the driver: when the last checkpoint is older than this many seconds of
+    # work, the workers write one more at their next report before the run stops (pretrain/interrupt.py)
+    interrupt_checkpoint_s: float = 180.0
     # torch.compile the task (forward and backward); on CUDA with CUDA graphs ("reduce-overhead":
     # a small batch's step is bound by kernel launches). Compiling costs minutes at start-up.
     compile: bool = False

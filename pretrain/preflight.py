@@ -195,6 +195,33 @@ def warn_if_not_loopback() -> None:
                       f"importing ray (python -m pretrain does) to keep it off the network")
 
 
+def local_cpus(ray_init_kwargs: dict | None = None) -> int:
+    """The CPUs a local Ray started here would have: ``num_cpus`` if given, else what Ray detects
+    (the machine's cores, or its cgroup's share)."""
+    if (ray_init_kwargs or {}).get("num_cpus") is not None:
+        return int(ray_init_kwargs["num_cpus"])
+    from ray._private.utils import get_num_cpus
+
+    return int(get_num_cpus())
+
+
+def fit_to_local_cpus(cfg: DictConfig, cpus: int) -> str | None:
+    """A local Ray cannot grow: fit ``data.loader_workers`` to ``cpus`` (``cfg`` changed in place)
+    and return a line saying so, or None when the run fits as it is. Raises :class:`ConfigError`
+    when even no loader processes fit (the ranks' torch threads alone need more CPUs)."""
+    t, w, loaders = cfg.train, cfg.train.num_workers, cfg.data.loader_workers
+    if w * (t.threads_per_worker + loaders) <= cpus:
+        return None
+    if w * t.threads_per_worker > cpus:
+        raise ConfigError(f"train.num_workers={w} x train.threads_per_worker={t.threads_per_worker} need "
+                          f"{w * t.threads_per_worker} CPUs and this machine has {cpus} (a local Ray cannot "
+                          f"grow): lower train.num_workers, or join a larger cluster with --address")
+    fitted = cpus // w - t.threads_per_worker
+    cfg.data.loader_workers = fitted
+    return (f"this machine has {cpus} CPUs: data.loader_workers={loaders} lowered to {fitted} so that "
+            f"{w} rank(s) of train.threads_per_worker + data.loader_workers CPUs fit")
+
+
 def wait_for_resources(num_workers: int, per_worker: dict, wait_s: float, poll_s: float = 1.0) -> None:
     """Return once the cluster holds ``num_workers × per_worker`` (e.g. ``{"CPU": 1, "GPU": 1}``); an
     autoscaling cluster gets ``wait_s`` seconds to grow. Raises :class:`ConfigError` saying what is missing."""
@@ -202,11 +229,16 @@ def wait_for_resources(num_workers: int, per_worker: dict, wait_s: float, poll_s
 
     need = {k: v * num_workers for k, v in per_worker.items()}
     deadline = time.monotonic() + wait_s
+    told = False
     while True:
         have = ray.cluster_resources()
         missing = {k: v for k, v in need.items() if have.get(k, 0) < v}
         if not missing or time.monotonic() >= deadline:
             break
+        if not told:  # a person waits: say for what
+            print(f"waiting up to {wait_s:g} s (train.resource_wait_s) for the cluster to hold "
+                  f"{', '.join(f'{v:g} {k}' for k, v in need.items())}", flush=True)
+            told = True
         time.sleep(poll_s)
     if missing:
         parts = ", ".join(f"{v:g} {k} (cluster has {have.get(k, 0):g})" for k, v in missing.items())
