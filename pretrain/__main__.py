@@ -56,6 +56,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plan or args.print_config:
+        return run(args)
+    from pretrain.interrupt import Interrupted, raising_on_signals
+
+    with raising_on_signals():
+        try:
+            return run(args)
+        except Interrupted as exc:  # Ctrl-C or SIGTERM; during training launch has said where it stopped
+            print(exc, file=sys.stderr, flush=True)
+            return exc.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
     from pretrain.preflight import joins_cluster, local_ray_on_loopback
 
     if not joins_cluster(args.address):
@@ -93,19 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from pretrain.fatal import RunFailed
-    from pretrain.interrupt import Interrupted
     from pretrain.run_lock import RunDirInUse
     from pretrain.tracking import TrackingError
     from pretrain.train import TrainingStopped, launch
 
     try:
         launch(cfg, address=args.address, run_dir=run_dir)
-    except Interrupted as exc:
-        print(exc, file=sys.stderr, flush=True)
-        return exc.exit_code
-    except KeyboardInterrupt:  # before the driver's own handlers were in place
-        print("interrupted (SIGINT) before the run started", file=sys.stderr)
-        return 130
     except ConfigError as exc:  # found by the checks before Ray starts, or the cluster's resources
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """Ctrl-C (SIGINT) and SIGTERM to the driver: stop the run where it can be continued.
 
 The driver runs ``trainer.fit()`` in a thread of its own and waits in the main thread, where Python
-delivers signals (:func:`run_interruptible`). On the first signal it either stops at once (Ray shut
+delivers signals (:meth:`SignalWatch.wait_for`). On the first signal it either stops at once (Ray shut
 down, the workers with it) when the last checkpoint holds nearly all the work done, or, when the work
 since the last checkpoint is older than ``train.interrupt_checkpoint_s``, asks the workers for one
 more checkpoint: it writes ``stop_requested.json`` in the run directory, and at their next report the
@@ -19,7 +19,7 @@ import json
 import signal
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import storage
 
@@ -32,12 +32,31 @@ class Interrupted(Exception):
     """The driver was stopped by a signal; ``exit_code`` is 128 + its number."""
 
     def __init__(self, signum: int, message: str = ""):
-        super().__init__(message or f"interrupted ({signal.Signals(signum).name})")
+        super().__init__(message or f"interrupted ({signal.Signals(signum).name}) before the run started")
         self.signum = signum
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+@contextlib.contextmanager
+def raising_on_signals() -> Iterator[None]:
+    """In the body SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (around the whole
+    driver, so that a signal before the run starts ends it as cleanly as one during it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        raise Interrupted(signum)
+
+    before = {s: signal.signal(s, handle) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 class SignalWatch:
@@ -51,6 +70,7 @@ class SignalWatch:
     def __init__(self):
         self.received: list[int] = []
         self._waiting = False
+        self._raised = False  # once stopping, later signals do not cut the tear-down short
         self._before: dict[int, object] = {}
 
     def __enter__(self) -> "SignalWatch":
@@ -70,7 +90,8 @@ class SignalWatch:
 
     def _handle(self, signum, frame) -> None:
         self.received.append(signum)
-        if not self._waiting:
+        if not self._waiting and not self._raised:
+            self._raised = True
             raise Interrupted(signum)
 
     def wait_for(self, fn: Callable[[], object], on_signal: Callable[[int, int], None]):
@@ -94,7 +115,11 @@ class SignalWatch:
                 thread.join(0.2)
                 while seen < len(self.received):
                     seen += 1
-                    on_signal(self.received[seen - 1], seen)
+                    try:
+                        on_signal(self.received[seen - 1], seen)
+                    except Interrupted:
+                        self._raised = True
+                        raise
         finally:
             self._waiting = False
         if "error" in box:

@@ -132,7 +132,7 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
     try:
         with run_dir_lock(run_dir):
             return _launch_locked(cfg, run_dir, address, ray_init_kwargs, started)
-    except (ConfigError, interrupt.Interrupted):
+    except (ConfigError, interrupt.Interrupted, KeyboardInterrupt):
         if new and not storage.isfile(storage.join(run_dir, METRICS_FILE)) and not checkpoint_dirs(run_dir):
             storage.remove_tree(run_dir)  # nothing in it worth keeping: no `ls runs/` finds it
         raise
@@ -269,6 +269,8 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
                 ray.shutdown()  # the workers and the controller with it (they belong to this driver)
             raise interrupted(run_dir, checkpoints, exc.signum, clock.step) from None
         finally:
+            if owns_ray and ray.is_initialized():
+                ray.shutdown()  # now, while what Ray says on its way out still goes to ray.log
             tracking.finish(succeeded)
             driver_files.push()
     if message is not None:
@@ -295,6 +297,7 @@ def interrupted(run_dir, checkpoints, signum: int, step: int) -> interrupt.Inter
     directory): the step, the newest intact checkpoint, the command that continues the run."""
     from pretrain.checkpoint import newest_verified, step_of
 
+    storage.remove(storage.join(run_dir, interrupt.STOP_FILE))
     newest, _ = newest_verified(checkpoints)
     name = interrupt.signal_name(signum)
     if newest is None:
