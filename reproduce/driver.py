@@ -242,25 +242,37 @@ def _probe_sizes(data: Path, dataset: str) -> tuple[int, int]:
 def check_data(table: str, data_root: Path, miniature: bool, methods: list[str] | None = None) -> None:
     """Every shard folder the table reads exists (the miniature builds its own); else one line naming
     the command that builds it."""
-    from data_prep.manifest import ManifestError, read_manifest
-
+    if not miniature:
+        missing = missing_shards(table, data_root, methods)
+        if missing:
+            raise ReproduceError(next(iter(missing.values())))
+        return
     used = [p for p in TABLES[table] if not methods or p.method in methods]
     for dataset in sorted({p.dataset for p in used} | {d for p in used for d in p.probes}):
         folder = shard_dir(data_root, dataset, miniature)
-        if miniature:
-            if not (folder / "manifest.json").is_file():
-                from data_prep.__main__ import main as data_prep_main
+        if not (folder / "manifest.json").is_file():
+            from data_prep.__main__ import main as data_prep_main
 
-                print(f"building the miniature's {dataset} stand-in in {folder}", flush=True)
-                args = MINIATURE_DATA[dataset][1] + ["--out", str(folder), "--workers", "1", "--no-progress"]
-                if data_prep_main(args) != 0:
-                    raise ReproduceError(f"could not build {folder} (python -m data_prep {' '.join(args)})")
-            continue
+            print(f"building the miniature's {dataset} stand-in in {folder}", flush=True)
+            args = MINIATURE_DATA[dataset][1] + ["--out", str(folder), "--workers", "1", "--no-progress"]
+            if data_prep_main(args) != 0:
+                raise ReproduceError(f"could not build {folder} (python -m data_prep {' '.join(args)})")
+
+
+def missing_shards(table: str, data_root: Path, methods: list[str] | None = None) -> dict[str, str]:
+    """``{dataset: "no <dataset> shards in <folder>: build them with <command>"}`` for each dataset the
+    table reads (full scale) whose shards are not under ``data_root``."""
+    from data_prep.manifest import ManifestError, read_manifest
+
+    used = [p for p in TABLES[table] if not methods or p.method in methods]
+    missing = {}
+    for dataset in sorted({p.dataset for p in used} | {d for p in used for d in p.probes}):
+        folder = shard_dir(data_root, dataset, False)
         try:
             read_manifest(folder)
         except ManifestError:
-            raise ReproduceError(f"no {dataset} shards in {folder}: build them with "
-                                 f"{DATASETS[dataset].build.format(dir=folder)}") from None
+            missing[dataset] = f"no {dataset} shards in {folder}: build them with {DATASETS[dataset].build.format(dir=folder)}"
+    return missing
 
 
 # ============================================================================ 2. the cost
@@ -611,8 +623,15 @@ def reproduce(table: str, data_root: str | os.PathLike, out: str | os.PathLike, 
     plan.tflops = tflops
     add_costs(plan)
     refresh_status(plan)
+    missing = {} if miniature else missing_shards(table, Path(data_root).resolve(), methods)  # a dry run's check
+    for run in plan.runs:
+        run.status = "no shards" if run.dataset in missing else run.status
+    for probe in plan.probes:
+        probe.status = "no shards" if {probe.dataset, probe.pretrained_on} & set(missing) else probe.status
     summary = plan_json(plan)
     print(describe(summary), flush=True)
+    for line in missing.values():
+        print(line, flush=True)
     if plan_out is not None:
         Path(plan_out).write_text(json.dumps(summary, indent=1) + "\n")
     if dry_run:
