@@ -71,7 +71,7 @@ def test_ctrl_c_writes_a_checkpoint_and_sigterm_stops_at_once_both_say_how_to_co
     runs = tmp_path / "runs"
     args = [f"data.shards={shards}", f"run.root={runs}", "run.name=sig", "task.kind=infomax",
             "task.estimator=eta-mine", "task.kwargs.hidden_dim=16", "task.kwargs.embed_dim=8", "model.encoder=dcgan",
-            "model.depth=2", "data.batch_size=8", "data.batches_per_epoch=4", "train.steps=1000000",
+            "model.depth=2", "data.batch_size=8", "data.batches_per_epoch=4", "train.num_workers=1", "train.steps=1000000",
             "train.report_every=4", "train.checkpoint_every=1000000"]
 
     # Ctrl-C in a terminal: SIGINT to the driver's whole process group. The last checkpoint is older
@@ -100,7 +100,7 @@ def test_ctrl_c_writes_a_checkpoint_and_sigterm_stops_at_once_both_say_how_to_co
 
     # SIGTERM (a scheduler stopping the job) to the driver alone, soon after a checkpoint: it stops at
     # once, naming that checkpoint; exit 143; Ray's processes go with it.
-    resumed = Driver(tmp_path, "resumed", "--resume", run_dir)
+    resumed = Driver(tmp_path, "resumed", "--resume", run_dir, "train.interrupt_checkpoint_s=100000")
     resumed.wait_for_line(rf"^step {step + 4}/")
     resumed.proc.send_signal(signal.SIGTERM)
     assert resumed.finish() == 143, resumed.text()[-3000:]
