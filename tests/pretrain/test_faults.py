@@ -149,8 +149,7 @@ def test_bf16_gradient_allreduce_on_a_cluster_without_gpus_is_one_line(ray_sessi
     with pytest.raises(ConfigError, match=r"train.bf16_grad_allreduce needs GPUs \(NCCL\) and this cluster has none") as info:
         launch(cfg)
     assert "\n" not in str(info.value)
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    assert not list(run_dir.glob("checkpoint_*")) and not (run_dir / "metrics.jsonl").exists()
+    assert not list((tmp_path / "runs").iterdir())  # a run stopped before its first step leaves no directory
     client = MlflowClient(tracking_uri=uri)
     (found,) = client.search_runs([client.get_experiment_by_name("f").experiment_id])
     assert found.info.status == "FAILED"
