@@ -122,13 +122,14 @@ def test_resume_with_another_num_workers_is_one_line_before_ray(shards, tmp_path
     assert (run / ck.CONFIG_FILE).read_text() == before  # nothing lost
 
 
-def test_more_workers_than_the_cluster_has_is_one_line(ray_session, shards, tmp_path):
+def test_more_workers_than_the_cluster_has_is_one_line(ray_session, shards, tmp_path, capsys):
     from pretrain.train import launch
 
     cfg = load_config(None, overrides(shards, tmp_path, "train.num_workers=3", "train.resource_wait_s=0.5"))
     with pytest.raises(ConfigError, match=r"train.num_workers=3 need 3 CPU \(cluster has 2\)") as info:
         launch(cfg)
     assert "\n" not in str(info.value)
+    assert "waiting up to 0.5 s (train.resource_wait_s) for the cluster to hold 3 CPU" in capsys.readouterr().out
     # a rank reserves its loader processes' CPUs too: one worker with 2 loader processes needs 3
     cfg = load_config(None, overrides(shards, tmp_path, "data.loader_workers=2", "train.resource_wait_s=0.5"))
     with pytest.raises(ConfigError, match=r"train.num_workers=1 need 3 CPU \(cluster has 2\).*"
