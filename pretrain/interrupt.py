@@ -2,9 +2,8 @@
 
 The driver runs ``trainer.fit()`` in a thread of its own and waits in the main thread, where Python
 delivers signals (:meth:`SignalWatch.wait_for`). On the first signal it either stops at once (Ray shut
-down, the workers with it) when the last checkpoint holds nearly all the work done, or, when the work
-since the last checkpoint is older than ``train.interrupt_checkpoint_s``, asks the workers for one
-more checkpoint: it writes ``stop_requested.json`` in the run directory, and at their next report the
+down, the workers with it) when less than ``train.interrupt_checkpoint_s`` of work would be lost, or
+else asks the workers for one more checkpoint: it writes ``stop_requested.json`` in the run directory, and at their next report the
 ranks agree on it (rank 0 reads the file, one all-reduce tells the others: :func:`stop_requested`),
 write the checkpoint and return. A second signal stops at once. Either way the driver then raises
 :class:`Interrupted`, and ``python -m pretrain`` prints one line (the step, the last checkpoint, the
