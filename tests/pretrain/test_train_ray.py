@@ -217,9 +217,9 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(ray_session, digits,
 def test_loss_decreases_on_digits_with_readable_progress_and_tracking(ray_session, digits, tmp_path, capfd,
                                                                       monkeypatch):
     """InfoMax on digits through `python -m pretrain`, as a user runs it: the η-MINE estimate rises;
-    the output has the run directory at start and end and one readable progress line per report
-    (parsed back here); TensorBoard gets the config and the hparams with final metrics; MLflow (a
-    file store) gets the params, every report's metrics and the exported encoder."""
+    the output has the run directory at the start, one readable progress line per report (parsed
+    back here) and the summary at the end; TensorBoard gets the config and the hparams with final
+    metrics; MLflow (a file store) gets the params, every report's metrics and the exported encoder."""
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
@@ -237,7 +237,10 @@ def test_loss_decreases_on_digits_with_readable_progress_and_tracking(ray_sessio
                 f"track.mlflow_uri={uri}", "track.mlflow_experiment=t"]) == 0
     out = capfd.readouterr().out.splitlines()
     run = next((tmp_path / "runs").glob("im-*"))
-    assert out[0] == out[-2] == f"run directory: {run}"
+    assert out[0] == f"run directory: {run}" and out[-5].startswith("done: step 60 in "), out
+    assert out[-4:-1] == [f"run directory: {run}", f"latest checkpoint: {run}/checkpoint_000000060",
+                          f"curves: {run}/curves.png"], out
+    assert out[-1].startswith(f"next, a linear probe of the encoder: python -m eval.linear checkpoint={run} data="), out
     lines = [LINE_RE.match(line) for line in out if line.startswith("step ")]
     assert all(lines) and [int(m["step"]) for m in lines] == [10, 20, 30, 40, 50, 60], out
     recorded = read_metrics(run)
