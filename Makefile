@@ -11,11 +11,13 @@ venv: $(STAMP)
 # torch/torchvision pinned at install time to the builds this machine serves from disk;
 # pyproject.toml keeps ranges so other machines can resolve their own builds.
 $(STAMP): pyproject.toml
+	@echo "make venv: creating $(VENV) (about 2 minutes: torch, Ray and the rest; pip reports each step)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,demo]'
+	$(PY) -m pip install --progress-bar off --upgrade pip
+	$(PY) -m pip install --progress-bar off torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --progress-bar off -e '.[dev,demo]'
 	touch $(STAMP)
+	@echo "make venv: $(VENV) is ready"
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -58,6 +58,12 @@ UPLOAD_EXCLUDES = [
     "**/__pycache__",
     "*.tar",
     "*.pt",
+    # dataset archives and exported weights a user keeps beside the code (the README puts them in data/)
+    "*.tar.gz",
+    "*.tgz",
+    "*.zip",
+    "*.safetensors",
+    "mlruns",
 ]
 
 

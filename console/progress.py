@@ -37,8 +37,10 @@ LINE_RE = re.compile(
     r"^step (?P<step>\d+)/(?P<total>\d+) \((?P<percent>\d+)%\)"
     r"(?: \| loss (?P<loss>\S+))?(?: \| MI (?P<mi>\S+))?(?: \| η (?P<eta>\S+))?"
     r"(?: \| probe top-1 (?P<probe_top1>\S+)%)?(?: \| (?P<workers>\d+) workers)?"
-    r" \| (?P<images_per_s>[\d.]+) images/s \| data wait (?P<data_wait>\d+)% \| ETA (?P<eta_time>\S+)$"
+    r" \| (?P<images_per_s>[\d.]+) images/s \| data wait (?P<data_wait>\d+)% \| ETA (?P<eta_time>.+)$"
 )
+# What the ETA field says until two reports have come (the first report's time includes start-up).
+ETA_PENDING = "from the next report"
 
 
 class MetricsTail(threading.Thread):
@@ -152,7 +154,7 @@ def format_line(record: dict, total: int, samples_per_image: int = 1, eta_s: flo
     if step >= total:
         parts.append("ETA 0:00:00")
     elif eta_s is None or not math.isfinite(eta_s):
-        parts.append("ETA -")
+        parts.append(f"ETA {ETA_PENDING}")
     else:
         parts.append(f"ETA {timedelta(seconds=round(eta_s))}")
     return " | ".join(parts)

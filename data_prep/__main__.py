@@ -8,8 +8,10 @@ interrupted build; ``--overwrite`` rebuilds. Bad images are skipped and listed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from pathlib import Path
 
 import storage
 from data_prep import shard_tar, shard_writer
@@ -91,11 +93,26 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    out = getattr(args, "out", None)
+    made = _missing_dirs(out) if out is not None and not storage.is_url(out) else []
     try:
         return _run(args)
     except storage.StorageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:  # a build that stopped before writing anything (a missing archive, say) leaves no --out behind
+        for d in made:
+            with contextlib.suppress(OSError):  # not empty: the build wrote there
+                os.rmdir(d)
+
+
+def _missing_dirs(path: str) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    missing, p = [], Path(path).expanduser().absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    return missing
 
 
 def _run(args: argparse.Namespace) -> int:

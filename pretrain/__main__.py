@@ -6,8 +6,10 @@ the run joins that cluster (``docs/reliability.md`` says how to open a Ray to a 
 (``--config`` is not needed; ``key=value`` still overrides, e.g. ``train.steps=2000`` to extend).
 RUN_DIR may be a URL (``s3://BUCKET/runs/NAME-TIME``: a run with a URL ``run.root`` or ``run.storage_path``).
 Config errors are reported in one line, before Ray starts, with exit status 2.
-``--plan [--tflops T]`` prints what the run would cost (FLOPs, PFLOPs, images/s, hours; see
-:mod:`pretrain.plan`) and exits without starting Ray.
+``--plan [--tflops T] [--measure]`` prints what the run would cost (FLOPs, PFLOPs, images/s, hours,
+the data side's bound; with ``--measure`` a few steps timed on this machine; see :mod:`pretrain.plan`)
+and how a local run fits this machine's CPUs, and exits without starting Ray.
+Ctrl-C or SIGTERM stops a run where ``--resume`` continues it (exit 130 or 143; :mod:`pretrain.interrupt`).
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue this run directory from its latest checkpoint (after the driver died)")
     p.add_argument("--plan", action="store_true",
                    help="print the run's cost (FLOPs per step, PFLOPs, images/s needed, hours) and exit; no Ray")
+    p.add_argument("--measure", action="store_true",
+                   help="with --plan: also time a few training steps of one rank on this machine's CPU and "
+                        "estimate the run from them (what a machine without a GPU will take)")
     p.add_argument("--tflops", type=float, default=None,
                    help="accelerator rate of the whole run for --plan, TFLOP/s (default: 40%% of one H200's "
                         "989 TFLOP/s dense bf16 peak)")
@@ -44,11 +49,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.config is None and args.resume is None:
         p.error("give --config FILE (or --resume RUN_DIR)")
+    if args.measure and not args.plan:
+        p.error("--measure goes with --plan")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plan or args.print_config:
+        return run(args)
+    from pretrain.interrupt import Interrupted, raising_on_signals
+
+    with raising_on_signals():
+        try:
+            return run(args)
+        except Interrupted as exc:  # Ctrl-C or SIGTERM; during training launch has said where it stopped
+            print(exc, file=sys.stderr, flush=True)
+            return exc.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
     from pretrain.preflight import joins_cluster, local_ray_on_loopback
 
     if not joins_cluster(args.address):
@@ -75,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.plan:
-        from pretrain.plan import DEFAULT_TFLOPS, format_plan, plan
+        from pretrain.plan import DEFAULT_TFLOPS, format_bounds, format_plan, local_fit, plan
 
         name = Path(args.config).stem if args.config else None
-        print(format_plan(plan(cfg, tflops=args.tflops or DEFAULT_TFLOPS, name=name)))
+        cost = plan(cfg, tflops=args.tflops or DEFAULT_TFLOPS, name=name, measure=args.measure)
+        print(format_plan(cost))
+        print(format_bounds(cost))
+        if not joins_cluster(args.address):
+            print(local_fit(cfg))
         return 0
 
     from pretrain.fatal import RunFailed
@@ -87,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.train import TrainingStopped, launch
 
     try:
-        out = launch(cfg, address=args.address, run_dir=run_dir)
+        launch(cfg, address=args.address, run_dir=run_dir)
     except ConfigError as exc:  # found by the checks before Ray starts, or the cluster's resources
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -100,12 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingError as exc:
         print(f"tracking error: {exc}", file=sys.stderr)
         return 2
-    print(f"run directory: {out.run_dir}")
-    if out.result.checkpoint is not None:  # Ray's path has no scheme; its file system names it
-        ckpt = out.result.checkpoint
-        scheme = {"s3": "s3://", "gcs": "gs://"}.get(getattr(ckpt.filesystem, "type_name", ""), "")
-        print(f"latest checkpoint: {scheme}{ckpt.path}")
-    return 0
+    return 0  # launch printed the summary: run directory, checkpoint, the next command
 
 
 if __name__ == "__main__":

@@ -144,6 +144,9 @@ class TrainSection:
     resource_wait_s: float = setting(
         60.0, "seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes) "
               "before failing with what is missing")
+    interrupt_checkpoint_s: float = setting(
+        180.0, "Ctrl-C or SIGTERM to the driver: when the last checkpoint is older than this many seconds of work, "
+               "the workers write one more at their next report before the run stops (pretrain/interrupt.py)")
     compile: bool = setting(
         False, "torch.compile the task, forward and backward (on CUDA with CUDA graphs, for small batches bound "
                "by kernel launches); costs minutes at start-up")

@@ -58,6 +58,9 @@ class Plan:
     data_source: str
     data_cores: int
     hours_at_data_rate: float
+    # --measure: seconds of one rank's step timed on this machine's CPU (None: not measured)
+    measured_step_s: float | None = None
+    measured_threads: int = 0
 
     @property
     def cores_to_keep_up(self) -> int:
@@ -66,11 +69,12 @@ class Plan:
 
 
 def plan(cfg: DictConfig, *, tflops: float = DEFAULT_TFLOPS, name: str | None = None,
-         data_seconds: float = 2.0) -> Plan:
+         data_seconds: float = 2.0, measure: bool = False) -> Plan:
     """The cost :class:`Plan` of ``cfg`` (a loaded config) at ``tflops`` TFLOP/s over all ranks.
 
     Builds the task on the CPU, counts one step, and times the data side for about
-    ``data_seconds``. Needs no Ray and no shards (synthetic images stand in when they are absent).
+    ``data_seconds``; ``measure`` also times a few steps of one rank on this machine's CPU
+    (:func:`measure_step_s`). Needs no Ray and no shards (synthetic images stand in when they are absent).
     """
     workers = cfg.train.num_workers
     flops_rank = step_flops(cfg)
@@ -91,7 +95,9 @@ def plan(cfg: DictConfig, *, tflops: float = DEFAULT_TFLOPS, name: str | None = 
         images_per_s_needed=steps_per_s * images_per_step,
         hours_at_tflops=total / (tflops * 1e12) / 3600,
         data_images_per_s_per_core=rate, data_source=source, data_cores=cores,
-        hours_at_data_rate=steps * images_per_step / (rate * cores) / 3600)
+        hours_at_data_rate=steps * images_per_step / (rate * cores) / 3600,
+        measured_step_s=measure_step_s(cfg) if measure else None,
+        measured_threads=cfg.train.threads_per_worker if measure else 0)
 
 
 def format_plan(p: Plan) -> str:
@@ -102,6 +108,74 @@ def format_plan(p: Plan) -> str:
             f"{p.images_per_s_needed:,.0f} images/s; data {p.data_images_per_s_per_core:,.0f} images/s "
             f"per core ({p.data_source}): {_duration(p.hours_at_data_rate)} on {p.data_cores} core(s), "
             f"{p.cores_to_keep_up} cores to keep up")
+
+
+def format_bounds(p: Plan, gpu_here: bool | None = None) -> str:
+    """The lines ``--plan`` prints under :func:`format_plan`: the two bounds side by side and what
+    the run takes at least, then the CPU estimate of ``--measure`` or, on a machine with no GPU
+    (``gpu_here``; None: ask torch), where to get one."""
+    if gpu_here is None:
+        gpu_here = torch.cuda.is_available()
+    bounds = {"accelerator (counted FLOPs)": p.hours_at_tflops, "data": p.hours_at_data_rate}
+    lines = [f"  bounds: accelerator {_duration(p.hours_at_tflops)} at {p.tflops:,.0f} TFLOP/s | data "
+             f"{_duration(p.hours_at_data_rate)} on {p.data_cores} core(s); at least "
+             f"{_duration(max(bounds.values()))} ({max(bounds, key=bounds.get)} bound)"]
+    if p.measured_step_s is not None:
+        hours = p.steps * p.measured_step_s / 3600
+        lines.append(f"  measured on this machine's CPU: {p.measured_step_s:.3g} s a step (one rank, "
+                     f"{p.measured_threads} thread(s)): {_duration(hours)} for {p.steps:,} steps with each rank on "
+                     f"cores of its own, at least {_duration(max(hours, p.hours_at_data_rate))} with the data bound")
+    elif not gpu_here:
+        lines.append("  no GPU on this machine, so the accelerator bound is not this machine's: "
+                     "--plan --measure times a few steps on its CPU")
+    return "\n".join(lines)
+
+
+def measure_step_s(cfg: DictConfig, steps: int = 3) -> float:
+    """Seconds of one training step (forward, backward, optimiser) of one rank on this machine's CPU
+    with ``train.threads_per_worker`` torch threads, on a synthetic batch of the config's shape: the
+    fastest of ``steps`` timed steps after one untimed (allocation, first-call costs)."""
+    from pretrain.train import build_optimizers, build_task_from_config, permutations_of
+
+    permutations = permutations_of(cfg)
+    torch.manual_seed(cfg.run.seed)
+    task = build_task_from_config(cfg, permutations)
+    task.train()
+    main_opt, eta_opt = build_optimizers(cfg, task)
+    batch = task.host_prepare(example_batch(cfg, permutations))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.train.threads_per_worker)
+    times = []
+    try:
+        for _ in range(steps + 1):
+            start = time.perf_counter()
+            main_opt.zero_grad(set_to_none=True)
+            if eta_opt is not None:
+                eta_opt.zero_grad(set_to_none=True)
+            task(batch)["loss"].backward()
+            main_opt.step()
+            if eta_opt is not None:
+                eta_opt.step()
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return min(times[1:])
+
+
+def local_fit(cfg: DictConfig) -> str:
+    """How a local run of ``cfg`` fits this machine's CPUs (``python -m pretrain`` without
+    ``--address``): as it is, with fewer loader processes, or not at all."""
+    import copy
+
+    from pretrain.config import ConfigError
+    from pretrain.preflight import fit_to_local_cpus, local_cpus
+
+    cpus = local_cpus()
+    try:
+        note = fit_to_local_cpus(copy.deepcopy(cfg), cpus)
+    except ConfigError as exc:
+        return f"a local run here cannot start: {exc}"
+    return f"a local run here: {note}" if note else f"a local run here fits this machine's {cpus} CPUs as configured"
 
 
 MARKDOWN_HEADER = ("| config | task | encoder | workers | steps | PFLOP | time at {tflops:,.0f} TFLOP/s | images/s that needs "

@@ -265,6 +265,33 @@ def wait_for_workers(num_workers: int, cpus: int, use_gpu: bool | None, wait_s: 
     return use_gpu
 
 
+def local_cpus(ray_init_kwargs: dict | None = None) -> int:
+    """The CPUs a local Ray started here would have: ``num_cpus`` if given, else what Ray detects
+    (the machine's cores, or its cgroup's share)."""
+    if (ray_init_kwargs or {}).get("num_cpus") is not None:
+        return int(ray_init_kwargs["num_cpus"])
+    from ray._private.utils import get_num_cpus
+
+    return int(get_num_cpus())
+
+
+def fit_to_local_cpus(cfg: DictConfig, cpus: int) -> str | None:
+    """A local Ray cannot grow: fit ``data.loader_workers`` to ``cpus`` (``cfg`` changed in place)
+    and return a line saying so, or None when the run fits as it is. Raises :class:`ConfigError`
+    when even no loader processes fit (the ranks' torch threads alone need more CPUs)."""
+    t, w, loaders = cfg.train, cfg.train.num_workers, cfg.data.loader_workers
+    if w * (t.threads_per_worker + loaders) <= cpus:
+        return None
+    if w * t.threads_per_worker > cpus:
+        raise ConfigError(f"train.num_workers={w} x train.threads_per_worker={t.threads_per_worker} need "
+                          f"{w * t.threads_per_worker} CPUs and this machine has {cpus} (a local Ray cannot "
+                          f"grow): lower train.num_workers, or join a larger cluster with --address")
+    fitted = cpus // w - t.threads_per_worker
+    cfg.data.loader_workers = fitted
+    return (f"this machine has {cpus} CPUs: data.loader_workers={loaders} lowered to {fitted} so that "
+            f"{w} rank(s) of train.threads_per_worker + data.loader_workers CPUs fit")
+
+
 def wait_for_resources(num_workers: int, per_worker: dict, wait_s: float, poll_s: float = 1.0) -> None:
     """Return once the cluster holds ``num_workers × per_worker`` (e.g. ``{"CPU": 1, "GPU": 1}``); an
     autoscaling cluster is asked for those bundles (:func:`request_bundles`: nodes start at once) and
@@ -280,6 +307,9 @@ def wait_for_resources(num_workers: int, per_worker: dict, wait_s: float, poll_s
     if enough(have):  # a cluster that holds them already is asked for nothing
         return
     deadline = time.monotonic() + wait_s
+    # a person waits: say for what
+    print(f"waiting up to {wait_s:g} s (train.resource_wait_s) for the cluster to hold "
+          f"{', '.join(f'{v:g} {k}' for k, v in need.items())}", flush=True)
     with request_bundles([dict(per_worker)] * num_workers, expire_after_s=wait_s + 30):
         while time.monotonic() < deadline:
             time.sleep(poll_s)

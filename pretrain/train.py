@@ -32,6 +32,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,9 +45,10 @@ from torch import nn
 
 import storage
 from data_prep import shard_stream
-from pretrain import dist, estimators, fatal, online_probe, preflight, virtual_shards
+from pretrain import dist, estimators, fatal, interrupt, online_probe, preflight, virtual_shards
 from pretrain.checkpoint import (
     capture_rng,
+    checkpoint_dirs,
     load_checkpoint,
     load_task_state,
     restore_rng,
@@ -92,29 +94,79 @@ def launch(cfg: DictConfig, *, address: str | None = None, run_dir: str | os.Pat
 
     ``run_dir``: an existing run directory to continue (``--resume``) or a new one to use;
     None makes ``<run.root>/<run.name>-<time>``. Config errors raise ``ConfigError`` before Ray
-    starts. ``address``: a Ray cluster to join; None starts a local Ray (unless one is running).
-    Prints the run directory at the start and one line per report (:mod:`console.progress`).
+    starts. ``address``: a Ray cluster to join; None starts a local Ray (unless one is running),
+    whose CPUs the loader processes are fitted to (:func:`preflight.fit_to_local_cpus`).
+    Prints the run directory at the start, one line per report (:mod:`console.progress`) and a
+    summary at the end (:mod:`pretrain.summary`); Ray's own messages go to ``ray.log`` there.
     One-line errors: ``ConfigError`` (before Ray starts, or when the cluster lacks the resources),
     ``RunDirInUse`` (another driver holds the run directory), ``fatal.RunFailed`` (an error in the
-    workers that no retry can fix), :class:`TrainingStopped` (a non-finite loss).
+    workers that no retry can fix), :class:`TrainingStopped` (a non-finite loss),
+    :class:`interrupt.Interrupted` (SIGINT or SIGTERM: :mod:`pretrain.interrupt`). A new run that
+    ends on one of the first or the last before its first report leaves no run directory behind.
     """
+    started = time.monotonic()
     validate(cfg)
+    if not preflight.joins_cluster(address) and not _ray_running():
+        note = preflight.fit_to_local_cpus(cfg, preflight.local_cpus(ray_init_kwargs))
+        if note:
+            print(note, flush=True)
     preflight.check(cfg, storage.resolve(run_dir) if run_dir is not None else None)
+    new = run_dir is None
+    if new:
+        for earlier, info in interrupt.interrupted_runs(storage.resolve(run_home(cfg.run)), cfg.run.name):
+            print(f"note: {earlier} was interrupted at step {info.get('step')}; this starts a new run "
+                  f"(to continue that one instead: {interrupt.continue_command(earlier)})", flush=True)
     run_dir = storage.resolve(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir = storage.as_path(run_dir)
     storage.makedirs(run_dir)
-    with run_dir_lock(run_dir):
-        return _launch_locked(cfg, run_dir, address, ray_init_kwargs)
+    try:
+        with run_dir_lock(run_dir):
+            return _launch_locked(cfg, run_dir, address, ray_init_kwargs, started)
+    except (ConfigError, interrupt.Interrupted, KeyboardInterrupt):
+        if new and not storage.isfile(storage.join(run_dir, METRICS_FILE)) and not checkpoint_dirs(run_dir):
+            storage.remove_tree(run_dir)  # nothing in it worth keeping: no `ls runs/` finds it
+        raise
 
 
-def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ray_init_kwargs: dict | None) -> LaunchResult:
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+class ReportClock:
+    """Progress listener: the last step reported in this launch, its records, and when the last
+    checkpoint was written (or the launch began): how much work an interruption would lose."""
+
+    def __init__(self, step: int, checkpoint_every: int, total_steps: int):
+        self.step, self.records = step, []
+        self.checkpoint_every, self.total = checkpoint_every, total_steps
+        self.checkpoint_time = time.time()
+
+    def __call__(self, record: dict) -> None:
+        if "step" not in record or "samples_per_s" not in record:
+            return
+        self.records.append(record)
+        self.step = int(record["step"])
+        if self.step % self.checkpoint_every == 0 or self.step == self.total:
+            self.checkpoint_time = record.get(WALL_TIME, time.time())
+
+    def work_since_checkpoint_s(self) -> float:
+        return time.time() - self.checkpoint_time
+
+
+def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ray_init_kwargs: dict | None,
+                   started: float) -> LaunchResult:
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
     from console.progress import ProgressLine, follow
+    from pretrain import ray_output, summary
     from pretrain.elastic import ShardTrainer
     from pretrain.tracking import MLFLOW_RUN_ID_FILE, Tracking, one_record_per_step
 
     storage.remove(storage.join(run_dir, NONFINITE_FILE))
+    interrupt.clear(run_dir)
     # Ray's experiment directory is <storage>/<run dir name>: the run directory itself by default.
     # Ray Train writes to a URL with its own storage layer (pyarrow.fs), from the same credentials.
     experiments = ray_storage_path(cfg.run, run_dir)
@@ -133,61 +185,96 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
     driver_files = storage.LocalMirror(run_dir, fetch=(MLFLOW_RUN_ID_FILE, CONFIG_FILE))
     # before Ray: a bad tracking URI fails fast
     tracking = Tracking(cfg, Path(driver_files.dir), metrics_file, checkpoints=run_dir)
+    total_steps = run_schedule(cfg)[0]
+    clock = ReportClock(resume.step, cfg.train.checkpoint_every, total_steps)
+    per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
+    owns_ray = not ray.is_initialized()
+    asked: list[int] = []  # the signal the workers were asked to stop for
+
+    def on_signal(signum: int, count: int) -> None:
+        """A signal during training: ask for a last checkpoint if the last is old, else stop now."""
+        name = interrupt.signal_name(signum)
+        if count == 1 and clock.work_since_checkpoint_s() >= cfg.train.interrupt_checkpoint_s:
+            interrupt.request_stop(run_dir, signum)
+            asked.append(signum)
+            print(f"{name}: the workers write a checkpoint at their next report, then stop "
+                  f"({name} again stops at once)", file=sys.stderr, flush=True)
+            return
+        raise interrupt.Interrupted(signum)
 
     succeeded, message = False, None
     stopped = storage.join(run_dir, NONFINITE_FILE)
-    try:  # from here on, every way out ends the tracking run and uploads the driver's files
-        preflight.init_ray(address, ray_init_kwargs)
-        fatal.clear(run_dir)  # an earlier launch's record, in the run directory and in this Ray
-        use_gpu = preflight.wait_for_workers(cfg.train.min_workers or cfg.train.num_workers, worker_cpus(cfg),
-                                             cfg.train.use_gpu, cfg.train.resource_wait_s)
-        if cfg.train.bf16_grad_allreduce and not use_gpu:
-            raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL) and this cluster has none; "
-                              "set train.bf16_grad_allreduce=false")
-        resources = {"CPU": worker_cpus(cfg)}
-        if use_gpu:
-            resources["GPU"] = 1
-            preflight.check_gpu_workers(cfg.train.bf16, cfg.train.resource_wait_s)
-        trainer = ShardTrainer(
-            train_loop_per_worker,
-            train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
-                               # a local folder: rank 0 writes checkpoints there itself (no copy by Ray)
-                               "checkpoints": None if storage.is_url(checkpoints) else str(checkpoints),
-                               "start": {"path": resume.path and str(resume.path), "step": resume.step}},
-            scaling_config=ScalingConfig(num_workers=worker_range(cfg), use_gpu=use_gpu,
-                                         resources_per_worker=resources,
-                                         elastic_resize_monitor_interval_s=cfg.train.resize_every_s),
-            virtual_shards=cfg.data.virtual_shards,
-            run_config=RunConfig(
-                name=storage.basename(run_dir),
-                storage_path=experiments,
-                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                # the driver prints readable progress (console.progress); Ray's INFO lines drown it
-                logging_config=LoggingConfig(log_level="WARNING"),
-            ),
-        )
-        per_image = cfg.data.perms_per_image if task_spec(cfg.task.kind).uses_permutations else 1
-        listeners = [ProgressLine(run_schedule(cfg)[0], per_image), *tracking.listeners()]
-        with follow(metrics_file, listeners), controller_poll(cfg.train.controller_poll_s):
-            try:
-                result = trainer.fit()
-            except Exception as exc:  # an error no retry fixes: one line (fatal.py), else Ray's error
-                message = fatal.recorded(run_dir) or fatal.find(exc, run_dir)
-                if message is None:
+    with interrupt.SignalWatch() as signals, ray_output.ray_to_log(
+            os.path.join(driver_files.dir, ray_output.LOG_FILE)) as ray_log:
+        try:  # from here on, every way out ends the tracking run and uploads the driver's files
+            if owns_ray:
+                where = (f"joining the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}"
+                         if preflight.joins_cluster(address) else "starting a local Ray on this machine")
+                print(f"{where} (Ray's own messages: {storage.join(run_dir, ray_output.LOG_FILE)}) ...", flush=True)
+            t_ray = time.monotonic()
+            preflight.init_ray(address, ray_init_kwargs)
+            signals.install()  # ray.init put a SIGTERM handler of its own in place of ours
+            ray_log.forward_workers()
+            if owns_ray:
+                print(f"Ray is up after {time.monotonic() - t_ray:.0f} s; starting {cfg.train.num_workers} "
+                      f"worker(s)", flush=True)
+            fatal.clear(run_dir)  # an earlier launch's record, in the run directory and in this Ray
+            use_gpu = preflight.wait_for_workers(cfg.train.min_workers or cfg.train.num_workers, worker_cpus(cfg),
+                                                 cfg.train.use_gpu, cfg.train.resource_wait_s)
+            if cfg.train.bf16_grad_allreduce and not use_gpu:
+                raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL) and this cluster has none; "
+                                  "set train.bf16_grad_allreduce=false")
+            resources = {"CPU": worker_cpus(cfg)}
+            if use_gpu:
+                resources["GPU"] = 1
+                preflight.check_gpu_workers(cfg.train.bf16, cfg.train.resource_wait_s)
+            trainer = ShardTrainer(
+                train_loop_per_worker,
+                train_loop_config={"config": to_plain(cfg), "run_dir": str(run_dir),
+                                   # a local folder: rank 0 writes checkpoints there itself (no copy by Ray)
+                                   "checkpoints": None if storage.is_url(checkpoints) else str(checkpoints),
+                                   "start": {"path": resume.path and str(resume.path), "step": resume.step}},
+                scaling_config=ScalingConfig(num_workers=worker_range(cfg), use_gpu=use_gpu,
+                                             resources_per_worker=resources,
+                                             elastic_resize_monitor_interval_s=cfg.train.resize_every_s),
+                virtual_shards=cfg.data.virtual_shards,
+                run_config=RunConfig(
+                    name=storage.basename(run_dir),
+                    storage_path=experiments,
+                    failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                    # the driver prints readable progress (console.progress); Ray's INFO lines drown it
+                    logging_config=LoggingConfig(log_level="WARNING"),
+                ),
+            )
+            listeners = [ProgressLine(total_steps, per_image), clock, *tracking.listeners()]
+            with follow(metrics_file, listeners), controller_poll(cfg.train.controller_poll_s):
+                try:
+                    result = signals.wait_for(trainer.fit, on_signal)
+                except interrupt.Interrupted:
                     raise
-        message = message or fatal.recorded(run_dir)
-        succeeded = message is None and not storage.isfile(stopped)
-    finally:
-        with contextlib.suppress(OSError):  # a store that is gone leaves the records as written
-            one_record_per_step(metrics_file)  # the steps re-run after a worker restart were reported twice
-        try:
-            tracking.finish(succeeded, write_hparams=message is None)
-            driver_files.push()
-        except OSError:
-            if succeeded:
-                raise
-            # else the run's own error (or its one line) is what the user needs, not the full disk's echo
+                except Exception as exc:  # an error no retry fixes: one line (fatal.py), else Ray's error
+                    message = fatal.recorded(run_dir) or fatal.find(exc, run_dir)
+                    if message is None:
+                        raise
+            message = message or fatal.recorded(run_dir)
+            succeeded = message is None and not storage.isfile(stopped) and not asked
+        except interrupt.Interrupted as exc:
+            if owns_ray:
+                ray.shutdown()  # the workers and the controller with it (they belong to this driver)
+            raise interrupted(run_dir, checkpoints, exc.signum, clock.step) from None
+        finally:
+            if owns_ray and ray.is_initialized():
+                ray.shutdown()  # now, while what Ray says on its way out still goes to ray.log
+            with contextlib.suppress(OSError):  # a store that is gone leaves the records as written
+                one_record_per_step(metrics_file)  # the steps re-run after a worker restart were reported twice
+            try:
+                tracking.finish(succeeded, write_hparams=message is None)
+                driver_files.push()
+            except OSError:
+                if succeeded:
+                    raise
+                # else the run's own error (or its one line) is what the user needs, not the full disk's echo
     if message is not None:
         raise fatal.RunFailed(message)
     if storage.isfile(stopped):
@@ -195,7 +282,35 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
         raise TrainingStopped(
             f"non-finite loss ({info['loss']}) at step {info['step']}: stopped before applying it; "
             f"last good checkpoint: {info['last_checkpoint'] or 'none'} (run dir {run_dir})")
+    if asked:
+        raise interrupted(run_dir, checkpoints, asked[0], clock.step)
+    curves = summary.write_curves(run_dir, summary.read_records(metrics_file), storage.basename(run_dir))
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    if checkpoint is not None and storage.is_url(str(run_dir)) and not storage.is_url(str(checkpoint)):
+        checkpoint = storage.join(checkpoints, storage.basename(str(checkpoint)))  # the URL, not pyarrow's path
+    for line in summary.summary_lines(clock.records, wall_s=time.monotonic() - started, samples_per_image=per_image,
+                                      checkpoint=checkpoint, run_dir=run_dir, shards=cfg.data.shards, curves=curves):
+        print(line, flush=True)
     return LaunchResult(run_dir, result)
+
+
+def interrupted(run_dir, checkpoints, signum: int, step: int) -> interrupt.Interrupted:
+    """The one-line :class:`interrupt.Interrupted` of a run stopped at ``step`` (recorded in the run
+    directory): the step, the newest intact checkpoint, the command that continues the run."""
+    from pretrain.checkpoint import newest_verified, step_of
+
+    storage.remove(storage.join(run_dir, interrupt.STOP_FILE))
+    newest, _ = newest_verified(checkpoints)
+    name = interrupt.signal_name(signum)
+    if newest is None:
+        if step == 0:
+            return interrupt.Interrupted(signum, f"interrupted ({name}) before the first step; nothing to continue")
+        where = "no checkpoint yet (the run starts again from step 0)"
+    else:
+        where = f"last checkpoint {newest} (step {step_of(newest)})"
+    interrupt.record(run_dir, signum, step, newest)
+    return interrupt.Interrupted(signum, f"interrupted ({name}) at step {step}; {where}; continue with "
+                                         f"`{interrupt.continue_command(run_dir)}`")
 
 
 @contextlib.contextmanager
@@ -313,13 +428,16 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
                 metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"], "workers": world})
                 if eta_opt is not None:
                     metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
-                checkpoint_now = step % cfg.train.checkpoint_every == 0 or step == total_steps
+                stop = interrupt.stop_requested(run_dir, device)  # the driver got a signal: a checkpoint, then end
+                checkpoint_now = stop or step % cfg.train.checkpoint_every == 0 or step == total_steps
                 if writer is not None:  # the files go up with every checkpoint, else at most every upload_every_s
                     log_rank0(writer, logs, metrics, step, host_batches[0], cfg,
                               upload_after_s=0.0 if checkpoint_now else cfg.train.upload_every_s)
                 if checkpoint_now:
                     last_checkpoint = report_with_checkpoint(
                         cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, rng, permutations, probe)
+                if stop:
+                    return
                 window = MetricWindow(device)
                 t_window = time.perf_counter()
     finally:  # every way out (the end, a non-finite stop, an error): the last curves reach the run directory

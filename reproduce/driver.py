@@ -38,7 +38,7 @@ import storage
 from pretrain.plan import DEFAULT_TFLOPS
 from reproduce.aggregate import aggregate, collect, paper_table
 from reproduce.plan import (MINIATURE_SEEDS, PAPER_PROBE_SEEDS, PAPER_SEEDS, TABLES, ReproduceError, add_costs,
-                            build_plan, check_data, describe, plan_json)
+                            build_plan, check_data, describe, missing_shards, plan_json)
 from reproduce.run import refresh_status, run_locally, run_on_cluster
 
 
@@ -56,8 +56,15 @@ def reproduce(table: str, data_root: str | os.PathLike, out: str | os.PathLike, 
     plan.tflops = tflops
     add_costs(plan)
     refresh_status(plan)
+    missing = {} if miniature else missing_shards(table, Path(data_root).resolve(), methods)  # a dry run's check
+    for run in plan.runs:
+        run.status = "no shards" if run.dataset in missing else run.status
+    for probe in plan.probes:
+        probe.status = "no shards" if {probe.dataset, probe.pretrained_on} & set(missing) else probe.status
     summary = plan_json(plan)
     print(describe(summary), flush=True)
+    for line in missing.values():
+        print(line, flush=True)
     if plan_out is not None:
         Path(plan_out).write_text(json.dumps(summary, indent=1) + "\n")
     if dry_run:

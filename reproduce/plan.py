@@ -227,23 +227,36 @@ def _probe_sizes(data: Path, dataset: str) -> tuple[int, int]:
 def check_data(table: str, data_root: Path, miniature: bool, methods: list[str] | None = None) -> None:
     """Every shard folder the table reads exists (the miniature builds its own); else one line naming
     the command that builds it."""
+    if not miniature:
+        missing = missing_shards(table, data_root, methods)
+        if missing:
+            raise ReproduceError(next(iter(missing.values())))
+        return
     used = [p for p in TABLES[table] if not methods or p.method in methods]
     for dataset in sorted({p.dataset for p in used} | {d for p in used for d in p.probes}):
         folder = shard_dir(data_root, dataset, miniature)
-        if miniature:
-            if not (folder / MANIFEST_NAME).is_file():
-                stand_in = MINIATURE_DATA[dataset]
-                print(f"building the miniature's {dataset} stand-in in {folder}", flush=True)
-                try:
-                    build_shards(stand_in.builder, folder, stand_in.inputs, stand_in.encoding, workers=1, progress=False)
-                except (OSError, ValueError, ImportError) as exc:
-                    raise ReproduceError(f"could not build {folder} with data_prep {stand_in.builder}: {exc}") from exc
-            continue
+        if not (folder / MANIFEST_NAME).is_file():
+            stand_in = MINIATURE_DATA[dataset]
+            print(f"building the miniature's {dataset} stand-in in {folder}", flush=True)
+            try:
+                build_shards(stand_in.builder, folder, stand_in.inputs, stand_in.encoding, workers=1, progress=False)
+            except (OSError, ValueError, ImportError) as exc:
+                raise ReproduceError(f"could not build {folder} with data_prep {stand_in.builder}: {exc}") from exc
+
+
+def missing_shards(table: str, data_root: Path, methods: list[str] | None = None) -> dict[str, str]:
+    """``{dataset: "no <dataset> shards in <folder>: build them with <command>"}`` for each dataset the
+    table reads (full scale) whose shards are not under ``data_root``."""
+    used = [p for p in TABLES[table] if not methods or p.method in methods]
+    missing = {}
+    for dataset in sorted({p.dataset for p in used} | {d for p in used for d in p.probes}):
+        folder = shard_dir(data_root, dataset, False)
         try:
             read_manifest(folder)
         except ManifestError:
-            raise ReproduceError(f"no {dataset} shards in {folder}: build them with "
-                                 f"{DATASETS[dataset].build.format(dir=folder)}") from None
+            missing[dataset] = (f"no {dataset} shards in {folder}: build them with "
+                                f"{DATASETS[dataset].build.format(dir=folder)}")
+    return missing
 
 
 # ============================================================================ 2. the cost

@@ -261,3 +261,22 @@ def test_runs_and_results_may_go_to_a_bucket(project):
     with pytest.raises(submit.SubmitError, match="htp://bucket/runs: unsupported URL scheme htp://"):
         submit.pretrain_job(tiny, ["run.root=htp://bucket/runs", "run.name=x"], project)
     assert submit.eval_job(["checkpoint=s3://b/runs/x", "data=s3://b/shards", "out=s3://b/eval"]).endswith("out=s3://b/eval")
+
+
+def test_the_upload_leaves_out_data_archives_and_weights_kept_in_the_tree(tmp_path):
+    """What Ray zips for a job (its own packer, with submit's excludes): the code, not a dataset
+    archive or an export in the project root, nor anything under data/ or runs/."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import _zip_files
+
+    tree = tmp_path / "project"
+    for name in ("pyproject.toml", "pretrain/__main__.py", "configs/a.yaml", "cifar-10-python.tar.gz",
+                 "encoder.safetensors", "data/cifar-10-python.tar.gz", "data/shards/c/train-000000.tar",
+                 "runs/a-1/checkpoint_000000008/checkpoint.pt", "stl10_binary.tgz"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(b"x")
+    env = submit.runtime_env(tree)
+    _zip_files(env["working_dir"], env["excludes"], str(tmp_path / "job.zip"), include_gitignore=True)
+    files = sorted(n for n in zipfile.ZipFile(tmp_path / "job.zip").namelist() if not n.endswith("/"))
+    assert files == ["configs/a.yaml", "pretrain/__main__.py", "pyproject.toml"], files

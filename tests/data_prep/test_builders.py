@@ -74,7 +74,8 @@ def test_stl10_upright_and_unlabeled(tmp_path, stl_archive):
 
 def test_missing_or_wrong_source_fails_with_one_line(tmp_path, stl_archive):
     with pytest.raises(SystemExit, match="does not exist; expected the official CIFAR-10"):
-        build("cifar10", "--src", str(tmp_path / "nope.tar.gz"), "--out", str(tmp_path / "o"))
+        build("cifar10", "--src", str(tmp_path / "nope.tar.gz"), "--out", str(tmp_path / "o" / "cifar10"))
+    assert not (tmp_path / "o").exists()  # no empty --out (nor its parents) left behind
     folder, _ = stl_archive
     (folder / "test_y.bin").unlink()
     with pytest.raises(SystemExit, match="lacks test_y.bin"):

@@ -1,5 +1,6 @@
 """The cost plan: FLOPs counted on the config's real batch shape, arithmetic that adds up, no Ray."""
 import pytest
+import torch
 
 from pretrain.config import load_config
 from pretrain.plan import DEFAULT_TFLOPS, plan, step_flops
@@ -31,18 +32,47 @@ def test_plan_adds_up_and_scales_with_workers():
     assert two.images_per_step == 32 and two.data_cores == 2
 
 
-def test_cli_plan_prints_one_line_without_ray_or_shards(capsys, tmp_path):
+def test_cli_plan_prints_the_cost_both_bounds_and_the_local_fit_without_ray_or_shards(capsys, tmp_path):
     import ray
 
     from pretrain.__main__ import main
+    from pretrain.preflight import local_cpus
 
     config = tmp_path / "tiny.yaml"
     config.write_text("train:\n  steps: 1000\n")
     assert main(["--config", str(config), "--plan", "--tflops", "50", *INFOMAX[:-1]]) == 0
-    line = capsys.readouterr().out.strip()
-    assert "\n" not in line and line.startswith("tiny: infomax/eta-mine") and "1,000 steps" in line and "at 50 TFLOP/s" in line, line
+    line, bounds, *notes, fit = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("tiny: infomax/eta-mine") and "1,000 steps" in line and "at 50 TFLOP/s" in line, line
+    assert bounds.startswith("  bounds: accelerator ") and " | data " in bounds and "at least" in bounds, bounds
+    assert notes == ([] if torch.cuda.is_available() else [NO_GPU_NOTE]), notes
+    assert fit == f"a local run here fits this machine's {local_cpus()} CPUs as configured"
     assert not ray.is_initialized()
     assert DEFAULT_TFLOPS == pytest.approx(0.4 * 989)
+
+
+NO_GPU_NOTE = ("  no GPU on this machine, so the accelerator bound is not this machine's: "
+               "--plan --measure times a few steps on its CPU")
+
+
+def test_plan_measure_times_steps_here_and_flags_what_a_local_run_cannot_fit(capsys):
+    """``--measure`` estimates the run from steps timed on this CPU; a config whose loader processes
+    do not fit this machine's CPUs is fitted, one whose ranks do not fit is flagged, before any Ray."""
+    from pretrain.__main__ import main
+    from pretrain.preflight import local_cpus
+
+    cpus = local_cpus()
+    assert main(["--config", "configs/demo_infomax_eta.yaml", "--plan", "--measure", *INFOMAX,
+                 f"data.loader_workers={cpus}", "train.num_workers=1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    measured = next(x for x in out if x.startswith("  measured on this machine's CPU: "))
+    seconds = float(measured.split(": ")[1].split(" s a step")[0])
+    assert seconds > 0 and "for 1,000 steps" in measured, measured
+    assert out[-1] == (f"a local run here: this machine has {cpus} CPUs: data.loader_workers={cpus} lowered to "
+                       f"{cpus - 1} so that 1 rank(s) of train.threads_per_worker + data.loader_workers CPUs fit")
+    assert main(["--config", "configs/demo_infomax_eta.yaml", "--plan", *INFOMAX, f"train.num_workers={cpus + 1}"]) == 0
+    fit = capsys.readouterr().out.strip().splitlines()[-1]
+    assert fit.startswith(f"a local run here cannot start: train.num_workers={cpus + 1} x train.threads_per_worker=1 "
+                          f"need {cpus + 1} CPUs and this machine has {cpus}"), fit
 
 
 def test_plan_module_prints_a_table_of_many_configs_or_one_line_error(capsys, tmp_path):

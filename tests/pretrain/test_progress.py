@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import json
 
-from console.progress import LINE_RE, WALL_TIME, MetricsTail, ProgressLine, format_line
+from console.progress import ETA_PENDING, LINE_RE, WALL_TIME, MetricsTail, ProgressLine, format_line
 
 
 def record(step, **extra):
@@ -39,7 +39,7 @@ def test_progress_line_fields_and_jigsaw_images_per_second():
     assert float(m["images_per_s"]) == 20.0 and m["data_wait"] == "25" and m["eta_time"] == "0:01:52"
     plain = {"step": 5, "loss": 4.6, "samples_per_s": 10.0}  # jigsaw-ce: no MI, no η
     m = LINE_RE.match(format_line(plain, total=10))
-    assert m and m["mi"] is None and m["eta"] is None and m["eta_time"] == "-" and m["workers"] is None
+    assert m and m["mi"] is None and m["eta"] is None and m["eta_time"] == ETA_PENDING and m["workers"] is None
     m = LINE_RE.match(format_line({**plain, "workers": 2}, total=10))  # an elastic run's group size
     assert m["workers"] == "2" and " | 2 workers | " in format_line({**plain, "workers": 2}, total=10)
 
@@ -52,7 +52,7 @@ def test_eta_uses_the_time_between_reports(monkeypatch):
     line(record(10))  # t=110: Ray's start-up is before this report, so no ETA yet
     line(record(30))  # t=130: 20 steps in 20 s, 70 to go
     first, second = out.getvalue().splitlines()
-    assert LINE_RE.match(first)["eta_time"] == "-" and LINE_RE.match(second)["eta_time"] == "0:01:10"
+    assert LINE_RE.match(first)["eta_time"] == ETA_PENDING and LINE_RE.match(second)["eta_time"] == "0:01:10"
 
 
 def test_eta_of_records_read_together_comes_from_rank0s_times(monkeypatch):
@@ -64,7 +64,7 @@ def test_eta_of_records_read_together_comes_from_rank0s_times(monkeypatch):
     for step, t in ((1, 200.0), (2, 200.5), (3, 201.0)):
         line({**record(step), WALL_TIME: t})
     etas = [LINE_RE.match(x)["eta_time"] for x in out.getvalue().splitlines()]
-    assert etas == ["-", "0:00:49", "0:00:48"]  # 0.5 s a step: 98 and 97 steps to go
+    assert etas == [ETA_PENDING, "0:00:49", "0:00:48"]  # 0.5 s a step: 98 and 97 steps to go
 
 
 def test_bar_in_a_log_prints_whole_lines_not_redraws():

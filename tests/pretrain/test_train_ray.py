@@ -220,16 +220,16 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(ray_session, digits,
 def test_loss_decreases_on_digits_with_readable_progress_and_tracking(ray_session, digits, tmp_path, capfd,
                                                                       monkeypatch):
     """InfoMax on digits through `python -m pretrain`, as a user runs it: the η-MINE estimate rises;
-    the output has the run directory at start and end and one readable progress line per report
-    (parsed back here); TensorBoard gets the config and the hparams with final metrics; MLflow (a
-    file store) gets the params, every report's metrics and the exported encoder."""
+    the output has the run directory at the start, one readable progress line per report (parsed
+    back here) and the summary at the end; TensorBoard gets the config and the hparams with final
+    metrics; MLflow (a file store) gets the params, every report's metrics and the exported encoder."""
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pretrain.__main__ import main as cli
-    from console.progress import LINE_RE
+    from console.progress import ETA_PENDING, LINE_RE
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     config = tmp_path / "infomax.yaml"
@@ -240,7 +240,10 @@ def test_loss_decreases_on_digits_with_readable_progress_and_tracking(ray_sessio
                 f"track.mlflow_uri={uri}", "track.mlflow_experiment=t"]) == 0
     out = capfd.readouterr().out.splitlines()
     run = next((tmp_path / "runs").glob("im-*"))
-    assert out[0] == out[-2] == f"run directory: {run}"
+    assert out[0] == f"run directory: {run}" and out[-5].startswith("done: step 60 in "), out
+    assert out[-4:-1] == [f"run directory: {run}", f"latest checkpoint: {run}/checkpoint_000000060",
+                          f"curves: {run}/curves.png"], out
+    assert out[-1].startswith(f"next, a linear probe of the encoder: python -m eval.linear checkpoint={run} data="), out
     lines = [LINE_RE.match(line) for line in out if line.startswith("step ")]
     assert all(lines) and [int(m["step"]) for m in lines] == [10, 20, 30, 40, 50, 60], out
     recorded = read_metrics(run)
@@ -251,7 +254,7 @@ def test_loss_decreases_on_digits_with_readable_progress_and_tracking(ray_sessio
         assert float(m["mi"]) == pytest.approx(rec["mi"], abs=1e-3)
         assert float(m["eta"]) == pytest.approx(rec["eta"], abs=1e-4)
         assert float(m["images_per_s"]) == pytest.approx(rec["samples_per_s"], abs=0.1)
-    assert lines[0]["eta_time"] == "-" and lines[-1]["eta_time"] == "0:00:00"
+    assert lines[0]["eta_time"] == ETA_PENDING and lines[-1]["eta_time"] == "0:00:00"
     assert not any("TrainingReport(" in line for line in out)
 
     events = EventAccumulator(str(run / "tb")).Reload()

@@ -56,6 +56,9 @@ def test_dry_run_writes_the_plan_with_costs(tmp_path, capsys, monkeypatch):
     assert plan["hours"] == pytest.approx(plan["total_flops"] / (plan["tflops"] * 1e12) / 3600)
     out = capsys.readouterr().out
     assert "6 pretraining runs, 10 probes" in out and "GPU-minutes at a sustained" in out
+    # no shards under --data-root: every run says so (not "[to run]"), with the commands that build them
+    assert {r["status"] for r in plan["runs"]} == {"no shards"}
+    assert "[to run]" not in out and f"no cifar10 shards in {tmp_path / 'none'}" in out and "no stl10 shards in" in out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing else
     assert driver.main(["table3", "--data-root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "no imagenet10 shards in" in capsys.readouterr().err  # before any run, with the command to build them

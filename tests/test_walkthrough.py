@@ -1,0 +1,79 @@
+"""The README's walkthrough, run as written: its shell command lines, with only the short-run overrides
+the README itself documents, from a working directory laid out as the README says (configs/, the
+archive in data/), on a small archive in the official CIFAR-10 format. The two pretraining runs go at
+the same time (two local Rays on one machine). A run that works prints no ERROR and no traceback,
+ends with its summary and leaves curves.png; the probes and the table follow."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.data_prep.conftest import make_cifar
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def walkthrough() -> tuple[list[str], str, str]:
+    """(the walkthrough's `python ...` command lines as written, the pretraining's and the probes'
+    short-run overrides as the README gives them)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Walkthrough"):]
+    section = section[:section.index("\n## ", 1)]
+    lines = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+             for line in block.splitlines()]
+    m = re.search(r"add the short-run overrides `([^`]+)` to the two pretraining commands and `([^`]+)` to "
+                  r"the three probes", " ".join(section.split()))
+    assert m, "the README no longer names its short-run overrides"
+    return [line for line in lines if line.startswith("python ")], m[1], m[2]
+
+
+@pytest.mark.ray
+@pytest.mark.e2e
+def test_readme_walkthrough_runs_as_written(tmp_path):
+    commands, pretrain_short, probe_short = walkthrough()
+    work = tmp_path / "project"
+    (work / "data").mkdir(parents=True)
+    (work / "configs").symlink_to(ROOT / "configs")
+    make_cifar(work / "data", per_batch=60, n_test=100)  # data/cifar-10-python.tar.gz: 300 train, 100 test
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+
+    def start(line: str, log: str) -> subprocess.Popen:
+        with open(tmp_path / log, "w") as out:
+            return subprocess.Popen(["bash", "-c", line], cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def finish(proc: subprocess.Popen, log: str) -> str:
+        proc.wait()
+        text = (tmp_path / log).read_text()
+        assert proc.returncode == 0, f"{proc.args[-1]}\n{text[-3000:]}"
+        return text
+
+    pretraining = [c for c in commands if c.startswith("python -m pretrain ")]
+    assert len(pretraining) == 2
+    done = False
+    for i, line in enumerate(commands):
+        if line in pretraining:
+            if not done:  # both at once, each with its own local Ray
+                procs = [start(f"{c} {pretrain_short}", f"pretrain{k}.log") for k, c in enumerate(pretraining)]
+                outputs = [finish(p, f"pretrain{k}.log") for k, p in enumerate(procs)]
+                done = True
+                for out in outputs:
+                    print(out)
+                    assert "ERROR" not in out and "Traceback" not in out, out
+                    assert "starting a local Ray on this machine" in out and re.search(r"^done: step 8 in ", out, re.M), out
+                    run_dir = re.search(r"^run directory: (\S+)$", out, re.M)[1]
+                    curves = re.search(r"^curves: (\S+)$", out, re.M)[1]
+                    assert Path(curves).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(curves).parent == Path(run_dir)
+                    assert f"python -m eval.linear checkpoint={run_dir} data=" in out
+                    assert (Path(run_dir) / "ray.log").is_file()
+            continue
+        extra = f" {probe_short}" if line.startswith("python -m eval.linear ") else ""
+        out = finish(start(line + extra, f"step{i}.log"), f"step{i}.log")
+        print(f"$ {line}{extra}\n{out}")
+    table = (work / "runs" / "eval" / "table.md").read_text()
+    assert table.count("infomax") >= 3 and "random init" in table, table
