@@ -110,3 +110,21 @@ def test_covariances_are_positive_definite_with_unit_diagonal():
         for cov in (bmi.dense_covariance(d, d), bmi.sparse_covariance(d, d)):
             assert torch.allclose(cov.diagonal(), torch.ones(2 * d, dtype=torch.float64))
             assert float(torch.linalg.eigvalsh(cov).min()) > 0
+
+
+def test_runner_gives_every_bound_an_interval_around_its_estimate(tmp_path):
+    from experiments.mi_bmi import benchmark
+
+    rows = benchmark.main(["--quick", "--out", str(tmp_path), "tasks=[1v1-normal-0.75]", "estimators=[eta-mine,a-mine]", "steps=20"])
+    assert [r["estimator"] for r in rows] == ["eta-mine", "a-mine"]
+    for r in rows:
+        assert r["low"] <= r["estimate"] <= r["high"] and r["batches"] == 4
+        assert r["error"] == pytest.approx(r["estimate"] - bmi.TASKS["1v1-normal-0.75"].mi)
+    assert "| 1v1-normal-0.75 | 0.413 |" in (tmp_path / "results.md").read_text()
+
+
+def test_runner_refuses_an_unknown_task_by_name():
+    from experiments.mi_bmi import benchmark
+
+    with pytest.raises(ValueError, match="unknown task.*nope"):
+        benchmark.load_config(["tasks=[nope]"])
