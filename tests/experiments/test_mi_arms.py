@@ -81,3 +81,31 @@ def test_bad_settings_name_the_setting():
         arms.load_config(["arms=[eta-mine,dv-mine@2N]"])
     with pytest.raises(ValueError, match="refresh must be >= 1"):
         arms.load_config(["refresh=0"])
+
+
+def test_holm_matches_the_step_down_definition():
+    from experiments.mi_gaussian.analysis import holm
+
+    p = [0.01, 0.04, 0.03, 0.20]
+    # sorted 0.01, 0.03, 0.04, 0.20 -> ×4, ×3, ×2, ×1, made monotone: 0.04, 0.09, 0.09, 0.20
+    assert holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_analysis_reads_peak_and_area_under_the_curve(tmp_path):
+    import json
+
+    from experiments.mi_gaussian import analysis
+
+    dv = [[1.0, 1.1, 0.9], [2.0, 2.1, 1.9], [1.5, 1.6, 1.4]]  # [evaluations, runs]: peaks at the middle evaluation
+    eta = [[0.5, 0.6, 0.4], [1.0, 1.3, 0.9], [1.5, 1.6, 1.4]]  # level at the end, behind at each run's own peak
+    curves = {"20": {"dv-mine": {"step": [1, 2, 3], "runs": dv}, "eta-mine": {"step": [1, 2, 3], "runs": eta,
+                                                                          "eta_minus_eta_star": [[0.5, -0.5, 0.1]] * 3}}}
+    (tmp_path / "curves.json").write_text(json.dumps(curves))
+    text = analysis.main([str(tmp_path)])
+    rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| eta-mine | ")}
+    assert "+0.000 ± 0.000 | 0/3" in rows["final"]
+    assert "| 1.500 | -0.500 ± 0.000 | 0/3" in rows["peak"]  # each run's best: 1.5 - 2.0, 1.6 - 2.1, 1.4 - 1.9
+    assert "| 1.022 | -0.478 ± 0.038 | 0/3" in rows["AUC"]  # the mean over the evaluations
+    assert "| +0.033 | 0.367 |" in text  # η − η*: signed mean against mean absolute
+    assert (tmp_path / "analysis.md").exists()
