@@ -46,7 +46,6 @@ import torch
 from experiments.mi_gaussian.benchmark import (
     diagonal_masks,
     gaussian_mi,
-    make_optimisers,
     pair_initialisation,
     random_gaussian,
     sample_gaussian,
@@ -162,12 +161,10 @@ def run_arms(cfg: ArmsConfig, out: Path | None = None, log=print) -> dict:
     measured = oracle + noisy
     noise_pool = torch.zeros(r * a_n, cfg.noise_batches)  # log(Ẑ_b/Z) of the last measurement, per copy
 
-    class Holder(torch.nn.Module):  # make_optimisers' bank: the bounds' own parameters (η)
-        def __init__(self):
-            super().__init__()
-            self.bounds, self.baseline = bounds, None
-
-    opt, opt_eta = make_optimisers(critic, Holder(), cfg.lr, cfg.lr_eta)
+    # as make_optimisers: Adam on the critic, Adam on η (the oracle's η has no gradient, Adam skips it)
+    opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr)
+    eta_params = list(bounds.parameters())
+    opt_eta = torch.optim.Adam(eta_params, lr=cfg.lr_eta) if eta_params else None
     pos, all_neg = diagonal_masks(cfg.batch)
     is_eta = [isinstance(b, estimators.EtaMINE) for b in bounds]
     s_sum = torch.zeros(r * a_n, dtype=torch.float64)
