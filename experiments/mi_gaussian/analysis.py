@@ -3,6 +3,7 @@ as the area under the curve, with Holm-corrected p-values; η's lag as signed an
 
     python -m experiments.mi_gaussian.analysis experiments/mi_gaussian/results/eta-paper-6k
     python -m experiments.mi_gaussian.analysis experiments/mi_gaussian/results/arms-d20      # arms runs too
+    python -m experiments.mi_gaussian.analysis experiments/mi_gaussian/results/arms-d20 --reference eta-mine/oracle
 
 Reads ``curves.json`` of the paper protocol ({dim: {bound: {"step", "runs", "eta_minus_eta_star"}}})
 or of ``experiments.mi_gaussian.arms`` ({"curves": {arm: {"step", "runs", "s_mean", "s_std"}}}) and
@@ -15,7 +16,6 @@ evaluations, i.e. the trapezoid-free average over equally spaced evaluations).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,12 +117,22 @@ def analyse(curves: dict[str, dict], reference: str = "dv-mine") -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not (Path(args[0]) / "curves.json").is_file():
-        raise SystemExit("usage: python -m experiments.mi_gaussian.analysis RUN_DIR (a directory holding curves.json)")
-    run_dir = Path(args[0])
-    text = f"# Paired analysis of `{run_dir.as_posix()}`\n\n`python -m experiments.mi_gaussian.analysis {run_dir.as_posix()}`\n\n" + analyse(load_curves(run_dir))
-    (run_dir / "analysis.md").write_text(text)
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m experiments.mi_gaussian.analysis", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path, help="a directory holding curves.json")
+    p.add_argument("--reference", default="dv-mine", help="the bound every other is compared with (another than dv-mine "
+                   "writes analysis-<reference>.md, e.g. eta-mine/oracle: η-MINE's lag alone)")
+    a = p.parse_args(argv)
+    if not (a.run_dir / "curves.json").is_file():
+        p.error(f"{a.run_dir} holds no curves.json")
+    curves = load_curves(a.run_dir)
+    if not any(k.split(" ", 1)[1] == a.reference for k in curves):
+        p.error(f"{a.run_dir}/curves.json has no bound {a.reference!r}; it has {', '.join(sorted({k.split(' ', 1)[1] for k in curves}))}")
+    command = f"python -m experiments.mi_gaussian.analysis {a.run_dir.as_posix()}" + ("" if a.reference == "dv-mine" else f" --reference {a.reference}")
+    text = f"# Paired analysis of `{a.run_dir.as_posix()}`\n\n`{command}`\n\n" + analyse(curves, a.reference)
+    name = "analysis.md" if a.reference == "dv-mine" else f"analysis-{a.reference.replace('/', '-')}.md"
+    (a.run_dir / name).write_text(text)
     print(text)
     return text
 
