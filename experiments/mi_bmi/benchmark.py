@@ -1,0 +1,190 @@
+"""Every registered bound on the BMI tasks (``experiments.mi_bmi.tasks``), each estimate with a
+bootstrap confidence interval.
+
+    python -m experiments.mi_bmi --out experiments/mi_bmi/results/default      # the default subset
+    python -m experiments.mi_bmi --out DIR 'tasks=[all]' seeds=3                 # every task, 3 seeds
+    python -m experiments.mi_bmi --quick --out /tmp/bmi                          # seconds
+
+Per task and seed: ``n_train`` training pairs and ``n_eval`` held-out pairs, each coordinate
+standardised by the training mean and standard deviation (as the BMI benchmark does); one separable
+critic per bound (``experiments.mi_gaussian.critics``), every bound starting from the same weights and
+seeing the same minibatches (all B×B pairs: diagonal joint, the rest marginal), Adam, η on its own
+Adam as in the paper. The estimate is the bound read on the held-out pairs cut into batches of
+``batch`` (so InfoNCE is capped at log ``batch``), with a 95% percentile-bootstrap interval over
+those batches (``pretrain.estimators.evaluate``). Writes ``results.json``, ``results.md`` and
+``run.json`` (command, settings, wall and CPU time) under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from experiments.mi_bmi.tasks import TASKS
+from experiments.mi_gaussian.benchmark import EstimatorBank, diagonal_masks, make_optimisers, pair_initialisation
+from experiments.mi_gaussian.critics import build_critic
+from pretrain import estimators
+
+DEFAULT_TASKS = ["1v1-normal-0.75", "1v1-additive-0.1", "1v1-bimodal-0.75", "1v1-wiggly-0.75", "1v1-student-t-dof1-0.75",
+                 "multinormal-dense-5-5", "multinormal-sparse-5-5", "multinormal-sparse-25-25", "student-t-dense-3-3-dof2",
+                 "normal-cdf-sparse-5-5", "half-cube-sparse-5-5", "spiral-sparse-5-5"]
+
+
+@dataclass
+class BMIConfig:
+    """Settings of the BMI run; ``tasks=[all]`` selects every task."""
+
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    estimators: list[str] = field(default_factory=estimators.names)
+    seeds: int = 1
+    steps: int = 2000
+    batch: int = 64
+    n_train: int = 5000
+    n_eval: int = 2048  # 32 evaluation batches of 64
+    hidden: int = 64
+    embed: int = 16
+    layers: int = 2
+    lr: float = 5e-4
+    lr_eta: float = 1e-2
+    baseline_hidden: int = 32  # a-MINE's η(y)
+    level: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+
+
+QUICK = dict(tasks=["1v1-normal-0.75", "multinormal-sparse-2-2"], steps=60, n_train=512, n_eval=256, hidden=16, embed=8, resamples=200)
+
+
+def _standardise(train: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-12)
+    return ((train - mean) / std).float(), ((other - mean) / std).float()
+
+
+def run_task(cfg: BMIConfig, name: str, seed: int) -> list[dict]:
+    """Train every bound once on task ``name`` -> one row per bound (estimate, interval, truth)."""
+    task, names, e = TASKS[name], cfg.estimators, len(cfg.estimators)
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * seed)
+    torch.manual_seed(cfg.seed + 1000 * seed)
+    x, y = task.sample(cfg.n_train + cfg.n_eval, gen)
+    x_tr, x_ev = _standardise(x[: cfg.n_train], x[cfg.n_train :])
+    y_tr, y_ev = _standardise(y[: cfg.n_train], y[cfg.n_train :])
+    if task.dim_x != task.dim_y:
+        raise ValueError(f"task {name}: the separable critic here needs dim_x == dim_y")
+    critic = build_critic("separable", e, task.dim_x, cfg.hidden, cfg.embed, cfg.layers)
+    pair_initialisation(critic, 1)
+    bank = EstimatorBank(names, 1, task.dim_y, cfg.baseline_hidden)
+    opt, opt_eta = make_optimisers(critic, bank, cfg.lr, cfg.lr_eta)
+    pos, neg = diagonal_masks(cfg.batch)
+    per_epoch = cfg.n_train // cfg.batch
+    order = None
+    for step in range(cfg.steps):
+        k = step % per_epoch
+        if k == 0:
+            order = torch.randperm(cfg.n_train, generator=gen)
+        idx = order[k * cfg.batch : (k + 1) * cfg.batch]
+        xb, yb = x_tr[idx], y_tr[idx]
+        loss, _ = bank(critic.scores(xb.expand(e, -1, -1), yb.expand(e, -1, -1)), yb[None], pos, neg)
+        opt.zero_grad(set_to_none=True)
+        if opt_eta is not None:
+            opt_eta.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        estimators.eta_step(bank, opt_eta, step)
+    rows = []
+    with torch.no_grad():
+        chunks = [(x_ev[i : i + cfg.batch], y_ev[i : i + cfg.batch]) for i in range(0, cfg.n_eval - cfg.batch + 1, cfg.batch)]
+        scores = [critic.scores(xc.expand(e, -1, -1), yc.expand(e, -1, -1)) for xc, yc in chunks]  # each [E, B, B]
+        baselines = [bank.baseline(yc[None]).squeeze(-1)[0] if bank.baseline is not None else None for _, yc in chunks]
+    for i, n in enumerate(names):
+        batches = [{"scores": s[i], "pos_mask": pos, "neg_mask": neg, **({"log_baseline": b} if n == "a-mine" else {})}
+                   for s, b in zip(scores, baselines)]
+        iv = estimators.evaluate(bank.bounds[i], batches, cfg.level, cfg.resamples, seed)
+        rows.append({"task": name, "estimator": n, "seed": seed, "true_mi": task.mi, "estimate": iv.estimate,
+                     "low": iv.low, "high": iv.high, "error": iv.estimate - task.mi, "batches": iv.batches})
+    return rows
+
+
+def markdown(rows: list[dict], cfg: BMIConfig) -> str:
+    """One table: tasks × bounds, each cell estimate [interval] and error (mean over seeds when > 1)."""
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    head = "| task | true MI | " + " | ".join(names) + " |"
+    lines = [head, "|---" * (len(names) + 2) + "|"]
+    for t in tasks:
+        cells = []
+        for n in names:
+            mine = [r for r in rows if r["task"] == t and r["estimator"] == n]
+            avg = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
+            cells.append(f"{avg('estimate'):.2f} [{avg('low'):.2f}, {avg('high'):.2f}] ({avg('error'):+.2f})")
+        lines.append(f"| {t} | {mine[0]['true_mi']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_config(overrides: list[str], quick: bool = False) -> BMIConfig:
+    """Dataclass defaults <- ``QUICK`` <- ``key=value`` overrides; ValueError naming a bad setting, task or bound."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    settings = ", ".join(f.name for f in dataclasses.fields(BMIConfig))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"expected key=value, got {item!r} (settings: {settings})")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BMIConfig), QUICK if quick else {}, OmegaConf.from_dotlist(list(overrides))))
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"{str(exc).strip().splitlines()[0]} (settings: {settings})") from None
+    if cfg.tasks == ["all"]:
+        cfg.tasks = list(TASKS)
+    bad = [t for t in cfg.tasks if t not in TASKS]
+    if bad:
+        raise ValueError(f"unknown task(s) {', '.join(bad)}; known: all, {', '.join(TASKS)}")
+    bad = [n for n in cfg.estimators if n not in estimators.names()]
+    if bad or not cfg.estimators:
+        raise ValueError(f"unknown estimator(s) {', '.join(bad) or '(none given)'}; known: {', '.join(estimators.names())}")
+    for key in ("seeds", "steps", "batch", "resamples"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.n_train < cfg.batch or cfg.n_eval < cfg.batch:
+        raise ValueError(f"n_train ({cfg.n_train}) and n_eval ({cfg.n_eval}) must each hold a batch of {cfg.batch}")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="python -m experiments.mi_bmi", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--quick", action="store_true", help="two tasks, 60 steps: a smoke test")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings of BMIConfig, e.g. 'tasks=[all]' seeds=3")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.overrides, a.quick)
+    except ValueError as err:
+        p.error(str(err))
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    command = "python -m experiments.mi_bmi " + shlex.join(argv if argv is not None else sys.argv[1:])
+    start, rows = time.time(), []
+    for name in cfg.tasks:
+        for seed in range(cfg.seeds):
+            rows += run_task(cfg, name, seed)
+            (a.out / "results.json").write_text(json.dumps(rows, indent=1))
+            print(f"{name} seed {seed} ({time.time() - start:.0f}s): " + " ".join(f"{r['estimator']}={r['estimate']:.2f}" for r in rows[-len(cfg.estimators):]), flush=True)
+    meta = {"command": command, "config": dataclasses.asdict(cfg), "wall_s": round(time.time() - start, 1), "cpu_s": round(time.process_time(), 1), "torch": torch.__version__}
+    (a.out / "run.json").write_text(json.dumps(meta, indent=1))
+    setting = (f"{cfg.seeds} seed(s), {cfg.steps} steps, batch {cfg.batch}, separable critic (hidden {cfg.hidden} × {cfg.layers}, embedding {cfg.embed}), "
+               f"{cfg.n_train} training / {cfg.n_eval} held-out pairs; cell: estimate [{cfg.level:.0%} bootstrap interval over the "
+               f"{cfg.n_eval // cfg.batch} evaluation batches] (error = estimate − true MI)")
+    (a.out / "results.md").write_text(f"# BMI tasks, every bound\n\n`{command}`\n\n{setting}. Wall {meta['wall_s'] / 60:.1f} min, CPU {meta['cpu_s'] / 60:.1f} min.\n\n{markdown(rows, cfg)}\n")
+    print(markdown(rows, cfg))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
