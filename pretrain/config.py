@@ -136,6 +136,10 @@ class TrainSection:
     # Seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes)
     # before failing with what is missing, instead of waiting forever.
     resource_wait_s: float = 60.0
+    # GPU: deterministic kernels (torch.use_deterministic_algorithms, cuDNN without autotuning, cuBLAS's
+    # fixed workspace), so that a killed and resumed run ends bit for bit where an uninterrupted one
+    # does. Slower than cuDNN's autotuned kernels; ops without a deterministic kernel warn.
+    deterministic: bool = False
     # torch.compile the task (forward and backward); on CUDA with CUDA graphs ("reduce-overhead":
     # a small batch's step is bound by kernel launches). Compiling costs minutes at start-up.
     compile: bool = False

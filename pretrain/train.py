@@ -236,8 +236,12 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     device = ray.train.torch.get_device()
     dist.bind_device(device)
     if device.type == "cuda":
-        # fixed input shapes: let cuDNN pick its fastest kernels once; TF32 for what is not autocast
-        torch.backends.cudnn.benchmark = True
+        # fixed input shapes: let cuDNN pick its fastest kernels once (unless the run must be
+        # deterministic); TF32 for what is not autocast
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use
+            torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
