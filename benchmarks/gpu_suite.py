@@ -111,13 +111,13 @@ def new_folder(parent: Path, name: str) -> Path:
 # ----------------------------------------------------------------------------------------------- steps
 
 
-def run_step(name: str, command: list[str], log: Path, limit_s: float, env: dict | None = None) -> dict:
+def run_step(name: str, command: list[str], log: Path, limit_s: float) -> dict:
     """Run ``command`` from the repository root, its output to ``log`` and to this terminal, within
     ``limit_s`` seconds (then its process group is killed). Returns the step's record."""
     t0 = time.perf_counter()
     print(f"== {name}: {' '.join(command)}", flush=True)
     with open(log, "w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
         timer = _killer(proc, limit_s)
         for line in proc.stdout:
@@ -286,10 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-cpu", action="store_true",
                    help="run every step without a GPU (the benchmark's --quick CPU form): checks the runner")
     p.add_argument("--quick", action="store_true", help="the benchmark's --quick form on any device")
+    p.add_argument("--steps", default=",".join(LIMITS),
+                   help=f"the steps to run, comma-separated, of {', '.join(LIMITS)} (default: all)")
     p.add_argument("--pytest-args", default="", help="more pytest arguments, one string (e.g. '-x -k eval')")
     for step, limit in LIMITS.items():
         p.add_argument(f"--{step}-limit", type=float, default=limit, help=f"seconds the {step} step may take")
     args = p.parse_args(argv)
+    chosen = [s for s in args.steps.split(",") if s]
+    unknown = sorted(set(chosen) - set(LIMITS))
+    if unknown or not chosen:
+        p.error(f"--steps: {', '.join(unknown) or 'none given'}; choose from {', '.join(LIMITS)}")
     started = time.perf_counter()
     device = device_facts()
     pytest_extra = args.pytest_args.split()
@@ -302,16 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     default_name = folder_name(datetime.date.today(), device.get("name", "cpu"))
     out = new_folder(RESULTS, default_name) if args.out is None else args.out
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    # Ray's token: one of this suite's own, so that no local ray.init writes one into ~/.ray
-    env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    os.environ.setdefault("RAY_AUTH_TOKEN", env["RAY_AUTH_TOKEN"])
-    steps = [run_step("tests", tests_command(out / "junit.xml", pytest_extra), out / "pytest.log",
-                      args.tests_limit, env),
-             run_step("throughput", throughput_command(out / "gpu_throughput.json", "cuda" if device["cuda"] else "cpu",
-                                                       args.quick or not device["cuda"]),
-                      out / "gpu_throughput.log", args.throughput_limit, env),
-             doctor_step(out, args.doctor_limit)]
+    # Ray's token for this suite's Rays (the tests' and the doctor's): one of its own, so that no local
+    # ray.init writes one into ~/.ray
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    runs = {
+        "tests": lambda: run_step("tests", tests_command(out / "junit.xml", pytest_extra), out / "pytest.log",
+                                  args.tests_limit),
+        "throughput": lambda: run_step(
+            "throughput", throughput_command(out / "gpu_throughput.json", "cuda" if device["cuda"] else "cpu",
+                                             args.quick or not device["cuda"]),
+            out / "gpu_throughput.log", args.throughput_limit),
+        "doctor": lambda: doctor_step(out, args.doctor_limit),
+    }
+    steps = [runs[name]() for name in LIMITS if name in chosen]
     summary = summarise(device, steps, read_junit(out / "junit.xml"), read_json(out / "gpu_throughput.json"),
                         read_json(out / "doctor.json"), started, args.allow_cpu)
     (out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
