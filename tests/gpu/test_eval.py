@@ -1,6 +1,7 @@
 """Evaluation on the device: ``eval.linear``'s extraction on CUDA gives the CPU's features (full fp32)
-with the encoder left frozen, kNN (faiss) reads the features on the CPU, and the linear probe reads
-the device no more often on CUDA than on the CPU (counted)."""
+with the encoder left frozen, kNN (faiss) on those features gives the CPU's accuracies, and the linear
+probe reads the device no more often on CUDA than on the CPU (counted). The checkpoint is an untrained
+one (its features are what extraction is checked on, not what they are worth)."""
 from __future__ import annotations
 
 import time
@@ -47,7 +48,7 @@ def test_extraction_on_the_device_matches_the_cpu_and_the_probe_reads_are_counte
 
     knn = knn_accuracy(*gpu["train"], *gpu["test"], num_classes=3, k=5)
     facts["knn_top1"] = knn["top1"]
-    assert knn["top1"] > 60  # three flat colours under noise; chance is 33 %
+    assert knn == knn_accuracy(*cpu["train"], *cpu["test"], num_classes=3, k=5)  # the same neighbours' votes
 
     reads = {}
     for device in ("cuda", "cpu"):
