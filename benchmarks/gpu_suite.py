@@ -17,6 +17,9 @@ On a GPU it writes ``benchmarks/results/gpu/<YYYY-MM-DD>-<gpu>/``:
 
 Every step runs even when one before it failed, each under its own time limit (a step that runs out
 of time is recorded as failed, its log kept). The exit status is 0 only when every step passed.
+``--steps`` runs some of them; into a folder that holds an earlier call's results, the steps not run
+again keep their records and files (GPU time in slices: ``--steps tests``, then
+``--steps throughput,doctor``, with the same ``--out``).
 
 Where CUDA is absent (``torch.version.cuda`` is None, or torch finds no GPU) the tests still run, so
 each says in one line why it skips; the measurements are left out, nothing is written, and the exit
@@ -46,7 +49,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "gpu"
 SUMMARY = "summary.json"
 DOCTOR_MODULE = "cluster.doctor"
 # per-step time limits (seconds): the whole suite is meant to take ~8 minutes on one GPU
-LIMITS = {"tests": 420, "throughput": 300, "doctor": 120}
+LIMITS = {"tests": 420, "throughput": 360, "doctor": 120}
+# what each step writes into the folder (removed before the step runs again)
+OUTPUTS = {"tests": ("pytest.log", "junit.xml"), "throughput": ("gpu_throughput.log", "gpu_throughput.json"),
+           "doctor": ("doctor.log", "doctor.json")}
 
 
 # ---------------------------------------------------------------------------------------------- device
@@ -253,6 +259,14 @@ def summarise(device: dict, steps: list[dict], tests: list[dict], throughput, do
             "steps": steps, "test_counts": counts, "tests": tests, "throughput": throughput, "doctor": doctor}
 
 
+def merge_steps(previous: list[dict], new: list[dict]) -> list[dict]:
+    """The steps run now, and an earlier call's records of the steps not run again (a suite split over
+    several calls into one folder: ``--steps tests``, then ``--steps throughput,doctor``)."""
+    by_name = {s["name"]: s for s in previous}
+    by_name.update({s["name"]: s for s in new})
+    return [by_name[name] for name in LIMITS if name in by_name]
+
+
 def git_commit() -> str | None:
     """The checkout's commit (with ``+changes`` when files differ from it), or None outside git."""
     try:
@@ -320,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
             out / "gpu_throughput.log", args.throughput_limit),
         "doctor": lambda: doctor_step(out, args.doctor_limit),
     }
-    steps = [runs[name]() for name in LIMITS if name in chosen]
+    previous = (read_json(out / SUMMARY) or {}).get("steps", [])
+    for name in chosen:
+        for file in OUTPUTS[name]:
+            (out / file).unlink(missing_ok=True)
+    steps = merge_steps(previous, [runs[name]() for name in LIMITS if name in chosen])
     summary = summarise(device, steps, read_junit(out / "junit.xml"), read_json(out / "gpu_throughput.json"),
                         read_json(out / "doctor.json"), started, args.allow_cpu)
     (out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")

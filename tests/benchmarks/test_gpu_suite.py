@@ -139,3 +139,11 @@ def test_the_runner_on_the_cpu(tmp_path):
     assert summary["ok"] == all(s["status"] == "passed" for s in summary["steps"])
     assert dry.returncode == (0 if summary["ok"] else 1)
     assert dry.stdout.rstrip().endswith(f"results and logs in {out}")
+
+    # a second call into the same folder runs the doctor again and keeps the tests' records and files
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_suite.py"), "--allow-cpu", "--steps", "doctor",
+                            "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    merged = json.loads((out / "summary.json").read_text())
+    assert [s["name"] for s in merged["steps"]] == ["tests", "doctor"]
+    assert merged["steps"][0] == summary["steps"][0] and merged["tests"] == summary["tests"]
+    assert again.returncode == dry.returncode

@@ -3,8 +3,9 @@ record): selected only by ``-m gpu`` or a path under ``tests/gpu`` (``make test`
 machine with a GPU does not run them twice), and skipped, each with one line saying why, where CUDA
 is absent (the reason is :func:`benchmarks.gpu_suite.no_cuda_reason`'s).
 
-Fixtures: ``facts`` (a dict a test fills; written to the junit XML, where the runner reads it) and
-``gpu_shards`` (tiny labelled shards written with the project's shard writer).
+Fixtures: ``facts`` (a dict a test fills; written to the junit XML, where the runner reads it),
+``gpu_shards`` (tiny labelled shards written with the project's shard writer) and ``ray_session``
+(the suite's local Ray, with all the machine's CPUs).
 """
 from __future__ import annotations
 
@@ -55,6 +56,24 @@ def pytest_collection_modifyitems(config, items):
     if reason is not None:
         for item in mine:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The session's local Ray (as ``tests/conftest.py``'s) with every CPU of the machine: a GPU
+    machine's ranks each take a CPU and a loader process."""
+    import os
+    import shutil
+    import tempfile
+
+    import ray
+
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
+    ray.init(num_cpus=max(2, os.cpu_count() or 2), _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
