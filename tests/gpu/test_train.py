@@ -11,6 +11,7 @@ kernels); the compiled run keeps the shipped setting (cuDNN's autotuning).
 """
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -84,12 +85,24 @@ def worker_processes() -> list[psutil.Process]:
     return found
 
 
+def reported_step(run_dir) -> int:
+    """The step of the last report in ``run_dir/metrics.jsonl`` (0 before the first; a line rank 0 is
+    writing at this moment is left out)."""
+    path, step = run_dir / "metrics.jsonl", 0
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                step = json.loads(line)["step"]
+            except ValueError:
+                pass
+    return step
+
+
 def kill_a_worker_after(run_dir, step: int, killed: dict, stop: threading.Event) -> None:
     """Once ``run_dir``'s metrics reach ``step``, SIGKILL the last Ray Train worker; ``killed`` gets the
     step the metrics had reached and the process id."""
-    metrics = run_dir / "metrics.jsonl"
     while not stop.is_set():
-        reached = read_metrics(run_dir)[-1]["step"] if metrics.is_file() and metrics.read_text().strip() else 0
+        reached = reported_step(run_dir)
         workers = worker_processes()
         if reached >= step and workers:
             victim = max(workers, key=lambda p: p.pid)
