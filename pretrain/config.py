@@ -106,6 +106,9 @@ class TrainSection:
     # threads_per_worker + data.loader_workers CPUs (the processes it really runs)
     num_workers: int = 1
     use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
+    # GPUs a rank reserves: 1, a whole number, or a fraction (0.5: two ranks share a GPU; their
+    # process group is then gloo, as NCCL refuses two ranks on one device; for tests, not for speed)
+    gpus_per_worker: float = 1.0
     bf16: bool = False  # autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)
     channels_last: bool = False  # NHWC memory format for conv encoders (faster on CPU and GPU)
     # GPU only: batch-norm statistics over the global batch (CPU process groups cannot sync BN)
@@ -307,6 +310,8 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
         raise ConfigError(
             f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of "
             f"train.report_every ({t.report_every}): a checkpoint carries the metrics of its report")
+    if not (0 < t.gpus_per_worker <= 1 or t.gpus_per_worker == int(t.gpus_per_worker) > 1):
+        raise ConfigError(f"train.gpus_per_worker must be a fraction in (0, 1] or a whole number, got {t.gpus_per_worker}")
     if t.max_failures < 0:
         raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
     from pretrain import tasks

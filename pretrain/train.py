@@ -155,7 +155,7 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
                               "set train.bf16_grad_allreduce=false")
         resources = {"CPU": worker_cpus(cfg)}
         if use_gpu:
-            resources["GPU"] = 1
+            resources["GPU"] = cfg.train.gpus_per_worker
         preflight.wait_for_resources(cfg.train.num_workers, resources, cfg.train.resource_wait_s)
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -165,6 +165,7 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
                                "start": {"path": resume.path and str(resume.path), "step": resume.step}},
             scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                          resources_per_worker=resources),
+            torch_config=process_group_config(cfg, use_gpu),
             run_config=RunConfig(
                 name=storage.basename(run_dir),
                 storage_path=experiments,
@@ -195,6 +196,14 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
             f"non-finite loss ({info['loss']}) at step {info['step']}: stopped before applying it; "
             f"last good checkpoint: {info['last_checkpoint'] or 'none'} (run dir {run_dir})")
     return LaunchResult(run_dir, result)
+
+
+def process_group_config(cfg: DictConfig, use_gpu: bool):
+    """Ray Train's process-group settings: gloo where ranks share a GPU (``train.gpus_per_worker`` < 1:
+    NCCL refuses two ranks on one device), else Ray's choice (NCCL on GPUs, gloo on CPUs)."""
+    from ray.train.torch import TorchConfig
+
+    return TorchConfig(backend="gloo" if use_gpu and cfg.train.gpus_per_worker < 1 else None)
 
 
 @contextlib.contextmanager

@@ -3,9 +3,9 @@ ResNet50 with the shipped GPU options, a report every 5 steps and a checkpoint e
 SIGKILLed mid-run and resumed ends bit for bit where the uninterrupted run ends; and a second run with
 ``train.compile=true`` (CUDA graphs).
 
-One worker: Ray hands out fractions of a GPU (``resources_per_worker={"GPU": 0.5}``), but NCCL refuses
-two ranks on one device ("Duplicate GPU detected"), so η's agreement across ranks is checked on as
-many ranks as there are GPUs (the metrics carry ``eta/rank<r>`` of every rank).
+These runs take one rank a GPU (NCCL). η's agreement across ranks is also checked where the machine
+has one GPU: two ranks on half of it each (``train.gpus_per_worker=0.5``; their process group is gloo,
+as NCCL refuses two ranks on one device, "Duplicate GPU detected").
 The uninterrupted and the killed run set ``train.deterministic`` (cuDNN's and cuBLAS's deterministic
 kernels); the compiled run keeps the shipped setting (cuDNN's autotuning).
 """
@@ -140,3 +140,19 @@ def test_trains_compiled_on_the_device(ray_session, gpu_shards, tmp_path, facts)
     facts["seconds"] = round(time.perf_counter() - t0, 1)
     check_metrics(run, facts, 20)
     assert ck.load_checkpoint(run)["step"] == 20
+
+
+def test_two_ranks_sharing_the_gpu_keep_eta_identical(ray_session, gpu_shards, tmp_path, facts):
+    """Two ranks on half a GPU each (gloo, DDP over the device's tensors): η is the same on both ranks
+    at every report, and the losses are finite."""
+    run = launch(load_config(None, jigsaw_overrides(
+        gpu_shards, f"run.root={tmp_path}", "run.name=shared", "train.use_gpu=true", "train.num_workers=2",
+        "train.gpus_per_worker=0.5", "data.loader_workers=1", "train.steps=10", "train.report_every=2",
+        "train.checkpoint_every=10"))).run_dir
+    metrics = read_metrics(run)
+    facts.update({"steps": [m["step"] for m in metrics], "eta_rank0": [m["eta/rank0"] for m in metrics],
+                  "eta_rank1": [m["eta/rank1"] for m in metrics], "loss": [m["loss"] for m in metrics]})
+    assert [m["step"] for m in metrics] == [2, 4, 6, 8, 10]
+    for m in metrics:
+        assert m["eta/rank0"] == m["eta/rank1"] == m["eta"] and math.isfinite(m["loss"]), m["step"]
+    assert metrics[-1]["eta"] != metrics[0]["eta"]
