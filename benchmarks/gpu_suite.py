@@ -96,7 +96,9 @@ def nvidia_driver() -> str | None:
                              capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.split("\n")[0].strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.split("\n")[0].strip() or None
 
 
 def folder_name(day: datetime.date, gpu_name: str) -> str:
