@@ -111,6 +111,9 @@ class TrainSection:
         "data.virtual_shards), restarting from the last checkpoint on the workers left when nodes go and "
         "growing back when they return. null: a fixed num_workers")})
     use_gpu: Optional[bool] = setting(None, "null: use GPUs when the cluster has them")
+    gpus_per_worker: float = setting(
+        1.0, "GPUs a rank reserves: 1, a whole number, or a fraction (0.5: two ranks share a GPU; their process "
+             "group is then gloo, as NCCL refuses two ranks on one device; for tests, not for speed)")
     bf16: bool = setting(False, "autocast the forward pass to bfloat16 (fast on GPUs and AVX-512 CPUs)")
     channels_last: bool = setting(False, "NHWC memory format for conv encoders (faster on CPU and GPU)")
     sync_batchnorm: bool = setting(False, "GPU only: batch-norm statistics over the global batch (CPU process "
@@ -144,6 +147,10 @@ class TrainSection:
     resource_wait_s: float = setting(
         60.0, "seconds to wait for the cluster to hold the workers' CPUs/GPUs (an autoscaler adding nodes) "
               "before failing with what is missing")
+    deterministic: bool = setting(
+        False, "GPU: deterministic kernels (torch.use_deterministic_algorithms, cuDNN without autotuning, cuBLAS's "
+               "fixed workspace), so that a killed and resumed run ends bit for bit where an uninterrupted one "
+               "does; slower than cuDNN's autotuned kernels")
     interrupt_checkpoint_s: float = setting(
         180.0, "Ctrl-C or SIGTERM to the driver: when the last checkpoint is older than this many seconds of work, "
                "the workers write one more at their next report before the run stops (pretrain/interrupt.py)")
@@ -371,6 +378,8 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
         raise ConfigError(
             f"train.checkpoint_every ({t.checkpoint_every}) must be a multiple of "
             f"train.report_every ({t.report_every}): a checkpoint carries the metrics of its report")
+    if not (0 < t.gpus_per_worker <= 1 or t.gpus_per_worker == int(t.gpus_per_worker) > 1):
+        raise ConfigError(f"train.gpus_per_worker must be a fraction in (0, 1] or a whole number, got {t.gpus_per_worker}")
     if t.max_failures < 0:
         raise ConfigError(f"train.max_failures must be >= 0, got {t.max_failures}")
     if t.online_probe and (t.compile or cfg.task.kind not in ("infomax", "supervised")):

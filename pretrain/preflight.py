@@ -250,9 +250,10 @@ def warn_if_not_loopback() -> None:
                       f"importing ray (python -m pretrain does) to keep it off the network")
 
 
-def wait_for_workers(num_workers: int, cpus: int, use_gpu: bool | None, wait_s: float, poll_s: float = 1.0) -> bool:
-    """Wait until the cluster holds ``num_workers`` workers of ``cpus`` CPUs (and a GPU each when they use
-    GPUs); return whether they do. ``use_gpu=None`` is decided once the CPU bundles exist, from the
+def wait_for_workers(num_workers: int, cpus: int, use_gpu: bool | None, wait_s: float, poll_s: float = 1.0,
+                     gpus: float = 1.0) -> bool:
+    """Wait until the cluster holds ``num_workers`` workers of ``cpus`` CPUs (and ``gpus`` GPUs each when
+    they use GPUs: train.gpus_per_worker); return whether they do. ``use_gpu=None`` is decided once the CPU bundles exist, from the
     nodes that hold them (an autoscaling cluster starts none until asked: an empty cluster says
     nothing about its GPUs), and then the GPU bundles are waited for as well."""
     import ray
@@ -261,7 +262,7 @@ def wait_for_workers(num_workers: int, cpus: int, use_gpu: bool | None, wait_s: 
         wait_for_resources(num_workers, {"CPU": cpus}, wait_s, poll_s)
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     if use_gpu:
-        wait_for_resources(num_workers, {"CPU": cpus, "GPU": 1}, wait_s, poll_s)
+        wait_for_resources(num_workers, {"CPU": cpus, "GPU": gpus}, wait_s, poll_s)
     return use_gpu
 
 

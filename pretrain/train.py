@@ -220,13 +220,14 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
                       f"worker(s)", flush=True)
             fatal.clear(run_dir)  # an earlier launch's record, in the run directory and in this Ray
             use_gpu = preflight.wait_for_workers(cfg.train.min_workers or cfg.train.num_workers, worker_cpus(cfg),
-                                                 cfg.train.use_gpu, cfg.train.resource_wait_s)
+                                                 cfg.train.use_gpu, cfg.train.resource_wait_s,
+                                                 gpus=cfg.train.gpus_per_worker)
             if cfg.train.bf16_grad_allreduce and not use_gpu:
                 raise ConfigError("train.bf16_grad_allreduce needs GPUs (NCCL) and this cluster has none; "
                                   "set train.bf16_grad_allreduce=false")
             resources = {"CPU": worker_cpus(cfg)}
             if use_gpu:
-                resources["GPU"] = 1
+                resources["GPU"] = cfg.train.gpus_per_worker
                 preflight.check_gpu_workers(cfg.train.bf16, cfg.train.resource_wait_s)
             trainer = ShardTrainer(
                 train_loop_per_worker,
@@ -237,6 +238,7 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
                 scaling_config=ScalingConfig(num_workers=worker_range(cfg), use_gpu=use_gpu,
                                              resources_per_worker=resources,
                                              elastic_resize_monitor_interval_s=cfg.train.resize_every_s),
+                torch_config=process_group_config(cfg, use_gpu),
                 virtual_shards=cfg.data.virtual_shards,
                 run_config=RunConfig(
                     name=storage.basename(run_dir),
@@ -313,6 +315,14 @@ def interrupted(run_dir, checkpoints, signum: int, step: int) -> interrupt.Inter
                                          f"`{interrupt.continue_command(run_dir)}`")
 
 
+def process_group_config(cfg: DictConfig, use_gpu: bool):
+    """Ray Train's process-group settings: gloo where ranks share a GPU (``train.gpus_per_worker`` < 1:
+    NCCL refuses two ranks on one device), else Ray's choice (NCCL on GPUs, gloo on CPUs)."""
+    from ray.train.torch import TorchConfig
+
+    return TorchConfig(backend="gloo" if use_gpu and cfg.train.gpus_per_worker < 1 else None)
+
+
 @contextlib.contextmanager
 def controller_poll(seconds: float):
     """Set Ray Train's controller poll interval for the trainers started inside (then restore it)."""
@@ -352,7 +362,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     device = ray.train.torch.get_device()
     dist.bind_device(device)
     if device.type == "cuda":
-        cuda_math()
+        cuda_math(cfg.train.deterministic)
 
     # ---- the task: same initial weights on every rank (DDP also broadcasts rank 0's) ----------
     torch.manual_seed(cfg.run.seed)
@@ -528,12 +538,16 @@ def lr_at(step: int, peak: float, warmup_steps: int) -> float:
     return peak
 
 
-def cuda_math() -> None:
-    """A rank's CUDA settings: cuDNN picks its fastest kernels once (the input shapes are fixed) and
-    convolutions outside autocast run in TF32. Matrix products stay IEEE float32: the witnesses
-    compute their scores in float32 on purpose, also under bf16 autocast (the estimators take e^f of
-    them), and TF32 would round every input of those products to a 10-bit mantissa."""
-    torch.backends.cudnn.benchmark = True
+def cuda_math(deterministic: bool = False) -> None:
+    """A rank's CUDA settings: cuDNN picks its fastest kernels once (the input shapes are fixed; not
+    when ``deterministic``: train.deterministic) and convolutions outside autocast run in TF32. Matrix
+    products stay IEEE float32: the witnesses compute their scores in float32 on purpose, also under
+    bf16 autocast (the estimators take e^f of them), and TF32 would round every input of those products
+    to a 10-bit mantissa."""
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use
+        torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cuda.matmul.allow_tf32 = False
 

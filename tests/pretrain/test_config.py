@@ -69,6 +69,8 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, overrides, match)
     (["data.shards={shards}", "model.encoder=resnet_500"], "model.encoder 'resnet_500'"),
     (["data.shards={shards}", "train.checkpoint_every=15", "train.report_every=10"], "multiple of"),
     (["data.shards={shards}", "train.steps=0"], "train.steps must be >= 1"),
+    (["data.shards={shards}", "train.gpus_per_worker=0"], "train.gpus_per_worker must be a fraction in"),
+    (["data.shards={shards}", "train.gpus_per_worker=1.5"], r"a whole number, got 1\.5"),
     (["data.shards={shards}", "data.perms_per_image=20", "data.num_permutations=10"], "exceeds"),
     (["data.shards={shards}", "data.split=val"], "split 'val' not in"),
     (["data.shards=/no/such/dir"], "no manifest.json in /no/such/dir"),
