@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tracking error: {exc}", file=sys.stderr)
         return 2
     print(f"run directory: {out.run_dir}")
-    if out.result.checkpoint is not None:  # Ray's path has no scheme; its file system names it
-        ckpt = out.result.checkpoint
-        scheme = {"s3": "s3://", "gcs": "gs://"}.get(getattr(ckpt.filesystem, "type_name", ""), "")
-        print(f"latest checkpoint: {scheme}{ckpt.path}")
+    if out.result.checkpoint is not None:
+        latest = out.result.checkpoint.path
+        if storage.is_url(out.run_dir) and not storage.is_url(latest):  # Ray's path in a bucket has no scheme
+            latest = f"{str(out.run_dir).split('://', 1)[0]}://{latest.lstrip('/')}"
+        print(f"latest checkpoint: {latest}")
     return 0
 
 
