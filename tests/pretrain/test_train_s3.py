@@ -173,8 +173,8 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
 
 def test_the_store_dying_mid_run_is_one_line(s3, ray_session, shards, empty_config, tmp_path):
     """The S3 server is SIGKILLed once the run's first checkpoint is in the bucket: the driver ends with
-    one line naming the store, at once (no retry brings it back), exit 1. It kills this module's server,
-    so it is the module's last test."""
+    one line naming the store and the --resume command, exit 1. It kills this module's server, so it
+    is the module's last test."""
     import psutil
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -203,4 +203,6 @@ def test_the_store_dying_mid_run_is_one_line(s3, ray_session, shards, empty_conf
     lines = err.strip().splitlines()
     assert driver.returncode == 1, err[-3000:]
     assert lines[-1].startswith("error: ") and f"--resume {run} once the store is back" in lines[-1], err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
+    # the driver's own error is that line; Ray's controller still logs its failed state upload to the
+    # console itself (prefixed "(TrainController pid=...)"), which is Ray's output, not a traceback of ours
+    assert not [line for line in lines if line.startswith("Traceback")], err[-3000:]
