@@ -45,7 +45,8 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
     return out
 
 
-def _pm(stat: dict | None, models: int | None = None, expected: int | None = None) -> str:
+def _cell(stat: dict | None, models: int | None = None, expected: int | None = None) -> str:
+    """A table cell: "mean ± std", with "(n of N)" where a cell has fewer models than planned."""
     if stat is None:
         return "–"
     text = f"{stat['mean']:.1f} ± {stat['std']:.1f}"
@@ -68,7 +69,7 @@ def paper_table(plan: Plan, agg: dict[tuple, dict], seeds: int, probe_seeds: int
         for method in ("dv-mine", "eta-mine", "ce"):
             a = agg.get((method, "imagenet10", "imagenet10"))
             paper = TABLE3[method]
-            ours = [_pm(a[k] if a else None) for k in KS]
+            ours = [_cell(a[k] if a else None) for k in KS]
             theirs = [f"{paper[k][0]:.1f} ± {paper[k][1]:.1f}" for k in KS]
             lines.append(f"| {METHOD_NAMES[method]} | {a['models'] if a else 0} of {expected} | "
                          + " | ".join(ours + theirs) + " |")
@@ -83,7 +84,7 @@ def paper_table(plan: Plan, agg: dict[tuple, dict], seeds: int, probe_seeds: int
             ours = []
             for m in methods:
                 a = agg.get((m, pre, probe))
-                ours.append(_pm(a["top1"], a["models"], expected) if a else ("–" if m not in paper else "not run"))
+                ours.append(_cell(a["top1"], a["models"], expected) if a else ("–" if m not in paper else "not run"))
             theirs = [f"{paper[m]:.1f}" if m in paper else "–" for m in methods]
             lines.append(f"| {DATASET_NAMES[pre]} → {DATASET_NAMES[probe]} | " + " | ".join(ours + theirs) + " |")
     lines += ["", f"Ours: mean ± std (sample std) over all models of a method, a model being one of {seeds} "
