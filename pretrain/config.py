@@ -65,6 +65,10 @@ class DataSection:
     # device: workers only decode and crop, and ship uint8 tiles (4x fewer bytes); the rest runs
     # batched on the training device (needs unique_tiles). Same batches either way.
     augment_on: str = "host"
+    decode_on: str = field(default="host", metadata={"help": (
+        "jigsaw with augment_on=device: host decodes JPEGs in the loader workers; device ships the JPEG bytes "
+        "and decodes and crops them in batches on the training device (torchvision decode_jpeg, nvJPEG on "
+        "CUDA). Same batches when the shards hold 292x292 JPEGs (data_prep --resize 292)")})
 
 
 @dataclass
@@ -338,6 +342,10 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
         raise ConfigError(f"data.augment_on must be host or device, got {d.augment_on!r}")
     if d.augment_on == "device" and not (spec.uses_permutations and d.unique_tiles):
         raise ConfigError("data.augment_on=device is for jigsaw tasks with data.unique_tiles=true")
+    if d.decode_on not in ("host", "device"):
+        raise ConfigError(f"data.decode_on must be host or device, got {d.decode_on!r}")
+    if d.decode_on == "device" and d.augment_on != "device":
+        raise ConfigError("data.decode_on=device needs data.augment_on=device (the device crops what it decodes)")
     if spec.uses_permutations and d.perms_per_image > d.num_permutations:
         raise ConfigError(f"data.perms_per_image ({d.perms_per_image}) exceeds data.num_permutations "
                           f"({d.num_permutations})")
@@ -371,6 +379,9 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
                 storage.check_bucket(cfg.run[key])
             except storage.StorageError as exc:
                 raise ConfigError(f"run.{key}: {exc}") from None
+    if d.decode_on == "device" and manifest.get("image_format") != "jpg":
+        raise ConfigError(f"data.decode_on=device decodes JPEG and {d.shards} holds {manifest.get('image_format')}; "
+                          f"set data.decode_on=host or build the shards with --format jpg")
     if spec.needs_labels:
         if not manifest["splits"][d.split].get("labelled", True):
             raise ConfigError(f"data.split {d.split!r} of {d.shards} has no labels; task.kind={cfg.task.kind} "
