@@ -15,7 +15,8 @@ largest batch against the smallest (what ``data.images_per_batch`` with ``optim.
 
 (2) Data: the jigsaw stream (``data_prep``, the training loader with ``--loader-workers`` processes)
 on synthetic 292x292 JPEG shards, with the per-patch work on the host and with ``data.augment_on=device``
-(uint8 tiles; the device then standardises them), in images/s, against the images/s the fastest step
+(uint8 tiles; the device then standardises them), and with ``data.decode_on=device`` too (JPEG bytes; the
+device decodes and crops them, counted in the consuming process), in images/s, against the images/s the fastest step
 consumes (for ``augment_on=device`` with the eager cost of augmenting on the device added to it, measured
 at the largest batch): a keep-up ratio >= 1 means the GPU never waits for data.
 """
@@ -37,12 +38,13 @@ from pretrain.train import cuda_math
 
 
 def step_config(encoder: str, images: int, perms: int, shards: str = "/nonexistent", augment_on: str = "host",
-                loader_workers: int = 0, bf16: bool = True):
+                loader_workers: int = 0, bf16: bool = True, decode_on: str = "host"):
     from pretrain.config import load_config
 
     return load_config(None, [
         f"data.shards={shards}", "task.kind=jigsaw-mi", "task.estimator=eta-mine", f"model.encoder={encoder}",
         f"data.images_per_batch={images}", f"data.perms_per_image={perms}", f"data.augment_on={augment_on}",
+        f"data.decode_on={decode_on}",
         f"data.loader_workers={loader_workers}", f"train.bf16={str(bf16).lower()}", "train.channels_last=true",
         *(["model.depth=1", "model.kwargs.image_size=64"] if encoder == "dcgan" else [])])
 
@@ -110,14 +112,20 @@ def make_shards(work: Path, n_images: int) -> Path:
 
 def measure_data(cfg, batches: int, device: torch.device) -> float:
     """Source images/s of the training loader (``cfg.data.loader_workers`` processes, pinning its
-    batches on CUDA as the loop does), first batch excluded."""
-    from pretrain.train import open_loader, permutations_of, pins_memory
+    batches on CUDA as the loop does), first batch excluded. With ``data.decode_on=device`` each batch
+    is also decoded and cropped on ``device`` (``pretrain.train.to_device``), in the consuming process."""
+    from pretrain.train import open_loader, permutations_of, pins_memory, to_device
 
     loader = iter(open_loader(cfg, permutations_of(cfg), 0, 1, 0, 0, pin_memory=pins_memory(cfg, device)))
-    next(loader)  # worker start-up and shuffle-buffer fill
+    decode = cfg.data.decode_on == "device"
+    to_device(next(loader), device) if decode else next(loader)  # start-up, shuffle buffer, decoder warm-up
+    sync(device)
     t = time.perf_counter()
     for _ in range(batches):
-        next(loader)
+        batch = next(loader)
+        if decode:
+            to_device(batch, device)
+    sync(device)
     return batches * cfg.data.images_per_batch / (time.perf_counter() - t)
 
 
@@ -189,17 +197,21 @@ def main(argv: list[str] | None = None) -> dict:
         atexit.register(shutil.rmtree, work, ignore_errors=True)
     shards = make_shards(work, n_images)
     fastest = max(max(r["eager"]["images_per_s"], r["compiled"]["images_per_s"]) for r in out["steps"])
-    for augment_on in ("host", "device"):
+    for augment_on, decode_on in (("host", "host"), ("device", "host"), ("device", "device")):
         # images/s the fastest step takes in; on the device it also spends extra_s a step augmenting
         consumed = fastest if augment_on == "host" else 1 / (1 / fastest + max(extra_s, 0.0) / sizes[-1])
-        cfg = step_config(args.encoder, sizes[-1], args.perms, str(shards), augment_on, args.loader_workers, bf16)
+        cfg = step_config(args.encoder, sizes[-1], args.perms, str(shards), augment_on, args.loader_workers, bf16,
+                          decode_on)
         rate = measure_data(cfg, args.data_batches, device)
-        out["data"].append({"augment_on": augment_on, "loader_workers": args.loader_workers, "images_per_s": rate,
-                            "keep_up": rate / consumed})
-        print(f"data, {args.loader_workers} loader workers, augment on {augment_on}: {rate:,.0f} images/s "
-              f"= {rate / consumed:.2f}x what the fastest step consumes ({consumed:,.0f} images/s)", flush=True)
+        out["data"].append({"augment_on": augment_on, "decode_on": decode_on, "loader_workers": args.loader_workers,
+                            "images_per_s": rate, "keep_up": rate / consumed})
+        print(f"data, {args.loader_workers} loader workers, augment on {augment_on}, decode on {decode_on}: "
+              f"{rate:,.0f} images/s = {rate / consumed:.2f}x what the fastest step consumes "
+              f"({consumed:,.0f} images/s)", flush=True)
     out["device_over_host_augment"] = out["data"][1]["images_per_s"] / out["data"][0]["images_per_s"]
     print(f"data: augment on device / on host = {out['device_over_host_augment']:.2f}", flush=True)
+    out["device_over_host_decode"] = out["data"][2]["images_per_s"] / out["data"][1]["images_per_s"]
+    print(f"data: decode on device / on host (augment on device) = {out['device_over_host_decode']:.2f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return out

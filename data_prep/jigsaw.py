@@ -159,20 +159,22 @@ def main() -> None:
     print(f"{DEFAULT_PERMUTATIONS}: sha256 {digest}")
 
 
-def tile_crops(image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-    """[292, 292, 3] uint8 -> the 9 tiles [9, 64, 64, 3] uint8 (random crops if ``rng``, else centred)."""
+def crop_corners(rng: np.random.Generator | None) -> np.ndarray:
+    """Top-left corners (y, x) int64 [9, 2] of the 9 tiles in a [292, 292] image: random if ``rng``
+    (the crop's corner, then each tile's offset in its cell), else centred."""
     if rng is None:
         y0 = x0 = (RESIZE - CROP) // 2
         offsets = np.full((GRID * GRID, 2), (CELL - PATCH) // 2)
     else:
         y0, x0 = rng.integers(0, RESIZE - CROP + 1, size=2)
         offsets = rng.integers(0, CELL - PATCH + 1, size=(GRID * GRID, 2))
-    out = np.empty((GRID * GRID, PATCH, PATCH, 3), dtype=np.uint8)
-    for t in range(GRID * GRID):
-        y = y0 + (t // GRID) * CELL + offsets[t, 0]
-        x = x0 + (t % GRID) * CELL + offsets[t, 1]
-        out[t] = image[y:y + PATCH, x:x + PATCH]
-    return out
+    t = np.arange(GRID * GRID)
+    return np.stack([y0 + (t // GRID) * CELL + offsets[:, 0], x0 + (t % GRID) * CELL + offsets[:, 1]], 1).astype(np.int64)
+
+
+def tile_crops(image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """[292, 292, 3] uint8 -> the 9 tiles [9, 64, 64, 3] uint8 (random crops if ``rng``, else centred)."""
+    return np.stack([image[y:y + PATCH, x:x + PATCH] for y, x in crop_corners(rng)])
 
 
 def grid_tiles(image: np.ndarray) -> np.ndarray:
@@ -274,7 +276,7 @@ def make_batch(tiles: np.ndarray, labels: np.ndarray, permutations: np.ndarray, 
     of ``tiles`` (``standardise(tiles_u8, gray)`` gives them, equal to the host's), with ``perm_rows``;
     the random draws are the same as the host path's.
     """
-    n_images, n_perms = len(tiles), perms_per_image
+    n_images, n_perms = len(labels), perms_per_image
     if n_perms > len(permutations):
         raise ValueError(f"perms_per_image={n_perms} exceeds the {len(permutations)} permutations in the set")
     gray = torch.from_numpy(rng.random(n_images) < GRAY_PROB) if train else None
@@ -291,7 +293,8 @@ def make_batch(tiles: np.ndarray, labels: np.ndarray, permutations: np.ndarray, 
         "label": torch.as_tensor(np.asarray(labels, dtype=np.int64))[image_index],
     }
     if device_augment:
-        batch["tiles_u8"] = torch.from_numpy(np.ascontiguousarray(tiles))
+        if tiles is not None:  # None: the consumer decodes and crops too (data.decode_on=device)
+            batch["tiles_u8"] = torch.from_numpy(np.ascontiguousarray(tiles))
         batch["gray"] = gray if gray is not None else torch.zeros(n_images, dtype=torch.bool)
         batch["perm_rows"] = perm_rows
     elif gather:

@@ -67,6 +67,10 @@ class DataSection:
     augment_on: str = setting(
         "host", "jigsaw: where gray, per-patch standardisation and scrambling run: host (the loader workers) or "
                 "device (workers ship uint8 tiles, 4x fewer bytes; needs unique_tiles); the same batches either way")
+    decode_on: str = field(default="host", metadata={"help": (
+        "jigsaw with augment_on=device: host decodes JPEGs in the loader workers; device ships the JPEG bytes "
+        "and decodes and crops them in batches on the training device (torchvision decode_jpeg, nvJPEG on "
+        "CUDA). Same batches when the shards hold 292x292 JPEGs (data_prep --resize 292)")})
 
 
 @dataclass
@@ -416,6 +420,10 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
         raise ConfigError(f"data.augment_on must be host or device, got {d.augment_on!r}")
     if d.augment_on == "device" and not (spec.uses_permutations and d.unique_tiles):
         raise ConfigError("data.augment_on=device is for jigsaw tasks with data.unique_tiles=true")
+    if d.decode_on not in ("host", "device"):
+        raise ConfigError(f"data.decode_on must be host or device, got {d.decode_on!r}")
+    if d.decode_on == "device" and d.augment_on != "device":
+        raise ConfigError("data.decode_on=device needs data.augment_on=device (the device crops what it decodes)")
     if spec.uses_permutations and d.perms_per_image > d.num_permutations:
         raise ConfigError(f"data.perms_per_image ({d.perms_per_image}) exceeds data.num_permutations "
                           f"({d.num_permutations})")

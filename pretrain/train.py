@@ -881,8 +881,12 @@ def pins_memory(cfg: DictConfig, device: torch.device) -> bool:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors of ``batch`` on ``device`` (other values unchanged)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """Tensors of ``batch`` on ``device`` (other values unchanged); JPEG bytes (``data.decode_on=device``)
+    decoded and cropped there (:func:`data_prep.jigsaw_stream.with_decoded_crops`)."""
+    from data_prep.jigsaw_stream import with_decoded_crops
+
+    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return with_decoded_crops(moved, device)
 
 
 def batch_size_of(batch: dict) -> int:

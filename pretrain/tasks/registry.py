@@ -93,6 +93,9 @@ def jigsaw_preview(batch: dict, n: int = 4) -> torch.Tensor:
     if "patches" in batch:
         p = batch["patches"][:n].detach().float().cpu()  # [n, 9, 3, h, w]
     else:  # unique tiles (or uint8 tiles for the device): scramble the first n puzzles for display
+        from data_prep.jigsaw_stream import with_decoded_crops
+
+        batch = with_decoded_crops(batch, "cpu")
         tiles = standardise(batch["tiles_u8"].cpu(), batch["gray"].cpu()) if "tiles_u8" in batch else batch["tiles"]
         p = scramble(tiles.detach().float().cpu(), batch["perm_rows"].cpu(),
                      batch["image_index"][:n].cpu(), batch["perm_slot"][:n].cpu())
@@ -113,7 +116,8 @@ def open_jigsaw(data, permutations: torch.Tensor, **common):
 
     return jigsaw_loader(data.shards, permutations=permutations.numpy(), images_per_batch=data.images_per_batch,
                          perms_per_image=data.perms_per_image, gather=not data.unique_tiles,
-                         device_augment=data.augment_on == "device", **common)
+                         device_augment=data.augment_on == "device", device_decode=data.decode_on == "device",
+                         **common)
 
 
 def open_infomax(data, permutations: None, **common):

@@ -67,6 +67,9 @@ def test_gpu_throughput_runs_on_cpu(tmp_path, capsys):
     assert re.search(r"^images/s at 4 against 2 images a step: eager \d+\.\d\d, compiled \d+\.\d\d$", out, re.M), out
     assert re.search(r"^data: augment on device / on host = \d+\.\d\d$", out, re.M), out
     saved = json.loads(figures.read_text())
+    assert re.search(r"^data: decode on device / on host \(augment on device\) = \d+\.\d\d$", out, re.M), out
+    assert [(d["augment_on"], d["decode_on"]) for d in saved["data"]] == [("host", "host"), ("device", "host"),
+                                                                            ("device", "device")]
     assert [r["images"] for r in saved["steps"]] == [2, 4] and saved["steps"][0]["flops_per_step"] > 0
     assert saved["largest_over_smallest"]["eager"] > 0
     assert {d["augment_on"] for d in saved["data"]} == {"host", "device"}
