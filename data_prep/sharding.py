@@ -5,7 +5,8 @@ least 1). Physical worker ``w`` plays virtual worker ``(w + skip) % W``: the Dat
 batches round-robin starting at worker 0, so after skipping ``skip`` batches (resume) the batches still
 come out in global order ``skip, skip+1, ...``. Every random choice is seeded from (seed, epoch, rank,
 virtual worker) for the sample stream and (seed, epoch, rank, b) for the augmentation of batch ``b``:
-a resumed run with the same number of workers sees exactly the same batches.
+a resumed run with the same number of workers sees exactly the same batches. Pretraining opens each
+virtual shard v of V as rank v of V (:mod:`pretrain.virtual_shards`), whichever worker runs it.
 """
 from __future__ import annotations
 

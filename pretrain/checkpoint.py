@@ -5,7 +5,7 @@ Format (``docs/design.md``), loaded with ``torch.load(..., weights_only=True)``:
     {"format": 1, "step": int, "config": dict (resolved config, plain types),
      "encoder": state_dict, "task": state_dict (heads + estimator incl. η, without the encoder),
      "optimizer": {"main": state_dict, "eta": state_dict or None},
-     "rng": [per-rank RNG state], "data_position": [per-rank stream position],
+     "rng": [RNG state per virtual shard], "data_position": [stream position per virtual shard],
      "permutations": LongTensor [100, 9] or None,
      "permutations_sha256": sha256 of the set's canonical text (data_prep.jigsaw) or None}
 
@@ -138,8 +138,9 @@ def save_checkpoint(
 
     ``task`` is the unwrapped task module (not the DDP wrapper); its encoder is stored apart
     under ``"encoder"`` so evaluation can load it without the heads. ``rng`` and
-    ``data_position`` hold one entry per rank (rank order). ``online_probe``: the state of the online
-    probe (:mod:`pretrain.online_probe`; the same on every rank), or None.
+    ``data_position`` hold one entry per virtual shard (shard order; :mod:`pretrain.virtual_shards`).
+    ``online_probe``: the state of the online probe (:mod:`pretrain.online_probe`; the same on every
+    rank), or None.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

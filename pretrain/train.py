@@ -2,21 +2,24 @@
 
 Reads top to bottom:
 
-1. :func:`launch` (driver): validate the config, make the run directory, start or join Ray, run a
-   ``TorchTrainer`` with ``FailureConfig(max_failures)``; re-running with the same run directory
-   continues from its latest checkpoint (Ray Train restores it from the storage snapshot). While it
+1. :func:`launch` (driver): validate the config, make the run directory, fix the run's virtual shards
+   V (a resumed run keeps its own), start or join Ray, run a ``TorchTrainer`` with
+   ``FailureConfig(max_failures)`` on ``train.num_workers`` workers, or between ``train.min_workers``
+   and it (:mod:`pretrain.elastic`); re-running with the same run directory continues from its latest
+   checkpoint (Ray Train restores it from the storage snapshot), on any worker count that divides V. While it
    runs, the driver prints a progress line per report and feeds the trackers, both read from
    ``metrics.jsonl`` (:mod:`console.progress`, :mod:`pretrain.tracking`).
 2. :func:`train_loop_per_worker` (each rank): build the task (encoder + heads + estimator, η
    included) and wrap it whole in DDP, so η's gradient is averaged like every other parameter and
-   η stays identical on every rank; restore a checkpoint if Ray hands one over; then step.
+   η stays identical on every rank; restore a checkpoint if Ray hands one over; then step: each step
+   runs this rank's V/W virtual shards, one micro-batch each (:mod:`pretrain.virtual_shards`).
 3. Every ``train.report_every`` steps the metrics (kept on the device in between) are all-reduced,
    η is gathered from every rank and compared (a difference is an error), and rank 0 writes
    TensorBoard and ``metrics.jsonl``; the driver follows that file. Only every
    ``train.checkpoint_every`` steps do the ranks call ``ray.train.report`` (which waits for the
    controller's next poll): rank 0 attaches a checkpoint with everything needed to continue exactly:
-   weights, η, optimiser states, step, every rank's RNG state and data position, the config and the
-   permutation set.
+   weights, η, optimiser states, step, every virtual shard's RNG state and data position, the config
+   and the permutation set.
 
 A step reads nothing back from the device but one flag (is the loss finite on every rank?), so the
 host runs ahead of an accelerator; batches are checked and their pair masks built on the host

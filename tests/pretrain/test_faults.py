@@ -57,7 +57,7 @@ def one_line_error(capsys):
     (["task.estimator_kwargs.n_critc=2"], "task.estimator_kwargs.n_critc is not an option"),
     (["model.kwargs.widht=2"], "model.kwargs.widht is not an option"),
     (["data.batch_size=41"], "data.batch_size=41 exceeds the 40 images"),
-    (["data.batch_size=30", "train.num_workers=2", "data.batches_per_epoch=null"], "cannot give each of train.num_workers=2"),
+    (["data.batch_size=30", "train.num_workers=2", "data.batches_per_epoch=null"], "cannot give each of 2 virtual shards"),
 ])
 def test_worker_errors_are_found_before_ray(shards, tmp_path, capsys, extra, match):
     assert cli(["--config", str(shards.parent / "base.yaml"), *overrides(shards, tmp_path, *extra)]) == 2
