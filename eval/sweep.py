@@ -26,6 +26,7 @@ from console.progress import bar as progress_bar
 from eval.probe import BETAS, BN_EPS, batch_order_generator, init_linear
 from eval.topk import topk_accuracy
 
+
 def sweep_grid(lrs: Sequence[float], weight_decays: Sequence[float], batchnorm: Sequence[bool] = (False,)) -> list[dict]:
     """The heads of a sweep: every (lr, weight_decay, batchnorm) combination, in that nesting order.
 
@@ -156,7 +157,8 @@ def train_sweep(
 
 @torch.no_grad()
 def heldout_top1(groups, xh: torch.Tensor, yh: torch.Tensor, k: int, batch_size: int = 4096) -> list[float]:
-    """Top-1 (%) of every head on the held-out rows, in grid order; one host read."""
+    """Top-1 (%) of every head on the held-out rows xh [H, D], yh [H], in grid order; `groups`: train_sweep's
+    (grid indices, heads, optimiser) per input. One host read."""
     correct = torch.zeros(k, device=xh.device)
     for idx, heads, _ in groups:
         heads.eval()
