@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 #     (a folder of wheels, pip --no-index) when given, else from the package index;
 #  2. $(VENV) when it is there (made by make venv, carried along, or VENV=<an installed environment>);
 #  3. where nvidia-smi answers and $(PYTHON)'s torch already sees the GPU: as 1. with GPU_PYTHON=$(PYTHON)
-#     (no torch download, and a machine without a package index needs only the wheels torch's lacks);
+#     (no torch download; a machine without a package index needs wheels only for what that Python lacks);
 #  4. make venv: torch from PyPI, which on Linux x86-64 is the CUDA build (CUDA libraries as nvidia-* wheels).
 # GPU_ARGS: arguments of benchmarks/gpu_suite.py (e.g. GPU_ARGS="--steps tests --pytest-args=-x");
 # GPU_PIP_ARGS: more arguments of that pip install (--no-deps: the wheels given need be only the

@@ -102,7 +102,7 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
-    # Ray Train workers (DDP ranks); each reserves one GPU (when used) and
+    # Ray Train workers (DDP ranks); each reserves gpus_per_worker GPUs (when used) and
     # threads_per_worker + data.loader_workers CPUs (the processes it really runs)
     num_workers: int = 1
     use_gpu: Optional[bool] = None  # None: use GPUs when the cluster has them
