@@ -34,13 +34,16 @@ test-fast: $(STAMP)
 #     (a folder of wheels, pip --no-index) when given, else from the package index;
 #  2. $(VENV) when it is there (made by make venv, carried along, or VENV=<an installed environment>);
 #  3. where nvidia-smi answers and $(PYTHON)'s torch already sees the GPU: as 1. with GPU_PYTHON=$(PYTHON)
-#     (no torch download, and a machine without a package index needs only the wheels torch's lacks);
+#     (no torch download; a machine without a package index needs wheels only for what that Python lacks);
 #  4. make venv: torch from PyPI, which on Linux x86-64 is the CUDA build (CUDA libraries as nvidia-* wheels).
-# GPU_ARGS: arguments of benchmarks/gpu_suite.py (e.g. GPU_ARGS="--steps tests --pytest-args=-x").
+# GPU_ARGS: arguments of benchmarks/gpu_suite.py (e.g. GPU_ARGS="--steps tests --pytest-args=-x");
+# GPU_PIP_ARGS: more arguments of that pip install (--no-deps: the wheels given need be only the
+# packages the code imports that GPU_PYTHON lacks, not every dependency's whole tree).
 GPU_PYTHON ?=
 GPU_VENV ?= .venv-gpu
 WHEELS ?= $(wildcard .whl)
 GPU_ARGS ?=
+GPU_PIP_ARGS ?=
 
 test-gpu:
 	@gpu_python="$(GPU_PYTHON)"; \
@@ -59,7 +62,7 @@ $(GPU_VENV)/.installed: pyproject.toml
 	$(GPU_PYTHON) -m venv --without-pip $(GPU_VENV)
 	$(GPU_PYTHON) -c "import sys; print('\n'.join(p for p in sys.path if p.endswith('-packages')))" \
 	  > "$$($(GPU_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/gpu-python.pth"
-	$(GPU_VENV)/bin/python -m pip install -q --no-build-isolation $(if $(WHEELS),--no-index --find-links $(WHEELS)) -e '.[tests]'
+	$(GPU_VENV)/bin/python -m pip install -q --no-build-isolation $(if $(WHEELS),--no-index --find-links $(WHEELS)) $(GPU_PIP_ARGS) -e '.[tests]'
 	touch $@
 
 demo: $(STAMP)

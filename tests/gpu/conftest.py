@@ -60,8 +60,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """The session's local Ray (as ``tests/conftest.py``'s) with every CPU of the machine: a GPU
-    machine's ranks each take a CPU and a loader process."""
+    """The session's local Ray (as ``tests/conftest.py``'s) with every CPU of the machine (a GPU
+    machine's ranks each take a CPU and a loader process); yields the folder of its workers' logs.
+
+    Its workers log what ``torch.compile`` traces and every recompilation (``TORCH_LOGS``, which a
+    process reads when it imports torch: this one has, Ray's workers have not yet)."""
     import os
     import shutil
     import tempfile
@@ -69,9 +72,10 @@ def ray_session():
     import ray
 
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
+    os.environ["TORCH_LOGS"] = "recompiles,dynamo"
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
     ray.init(num_cpus=max(2, os.cpu_count() or 2), _temp_dir=tmp, include_dashboard=False, log_to_driver=False)
-    yield
+    yield Path(tmp) / "session_latest" / "logs"
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,7 +1,7 @@
 """Pretraining on the device through Ray Train, as ``python -m pretrain`` runs it: jigsaw-MI η-MINE on
 ResNet50 with the shipped GPU options, a report every 5 steps and a checkpoint every 20; a worker
 SIGKILLed mid-run and resumed ends bit for bit where the uninterrupted run ends; and a second run with
-``train.compile=true`` (CUDA graphs).
+``train.compile=true`` (CUDA graphs) that recompiles nothing (its worker's ``TORCH_LOGS``).
 
 These runs take one rank a GPU (NCCL). η's agreement across ranks is also checked where the machine
 has one GPU: two ranks on half of it each (``train.gpus_per_worker=0.5``; their process group is gloo,
@@ -134,12 +134,17 @@ def test_a_worker_killed_mid_run_resumes_to_the_uninterrupted_weights(reference,
 
 
 def test_trains_compiled_on_the_device(ray_session, gpu_shards, tmp_path, facts):
-    """``train.compile=true`` (inductor, CUDA graphs), cuDNN autotuning as shipped: 20 steps."""
+    """``train.compile=true`` (inductor, CUDA graphs), cuDNN autotuning as shipped: 20 steps, and the
+    worker's log shows dynamo tracing and no recompilation (the only compiling run of the session)."""
     t0 = time.perf_counter()
     run = launch(run_cfg(gpu_shards, tmp_path, "train.compile=true", "train.steps=20")).run_dir
     facts["seconds"] = round(time.perf_counter() - t0, 1)
     check_metrics(run, facts, 20)
     assert ck.load_checkpoint(run)["step"] == 20
+    logs = "".join(p.read_text(errors="replace") for p in ray_session.glob("worker-*"))
+    facts.update({"dynamo_traces": logs.count("torchdynamo start tracing"), "recompiles": logs.count("Recompiling function")})
+    assert facts["dynamo_traces"] >= 1, f"no dynamo log in {ray_session}"
+    assert facts["recompiles"] == 0
 
 
 def test_two_ranks_sharing_the_gpu_keep_eta_identical(ray_session, gpu_shards, tmp_path, facts):

@@ -148,3 +148,12 @@ def test_another_permutation_set_by_path(tmp_path, shards):
     cfg = load_config(REPO / "configs" / "demo_jigsaw_eta.yaml", base + [f"data.permutations={tmp_path / 'missing.npy'}"])
     with pytest.raises(ConfigError, match="data.permutations: permutation set .*missing.npy does not exist"):
         validate(cfg)
+
+
+def test_ranks_sharing_a_gpu_get_a_gloo_process_group():
+    """NCCL refuses two ranks on one device: ranks on a fraction of a GPU get gloo, others Ray's choice."""
+    from pretrain.train import process_group_config
+
+    for gpus, use_gpu, backend in ((0.5, True, "gloo"), (1.0, True, None), (2.0, True, None), (0.5, False, None)):
+        cfg = load_config(None, ["data.shards=/nonexistent", f"train.gpus_per_worker={gpus}"])
+        assert process_group_config(cfg, use_gpu).backend == backend, (gpus, use_gpu)
