@@ -108,8 +108,8 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
-    num_workers: int = setting(1, "Ray Train workers (DDP ranks); each reserves train.gpus_per_worker GPUs (when used) and "
-                                  "threads_per_worker + data.loader_workers CPUs")
+    num_workers: int = setting(1, "Ray Train workers (DDP ranks); each reserves train.gpus_per_worker GPUs (when "
+                                  "used) and threads_per_worker + data.loader_workers CPUs")
     min_workers: Optional[int] = field(default=None, metadata={"help": (
         "elastic runs: Ray Train runs between min_workers and num_workers workers (always a divisor of "
         "data.virtual_shards), restarting from the last checkpoint on the workers left when nodes go and "

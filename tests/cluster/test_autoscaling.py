@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cluster.test_cluster_e2e import build_shards
+from tests.support.shards import synthetic_shards
 from tests.support.fake_autoscaling import FakeAutoscalingCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.timeout(600)]
@@ -33,7 +33,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    return build_shards(tmp_path_factory.mktemp("autoscaling") / "shards", counts={"train": 24})
+    return synthetic_shards(tmp_path_factory.mktemp("autoscaling") / "shards", 32, {"train": 24}, shard_size=12)
 
 
 def pretrain(cluster, shards: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -49,21 +49,21 @@ def test_device_decode_gives_the_host_batches(jpeg_shards, train):
 
 def test_decode_on_device_is_refused_where_it_does_not_apply(jpeg_shards, tmp_path):
     from pretrain.config import ConfigError, load_config, validate
-    from tests.data_prep.conftest import make_png_shards
+    from tests.support.shards import folder_shards
 
     base = ["task.kind=jigsaw-ce", "model.encoder=dcgan", "model.depth=2", "model.kwargs.image_size=64",
             "data.images_per_batch=2", "data.perms_per_image=2", "data.num_permutations=10", "data.decode_on=device"]
     with pytest.raises(ConfigError, match="data.decode_on=device needs data.augment_on=device"):
         validate(load_config(None, [f"data.shards={jpeg_shards}", *base]))
     validate(load_config(None, [f"data.shards={jpeg_shards}", *base, "data.augment_on=device"]))
-    png = make_png_shards(tmp_path, 4, 2, 32, 4)
+    png = folder_shards(tmp_path, 4, 2, 32, 4)
     with pytest.raises(ConfigError, match="decodes JPEG and .* holds png"):
         validate(load_config(None, [f"data.shards={png}", *base, "data.augment_on=device"]))
 
 
 def test_a_training_step_takes_a_device_decode_batch(jpeg_shards):
     from pretrain.train import build_optimizers, build_task_from_config, permutations_of, train_step
-    from tests.pretrain.run_states import tiny_cfg
+    from tests.support.run_states import tiny_cfg
 
     cfg = tiny_cfg("jigsaw-mi", "eta-mine", "data.augment_on=device", "data.decode_on=device")
     perms = permutations_of(cfg)

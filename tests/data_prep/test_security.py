@@ -15,7 +15,7 @@ import pytest
 
 from data_prep.__main__ import main as data_prep_main
 from data_prep.manifest import ManifestError, read_manifest
-from tests.data_prep.conftest import make_png_shards
+from tests.support.shards import folder_shards
 
 REPO = Path(__file__).resolve().parents[2]
 BOMB_BYTES = 1 << 29  # what the gzip shard expands to: 512 MiB of zeros, from about 0.5 MB on disk
@@ -24,7 +24,7 @@ BOMB_BYTES = 1 << 29  # what the gzip shard expands to: 512 MiB of zeros, from a
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """12 PNG images in 2 classes, 3 shards of 4."""
-    return make_png_shards(tmp_path_factory.mktemp("security"), 12, n_classes=2, size=32, shard_size=4)
+    return folder_shards(tmp_path_factory.mktemp("security"), 12, n_classes=2, size=32, shard_size=4)
 
 
 def copy_with(src: Path, dst: Path, manifest_bytes: bytes | None = None, shards: dict | None = None) -> Path:

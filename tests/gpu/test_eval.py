@@ -12,7 +12,8 @@ import torch
 from eval.knn import knn_accuracy
 from eval.linear import prepare_features, verify_encoder_unchanged
 from eval.probe import train_linear_probe
-from pretrain.checkpoint import capture_rng, checkpoint_dir_name, save_checkpoint
+from pretrain.checkpoint import capture_rng, save_checkpoint
+from pretrain.run_dir import checkpoint_dir_name
 from pretrain.config import load_config, to_plain
 from pretrain.train import build_optimizers, build_task_from_config, permutations_of
 from tests.gpu.setting import jigsaw_overrides

@@ -25,7 +25,7 @@ from pretrain import checkpoint as ck
 from pretrain.config import load_config
 from pretrain.train import launch
 from tests.gpu.setting import jigsaw_overrides
-from tests.pretrain.run_states import assert_same_state, read_metrics
+from tests.support.run_states import assert_same_state, read_metrics
 
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
 STEPS, REPORT, CHECKPOINT = 60, 5, 20

@@ -11,14 +11,14 @@ import pytest
 
 from pretrain import checkpoint as ck
 from pretrain.config import load_config
-from tests.data_prep.conftest import make_png_shards
+from tests.support.shards import folder_shards
 
 pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return make_png_shards(tmp_path_factory.mktemp("fio"), 16, n_classes=2, size=32, shard_size=8)
+    return folder_shards(tmp_path_factory.mktemp("fio"), 16, n_classes=2, size=32, shard_size=8)
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def test_ddp_gradients_stay_views_into_its_buckets_across_steps(tmp_path):
 
     from pretrain.plan import example_batch
     from pretrain.train import build_optimizers, build_task_from_config, train_step
-    from tests.pretrain.run_states import tiny_cfg
+    from tests.support.run_states import tiny_cfg
 
     cfg = tiny_cfg("infomax", "eta-mine")
     task = build_task_from_config(cfg, None)
@@ -97,7 +97,7 @@ def test_ddp_gradients_stay_views_into_its_buckets_across_steps(tmp_path):
 
 def test_sync_batchnorm_warns_of_its_host_syncs():
     from pretrain.preflight import warn_sync_batchnorm
-    from tests.pretrain.run_states import tiny_cfg
+    from tests.support.run_states import tiny_cfg
 
     import pytest
 

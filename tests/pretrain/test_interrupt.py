@@ -16,7 +16,7 @@ from filelock import FileLock
 from pretrain import checkpoint as ck
 from pretrain.interrupt import INTERRUPTED_FILE
 from pretrain.run_lock import LOCK_FILE
-from tests.data_prep.conftest import make_png_shards
+from tests.support.shards import folder_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LINE = re.compile(r"^interrupted \((?P<sig>SIG\w+)\) at step (?P<step>\d+); last checkpoint (?P<ckpt>\S+) "
@@ -25,7 +25,7 @@ LINE = re.compile(r"^interrupted \((?P<sig>SIG\w+)\) at step (?P<step>\d+); last
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return make_png_shards(tmp_path_factory.mktemp("int"), 40, n_classes=4, size=32, shard_size=10)
+    return folder_shards(tmp_path_factory.mktemp("int"), 40, n_classes=4, size=32, shard_size=10)
 
 
 class Driver:

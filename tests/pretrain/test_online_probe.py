@@ -12,7 +12,7 @@ from pretrain.config import ConfigError, load_config, validate
 from pretrain.online_probe import OnlineProbe
 from pretrain.plan import example_batch
 from pretrain.train import build_optimizers, build_task_from_config, train_step
-from tests.pretrain.run_states import assert_same_state, infomax_overrides, read_metrics, tiny_cfg
+from tests.support.run_states import assert_same_state, infomax_overrides, read_metrics, tiny_cfg
 from tests.pretrain.test_gpu_path import HostSyncCounter
 
 
@@ -78,10 +78,10 @@ def test_two_workers_with_the_probe_resume_exactly_after_a_crash(ray_session, tm
     from the checkpoint at step 4) ends in the state of an uninterrupted run, bit for bit: encoder,
     heads, η, optimisers and the probe's head and Adam; every report shows the probe's top-1. (That the
     probe leaves the pretraining bit-identical to a run without it: the test above, on the same step.)"""
-    from tests.eval.conftest import build_synthetic_shards
+    from tests.support.shards import synthetic_shards
     from pretrain.train import launch
 
-    shards = build_synthetic_shards(tmp_path / "shards", 32, {"train": 160}, shard_size=40)
+    shards = synthetic_shards(tmp_path / "shards", 32, {"train": 160}, shard_size=40)
 
     def run(name, *extra):
         return launch(load_config(None, infomax_overrides(str(shards), str(tmp_path / name), "train.online_probe=true", *extra))).run_dir

@@ -12,7 +12,7 @@ from pretrain import checkpoint as ck
 from pretrain.__main__ import main as cli
 from pretrain.run_dir import CONFIG_FILE, checkpoint_dir_name
 from storage.files import sha256_file
-from tests.data_prep.conftest import make_png_shards
+from tests.support.shards import folder_shards
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_infomax_eta.yaml"
 
@@ -20,7 +20,7 @@ REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_infomax_et
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """16 random 32×32 PNGs in 2 classes, 2 shards."""
-    return make_png_shards(tmp_path_factory.mktemp("sec"), 16, n_classes=2, size=32, shard_size=8)
+    return folder_shards(tmp_path_factory.mktemp("sec"), 16, n_classes=2, size=32, shard_size=8)
 
 
 @pytest.fixture(autouse=True)

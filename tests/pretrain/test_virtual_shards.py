@@ -11,7 +11,7 @@ import torch
 
 from pretrain import checkpoint as ck
 from pretrain.config import ConfigError, load_config
-from tests.data_prep.conftest import make_png_shards
+from tests.support.shards import folder_shards
 from tests.pretrain.shard_runs import spawn_ranks
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +45,7 @@ def test_one_two_and_four_workers_end_with_the_same_weights(tmp_path):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """48 random 32×32 PNGs, 4 shards."""
-    return make_png_shards(tmp_path_factory.mktemp("vs"), 48, n_classes=4, size=32, shard_size=12)
+    return folder_shards(tmp_path_factory.mktemp("vs"), 48, n_classes=4, size=32, shard_size=12)
 
 
 def run_cfg(shards, root, *extra):
