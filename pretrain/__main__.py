@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--address", default=None,
                    help="Ray cluster address to join (e.g. ray://host:10001 or auto); default: start a local Ray")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue this run directory from its latest checkpoint (after the driver died)")
+                   help="continue this run directory from its latest checkpoint (after Ctrl-C, or the driver died)")
     p.add_argument("--plan", action="store_true",
                    help="print the run's cost (FLOPs per step, PFLOPs, images/s needed, hours) and exit; no Ray")
     p.add_argument("--measure", action="store_true",

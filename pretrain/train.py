@@ -263,6 +263,9 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
                     if message is None:
                         raise
             message = message or fatal.recorded(run_dir)
+            if asked and clock.step >= total_steps:  # the run reached its end before the workers could stop early
+                asked.clear()
+                storage.remove(storage.join(run_dir, interrupt.STOP_FILE))
             succeeded = message is None and not storage.isfile(stopped) and not asked
         except interrupt.Interrupted as exc:
             if owns_ray:
