@@ -414,6 +414,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     stream = batch_stream(cfg, permutations, shards, n_shards, position, pin_memory=pins_memory(cfg, device))
     window = MetricWindow(device)
     t_window = time.perf_counter()
+    noticed = False
     try:
         while step < total_steps:
             t0 = time.perf_counter()
@@ -425,7 +426,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
             for group in main_opt.param_groups:
                 group["lr"] = lr_at(step, peak_lr, cfg.optim.warmup_steps)
             out = train_step(model, task, batches, step, main_opt, eta_opt, bf16=cfg.train.bf16, rng=rng,
-                             buffers=buffers)
+                             buffers=buffers, notice=preemption_notice())
             if not out["finite"]:
                 if rank == 0:
                     storage.write_text(storage.join(run_dir, NONFINITE_FILE), json.dumps(
@@ -438,14 +439,19 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
             position = next_position
             window.add(out["metrics"], samples=sum(batch_size_of(b) for b in batches))
 
-            if step % cfg.train.report_every == 0 or step == total_steps:
+            # a preemption notice on any rank (Ray drains its node): every rank checkpoints at this step
+            # once, and trains on until the node goes (Ray then restarts from this checkpoint)
+            preempted_now = out["notice"] and not noticed
+            noticed = noticed or out["notice"]
+            if step % cfg.train.report_every == 0 or step == total_steps or preempted_now:
                 metrics = window.reduce(world, time.perf_counter() - t_window)
                 metrics.update(eta_across_ranks(task))
                 metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"], "workers": world})
                 if eta_opt is not None:
                     metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
                 stop = interrupt.stop_requested(run_dir, device)  # the driver got a signal: a checkpoint, then end
-                checkpoint_now = stop or step % cfg.train.checkpoint_every == 0 or step == total_steps
+                checkpoint_now = (stop or preempted_now or step % cfg.train.checkpoint_every == 0
+                                  or step == total_steps)
                 if writer is not None:  # the files go up with every checkpoint, else at most every upload_every_s
                     log_rank0(writer, logs, metrics, step, host_batches[0], cfg,
                               upload_after_s=0.0 if checkpoint_now else cfg.train.upload_every_s)
@@ -632,7 +638,7 @@ def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = 
 def train_step(model: nn.Module, task: nn.Module, batches: dict | list[dict], step: int,
                main_opt: torch.optim.Optimizer, eta_opt: torch.optim.Optimizer | None,
                *, bf16: bool = False, rng: list[dict] | None = None,
-               buffers: virtual_shards.StepBuffers | None = None) -> dict:
+               buffers: virtual_shards.StepBuffers | None = None, notice: bool = False) -> dict:
     """One optimiser step over this rank's micro-batches; ``step`` counts from 0 (Algorithm 1's η
     schedule reads it).
 
@@ -642,10 +648,11 @@ def train_step(model: nn.Module, task: nn.Module, batches: dict | list[dict], st
     give the mean gradient over the V = W·k micro-batches. ``rng``: each micro-batch's RNG state, restored
     before it and updated after it (None: the process's RNG runs on). ``buffers``: the task's buffers
     restarted for each micro-batch and combined over every rank's after the last (None: left as the
-    micro-batches leave them). Then the loss is all-reduced and its finiteness read on the host: the
-    step's one device sync. If it is non-finite on any rank, every rank returns ``finite=False`` without
-    updating anything. Returns ``{"finite", "global_loss" (float, only when not finite), "metrics"}``, the
-    metrics being this rank's means over its micro-batches, detached 0-d tensors still on the device.
+    micro-batches leave them). Then the loss is all-reduced, together with ``notice`` (this rank has
+    a preemption notice), and both are read on the host: the step's one device sync. If the loss is
+    non-finite on any rank, every rank returns ``finite=False`` without updating anything. Returns
+    ``{"finite", "global_loss" (float, only when not finite), "notice" (any rank had one), "metrics"}``,
+    the metrics being this rank's means over its micro-batches, detached 0-d tensors still on the device.
     """
     micro = [batches] if isinstance(batches, dict) else list(batches)
     k = len(micro)
@@ -680,16 +687,17 @@ def train_step(model: nn.Module, task: nn.Module, batches: dict | list[dict], st
                 sums[name] = v.detach() if name not in sums else sums[name] + v.detach()
     if buffers is not None:
         buffers.combine()
-    global_loss = dist.all_reduce_mean_detached(loss_sum.float() / k)
-    if not torch.isfinite(global_loss):
-        return {"finite": False, "global_loss": float(global_loss), "metrics": {}}
+    flag = torch.full((), float(notice), device=loss_sum.device)
+    global_loss, any_notice = dist.all_reduce_mean_detached(torch.stack([loss_sum.float() / k, flag])).tolist()
+    if not math.isfinite(global_loss):
+        return {"finite": False, "global_loss": global_loss, "notice": any_notice > 0, "metrics": {}}
     main_opt.step()
     bounds = getattr(task, "estimator", task)  # η-MINE lives in the estimator: no walk over the encoder a step
     if bounds is not None:
         estimators.eta_step(bounds, eta_opt, step)
     metrics = {name: v / k for name, v in sums.items()}
     metrics["loss"] = loss_sum / k
-    return {"finite": True, "metrics": metrics}
+    return {"finite": True, "notice": any_notice > 0, "metrics": metrics}
 
 
 class MetricWindow:
@@ -816,6 +824,14 @@ def log_rank0(writer, logs: storage.LocalMirror, metrics: dict, step: int, batch
     with open(os.path.join(logs.dir, METRICS_FILE), "a") as f:
         f.write(json.dumps({**metrics, WALL_TIME: time.time()}) + "\n")
     logs.push(upload_after_s)
+
+
+def preemption_notice() -> bool:
+    """Whether Ray Train has told this worker that a node of its group is being preempted (Ray drains a
+    node on a spot reclaim's notice; its preemption watcher tells every worker). A host read, no collective."""
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    return get_train_context().preemption_context.preemption_info is not None
 
 
 def maybe_crash(cfg: DictConfig, run_dir: Path | str, step: int, rank: int, world: int) -> None:

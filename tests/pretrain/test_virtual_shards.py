@@ -48,12 +48,16 @@ def shards(tmp_path_factory):
     return folder_shards(tmp_path_factory.mktemp("vs"), 48, n_classes=4, size=32, shard_size=12)
 
 
+def run_overrides(shards, root) -> list[str]:
+    """A tiny InfoMax η-MINE run of V = 4 virtual shards on 2 workers."""
+    return [f"data.shards={shards}", f"run.root={root}", "run.name=vs", "task.kind=infomax", "task.estimator=eta-mine",
+            "task.kwargs.hidden_dim=16", "task.kwargs.embed_dim=8", "model.encoder=dcgan", "model.depth=2",
+            "data.batch_size=4", "data.batches_per_epoch=5", "data.virtual_shards=4", "train.num_workers=2"]
+
+
 def run_cfg(shards, root, *extra):
-    return load_config(None, [
-        f"data.shards={shards}", f"run.root={root}", "run.name=vs", "task.kind=infomax", "task.estimator=eta-mine",
-        "task.kwargs.hidden_dim=16", "task.kwargs.embed_dim=8", "model.encoder=dcgan", "model.depth=2",
-        "data.batch_size=4", "data.batches_per_epoch=5", "data.virtual_shards=4", "train.num_workers=2",
-        "train.steps=12", "train.report_every=4", "train.checkpoint_every=4", *extra])
+    return load_config(None, [*run_overrides(shards, root), "train.steps=12", "train.report_every=4",
+                              "train.checkpoint_every=4", *extra])
 
 
 @pytest.mark.ray
@@ -101,3 +105,4 @@ def test_elastic_policy_runs_the_largest_divisor_of_the_virtual_shards_the_clust
     cfg = load_config(None, ["data.shards=unused", "train.num_workers=4", "data.virtual_shards=8"])
     assert worker_range(cfg) == 4
     assert worker_range(load_config(None, ["data.shards=unused", "train.num_workers=4", "train.min_workers=2"])) == (2, 4)
+
