@@ -11,8 +11,10 @@ critic per bound (``experiments.mi_gaussian.critics``), every bound starting fro
 seeing the same minibatches (all B×B pairs: diagonal joint, the rest marginal), Adam, η on its own
 Adam as in the paper. The estimate is the bound read on the held-out pairs cut into batches of
 ``batch`` (so InfoNCE is capped at log ``batch``), with a 95% percentile-bootstrap interval over
-those batches (``pretrain.estimators.evaluate``). Writes ``results.json``, ``results.md`` and
-``run.json`` (command, settings, wall and CPU time) under ``--out``.
+those batches (``pretrain.estimators.evaluate``); a bound whose critic or scores are no longer
+finite is reported as diverged. Writes ``results.json`` (after every task; a run started again on
+the same ``--out`` keeps its rows and does the rest), ``results.md`` and ``run.json`` (command,
+settings, wall and CPU time) under ``--out``.
 """
 from __future__ import annotations
 
@@ -105,9 +107,12 @@ def run_task(cfg: BMIConfig, name: str, seed: int) -> list[dict]:
     for i, n in enumerate(names):
         batches = [{"scores": s[i], "pos_mask": pos, "neg_mask": neg, **({"log_baseline": b} if n == "a-mine" else {})}
                    for s, b in zip(scores, baselines)]
+        row = {"task": name, "estimator": n, "seed": seed, "true_mi": task.mi, "batches": len(batches)}
+        if not all(torch.isfinite(p).all() for p in critic.parameters()) or not torch.isfinite(scores[0][i]).all():
+            rows.append({**row, "estimate": float("nan"), "low": float("nan"), "high": float("nan"), "error": float("nan"), "diverged": True})
+            continue
         iv = estimators.evaluate(bank.bounds[i], batches, cfg.level, cfg.resamples, seed)
-        rows.append({"task": name, "estimator": n, "seed": seed, "true_mi": task.mi, "estimate": iv.estimate,
-                     "low": iv.low, "high": iv.high, "error": iv.estimate - task.mi, "batches": iv.batches})
+        rows.append({**row, "estimate": iv.estimate, "low": iv.low, "high": iv.high, "error": iv.estimate - task.mi})
     return rows
 
 
@@ -122,7 +127,8 @@ def markdown(rows: list[dict], cfg: BMIConfig) -> str:
         for n in names:
             mine = [r for r in rows if r["task"] == t and r["estimator"] == n]
             avg = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
-            cells.append(f"{avg('estimate'):.2f} [{avg('low'):.2f}, {avg('high'):.2f}] ({avg('error'):+.2f})")
+            diverged = sum(bool(r.get("diverged")) for r in mine)
+            cells.append(f"diverged ({diverged}/{len(mine)})" if diverged else f"{avg('estimate'):.2f} [{avg('low'):.2f}, {avg('high'):.2f}] ({avg('error'):+.2f})")
         lines.append(f"| {t} | {mine[0]['true_mi']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -158,7 +164,7 @@ def load_config(overrides: list[str], quick: bool = False) -> BMIConfig:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(prog="python -m experiments.mi_bmi", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--out", type=Path, required=True, help="output directory; a results.json there is continued (its task/seed rows are kept)")
     p.add_argument("--quick", action="store_true", help="two tasks, 60 steps: a smoke test")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings of BMIConfig, e.g. 'tasks=[all]' seeds=3")
@@ -171,8 +177,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a.out.mkdir(parents=True, exist_ok=True)
     command = "python -m experiments.mi_bmi " + shlex.join(argv if argv is not None else sys.argv[1:])
     start, rows = time.time(), []
+    if (a.out / "results.json").exists():  # continue: keep the task/seed rows already there
+        plan = {(t, s) for t in cfg.tasks for s in range(cfg.seeds)}
+        rows = [r for r in json.loads((a.out / "results.json").read_text()) if (r["task"], r["seed"]) in plan]
+        print(f"continuing {a.out / 'results.json'}: {len({(r['task'], r['seed']) for r in rows})} task/seed pairs kept", flush=True)
+    done = {(r["task"], r["seed"]) for r in rows}
     for name in cfg.tasks:
         for seed in range(cfg.seeds):
+            if (name, seed) in done:
+                continue
             rows += run_task(cfg, name, seed)
             (a.out / "results.json").write_text(json.dumps(rows, indent=1))
             print(f"{name} seed {seed} ({time.time() - start:.0f}s): " + " ".join(f"{r['estimator']}={r['estimate']:.2f}" for r in rows[-len(cfg.estimators):]), flush=True)

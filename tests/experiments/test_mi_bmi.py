@@ -128,3 +128,17 @@ def test_runner_refuses_an_unknown_task_by_name():
 
     with pytest.raises(ValueError, match="unknown task.*nope"):
         benchmark.load_config(["tasks=[nope]"])
+
+
+def test_runner_continues_the_rows_already_in_its_results(tmp_path):
+    import json
+
+    from experiments.mi_bmi import benchmark
+
+    kept = {"task": "1v1-normal-0.75", "estimator": "eta-mine", "seed": 0, "true_mi": 0.41, "batches": 4,
+            "estimate": 0.123, "low": 0.1, "high": 0.2, "error": -0.29}
+    (tmp_path / "results.json").write_text(json.dumps([kept]))
+    rows = benchmark.main(["--quick", "--out", str(tmp_path), "tasks=[1v1-normal-0.75,multinormal-sparse-2-2]",
+                           "estimators=[eta-mine]", "steps=10"])
+    assert rows[0] == kept  # not trained again
+    assert [r["task"] for r in rows] == ["1v1-normal-0.75", "multinormal-sparse-2-2"]
