@@ -124,7 +124,9 @@ def describe_pretraining(config: dict) -> dict:
         "encoder": model.get("encoder"),
         "depth": model.get("depth"),
         "seed": run.get("seed"),
-        "global_batch": per_rank * int(train.get("num_workers", 1)) if per_rank is not None else None,
+        # a step is data.virtual_shards micro-batches (null: train.num_workers), whatever the workers
+        "global_batch": (per_rank * int(data.get("virtual_shards") or train.get("num_workers", 1))
+                         if per_rank is not None else None),
         "dataset": dataset,
         "dataset_source": source,
         "num_samples": num_samples,
