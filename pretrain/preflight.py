@@ -115,11 +115,11 @@ def warn_sync_batchnorm(cfg: DictConfig) -> None:
         return
     import warnings
 
-    from pretrain.train import build_task_from_config
+    from pretrain.models import build_encoder_from_config
 
-    with torch.device("meta"):
-        task = build_task_from_config(cfg, None)
-    layers = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in task.modules())
+    with torch.device("meta"):  # the encoder's layers: the heads' are few and small
+        encoder = build_encoder_from_config(cfg.model)
+    layers = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
     warnings.warn(f"train.sync_batchnorm=true: {layers} BatchNorm layers, each a host sync a step on GPUs "
                   f"(the step otherwise has one); keep it off unless per-rank batches are too small for batch norm")
 
@@ -178,8 +178,8 @@ def resume_point(cfg: DictConfig, experiment_dir) -> ResumePoint:
     source = io.BytesIO(storage.read_bytes(file)) if storage.is_url(file) else file
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True, mmap=not storage.is_url(file))
-        shards = len(payload["data_position"])
         payload["rng"]
+        shards = len(payload["data_position"])
     except Exception as exc:  # a foreign pickle, a payload of another layout: its checksum matched
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, KeyError):

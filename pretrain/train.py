@@ -69,6 +69,7 @@ from pretrain.run_dir import (
     checkpoint_dir_name,
     new_run_dir,
     ray_storage_path,
+    run_home,
 )
 from pretrain.run_lock import run_dir_lock
 from pretrain.tasks import spec as task_spec
