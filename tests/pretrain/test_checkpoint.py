@@ -172,7 +172,7 @@ def test_rank0_writes_a_local_checkpoint_in_place_and_ray_only_records_it(tmp_pa
             (home / VALIDATE_STORAGE_MARKER_FILENAME).touch()
     task, main, eta = trained_state()
     assert report_with_checkpoint(from_plain(config_dict()), None if home is None else str(home), {"step": 7},
-                                  7, task, main, eta, {"epoch": 0, "batch": 7}, None) == name
+                                  7, task, main, eta, {"epoch": 0, "batch": 7}, [ck.capture_rng()], None) == name
     [(path, dir_name, mode, files)] = seen
     assert dir_name == name and files == [ck.CHECKPOINT_FILE, ck.CHECKSUM_FILE]
     if where == "local":
