@@ -108,7 +108,7 @@ def run_task(cfg: BMIConfig, name: str, seed: int) -> list[dict]:
         batches = [{"scores": s[i], "pos_mask": pos, "neg_mask": neg, **({"log_baseline": b} if n == "a-mine" else {})}
                    for s, b in zip(scores, baselines)]
         row = {"task": name, "estimator": n, "seed": seed, "true_mi": task.mi, "batches": len(batches)}
-        if not all(torch.isfinite(p).all() for p in critic.parameters()) or not torch.isfinite(scores[0][i]).all():
+        if not all(torch.isfinite(p[i]).all() for p in critic.parameters()) or not torch.isfinite(scores[0][i]).all():  # copy i only
             rows.append({**row, "estimate": float("nan"), "low": float("nan"), "high": float("nan"), "error": float("nan"), "diverged": True})
             continue
         iv = estimators.evaluate(bank.bounds[i], batches, cfg.level, cfg.resamples, seed)
