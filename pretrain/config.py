@@ -457,6 +457,9 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
                 storage.check_bucket(cfg.run[key])
             except storage.StorageError as exc:
                 raise ConfigError(f"run.{key}: {exc}") from None
+    if d.decode_on == "device" and manifest.get("image_format") != "jpg":
+        raise ConfigError(f"data.decode_on=device decodes JPEG and {d.shards} holds {manifest.get('image_format')}; "
+                          f"set data.decode_on=host or build the shards with --format jpg")
     if t.online_probe and not manifest["splits"][d.split].get("labelled", True):
         raise ConfigError(f"train.online_probe needs labels, and data.split {d.split!r} of {d.shards} has none "
                           f"(set train.online_probe=false, or pretrain on a labelled split)")

@@ -116,12 +116,13 @@ def test_truncated_and_flipped_checkpoints_are_skipped_and_named(shards, tmp_pat
 
 def test_resume_on_workers_that_do_not_divide_the_virtual_shards_is_one_line_before_ray(shards, tmp_path, capsys):
     run = tmp_path / "run"
-    write_run(run, shards, [4], ranks=2)  # 2 ranks, data.virtual_shards unset: V = 2
+    # 3 ranks, data.virtual_shards unset: V = 3; 2 workers fit this 2-core machine but do not divide it
+    write_run(run, shards, [4], ranks=3)
     before = (run / CONFIG_FILE).read_text()
-    assert cli(["--resume", str(run), "train.num_workers=3"]) == 2
-    assert "train.num_workers=3 does not divide data.virtual_shards=2" in one_line_error(capsys)
-    assert cli(["--resume", str(run), "data.virtual_shards=4"]) == 2
-    assert "resume with data.virtual_shards=2" in one_line_error(capsys)
+    assert cli(["--resume", str(run), "train.num_workers=2"]) == 2
+    assert "train.num_workers=2 does not divide data.virtual_shards=3" in one_line_error(capsys)
+    assert cli(["--resume", str(run), "train.num_workers=1", "data.virtual_shards=4"]) == 2
+    assert "resume with data.virtual_shards=3" in one_line_error(capsys)
     assert (run / CONFIG_FILE).read_text() == before  # nothing lost
 
 
