@@ -116,6 +116,11 @@ def run_task(cfg: BMIConfig, name: str, seed: int) -> list[dict]:
     return rows
 
 
+def _num(value: float, sign: str = "") -> str:
+    """Two decimals, or two significant digits once a read-out has exploded (|value| ≥ 1000)."""
+    return f"{value:{sign}.2f}" if abs(value) < 1000 else f"{value:{sign}.1e}"
+
+
 def markdown(rows: list[dict], cfg: BMIConfig) -> str:
     """One table: tasks × bounds, each cell estimate [interval] and error (mean over seeds when > 1)."""
     names = list(dict.fromkeys(r["estimator"] for r in rows))
@@ -128,7 +133,7 @@ def markdown(rows: list[dict], cfg: BMIConfig) -> str:
             mine = [r for r in rows if r["task"] == t and r["estimator"] == n]
             avg = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
             diverged = sum(bool(r.get("diverged")) for r in mine)
-            cells.append(f"diverged ({diverged}/{len(mine)})" if diverged else f"{avg('estimate'):.2f} [{avg('low'):.2f}, {avg('high'):.2f}] ({avg('error'):+.2f})")
+            cells.append(f"diverged ({diverged}/{len(mine)})" if diverged else f"{_num(avg('estimate'))} [{_num(avg('low'))}, {_num(avg('high'))}] ({_num(avg('error'), '+')})")
         lines.append(f"| {t} | {mine[0]['true_mi']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
