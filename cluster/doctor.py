@@ -160,7 +160,8 @@ def all_reduce_check(nodes: list[dict]) -> dict:
 def run_settings(config: str | None, overrides: list[str]):
     """``(data.shards or None, data.split, run.root, where checkpoints go, train.bf16)`` from the config."""
     import storage
-    from pretrain.config import PretrainConfig, absolute_paths, merge_config, run_home
+    from pretrain.config import PretrainConfig, absolute_paths, merge_config
+    from pretrain.run_dir import run_home
 
     cfg = absolute_paths(merge_config(PretrainConfig, config, overrides))
     shards = None if OmegaConf.is_missing(cfg.data, "shards") else cfg.data.shards

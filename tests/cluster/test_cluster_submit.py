@@ -52,7 +52,8 @@ def project(tmp_path_factory) -> Path:
     (root / "pretrain").mkdir()
     (root / "pretrain" / "__init__.py").write_text("")
     (root / "pretrain" / "__main__.py").write_text(FAKE_PRETRAIN)
-    shutil.copy(REPO_ROOT / "pretrain" / "config.py", root / "pretrain" / "config.py")  # cluster.resume reads configs with it
+    for module in ("config.py", "run_dir.py"):  # cluster.resume reads configs and finds run directories with them
+        shutil.copy(REPO_ROOT / "pretrain" / module, root / "pretrain" / module)
     (root / "configs").mkdir()
     (root / "configs" / "tiny.yaml").write_text("run:\n  name: from-yaml\ntrain:\n  steps: 10\n")
     for junk in (".venv/lib/big.so", "runs/old/x", ".git/objects/y", "shards/train-000000.tar",
