@@ -154,7 +154,7 @@ def guard(run_dir, rank: int, world_size: int) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        line = classify(exc, run_dir)
+        line = find(exc, run_dir)  # also inside it: torch.save reports a full disk as a RuntimeError over the OSError
         if line is None:
             raise  # Ray retries it from the last checkpoint
         record(run_dir, rank, line)
