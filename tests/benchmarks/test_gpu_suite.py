@@ -77,7 +77,7 @@ def test_outcomes_and_facts_are_read_from_a_real_pytest_run(tmp_path):
             record_property("facts", json.dumps({"losses": [2.5, 2.25], "host_reads": 1}))
 
         def test_fails():
-            assert 1 == 2, "one is not two"
+            pytest.fail("a failing test the runner must record")
 
         @pytest.mark.skip(reason="no CUDA: none here")
         def test_skips():
@@ -92,7 +92,7 @@ def test_outcomes_and_facts_are_read_from_a_real_pytest_run(tmp_path):
     tests = {t["test"].split("::")[-1]: t for t in suite.read_junit(junit)}
     assert tests["test_measures"]["outcome"] == "passed"
     assert tests["test_measures"]["facts"] == {"losses": [2.5, 2.25], "host_reads": 1}
-    assert tests["test_fails"]["outcome"] == "failed" and "one is not two" in tests["test_fails"]["message"]
+    assert tests["test_fails"]["outcome"] == "failed" and "a failing test the runner must record" in tests["test_fails"]["message"]
     assert tests["test_skips"] == {**tests["test_skips"], "outcome": "skipped", "message": "no CUDA: none here"}
     assert suite.read_junit(tmp_path / "missing.xml") == []
 
