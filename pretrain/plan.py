@@ -131,10 +131,9 @@ def format_bounds(p: Plan, gpu_here: bool | None = None) -> str:
     return "\n".join(lines)
 
 
-def measure_step_s(cfg: DictConfig, steps: int = 3) -> float:
-    """Seconds of one training step (forward, backward, optimiser) of one rank on this machine's CPU
-    with ``train.threads_per_worker`` torch threads, on a synthetic batch of the config's shape: the
-    fastest of ``steps`` timed steps after one untimed (allocation, first-call costs)."""
+def task_on_example_batch(cfg: DictConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.Optimizer | None, dict]:
+    """The config's task in training mode (seeded by ``run.seed``), its optimisers and a synthetic
+    batch of the config's shape already through ``host_prepare``: what one training step needs."""
     from pretrain.train import build_optimizers, build_task_from_config, permutations_of
 
     permutations = permutations_of(cfg)
@@ -142,7 +141,14 @@ def measure_step_s(cfg: DictConfig, steps: int = 3) -> float:
     task = build_task_from_config(cfg, permutations)
     task.train()
     main_opt, eta_opt = build_optimizers(cfg, task)
-    batch = task.host_prepare(example_batch(cfg, permutations))
+    return task, main_opt, eta_opt, task.host_prepare(example_batch(cfg, permutations))
+
+
+def measure_step_s(cfg: DictConfig, steps: int = 3) -> float:
+    """Seconds of one training step (forward, backward, optimiser) of one rank on this machine's CPU
+    with ``train.threads_per_worker`` torch threads, on a synthetic batch of the config's shape: the
+    fastest of ``steps`` timed steps after one untimed (allocation, first-call costs)."""
+    task, main_opt, eta_opt, batch = task_on_example_batch(cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads_per_worker)
     times = []
@@ -240,14 +246,7 @@ def step_flops(cfg: DictConfig) -> float:
     """Counted FLOPs of one training step of one rank (forward, backward, optimiser step)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pretrain.train import build_optimizers, build_task_from_config, permutations_of
-
-    permutations = permutations_of(cfg)
-    torch.manual_seed(cfg.run.seed)
-    task = build_task_from_config(cfg, permutations)
-    task.train()
-    main_opt, eta_opt = build_optimizers(cfg, task)
-    batch = task.host_prepare(example_batch(cfg, permutations))
+    task, main_opt, eta_opt, batch = task_on_example_batch(cfg)
     with FlopCounterMode(display=False) as counter:
         loss = task(batch)["loss"]
         loss.backward()
