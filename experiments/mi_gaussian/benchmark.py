@@ -40,9 +40,11 @@ from torch import nn
 
 import storage
 from experiments.mean_std import mean_std, pm
+from experiments.mi_gaussian import plots
 from experiments.mi_gaussian.critics import BatchedMLP, build_critic
 from experiments.settings import defaults_yaml, read_settings, require_counts
 from pretrain import estimators
+from pretrain.estimators.eta_mine_convex import evaluate_convex, fit_convex
 from console.progress import bar as progress_bar
 
 CONVEX = "eta-mine-convex"
@@ -288,8 +290,6 @@ def _convex_estimate(critic, copy: int, x_tr, y_tr, x_te, y_te, shifts: int, l2:
 
     Training marginal pairs: ``shifts`` derangements (x_{π(i)}, y_{π(i+k)}), k ≠ 0; test marginal
     pairs: every (x_i, y_j), i ≠ j, as for the other bounds."""
-    from pretrain.estimators.eta_mine_convex import evaluate_convex, fit_convex
-
     n = x_tr.shape[0]
     perm = torch.randperm(n, generator=gen)
     ks = torch.randperm(n - 1, generator=gen)[:shifts] + 1
@@ -612,8 +612,6 @@ def run(protocol: str, cfg: PaperConfig | StaircaseConfig, out: Path, progress: 
     """Run one protocol and write results.json, results.md, run.json, curves.json or traces.json,
     PNG plots and TensorBoard scalars to ``out``."""
     from torch.utils.tensorboard import SummaryWriter
-
-    from experiments.mi_gaussian import plots
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
