@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         overrides_help="settings of BMIConfig, e.g. 'tasks=[all]' seeds=3", load=load_config, argv=argv)
     start, rows = time.time(), []
     if (out / "results.json").exists():  # continue: keep the task/seed rows already there
-        plan = {(t, s) for t in cfg.tasks for s in range(cfg.seeds)}
-        rows = [r for r in json.loads((out / "results.json").read_text()) if (r["task"], r["seed"]) in plan]
+        wanted = {(t, s) for t in cfg.tasks for s in range(cfg.seeds)}
+        rows = [r for r in json.loads((out / "results.json").read_text()) if (r["task"], r["seed"]) in wanted]
         print(f"continuing {out / 'results.json'}: {len({(r['task'], r['seed']) for r in rows})} task/seed pairs kept", flush=True)
     done = {(r["task"], r["seed"]) for r in rows}
     for name in cfg.tasks:
