@@ -21,6 +21,12 @@ from datetime import timedelta
 
 from omegaconf import OmegaConf
 
+import storage
+from data_prep.manifest import read_manifest, shard_paths
+from pretrain import gpu
+from pretrain.config import ConfigError, PretrainConfig, absolute_paths, merge_config
+from pretrain.run_dir import run_home
+
 TASK_TIMEOUT_S = 120.0  # a node whose GPUs another job holds answers after it ends: say so instead
 LOW_DISK_GB = 20.0  # a ResNet-50 jigsaw checkpoint is ~0.5 GB; keep room for several and the logs
 
@@ -34,9 +40,6 @@ def node_report(shards: str | None, split: str, run_root: str | None, checkpoint
 
     import ray
 
-    import storage
-    from pretrain import gpu
-
     out = {"ip": ray.util.get_node_ip_address(), "ray_gpus": gpus, **gpu.facts(), "problems": []}
     out["problems"] += gpu.problems(out, gpus=gpus, bf16=bf16)
     out["free_disk_gb"] = None
@@ -48,8 +51,6 @@ def node_report(shards: str | None, split: str, run_root: str | None, checkpoint
                                    f"free space, or set run.root/run.storage_path to a larger disk or a bucket")
     out["shards_read"] = None
     if shards:
-        from data_prep.manifest import read_manifest, shard_paths
-
         try:
             first = shard_paths(shards, split, read_manifest(shards))[0]
             with storage.open_read(first) as f:
@@ -159,10 +160,6 @@ def all_reduce_check(nodes: list[dict]) -> dict:
 
 def run_settings(config: str | None, overrides: list[str]):
     """``(data.shards or None, data.split, run.root, where checkpoints go, train.bf16)`` from the config."""
-    import storage
-    from pretrain.config import PretrainConfig, absolute_paths, merge_config
-    from pretrain.run_dir import run_home
-
     cfg = absolute_paths(merge_config(PretrainConfig, config, overrides))
     shards = None if OmegaConf.is_missing(cfg.data, "shards") else cfg.data.shards
     root = storage.resolve(run_home(cfg.run))
@@ -227,8 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the table and problems as JSON")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.shards=s3://B/shards run.root=s3://B/runs")
     args = p.parse_args(argv)
-    from pretrain.config import ConfigError
-
     try:
         settings = run_settings(args.config, args.overrides)
     except ConfigError as exc:

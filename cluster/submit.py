@@ -344,14 +344,15 @@ def submit(
     entrypoint: str,
     env: dict,
     *,
-    kind: str,
+    stage: str,
     run_name: str | None = None,
     entrypoint_gpus: float = 0.0,
     version: str | None = None,
     submission_id: str | None = None,
 ) -> str:
-    """Submits one job and returns its id. A pretraining run that is still active is not started twice."""
-    metadata = {"kind": kind}
+    """Submits one job (metadata: ``stage``, pretrain or eval; the run's name; the code version) and returns its
+    id. A pretraining run that is still active is not started twice."""
+    metadata = {"stage": stage}
     if run_name:
         metadata["run_name"] = run_name
         earlier = _jobs_of_run(client, run_name)
@@ -366,7 +367,7 @@ def submit(
                   "this job continues it from its latest checkpoint, if it wrote one")
     if version:
         metadata["version"] = version
-    submission_id = submission_id or f"{_slug(run_name or kind)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    submission_id = submission_id or f"{_slug(run_name or stage)}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         return client.submit_job(
             entrypoint=entrypoint,
@@ -443,7 +444,7 @@ def run(argv: Sequence[str]) -> int:
             client,
             entrypoint,
             env,
-            kind=args.command,
+            stage=args.command,
             run_name=run_name,
             entrypoint_gpus=args.entrypoint_gpus,
             version=_git_version(args.working_dir),

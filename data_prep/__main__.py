@@ -16,6 +16,8 @@ from pathlib import Path
 import storage
 from data_prep import shard_tar, shard_writer
 from data_prep.builders import BUILDERS, build
+from data_prep.verify import verify
+from storage.writable import NotWritableError, check_writable_dir
 
 
 def _common(p: argparse.ArgumentParser, fmt: str) -> None:
@@ -121,7 +123,6 @@ def _run(args: argparse.Namespace) -> int:
         storage.check_url(target)
         storage.check_bucket(target)
     if args.command == "verify":
-        from data_prep.verify import verify
         problems = verify(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty(),
                           max_member_mb=args.max_member_mb)
         for line in problems:
@@ -132,7 +133,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"verify: {args.dir} matches its manifest")
         return 0
 
-    from storage.writable import NotWritableError, check_writable_dir
     try:
         check_writable_dir(args.out, "--out", "choose another output directory")
     except NotWritableError as exc:

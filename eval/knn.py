@@ -66,10 +66,20 @@ def knn_votes(
 
     train_features: [N, D], train_labels: [N] int64, query_features: [Q, D]. Returns votes [Q, C].
     """
+    sim, neighbour_labels = labelled_neighbours(train_features, train_labels, query_features, k, "knn_votes")
+    return votes_from_neighbours(sim, neighbour_labels, num_classes, sim.shape[1], temperature)
+
+
+def labelled_neighbours(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
+                        k: int, caller: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest train samples of every query (:func:`cosine_neighbours`) and their labels.
+
+    train_features: [N, D], train_labels: [N] int64, query_features: [Q, D]. Returns sim [Q, K] and
+    neighbour labels [Q, K], K = min(k, N); a ValueError naming ``caller`` when the labels are not [N]."""
     if train_labels.shape != (train_features.shape[0],):
-        raise ValueError(f"knn_votes: train_labels must be [{train_features.shape[0]}], got {tuple(train_labels.shape)}")
+        raise ValueError(f"{caller}: train_labels must be [{train_features.shape[0]}], got {tuple(train_labels.shape)}")
     sim, idx = cosine_neighbours(train_features, query_features, k)
-    return votes_from_neighbours(sim, train_labels.cpu()[idx], num_classes, sim.shape[1], temperature)
+    return sim, train_labels.cpu()[idx]
 
 
 def knn_accuracy(
@@ -89,13 +99,10 @@ def knn_accuracy(
     Returns {"k", "temperature", "top1", "top5" (at `k`), "by_k": {str(k): {"top1", "top5"}} (every k)}.
     A k above N votes with all N train samples.
     """
-    if train_labels.shape != (train_features.shape[0],):
-        raise ValueError(f"knn_accuracy: train_labels must be [{train_features.shape[0]}], got {tuple(train_labels.shape)}")
     all_ks = sorted({int(k), *(int(j) for j in ks)})
     if all_ks[0] < 1:
         raise ValueError(f"knn: every k must be >= 1, got {all_ks}")
-    sim, idx = cosine_neighbours(train_features, test_features, all_ks[-1])  # the one search
-    neighbour_labels = train_labels.cpu()[idx]
+    sim, neighbour_labels = labelled_neighbours(train_features, train_labels, test_features, all_ks[-1], "knn_accuracy")  # the one search
     by_k = {}
     for j in all_ks:
         votes = votes_from_neighbours(sim, neighbour_labels, num_classes, min(j, sim.shape[1]), temperature)

@@ -16,6 +16,9 @@ they exist here, else on synthetic images of the size the stream decodes.
 """
 from __future__ import annotations
 
+import argparse
+import copy
+import functools
 import io
 import math
 import sys
@@ -26,6 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+
+from data_prep import infomax_stream, jigsaw, jigsaw_stream
+from data_prep.manifest import ManifestError, read_manifest, shard_paths
+from pretrain.config import ConfigError, load_config, validate
+from pretrain.preflight import fit_to_local_cpus, local_cpus
+from pretrain.tasks import spec
+from pretrain.train import build_optimizers, build_task_from_config, permutations_of, run_schedule
 
 # One H200 SXM: 989 TFLOP/s dense bf16 (NVIDIA's datasheet, without sparsity). A step of small
 # convolutions reaches well under peak; 40% is the sustained figure we plan with.
@@ -81,8 +91,6 @@ def plan(cfg: DictConfig, *, tflops: float = DEFAULT_TFLOPS, name: str | None = 
     flops = flops_rank * workers
     per_rank_images = cfg.data.images_per_batch if _is_jigsaw(cfg) else cfg.data.batch_size
     images_per_step = per_rank_images * workers
-    from pretrain.train import run_schedule
-
     steps = run_schedule(cfg)[0]
     total = flops * steps
     steps_per_s = tflops * 1e12 / flops
@@ -131,18 +139,22 @@ def format_bounds(p: Plan, gpu_here: bool | None = None) -> str:
     return "\n".join(lines)
 
 
-def measure_step_s(cfg: DictConfig, steps: int = 3) -> float:
-    """Seconds of one training step (forward, backward, optimiser) of one rank on this machine's CPU
-    with ``train.threads_per_worker`` torch threads, on a synthetic batch of the config's shape: the
-    fastest of ``steps`` timed steps after one untimed (allocation, first-call costs)."""
-    from pretrain.train import build_optimizers, build_task_from_config, permutations_of
-
+def task_on_example_batch(cfg: DictConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.Optimizer | None, dict]:
+    """The config's task in training mode (seeded by ``run.seed``), its optimisers and a synthetic
+    batch of the config's shape already through ``host_prepare``: what one training step needs."""
     permutations = permutations_of(cfg)
     torch.manual_seed(cfg.run.seed)
     task = build_task_from_config(cfg, permutations)
     task.train()
     main_opt, eta_opt = build_optimizers(cfg, task)
-    batch = task.host_prepare(example_batch(cfg, permutations))
+    return task, main_opt, eta_opt, task.host_prepare(example_batch(cfg, permutations))
+
+
+def measure_step_s(cfg: DictConfig, steps: int = 3) -> float:
+    """Seconds of one training step (forward, backward, optimiser) of one rank on this machine's CPU
+    with ``train.threads_per_worker`` torch threads, on a synthetic batch of the config's shape: the
+    fastest of ``steps`` timed steps after one untimed (allocation, first-call costs)."""
+    task, main_opt, eta_opt, batch = task_on_example_batch(cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.train.threads_per_worker)
     times = []
@@ -165,11 +177,6 @@ def measure_step_s(cfg: DictConfig, steps: int = 3) -> float:
 def local_fit(cfg: DictConfig) -> str:
     """How a local run of ``cfg`` fits this machine's CPUs (``python -m pretrain`` without
     ``--address``): as it is, with fewer loader processes, or not at all."""
-    import copy
-
-    from pretrain.config import ConfigError
-    from pretrain.preflight import fit_to_local_cpus, local_cpus
-
     cpus = local_cpus()
     try:
         note = fit_to_local_cpus(copy.deepcopy(cfg), cpus)
@@ -212,8 +219,6 @@ def plan_dict(p: Plan) -> dict:
 
 
 def _is_jigsaw(cfg: DictConfig) -> bool:
-    from pretrain.tasks import spec
-
     return spec(cfg.task.kind).uses_permutations
 
 
@@ -226,8 +231,6 @@ def example_batch(cfg: DictConfig, permutations: torch.Tensor | None, seed: int 
     d = cfg.data
     rng = np.random.default_rng(seed)
     if _is_jigsaw(cfg):
-        from data_prep import jigsaw
-
         tiles = rng.integers(0, 256, (d.images_per_batch, 9, jigsaw.PATCH, jigsaw.PATCH, 3), dtype=np.uint8)
         labels = np.zeros(d.images_per_batch, dtype=np.int64)
         return jigsaw.make_batch(tiles, labels, permutations.numpy(), d.perms_per_image, rng,
@@ -240,14 +243,7 @@ def step_flops(cfg: DictConfig) -> float:
     """Counted FLOPs of one training step of one rank (forward, backward, optimiser step)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pretrain.train import build_optimizers, build_task_from_config, permutations_of
-
-    permutations = permutations_of(cfg)
-    torch.manual_seed(cfg.run.seed)
-    task = build_task_from_config(cfg, permutations)
-    task.train()
-    main_opt, eta_opt = build_optimizers(cfg, task)
-    batch = task.host_prepare(example_batch(cfg, permutations))
+    task, main_opt, eta_opt, batch = task_on_example_batch(cfg)
     with FlopCounterMode(display=False) as counter:
         loss = task(batch)["loss"]
         loss.backward()
@@ -267,17 +263,11 @@ def data_rate(cfg: DictConfig, seconds: float = 2.0) -> tuple[float, str]:
     on samples of the config's shards when ``data.shards`` holds a manifest, else on synthetic
     images (292² JPEG for jigsaw, ``data.size``² PNG for InfoMax).
     """
-    from data_prep import jigsaw_stream
-
     samples, source = _shard_samples(cfg)
     if samples is None:
         samples, source = _synthetic_samples(cfg), "synthetic"
     d = cfg.data
     if _is_jigsaw(cfg):
-        import functools
-
-        from pretrain.train import permutations_of
-
         permutations = permutations_of(cfg).numpy()
         decode = jigsaw_stream.decode_for_jigsaw
         collate = functools.partial(jigsaw_stream.collate_jigsaw, permutations=permutations,
@@ -285,10 +275,6 @@ def data_rate(cfg: DictConfig, seconds: float = 2.0) -> tuple[float, str]:
                                     device_augment=d.augment_on == "device")
         group = d.images_per_batch
     else:
-        import functools
-
-        from data_prep import infomax_stream
-
         decode = functools.partial(infomax_stream.decode_small, size=d.size)
         collate = functools.partial(infomax_stream.collate_infomax, train=True)
         group = d.batch_size
@@ -309,8 +295,6 @@ def data_rate(cfg: DictConfig, seconds: float = 2.0) -> tuple[float, str]:
 
 def _shard_samples(cfg: DictConfig, n: int = 64) -> tuple[list | None, str]:
     """Up to ``n`` raw samples of the config's split, or ``(None, "")`` when the shards are not here."""
-    from data_prep.manifest import ManifestError, read_manifest, shard_paths
-
     try:
         urls = shard_paths(cfg.data.shards, cfg.data.split, read_manifest(cfg.data.shards))
     except (ManifestError, OSError, ValueError):
@@ -329,8 +313,6 @@ def _synthetic_samples(cfg: DictConfig, n: int = 16) -> list[dict]:
     """Smooth random pictures (JPEG noise would decode slower than photographs)."""
     from PIL import Image
 
-    from data_prep import jigsaw
-
     size, fmt, ext = (jigsaw.RESIZE, "JPEG", "jpg") if _is_jigsaw(cfg) else (cfg.data.size, "PNG", "png")
     rng = np.random.default_rng(0)
     out = []
@@ -345,10 +327,6 @@ def _synthetic_samples(cfg: DictConfig, n: int = 16) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pretrain.plan CONFIG [CONFIG ...]``: the plan of each config, as lines or a table."""
-    import argparse
-
-    from pretrain.config import ConfigError, load_config, validate
-
     p = argparse.ArgumentParser(prog="python -m pretrain.plan", description="What each config costs "
                                 "(the --plan of python -m pretrain, for many configs at once).")
     p.add_argument("configs", nargs="+", help="config files (e.g. configs/*.yaml)")

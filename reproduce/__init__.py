@@ -1,1 +1,1 @@
-"""The paper's Table 2 and Table 3 end to end: plan, pretrain, probe, aggregate (``python -m reproduce``)."""
+"""The paper's Table 2 and Table 3 end to end: the run list, pretrain, probe, aggregate (``python -m reproduce``)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from eval.linear import KS as TOP_K, mean_std
 from eval.paper_results import TABLE2_TOP1, TABLE3
-from reproduce.plan import Plan
+from reproduce.run_list import RunList
 
 KS = tuple(f"top{k}" for k in TOP_K)  # the probe's accuracies, as eval.linear reports them
 METHOD_NAMES = {"dv-mine": "DV-MINE", "eta-mine": "η-MINE", "ce": "CE", "supervised": "Sup."}
@@ -16,10 +16,10 @@ DATASET_NAMES = {"cifar10": "C10", "stl10": "S10", "imagenet10": "ImageNet-10%"}
 # ============================================================================ 4. the table
 
 
-def collect(plan: Plan) -> list[dict]:
+def collect(run_list: RunList) -> list[dict]:
     """One record per (probe, probe seed) found on disk: method, datasets, pretraining and probe seed, top-k."""
     records = []
-    for probe in plan.probes:
+    for probe in run_list.probes:
         results = Path(probe.out) / "results.json"
         if not results.is_file():
             continue
@@ -53,16 +53,16 @@ def _cell(stat: dict | None, models: int | None = None, expected: int | None = N
     return text if models is None or models == expected else f"{text} ({models} of {expected})"
 
 
-def paper_table(plan: Plan, agg: dict[tuple, dict], seeds: int, probe_seeds: int) -> str:
+def paper_table(run_list: RunList, agg: dict[tuple, dict], seeds: int, probe_seeds: int) -> str:
     """The Markdown table: ours (mean ± std over all models) beside the paper's numbers."""
     expected = seeds * probe_seeds
     lines = []
-    if plan.miniature:
+    if run_list.miniature:
         lines += ["**Miniature**: a toy-scale stand-in (scikit-learn digits for CIFAR-10, scikit-image crops at "
                   "32×32 for STL-10 and at 292×292 for ImageNet-10%; small encoders, tens of steps). It shows that "
                   "the path runs end to end; its numbers are not comparable with the paper's, which are shown for "
                   "the layout only.", ""]
-    if plan.table == "table3":
+    if run_list.table == "table3":
         lines += ["Table 3: jigsaw pretraining on ImageNet-10%, linear probe on ImageNet-10% (top-k %).", "",
                   "| method | models | top-1 | top-5 | top-10 | paper top-1 | paper top-5 | paper top-10 |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -6,15 +6,15 @@
 
 Reads top to bottom:
 
-1. :func:`reproduce.plan.build_plan`: the table's pretraining runs (Table 3: jigsaw CE, DV-MINE and η-MINE on
+1. :func:`reproduce.run_list.build_run_list`: the table's pretraining runs (Table 3: jigsaw CE, DV-MINE and η-MINE on
    ImageNet-10%; Table 2: η-MINE and DV-MINE InfoMax and the supervised baseline on CIFAR-10 and
    STL-10) for ``--seeds`` pretraining seeds, and the probes of each (Table 2 also probes across:
    C10→S10, S10→C10), each with ``--probe-seeds`` probe seeds. Every run has a fixed name, so
    ``reproduce.run.pretrain_state`` can tell a finished run, a half-finished one and one not started.
-2. :func:`reproduce.plan.add_costs`: each config's cost from :func:`pretrain.plan.plan` (FLOPs per step from
+2. :func:`reproduce.run_list.add_costs`: each config's cost from :func:`pretrain.plan.plan` (FLOPs per step from
    ``torch.utils.flop_counter`` on one batch of the config's shape, the data rate it needs and gets),
    the probes' FLOPs, total PFLOPs and hours at a stated sustained TFLOP/s. ``--dry-run`` stops here
-   and prints the plan; ``--plan-out`` writes it as JSON.
+   and prints the run list; ``--run-list-out`` writes it as JSON.
 3. :mod:`reproduce.run`: ``run_locally`` (one run after another, in this process) or ``run_on_cluster`` (Ray jobs,
    as many at once as the cluster's GPUs hold): finished runs and probes are skipped, a
    half-finished run continues from its last checkpoint (``python -m pretrain --resume``
@@ -37,46 +37,46 @@ from pathlib import Path
 import storage
 from pretrain.plan import DEFAULT_TFLOPS
 from reproduce.aggregate import aggregate, collect, paper_table
-from reproduce.plan import (MINIATURE_SEEDS, PAPER_PROBE_SEEDS, PAPER_SEEDS, TABLES, ReproduceError, add_costs,
-                            build_plan, check_data, describe, missing_shards, plan_json)
+from reproduce.run_list import (MINIATURE_SEEDS, PAPER_PROBE_SEEDS, PAPER_SEEDS, TABLES, ReproduceError, add_costs,
+                            build_run_list, check_data, describe, missing_shards, run_list_json)
 from reproduce.run import refresh_status, run_locally, run_on_cluster
 
 
 def reproduce(table: str, data_root: str | os.PathLike, out: str | os.PathLike, *, seeds: int = PAPER_SEEDS,
               probe_seeds: int = PAPER_PROBE_SEEDS, miniature: bool = False, methods: list[str] | None = None,
               address: str | None = None, gpus: int | None = None, dry_run: bool = False,
-              plan_out: str | os.PathLike | None = None, tflops: float = DEFAULT_TFLOPS) -> str | None:
-    """Plan, run what is not finished, and write ``<out>/table.md``; returns the table (None for a dry run)."""
+              run_list_out: str | os.PathLike | None = None, tflops: float = DEFAULT_TFLOPS) -> str | None:
+    """RunList, run what is not finished, and write ``<out>/table.md``; returns the table (None for a dry run)."""
     if table not in TABLES:
         raise ReproduceError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
-    if not dry_run:  # before the plan: the miniature's supervised runs read the class count of its data
+    if not dry_run:  # before the run list: the miniature's supervised runs read the class count of its data
         check_data(table, Path(data_root).resolve(), miniature, methods)
-    plan = build_plan(table, data_root, out, seeds=seeds, probe_seeds=probe_seeds, miniature=miniature,
+    run_list = build_run_list(table, data_root, out, seeds=seeds, probe_seeds=probe_seeds, miniature=miniature,
                       methods=methods)
-    plan.tflops = tflops
-    add_costs(plan)
-    refresh_status(plan)
+    run_list.tflops = tflops
+    add_costs(run_list)
+    refresh_status(run_list)
     missing = {} if miniature else missing_shards(table, Path(data_root).resolve(), methods)  # a dry run's check
-    for run in plan.runs:
+    for run in run_list.runs:
         run.status = "no shards" if run.dataset in missing else run.status
-    for probe in plan.probes:
+    for probe in run_list.probes:
         probe.status = "no shards" if {probe.dataset, probe.pretrained_on} & set(missing) else probe.status
-    summary = plan_json(plan)
+    summary = run_list_json(run_list)
     print(describe(summary), flush=True)
     for line in missing.values():
         print(line, flush=True)
-    if plan_out is not None:
-        Path(plan_out).write_text(json.dumps(summary, indent=1) + "\n")
+    if run_list_out is not None:
+        Path(run_list_out).write_text(json.dumps(summary, indent=1) + "\n")
     if dry_run:
         return None
     Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "plan.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (Path(out) / "run_list.json").write_text(json.dumps(summary, indent=1) + "\n")
     if address is None:
-        run_locally(plan)
+        run_locally(run_list)
     else:
-        run_on_cluster(plan, address, gpus)
-    agg = aggregate(collect(plan))
-    text = paper_table(plan, agg, seeds, probe_seeds)
+        run_on_cluster(run_list, address, gpus)
+    agg = aggregate(collect(run_list))
+    text = paper_table(run_list, agg, seeds, probe_seeds)
     (Path(out) / "table.md").write_text(text)
     (Path(out) / "table.json").write_text(json.dumps(
         [{"method": k[0], "pretrained_on": k[1], "dataset": k[2], **v} for k, v in sorted(agg.items())], indent=1) + "\n")
@@ -97,9 +97,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--methods", help="comma-separated subset of the table's methods (dv-mine, eta-mine, ce, supervised)")
     ap.add_argument("--address", help="Ray job API (dashboard) URL: runs go out as jobs; default: here, one after another")
     ap.add_argument("--gpus", type=int, help="GPUs the jobs may fill at once (default: what the cluster reports)")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan (runs, FLOPs, hours) and stop")
-    ap.add_argument("--plan-out", help="write the plan as JSON to this file")
-    ap.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS, help="sustained TFLOP/s for the hours in the plan")
+    ap.add_argument("--dry-run", action="store_true", help="print the run list (runs, FLOPs, hours) and stop")
+    ap.add_argument("--run-list-out", "--plan-out", dest="run_list_out", help="write the run list as JSON to this file")
+    ap.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS, help="sustained TFLOP/s for the hours in the run list")
     ap.add_argument("--miniature", action="store_true",
                     help="the same path at toy scale on offline data (digits, scikit-image crops), minutes on a CPU")
     return ap
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = args.seeds if args.seeds is not None else (MINIATURE_SEEDS if args.miniature else PAPER_SEEDS)
         text = reproduce(args.table, args.data_root, out, seeds=seeds, probe_seeds=args.probe_seeds,
                          miniature=args.miniature, methods=args.methods.split(",") if args.methods else None,
-                         address=args.address, gpus=args.gpus, dry_run=args.dry_run, plan_out=args.plan_out,
+                         address=args.address, gpus=args.gpus, dry_run=args.dry_run, run_list_out=args.run_list_out,
                          tflops=args.tflops)
     except (ReproduceError, OSError, ValueError) as exc:  # OSError: FileNotFoundError, storage.StorageError
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Running a table's plan: here, one run after another, or as Ray jobs on a cluster. Finished runs and
+"""Running a table's run list: here, one run after another, or as Ray jobs on a cluster. Finished runs and
 probes are skipped; a half-finished run continues from its last checkpoint (``python -m pretrain
 --resume`` semantics: :func:`pretrain_config` here, :mod:`cluster.resume` in a job)."""
 from __future__ import annotations
@@ -20,14 +20,14 @@ from pretrain.run_dir import CONFIG_FILE, experiment_dir, latest_run_dir, step_o
 from pretrain.run_lock import RunDirInUse
 from pretrain.tracking import TrackingError
 from pretrain.train import TrainingStopped, launch
-from reproduce.plan import REPO_ROOT, Plan, PretrainRun, ProbeRun, ReproduceError
+from reproduce.run_list import REPO_ROOT, RunList, PretrainRun, ProbeRun, ReproduceError
 
 # ============================================================================ 3. running it
 
 
-def pretrain_state(plan: Plan, run: PretrainRun) -> tuple[str, Path | None]:
+def pretrain_state(run_list: RunList, run: PretrainRun) -> tuple[str, Path | None]:
     """("done" | "partial" | "new", run directory or None) of a run, from its checkpoints on disk."""
-    run_dir = latest_run_dir(plan.run_root, run.name)
+    run_dir = latest_run_dir(run_list.run_root, run.name)
     if run_dir is None:
         return "new", None
     return ("done" if last_step(run_dir) >= run.steps else "partial"), run_dir
@@ -39,10 +39,10 @@ def last_step(run_dir) -> int:
     return step_of(dirs[-1]) if dirs else 0
 
 
-def probe_state(plan: Plan, probe: ProbeRun) -> str:
+def probe_state(run_list: RunList, probe: ProbeRun) -> str:
     """"done" when the probe's results.json is for the run's final checkpoint and these settings."""
     results = Path(probe.out) / "results.json"
-    state, run_dir = pretrain_state(plan, plan.run(probe.run_name))
+    state, run_dir = pretrain_state(run_list, run_list.run(probe.run_name))
     if state != "done" or not results.is_file():
         return "to run"
 
@@ -52,49 +52,49 @@ def probe_state(plan: Plan, probe: ProbeRun) -> str:
     return "done" if same else "to run"
 
 
-def refresh_status(plan: Plan) -> None:
-    for run in plan.runs:
-        state, run_dir = pretrain_state(plan, run)
+def refresh_status(run_list: RunList) -> None:
+    for run in run_list.runs:
+        state, run_dir = pretrain_state(run_list, run)
         if state == "partial":
             run.status = f"partial (step {last_step(run_dir)} of {run.steps})"
         else:
             run.status = {"done": "done", "new": "to run"}[state]
-    for probe in plan.probes:
-        probe.status = probe_state(plan, probe)
+    for probe in run_list.probes:
+        probe.status = probe_state(run_list, probe)
 
 
-def pretrain_config(plan: Plan, run: PretrainRun) -> tuple[DictConfig, Path | None]:
+def pretrain_config(run_list: RunList, run: PretrainRun) -> tuple[DictConfig, Path | None]:
     """(config, run directory to continue or None): a run that exists continues from its saved
-    config.yaml with the plan's overrides (as ``python -m pretrain --resume`` does), else it starts
+    config.yaml with the run list's overrides (as ``python -m pretrain --resume`` does), else it starts
     from its YAML."""
-    _, run_dir = pretrain_state(plan, run)
+    _, run_dir = pretrain_state(run_list, run)
     source = REPO_ROOT / run.config if run_dir is None else run_dir / CONFIG_FILE
     return load_config(source, run.overrides), run_dir
 
 
-def run_locally(plan: Plan) -> None:
+def run_locally(run_list: RunList) -> None:
     """Every pretraining run, then every probe, one after another in this process."""
     local_ray_on_loopback()  # before anything imports ray
-    for run in plan.runs:
-        state, _ = pretrain_state(plan, run)
+    for run in run_list.runs:
+        state, _ = pretrain_state(run_list, run)
         if state == "done":
             print(f"[skip] {run.name}: finished", flush=True)
             continue
-        cfg, run_dir = pretrain_config(plan, run)
+        cfg, run_dir = pretrain_config(run_list, run)
         print(f"[pretrain] {run.name} ({run.steps} steps{f', continuing {run_dir}' if run_dir else ''})", flush=True)
         try:
             launch(cfg, run_dir=run_dir)
         except (ConfigError, TrainingStopped, RunFailed, RunDirInUse, TrackingError, storage.StorageError) as exc:
             raise ReproduceError(f"pretraining {run.name} failed: {exc}; fix it and re-run the same command: "
                                  f"finished runs are skipped, this one continues from its checkpoint") from exc
-    for probe in plan.probes:
-        if probe_state(plan, probe) == "done":
+    for probe in run_list.probes:
+        if probe_state(run_list, probe) == "done":
             print(f"[skip] probe of {probe.run_name} on {probe.dataset}: finished", flush=True)
             continue
-        _, run_dir = pretrain_state(plan, plan.run(probe.run_name))
+        _, run_dir = pretrain_state(run_list, run_list.run(probe.run_name))
         print(f"[probe] {probe.run_name} on {probe.dataset} ({probe.probe_seeds} seeds)", flush=True)
         run_linear_eval(str(run_dir), probe.data, epochs=probe.epochs, seeds=probe.probe_seeds, out=probe.out,
-                        cache_dir=str(Path(plan.out) / "feature_cache"), use_ray=False)
+                        cache_dir=str(Path(run_list.out) / "feature_cache"), use_ray=False)
 
 
 def cluster_gpus(address: str) -> int:
@@ -105,13 +105,13 @@ def cluster_gpus(address: str) -> int:
     return int(sum(n.resources_total.get("GPU", 0) for n in nodes))
 
 
-def probe_entrypoint(plan: Plan, probe: ProbeRun, run_dir: Path) -> str:
+def probe_entrypoint(run_list: RunList, probe: ProbeRun, run_dir: Path) -> str:
     """The ``python -m eval.linear`` job command of a probe (through ``cluster.submit.eval_job``)."""
     return cs.eval_job([f"checkpoint={run_dir}", f"data={probe.data}", f"epochs={probe.epochs}",
-                        f"seeds={probe.probe_seeds}", f"out={probe.out}", f"cache_dir={Path(plan.out) / 'feature_cache'}"])
+                        f"seeds={probe.probe_seeds}", f"out={probe.out}", f"cache_dir={Path(run_list.out) / 'feature_cache'}"])
 
 
-def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: float = 10.0) -> None:
+def run_on_cluster(run_list: RunList, address: str, gpus: int | None = None, poll_s: float = 10.0) -> None:
     """Submit the runs as Ray jobs, as many at once as the cluster's GPUs hold; each probe once its
     run has finished. ``--out`` and ``--data-root`` must be on storage every node and this machine mount."""
     client = cs.connect(address)
@@ -124,10 +124,10 @@ def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: fl
     if gpus < 1:
         raise ReproduceError(f"the cluster at {address} reports no GPU; pass --gpus N to run N jobs at once on its CPUs")
     probe_gpus = 1 if reported else 0  # a probe job asks for a GPU only where there are GPUs
-    queue: list[tuple[str, object]] = [("pretrain", r) for r in plan.runs if pretrain_state(plan, r)[0] != "done"]
-    queue += [("probe", p) for p in plan.probes if probe_state(plan, p) != "done"]
+    queue: list[tuple[str, object]] = [("pretrain", r) for r in run_list.runs if pretrain_state(run_list, r)[0] != "done"]
+    queue += [("probe", p) for p in run_list.probes if probe_state(run_list, p) != "done"]
     running: dict[str, tuple[str, object, int]] = {}  # job id -> (stage, item, GPUs)
-    finished: set[str] = {r.name for r in plan.runs if pretrain_state(plan, r)[0] == "done"}
+    finished: set[str] = {r.name for r in run_list.runs if pretrain_state(run_list, r)[0] == "done"}
     failed: list[str] = []
     while queue or running:
         free = gpus - sum(g for _, _, g in running.values())
@@ -141,10 +141,10 @@ def run_on_cluster(plan: Plan, address: str, gpus: int | None = None, poll_s: fl
                 continue
             if stage == "pretrain":
                 entrypoint, run_name, _ = cs.pretrain_job(REPO_ROOT / item.config, item.overrides, REPO_ROOT)
-                job = cs.submit(client, entrypoint, env, kind="pretrain", run_name=run_name)
+                job = cs.submit(client, entrypoint, env, stage="pretrain", run_name=run_name)
             else:
-                _, run_dir = pretrain_state(plan, plan.run(item.run_name))
-                job = cs.submit(client, probe_entrypoint(plan, item, run_dir), env, kind="eval",
+                _, run_dir = pretrain_state(run_list, run_list.run(item.run_name))
+                job = cs.submit(client, probe_entrypoint(run_list, item, run_dir), env, stage="eval",
                                 entrypoint_gpus=probe_gpus)
             print(f"[job {job}] {stage} {getattr(item, 'name', None) or f'{item.run_name} on {item.dataset}'}", flush=True)
             running[job] = (stage, item, need)

@@ -18,20 +18,17 @@ settings, wall and CPU time) under ``--out``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from experiments.mi_bmi.tasks import TASKS
-from experiments.mi_gaussian.benchmark import EstimatorBank, diagonal_masks, make_optimisers, pair_initialisation
+from experiments.mi_gaussian.benchmark import CriticTraining, EstimatorBank, critic_step, diagonal_masks, make_optimisers, pair_initialisation
 from experiments.mi_gaussian.critics import build_critic
+from experiments.settings import read_settings, require_counts, run_command_line
 from pretrain import estimators
 
 DEFAULT_TASKS = ["1v1-normal-0.75", "1v1-additive-0.1", "1v1-bimodal-0.75", "1v1-wiggly-0.75", "1v1-student-t-dof1-0.75",
@@ -40,7 +37,7 @@ DEFAULT_TASKS = ["1v1-normal-0.75", "1v1-additive-0.1", "1v1-bimodal-0.75", "1v1
 
 
 @dataclass
-class BMIConfig:
+class BMIConfig(CriticTraining):
     """Settings of the BMI run; ``tasks=[all]`` selects every task."""
 
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
@@ -52,9 +49,6 @@ class BMIConfig:
     n_eval: int = 2048  # 32 evaluation batches of 64
     hidden: int = 64
     embed: int = 16
-    layers: int = 2
-    lr: float = 5e-4
-    lr_eta: float = 1e-2
     baseline_hidden: int = 32  # a-MINE's η(y)
     level: float = 0.95
     resamples: int = 2000
@@ -93,12 +87,7 @@ def run_task(cfg: BMIConfig, name: str, seed: int) -> list[dict]:
         idx = order[k * cfg.batch : (k + 1) * cfg.batch]
         xb, yb = x_tr[idx], y_tr[idx]
         loss, _ = bank(critic.scores(xb.expand(e, -1, -1), yb.expand(e, -1, -1)), yb[None], pos, neg)
-        opt.zero_grad(set_to_none=True)
-        if opt_eta is not None:
-            opt_eta.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        estimators.eta_step(bank, opt_eta, step)
+        critic_step(loss, opt, opt_eta, bank, step)
     rows = []
     with torch.no_grad():
         chunks = [(x_ev[i : i + cfg.batch], y_ev[i : i + cfg.batch]) for i in range(0, cfg.n_eval - cfg.batch + 1, cfg.batch)]
@@ -140,17 +129,7 @@ def markdown(rows: list[dict], cfg: BMIConfig) -> str:
 
 def load_config(overrides: list[str], quick: bool = False) -> BMIConfig:
     """Dataclass defaults <- ``QUICK`` <- ``key=value`` overrides; ValueError naming a bad setting, task or bound."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    settings = ", ".join(f.name for f in dataclasses.fields(BMIConfig))
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r} (settings: {settings})")
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BMIConfig), QUICK if quick else {}, OmegaConf.from_dotlist(list(overrides))))
-    except OmegaConfBaseException as exc:
-        raise ValueError(f"{str(exc).strip().splitlines()[0]} (settings: {settings})") from None
+    cfg = read_settings(BMIConfig, overrides, QUICK if quick else None)
     if cfg.tasks == ["all"]:
         cfg.tasks = list(TASKS)
     bad = [t for t in cfg.tasks if t not in TASKS]
@@ -159,47 +138,37 @@ def load_config(overrides: list[str], quick: bool = False) -> BMIConfig:
     bad = [n for n in cfg.estimators if n not in estimators.names()]
     if bad or not cfg.estimators:
         raise ValueError(f"unknown estimator(s) {', '.join(bad) or '(none given)'}; known: {', '.join(estimators.names())}")
-    for key in ("seeds", "steps", "batch", "resamples"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    require_counts(cfg, ("seeds", "steps", "batch", "resamples"))
     if cfg.n_train < cfg.batch or cfg.n_eval < cfg.batch:
         raise ValueError(f"n_train ({cfg.n_train}) and n_eval ({cfg.n_eval}) must each hold a batch of {cfg.batch}")
     return cfg
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(prog="python -m experiments.mi_bmi", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="output directory; a results.json there is continued (its task/seed rows are kept)")
-    p.add_argument("--quick", action="store_true", help="two tasks, 60 steps: a smoke test")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings of BMIConfig, e.g. 'tasks=[all]' seeds=3")
-    a = p.parse_args(argv)
-    try:
-        cfg = load_config(a.overrides, a.quick)
-    except ValueError as err:
-        p.error(str(err))
-    torch.set_num_threads(a.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
-    command = "python -m experiments.mi_bmi " + shlex.join(argv if argv is not None else sys.argv[1:])
+    cfg, out, command = run_command_line(
+        "python -m experiments.mi_bmi", __doc__.split("\n\n")[0],
+        out_help="output directory; a results.json there is continued (its task/seed rows are kept)",
+        quick_help="two tasks, 60 steps: a smoke test",
+        overrides_help="settings of BMIConfig, e.g. 'tasks=[all]' seeds=3", load=load_config, argv=argv)
     start, rows = time.time(), []
-    if (a.out / "results.json").exists():  # continue: keep the task/seed rows already there
-        plan = {(t, s) for t in cfg.tasks for s in range(cfg.seeds)}
-        rows = [r for r in json.loads((a.out / "results.json").read_text()) if (r["task"], r["seed"]) in plan]
-        print(f"continuing {a.out / 'results.json'}: {len({(r['task'], r['seed']) for r in rows})} task/seed pairs kept", flush=True)
+    if (out / "results.json").exists():  # continue: keep the task/seed rows already there
+        wanted = {(t, s) for t in cfg.tasks for s in range(cfg.seeds)}
+        rows = [r for r in json.loads((out / "results.json").read_text()) if (r["task"], r["seed"]) in wanted]
+        print(f"continuing {out / 'results.json'}: {len({(r['task'], r['seed']) for r in rows})} task/seed pairs kept", flush=True)
     done = {(r["task"], r["seed"]) for r in rows}
     for name in cfg.tasks:
         for seed in range(cfg.seeds):
             if (name, seed) in done:
                 continue
             rows += run_task(cfg, name, seed)
-            (a.out / "results.json").write_text(json.dumps(rows, indent=1))
+            (out / "results.json").write_text(json.dumps(rows, indent=1))
             print(f"{name} seed {seed} ({time.time() - start:.0f}s): " + " ".join(f"{r['estimator']}={r['estimate']:.2f}" for r in rows[-len(cfg.estimators):]), flush=True)
     meta = {"command": command, "config": dataclasses.asdict(cfg), "wall_s": round(time.time() - start, 1), "cpu_s": round(time.process_time(), 1), "torch": torch.__version__}
-    (a.out / "run.json").write_text(json.dumps(meta, indent=1))
+    (out / "run.json").write_text(json.dumps(meta, indent=1))
     setting = (f"{cfg.seeds} seed(s), {cfg.steps} steps, batch {cfg.batch}, separable critic (hidden {cfg.hidden} × {cfg.layers}, embedding {cfg.embed}), "
                f"{cfg.n_train} training / {cfg.n_eval} held-out pairs; cell: estimate [{cfg.level:.0%} bootstrap interval over the "
                f"{cfg.n_eval // cfg.batch} evaluation batches] (error = estimate − true MI)")
-    (a.out / "results.md").write_text(f"# BMI tasks, every bound\n\n`{command}`\n\n{setting}. Wall {meta['wall_s'] / 60:.1f} min, CPU {meta['cpu_s'] / 60:.1f} min.\n\n{markdown(rows, cfg)}\n")
+    (out / "results.md").write_text(f"# BMI tasks, every bound\n\n`{command}`\n\n{setting}. Wall {meta['wall_s'] / 60:.1f} min, CPU {meta['cpu_s'] / 60:.1f} min.\n\n{markdown(rows, cfg)}\n")
     print(markdown(rows, cfg))
     return rows
 

@@ -36,7 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from experiments.mi_gan.gan import MIGANConfig, code_scores, grid_means, load_config, mode_stats
-from experiments.mi_gaussian.benchmark import pair_initialisation
+from experiments.mean_std import mean_std, pm
+from experiments.mi_gaussian.benchmark import critic_step, pair_initialisation
 from experiments.mi_gaussian.critics import BatchedMLP
 from pretrain import estimators
 
@@ -140,14 +141,9 @@ def summarise(history: dict, names: list[str], seeds: int, n_modes: int, hold: i
                         "time_avg_high_quality": float(np.mean(hq)) if hq else float("nan"),
                         "first_held_all_modes": first_held(modes, steps, n_modes, hold),
                         "share_at_all_modes": float(np.mean([m >= n_modes for m in modes])) if modes else float("nan")})
-        out[name] = {"seeds": per, **{k: _mean_std([p[k] for p in per]) for k in ("time_avg_modes", "time_avg_high_quality", "share_at_all_modes")},
+        out[name] = {"seeds": per, **{k: list(mean_std([p[k] for p in per])) for k in ("time_avg_modes", "time_avg_high_quality", "share_at_all_modes")},
                      "reached": sum(p["first_held_all_modes"] is not None for p in per)}
     return out
-
-
-def _mean_std(values: list[float]) -> list[float]:
-    arr = np.asarray(values, dtype=float)
-    return [float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0]
 
 
 def markdown(summary: dict, step: int, cfg: MIGANConfig, hold: int) -> str:
@@ -159,8 +155,8 @@ def markdown(summary: dict, step: int, cfg: MIGANConfig, hold: int) -> str:
     for name, s in summary.items():
         held = [p["first_held_all_modes"] for p in s["seeds"] if p["first_held_all_modes"] is not None]
         held_text = f"{np.mean(held):,.0f} ({len(held)}/{len(s['seeds'])})" if held else f"not reached (0/{len(s['seeds'])})"
-        lines.append(f"| {name} | {s['time_avg_modes'][0]:.1f} ± {s['time_avg_modes'][1]:.1f} | {s['time_avg_high_quality'][0]:.3f} ± "
-                     f"{s['time_avg_high_quality'][1]:.3f} | {s['share_at_all_modes'][0]:.2f} ± {s['share_at_all_modes'][1]:.2f} | {held_text} |")
+        lines.append(f"| {name} | {pm(*s['time_avg_modes'], '.1f')} | {pm(*s['time_avg_high_quality'], '.3f')} | "
+                     f"{pm(*s['share_at_all_modes'], '.2f')} | {held_text} |")
     return "\n".join(lines)
 
 
@@ -239,13 +235,8 @@ def run(cfg: MIGANConfig, hold: int = 3, checkpoint_every: int = 1000, log=print
         opt_d.step()
 
         if net.mi_copies:
-            opt_t.zero_grad(set_to_none=True)
-            if opt_eta is not None:
-                opt_eta.zero_grad(set_to_none=True)
             loss_t, _ = _mi_losses(net, fake.detach()[net.mi_copies], codes[net.mi_copies])
-            loss_t.backward()
-            opt_t.step()
-            estimators.eta_step(net.bounds, opt_eta, step)
+            critic_step(loss_t, opt_t, opt_eta, net.bounds, step)
 
         opt_g.zero_grad(set_to_none=True)
         loss_g = _bce(net.D(fake).squeeze(-1), 1.0)

@@ -33,13 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, NamedTuple, Optional
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import storage
+from experiments.mean_std import mean_std, pm
 from experiments.mi_gan.models import Discriminator, Generator, StatisticsNetwork
+from experiments.mi_gaussian.benchmark import critic_step
+from experiments.settings import defaults_yaml, read_settings, require_counts
 from pretrain import estimators
 
 # Bounds that cannot run here: a-mine needs a second network η(y) passed as log_baseline.
@@ -254,13 +256,7 @@ def _train(cfg: MIGANConfig, estimator: str, seed: int, tb_dir: str | None, log)
         opt_d.step()
 
         if mi is not None:
-            opt_t.zero_grad(set_to_none=True)
-            if opt_eta is not None:
-                opt_eta.zero_grad(set_to_none=True)
-            loss_t = mi(fake.detach(), c).loss
-            loss_t.backward()
-            opt_t.step()
-            estimators.eta_step(mi, opt_eta, step)
+            critic_step(mi(fake.detach(), c).loss, opt_t, opt_eta, mi, step)
 
         opt_g.zero_grad(set_to_none=True)
         loss_g = F.binary_cross_entropy_with_logits(D(fake), ones)  # non-saturating generator loss
@@ -303,9 +299,7 @@ def evaluate(G: Generator, mi: MITerm | None, means: torch.Tensor, cfg: MIGANCon
 
 
 def _fmt(values: list[float], digits: int = 0) -> str:
-    arr = np.asarray(values, dtype=float)
-    std = arr.std(ddof=1) if len(arr) > 1 else 0.0
-    return f"{arr.mean():,.{digits}f} ± {std:,.{digits}f}"
+    return pm(*mean_std(values), f",.{digits}f")
 
 
 def summarise(runs: list[dict], n_modes: int, steps: int) -> dict:
@@ -401,27 +395,14 @@ def run_experiment(cfg: MIGANConfig) -> dict:
 def load_config(overrides: list[str] = ()) -> MIGANConfig:
     """MIGANConfig defaults <- ``key=value`` overrides (OmegaConf), checked; ValueError naming the
     setting on an unknown key, a wrong type or a bad value."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    settings = ", ".join(f.name for f in dataclasses.fields(MIGANConfig))
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r} (settings: {settings})")
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MIGANConfig), OmegaConf.from_dotlist(list(overrides))))
-    except OmegaConfBaseException as exc:
-        msg, key = str(exc).strip().splitlines()[0], getattr(exc, "full_key", None)
-        raise ValueError(f"{key + ': ' if key and key not in msg else ''}{msg} (settings: {settings})") from None
+    cfg = read_settings(MIGANConfig, list(overrides))
     known = estimators.names()
     for est in cfg.estimators:
         if est in UNSUPPORTED:
             raise ValueError(UNSUPPORTED[est])
         if est != "none" and est not in known:
             raise ValueError(f"unknown estimator {est!r}; use 'none' or one of: {', '.join(n for n in known if n not in UNSUPPORTED)}")
-    for key in ("steps", "runs", "eval_every", "eval_samples", "batch", "jobs", "threads", "n_codes", "n_critic"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    require_counts(cfg, ("steps", "runs", "eval_every", "eval_samples", "batch", "jobs", "threads", "n_codes", "n_critic"))
     try:
         storage.local_only(cfg.out, "out")
     except storage.StorageError as exc:
@@ -431,11 +412,9 @@ def load_config(overrides: list[str] = ()) -> MIGANConfig:
 
 def parse_args(argv: list[str] | None = None) -> MIGANConfig:
     """Command line -> MIGANConfig: ``key=value`` overrides of the dataclass defaults."""
-    from omegaconf import OmegaConf
-
     p = argparse.ArgumentParser(
         prog="python -m experiments.mi_gan", description=__doc__.split("\n\n")[0],
-        epilog="defaults (override with key=value):\n" + OmegaConf.to_yaml(OmegaConf.structured(MIGANConfig)),
+        epilog="defaults (override with key=value):\n" + defaults_yaml(MIGANConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="settings of MIGANConfig, e.g. estimators=[eta-mine,dv-mine,none] steps=6000 runs=3 jobs=9")

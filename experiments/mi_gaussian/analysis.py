@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.mean_std import mean_std, pm
+
 
 def holm(pvalues: list[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values, in the input order."""
@@ -49,7 +51,7 @@ def _paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int, float]:
         p = 0.0 if abs(diff[0]) > 1e-12 else 1.0
     else:
         p = float(stats.ttest_rel(a, b).pvalue)
-    return float(diff.mean()), float(diff.std(ddof=1)), int((diff > 0).sum()), p
+    return *mean_std(diff), int((diff > 0).sum()), p
 
 
 def analyse(curves: dict[str, dict], reference: str = "dv-mine") -> str:
@@ -95,7 +97,7 @@ def analyse(curves: dict[str, dict], reference: str = "dv-mine") -> str:
         out.append("| bound | measure | bound's mean | − " + reference + " (mean ± std) | ahead | p | p (Holm) |")
         out.append("|---|---|---|---|---|---|---|")
         for (name, what, m, s, w, p, mean), pa in zip(summary, adj):
-            out.append(f"| {name} | {what} | {mean:.3f} | {m:+.3f} ± {s:.3f} | {w}/{r} | {p:.2g} | {pa:.2g} |")
+            out.append(f"| {name} | {what} | {mean:.3f} | {pm(m, s, sign='+')} | {w}/{r} | {p:.2g} | {pa:.2g} |")
         # η's lag
         lag_rows = []
         for k in names + [ref_key]:

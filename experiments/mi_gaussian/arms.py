@@ -31,12 +31,9 @@ evaluation interval and run, the mean of s (lag) and its standard deviation (noi
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +41,8 @@ from pathlib import Path
 import torch
 
 from experiments.mi_gaussian.benchmark import (
+    CriticTraining,
+    critic_step,
     diagonal_masks,
     gaussian_mi,
     pair_initialisation,
@@ -51,6 +50,7 @@ from experiments.mi_gaussian.benchmark import (
     sample_gaussian,
 )
 from experiments.mi_gaussian.critics import build_critic
+from experiments.settings import read_settings, require_counts, run_command_line
 from pretrain import estimators
 from pretrain.estimators.base import masked_log_mean_exp, masks_checked
 
@@ -59,7 +59,7 @@ SPECIAL = ("eta-mine/oracle", "dv-mine/noise")
 
 
 @dataclass
-class ArmsConfig:
+class ArmsConfig(CriticTraining):
     """Settings of the controlled arms (the paper protocol of ``experiments.mi_gaussian``)."""
 
     arms: list[str] = field(default_factory=lambda: [
@@ -72,10 +72,6 @@ class ArmsConfig:
     n_train: int = 5000
     n_test: int = 1000
     hidden: int = 128
-    embed: int = 32
-    layers: int = 2
-    lr: float = 5e-4
-    lr_eta: float = 1e-2
     eval_every: int = 250
     refresh: int = 25  # steps between oracle η* (and the noise arm's Ẑ_b/Z) measurements; at 200, η* moved 0.19 nats between them
     z_columns: int = 1000  # Z = mean e^f over every training x against this many training y (5M pairs)
@@ -210,12 +206,7 @@ def run_arms(cfg: ArmsConfig, out: Path | None = None, log=print) -> dict:
                     s_sum[c] += s
                     s_sq[c] += s * s
         s_count += 1
-        opt.zero_grad(set_to_none=True)
-        if opt_eta is not None:
-            opt_eta.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()
-        opt.step()
-        estimators.eta_step(bounds, opt_eta, step)
+        critic_step(torch.stack(losses).sum(), opt, opt_eta, bounds, step)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             est, refit = _evaluate(critic, bounds, x_te, y_te, a_n, te_pos, te_neg)
             s_mean = s_sum / s_count
@@ -259,45 +250,26 @@ def _evaluate(critic, bounds, x_te, y_te, a_n: int, pos, neg) -> tuple[torch.Ten
 
 def load_config(overrides: list[str], quick: bool = False) -> ArmsConfig:
     """Dataclass defaults <- ``QUICK`` <- ``key=value`` overrides; ValueError naming a bad setting or arm."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r} (settings: {', '.join(f.name for f in dataclasses.fields(ArmsConfig))})")
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ArmsConfig), QUICK if quick else {}, OmegaConf.from_dotlist(list(overrides))))
-    except OmegaConfBaseException as exc:
-        raise ValueError(f"{str(exc).strip().splitlines()[0]} (settings: {', '.join(f.name for f in dataclasses.fields(ArmsConfig))})") from None
+    cfg = read_settings(ArmsConfig, overrides, QUICK if quick else None)
     for a in cfg.arms:
         parse_arm(a)
-    for key in ("dim", "runs", "steps", "batch", "eval_every", "refresh", "noise_batches"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    require_counts(cfg, ("dim", "runs", "steps", "batch", "eval_every", "refresh", "noise_batches"))
     if cfg.batch > cfg.n_train:
         raise ValueError(f"batch {cfg.batch} exceeds the {cfg.n_train} training samples (n_train)")
     return cfg
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m experiments.mi_gaussian.arms", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="output directory: curves.json (after every evaluation), run.json")
-    p.add_argument("--quick", action="store_true", help="a tiny version (seconds) for smoke tests")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings of ArmsConfig, e.g. dim=10 runs=20 'arms=[eta-mine,dv-mine]'")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.overrides, args.quick)
-    except ValueError as err:
-        p.error(str(err))
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "python -m experiments.mi_gaussian.arms " + shlex.join(argv if argv is not None else sys.argv[1:])
-    (args.out / "run.json").write_text(json.dumps({"command": command, "torch": torch.__version__, "config": dataclasses.asdict(cfg)}, indent=1))
-    result = run_arms(cfg, args.out, log=lambda m: print(m, flush=True))
-    meta = json.loads((args.out / "run.json").read_text())
+    cfg, out, command = run_command_line(
+        "python -m experiments.mi_gaussian.arms", __doc__.split("\n\n")[0],
+        out_help="output directory: curves.json (after every evaluation), run.json",
+        quick_help="a tiny version (seconds) for smoke tests",
+        overrides_help="settings of ArmsConfig, e.g. dim=10 runs=20 'arms=[eta-mine,dv-mine]'", load=load_config, argv=argv)
+    (out / "run.json").write_text(json.dumps({"command": command, "torch": torch.__version__, "config": dataclasses.asdict(cfg)}, indent=1))
+    result = run_arms(cfg, out, log=lambda m: print(m, flush=True))
+    meta = json.loads((out / "run.json").read_text())
     meta.update(wall_s=result["wall_s"], cpu_s=result["cpu_s"])
-    (args.out / "run.json").write_text(json.dumps(meta, indent=1))
+    (out / "run.json").write_text(json.dumps(meta, indent=1))
     return result
 
 

@@ -39,8 +39,12 @@ import torch
 from torch import nn
 
 import storage
+from experiments.mean_std import mean_std, pm
+from experiments.mi_gaussian import plots
 from experiments.mi_gaussian.critics import BatchedMLP, build_critic
+from experiments.settings import defaults_yaml, read_settings, require_counts
 from pretrain import estimators
+from pretrain.estimators.eta_mine_convex import evaluate_convex, fit_convex
 from console.progress import bar as progress_bar
 
 CONVEX = "eta-mine-convex"
@@ -52,7 +56,17 @@ PROTOCOLS = ("paper", "staircase")
 
 
 @dataclass
-class PaperConfig:
+class CriticTraining:
+    """The critic's shape and the two learning rates every protocol of these experiments shares."""
+
+    embed: int = 32  # the separable critic's g(x)ᵀh(y) width
+    layers: int = 2
+    lr: float = 5e-4  # Adam on the critic (and a-MINE's baseline)
+    lr_eta: float = 1e-2  # Adam on η, as the paper (Appendix D)
+
+
+@dataclass
+class PaperConfig(CriticTraining):
     """Settings of the paper protocol (Fig. 3a). The paper leaves critic, steps and batch open."""
 
     estimators: list[str] = field(default_factory=lambda: estimators.names() + [CONVEX])
@@ -64,10 +78,6 @@ class PaperConfig:
     n_test: int = 1000
     critic: str = "separable"  # separable: a quadratic (Gaussian) log-ratio is exactly g(x)ᵀh(y) for embed ≥ d+2
     hidden: int = 128
-    embed: int = 32
-    layers: int = 2
-    lr: float = 5e-4
-    lr_eta: float = 1e-2  # Adam on η, as the paper (Appendix D)
     n_critic: int = 1  # Algorithm 1: critic steps per η step
     baseline_hidden: int = 64  # a-MINE's η(y): dim → 64 → 1
     eval_every: int = 250  # test-set read-outs for the convergence curves
@@ -77,7 +87,7 @@ class PaperConfig:
 
 
 @dataclass
-class StaircaseConfig:
+class StaircaseConfig(CriticTraining):
     """Settings of the staircase protocol (Poole et al. 2019; Song & Ermon 2020)."""
 
     estimators: list[str] = field(default_factory=estimators.names)
@@ -89,10 +99,6 @@ class StaircaseConfig:
     critics: list[str] = field(default_factory=lambda: ["concat", "separable"])
     hidden_concat: int = 64  # Poole et al. use 256; a quarter, to fit the CPU budget (see README)
     hidden_separable: int = 256
-    embed: int = 32
-    layers: int = 2
-    lr: float = 5e-4
-    lr_eta: float = 1e-2
     n_critic: int = 1
     baseline_hidden: int = 64
     log_every: int = 10  # TensorBoard scalars
@@ -218,6 +224,17 @@ def make_optimisers(critic: nn.Module, bank: EstimatorBank, lr: float, lr_eta: f
     return torch.optim.Adam(params, lr=lr), (torch.optim.Adam(eta_params, lr=lr_eta) if eta_params else None)
 
 
+
+def critic_step(loss: torch.Tensor, opt: torch.optim.Optimizer, opt_eta: torch.optim.Optimizer | None, bounds: nn.Module, step: int) -> None:
+    """One optimiser step on ``loss`` (the critic's, from :func:`make_optimisers`), then η's step as
+    the bounds' schedule says (``pretrain.estimators.eta_step``; ``bounds`` holds them)."""
+    opt.zero_grad(set_to_none=True)
+    if opt_eta is not None:
+        opt_eta.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    estimators.eta_step(bounds, opt_eta, step)
+
 @torch.no_grad()
 def all_pair_scores(critic: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int = 2**25) -> torch.Tensor:
     """x [C, N, d], y [C, M, d] -> scores [C, N, M], in row chunks whose activations stay under ``budget`` floats."""
@@ -273,8 +290,6 @@ def _convex_estimate(critic, copy: int, x_tr, y_tr, x_te, y_te, shifts: int, l2:
 
     Training marginal pairs: ``shifts`` derangements (x_{π(i)}, y_{π(i+k)}), k ≠ 0; test marginal
     pairs: every (x_i, y_j), i ≠ j, as for the other bounds."""
-    from pretrain.estimators.eta_mine_convex import evaluate_convex, fit_convex
-
     n = x_tr.shape[0]
     perm = torch.randperm(n, generator=gen)
     ks = torch.randperm(n - 1, generator=gen)[:shifts] + 1
@@ -321,12 +336,7 @@ def run_paper_dim(cfg: PaperConfig, dim: int, gen: torch.Generator, writer, bar)
         xb, yb = torch.gather(x_tr, 1, idx), torch.gather(y_tr, 1, idx)  # [R, B, d]
         scores = critic.scores(xb.repeat_interleave(e, 0), yb.repeat_interleave(e, 0))
         loss, mi = bank(scores, yb, pos, neg)
-        opt.zero_grad(set_to_none=True)
-        if opt_eta is not None:
-            opt_eta.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        estimators.eta_step(bank, opt_eta, step)
+        critic_step(loss, opt, opt_eta, bank, step)
         if step % 50 == 0 and writer is not None:
             for i, n in enumerate(names):
                 writer.add_scalar(f"paper/d{d}/train/{n}", float(mi.view(r, e)[:, i].mean()), step)
@@ -337,8 +347,9 @@ def run_paper_dim(cfg: PaperConfig, dim: int, gen: torch.Generator, writer, bar)
             for n, values in columns.items():
                 curves[n]["step"].append(step + 1)
                 curves[n]["runs"].append([float(v) for v in values])
-                curves[n]["mean"].append(float(values.mean()))
-                curves[n]["std"].append(float(values.std()) if r > 1 else 0.0)
+                mean, std = mean_std(values.tolist())
+                curves[n]["mean"].append(mean)
+                curves[n]["std"].append(std)
                 if writer is not None:
                     writer.add_scalar(f"paper/d{d}/test/{n}", curves[n]["mean"][-1], step + 1)
             for n in eta_names:
@@ -369,8 +380,7 @@ def run_paper_dim(cfg: PaperConfig, dim: int, gen: torch.Generator, writer, bar)
                 "dim": d,
                 "true_mi": true_mi,
                 "estimates": values.tolist(),
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                **dict(zip(("mean", "std"), mean_std(values))),
             }
         )
     return rows, curves
@@ -494,7 +504,7 @@ def paper_markdown(rows: list[dict]) -> str:
         cells = []
         for d in dims:
             r = by.get((n, d))
-            cells.append(f"{r['mean']:.3f} ± {r['std']:.3f}" if r else "")
+            cells.append(pm(r["mean"], r["std"]) if r else "")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -520,7 +530,7 @@ def paired_markdown(rows: list[dict], reference: str = "dv-mine") -> str:
             diff = by[(n, d)] - by[(reference, d)]
             t_p = stats.ttest_rel(by[(n, d)], by[(reference, d)]).pvalue
             w_p = stats.wilcoxon(diff).pvalue if np.any(diff != 0) else 1.0
-            cells.append(f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f}, {int((diff > 0).sum())}/{len(diff)}, p {t_p:.2g}, {w_p:.2g}")
+            cells.append(f"{pm(*mean_std(diff), sign='+')}, {int((diff > 0).sum())}/{len(diff)}, p {t_p:.2g}, {w_p:.2g}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -554,9 +564,7 @@ def traces_json(traces: dict, cfg: StaircaseConfig, every: int = 10) -> dict:
 
 
 def _defaults_text() -> str:
-    from omegaconf import OmegaConf
-
-    return "\n".join(f"--protocol {p} defaults (override with key=value):\n" + OmegaConf.to_yaml(OmegaConf.structured(c)) for p, c in (("paper", PaperConfig), ("staircase", StaircaseConfig)))
+    return "\n".join(f"--protocol {p} defaults (override with key=value):\n" + defaults_yaml(c) for p, c in (("paper", PaperConfig), ("staircase", StaircaseConfig)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -575,29 +583,15 @@ def load_config(protocol: str, overrides: list[str] = (), quick: bool = False) -
 
     Raises ValueError with one line naming the setting on an unknown key, a wrong type or a bad
     combination."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     schema = PaperConfig if protocol == "paper" else StaircaseConfig
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"expected key=value, got {item!r} (settings: {', '.join(f.name for f in dataclasses.fields(schema))})")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), QUICK[protocol] if quick else {}, OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        msg, key = str(exc).strip().splitlines()[0], getattr(exc, "full_key", None)
-        msg = f"{key}: {msg}" if key and key not in msg else msg
-        raise ValueError(f"--protocol {protocol}: {msg} (settings: {', '.join(f.name for f in dataclasses.fields(schema))})") from None
+    cfg = read_settings(schema, list(overrides), QUICK[protocol] if quick else None, context=f"--protocol {protocol}")
     known = estimators.names() + ([CONVEX] if protocol == "paper" else [])
     unknown = [n for n in cfg.estimators if n not in known]
     if unknown or not cfg.estimators:
         raise ValueError(f"unknown estimator(s) {', '.join(unknown) or '(none given)'} for --protocol {protocol}; known: {', '.join(known)}")
     cfg.estimators = list(dict.fromkeys(cfg.estimators))
     counts = ("runs", "steps", "batch", "n_train", "n_test", "eval_every") if protocol == "paper" else ("dim", "steps", "window", "batch")
-    for key in counts:
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    require_counts(cfg, counts)
     if protocol == "paper":
         if not cfg.dims or min(cfg.dims) < 1:
             raise ValueError(f"dims must be positive integers, got {cfg.dims}")
@@ -618,8 +612,6 @@ def run(protocol: str, cfg: PaperConfig | StaircaseConfig, out: Path, progress: 
     """Run one protocol and write results.json, results.md, run.json, curves.json or traces.json,
     PNG plots and TensorBoard scalars to ``out``."""
     from torch.utils.tensorboard import SummaryWriter
-
-    from experiments.mi_gaussian import plots
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()

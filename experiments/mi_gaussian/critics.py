@@ -127,10 +127,10 @@ class SeparableCritic(nn.Module):
         return self.g(x, copies)[:, :, None, :] * self.h(y, copies)[:, None, :, :]
 
 
-def build_critic(kind: str, copies: int, dim: int, hidden: int, embed: int = 32, layers: int = 2) -> nn.Module:
-    """``kind`` is ``concat`` or ``separable``; returns a critic with ``scores`` and ``pair_features``."""
-    if kind == "concat":
+def build_critic(architecture: str, copies: int, dim: int, hidden: int, embed: int = 32, layers: int = 2) -> nn.Module:
+    """``architecture`` is ``concat`` or ``separable``; returns a critic with ``scores`` and ``pair_features``."""
+    if architecture == "concat":
         return ConcatCritic(copies, dim, hidden, layers)
-    if kind == "separable":
+    if architecture == "separable":
         return SeparableCritic(copies, dim, hidden, embed, layers)
-    raise ValueError(f"unknown critic {kind!r}; choose concat or separable")
+    raise ValueError(f"unknown critic {architecture!r}; choose concat or separable")

@@ -1,6 +1,6 @@
 """The run list of a table: its pretraining runs and probes, what each costs, and the data they need.
 
-:func:`build_plan` names every run of a table (its config, seed and overrides), so that
+:func:`build_run_list` names every run of a table (its config, seed and overrides), so that
 :mod:`reproduce.run` can tell a finished run, a half-finished one and one not started;
 :func:`add_costs` fills in each one's FLOPs and hours from :func:`pretrain.plan.plan`.
 """
@@ -37,7 +37,7 @@ class Dataset:
     """A dataset of the paper: its shard folder under ``--data-root`` and how to build it."""
     folder: str
     build: str  # the data_prep command (shown when the shards are missing)
-    sizes: tuple[int, int]  # (probe train, probe test) images, for the plan when no manifest is there
+    sizes: tuple[int, int]  # (probe train, probe test) images, for the run list when no manifest is there
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ MINIATURE_PROBE_EPOCHS = 10
 MINIATURE_SEEDS = 2
 
 
-# ============================================================================ 1. the plan
+# ============================================================================ 1. the run list
 
 
 @dataclass
@@ -143,7 +143,7 @@ class ProbeRun:
 
 
 @dataclass
-class Plan:
+class RunList:
     table: str
     miniature: bool
     out: str
@@ -167,8 +167,8 @@ def shard_dir(data_root: Path, dataset: str, miniature: bool) -> Path:
     return data_root / (MINIATURE_DATA[dataset].folder if miniature else DATASETS[dataset].folder)
 
 
-def build_plan(table: str, data_root: str | os.PathLike, out: str | os.PathLike, *, seeds: int = PAPER_SEEDS,
-               probe_seeds: int = PAPER_PROBE_SEEDS, miniature: bool = False, methods: list[str] | None = None) -> Plan:
+def build_run_list(table: str, data_root: str | os.PathLike, out: str | os.PathLike, *, seeds: int = PAPER_SEEDS,
+               probe_seeds: int = PAPER_PROBE_SEEDS, miniature: bool = False, methods: list[str] | None = None) -> RunList:
     """Every pretraining run and probe of ``table``; reads only configs and (if there) manifests."""
     if table not in TABLES:
         raise ReproduceError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
@@ -179,14 +179,14 @@ def build_plan(table: str, data_root: str | os.PathLike, out: str | os.PathLike,
     if unknown:
         raise ReproduceError(f"--methods {','.join(unknown)}: {table} has the methods {', '.join(known)}")
     data_root, out = Path(data_root).resolve(), Path(out).resolve()
-    plan = Plan(table, miniature, str(out))
+    run_list = RunList(table, miniature, str(out))
     for pre in TABLES[table]:
         if methods and pre.method not in methods:
             continue
         for seed in range(seeds):
             name = f"{table}{'-mini' if miniature else ''}-{pre.method}-{pre.dataset}-seed{seed}"
             overrides = [f"data.shards={shard_dir(data_root, pre.dataset, miniature)}", f"run.seed={seed}",
-                         f"run.name={name}", f"run.root={plan.run_root}"]
+                         f"run.name={name}", f"run.root={run_list.run_root}"]
             if miniature:
                 steps = MINIATURE_STEPS[table]
                 overrides += MINIATURE_OVERRIDES[table] + [f"train.steps={steps}", f"train.report_every={steps}",
@@ -194,16 +194,16 @@ def build_plan(table: str, data_root: str | os.PathLike, out: str | os.PathLike,
                 if pre.method == "supervised":
                     overrides.append(f"task.kwargs.num_classes={_class_count(shard_dir(data_root, pre.dataset, True))}")
             cfg = load_config(REPO_ROOT / pre.config, overrides)
-            plan.runs.append(PretrainRun(pre.method, pre.dataset, seed, pre.config, name, overrides,
+            run_list.runs.append(PretrainRun(pre.method, pre.dataset, seed, pre.config, name, overrides,
                                          int(cfg.train.steps), int(cfg.train.num_workers)))
             for probe_on in pre.probes:
                 data = shard_dir(data_root, probe_on, miniature)
                 num_train, num_test = _probe_sizes(data, probe_on)
-                plan.probes.append(ProbeRun(
+                run_list.probes.append(ProbeRun(
                     pre.method, pre.dataset, probe_on, seed, probe_seeds, name, str(data),
                     str(out / "probes" / f"{name}-on-{probe_on}"),
                     MINIATURE_PROBE_EPOCHS if miniature else PROBE_EPOCHS, num_train, num_test))
-    return plan
+    return run_list
 
 
 def _class_count(shards: Path) -> int:
@@ -211,7 +211,7 @@ def _class_count(shards: Path) -> int:
     try:
         return len(read_manifest(shards)["class_names"])
     except ManifestError:
-        return 10  # a dry run before the miniature's data exist: the plan only needs a number
+        return 10  # a dry run before the miniature's data exist: the run list only needs a number
 
 
 def _probe_sizes(data: Path, dataset: str) -> tuple[int, int]:
@@ -278,21 +278,21 @@ def probe_flops(config: str, overrides: list[str], probe: ProbeRun) -> float:
                  + linear * probe.num_train * probe.epochs * probe.probe_seeds)
 
 
-def add_costs(plan: Plan) -> None:
+def add_costs(run_list: RunList) -> None:
     """Fill in every run's cost (:func:`pretrain.plan.plan` of its config, each config once) and
     every probe's FLOPs."""
     per_config: dict[tuple, object] = {}
-    for run in plan.runs:
+    for run in run_list.runs:
         key = (run.config, *[o for o in run.overrides if not o.startswith(("run.", "data.shards="))])
         if key not in per_config:
             cfg = load_config(REPO_ROOT / run.config, run.overrides)
-            per_config[key] = config_plan(cfg, tflops=plan.tflops, name=run.config, data_seconds=DATA_SECONDS)
+            per_config[key] = config_plan(cfg, tflops=run_list.tflops, name=run.config, data_seconds=DATA_SECONDS)
         cost = per_config[key]
         run.flops_per_step = cost.flops_per_step
         run.hours_at_data_rate = cost.hours_at_data_rate
     per_probe: dict[tuple, float] = {}
-    for probe in plan.probes:
-        run = plan.run(probe.run_name)
+    for probe in run_list.probes:
+        run = run_list.run(probe.run_name)
         key = (run.config, probe.dataset)
         if key not in per_probe:
             per_probe[key] = probe_flops(run.config, run.overrides, probe)
@@ -300,21 +300,21 @@ def add_costs(plan: Plan) -> None:
 
 
 
-def plan_json(plan: Plan) -> dict:
-    """The plan as JSON: ``{"table", "runs": [{"kind", "method", "seed", "config", "steps", "flops", ...}], "total_flops"}``."""
-    runs = [{"kind": "pretrain", "method": r.method, "seed": r.seed, "config": r.config, "dataset": r.dataset,
+def run_list_json(run_list: RunList) -> dict:
+    """The run_list as JSON: ``{"table", "runs": [{"stage", "method", "seed", "config", "steps", "flops", ...}], "total_flops"}``."""
+    runs = [{"stage": "pretrain", "method": r.method, "seed": r.seed, "config": r.config, "dataset": r.dataset,
              "steps": r.steps, "flops_per_step": r.flops_per_step, "flops": r.flops,
              "hours_at_data_rate": r.hours_at_data_rate, "name": r.name,
-             "out": str(plan.run_root / f"{r.name}-<time>"), "overrides": r.overrides, "status": r.status}
-            for r in plan.runs]
-    runs += [{"kind": "probe", "method": p.method, "seed": p.seed, "config": plan.run(p.run_name).config,
+             "out": str(run_list.run_root / f"{r.name}-<time>"), "overrides": r.overrides, "status": r.status}
+            for r in run_list.runs]
+    runs += [{"stage": "probe", "method": p.method, "seed": p.seed, "config": run_list.run(p.run_name).config,
               "pretrained_on": p.pretrained_on, "dataset": p.dataset, "probe_seeds": p.probe_seeds,
               "steps": p.epochs * math.ceil(p.num_train / 256) * p.probe_seeds, "epochs": p.epochs,
-              "flops": p.flops, "out": p.out, "status": p.status} for p in plan.probes]
+              "flops": p.flops, "out": p.out, "status": p.status} for p in run_list.probes]
     total = sum(r["flops"] or 0.0 for r in runs)
     data_hours = sum(r.get("hours_at_data_rate") or 0.0 for r in runs)
-    return {"table": plan.table, "miniature": plan.miniature, "runs": runs, "total_flops": total,
-            "tflops": plan.tflops, "hours": total / (plan.tflops * 1e12) / 3600, "pretrain_hours_at_data_rate": data_hours}
+    return {"table": run_list.table, "miniature": run_list.miniature, "runs": runs, "total_flops": total,
+            "tflops": run_list.tflops, "hours": total / (run_list.tflops * 1e12) / 3600, "pretrain_hours_at_data_rate": data_hours}
 
 
 def _flop_text(flops: float | None) -> str:
@@ -326,13 +326,13 @@ def _flop_text(flops: float | None) -> str:
     return f"{flops:,.0f} FLOP"
 
 
-def describe(plan_dict: dict) -> str:
-    """The plan as text: one line a run, then the totals."""
-    lines = [f"{plan_dict['table']}{' (miniature)' if plan_dict['miniature'] else ''}: "
-             f"{sum(r['kind'] == 'pretrain' for r in plan_dict['runs'])} pretraining runs, "
-             f"{sum(r['kind'] == 'probe' for r in plan_dict['runs'])} probes"]
-    for r in plan_dict["runs"]:
-        if r["kind"] == "pretrain":
+def describe(run_list_dict: dict) -> str:
+    """The run_list as text: one line a run, then the totals."""
+    lines = [f"{run_list_dict['table']}{' (miniature)' if run_list_dict['miniature'] else ''}: "
+             f"{sum(r['stage'] == 'pretrain' for r in run_list_dict['runs'])} pretraining runs, "
+             f"{sum(r['stage'] == 'probe' for r in run_list_dict['runs'])} probes"]
+    for r in run_list_dict["runs"]:
+        if r["stage"] == "pretrain":
             per_step = "?" if r["flops_per_step"] is None else f"{r['flops_per_step'] / 1e9:,.1f} GFLOP/step"
             data = "?" if r["hours_at_data_rate"] is None else f"{r['hours_at_data_rate']:,.1f} h"
             lines.append(f"  pretrain {r['method']:<10} {r['dataset']:<10} seed {r['seed']}  {r['config']}  "
@@ -340,12 +340,12 @@ def describe(plan_dict: dict) -> str:
         else:
             lines.append(f"  probe    {r['method']:<10} {r['pretrained_on']}→{r['dataset']:<10} seed {r['seed']}  "
                          f"{r['probe_seeds']} probe seeds × {r['epochs']} epochs = {_flop_text(r['flops'])}  [{r['status']}]  {r['out']}")
-    hours = plan_dict["hours"]
+    hours = run_list_dict["hours"]
     gpu_time = f"{hours:,.1f} GPU-hours" if hours >= 1 else f"{hours * 60:,.1f} GPU-minutes"
-    lines.append(f"total {_flop_text(plan_dict['total_flops'])} = {gpu_time} at a "
-                 f"sustained {plan_dict['tflops']:g} TFLOP/s (--tflops; default 40% of an H200's dense bf16 peak); "
+    lines.append(f"total {_flop_text(run_list_dict['total_flops'])} = {gpu_time} at a "
+                 f"sustained {run_list_dict['tflops']:g} TFLOP/s (--tflops; default 40% of an H200's dense bf16 peak); "
                  f"the pretraining's data side at its measured rate per core, with each config's loader cores: "
-                 f"{plan_dict['pretrain_hours_at_data_rate']:,.1f} hours")
+                 f"{run_list_dict['pretrain_hours_at_data_rate']:,.1f} hours")
     return "\n".join(lines)
 
 
