@@ -36,6 +36,7 @@ from eval.knn import knn_accuracy
 from eval.probe import check_probe_memory, train_linear_probe
 from eval.sweep import score_head, sweep_grid, train_sweep
 from pretrain.config import ConfigError, defaults_help
+from pretrain.preflight import request_bundles
 from pretrain.run_dir import TENSORBOARD_DIR, run_dir_of
 
 KS = (1, 5, 10)
@@ -439,7 +440,8 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
         use_ray = cfg.ray_address is not None or "RAY_ADDRESS" in os.environ or _ray_initialised()
     t0 = time.perf_counter()
     if use_ray:
-        prepared, probes = _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, cfg.ray_address, progress)
+        prepared, probes = _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, cfg.ray_address, progress,
+                                       cfg.resource_wait_s)
     else:
         prepared, probes = [], []
         for ckpt in checkpoints:
@@ -508,17 +510,19 @@ def _ray_initialised() -> bool:
     return ray.is_initialized()
 
 
-def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, progress) -> tuple[list, list]:
-    """Extraction tasks (one per checkpoint, a GPU each when the cluster has GPUs), then probe tasks
-    (one per checkpoint and seed) on the features passed through the object store."""
+def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, progress,
+                resource_wait_s: float = 0.0) -> tuple[list, list]:
+    """Extraction tasks (one per checkpoint, a GPU each when the cluster has or grows GPUs), then probe
+    tasks (one per checkpoint and seed) on the features passed through the object store."""
     import ray
     from console.progress import bar as progress_bar
 
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=False)
+    nodes = extraction_nodes(prep_kw["device"], prep_kw["num_workers"], resource_wait_s)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     data = storage.resolve(data)
-    prep_kw, resources = extraction_task(prep_kw, ray.nodes())
+    prep_kw, resources = extraction_task(prep_kw, nodes)
     extract = ray.remote(**resources)(_prepare_remote)
     probe = ray.remote(num_cpus=1, num_gpus=0.25 if has_gpu else 0)(_probe_remote)
     feature_refs = [extract.remote(storage.resolve(c), data, prep_kw) for c in checkpoints]
@@ -532,6 +536,53 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
         bar.update(len(done))
     bar.close()
     return ray.get(feature_refs), [ray.get(refs) for refs in probe_refs]
+
+
+def extraction_nodes(device: str | None, num_workers: int | None, wait_s: float, poll_s: float = 1.0) -> list[dict]:
+    """``ray.nodes()`` to decide the extraction task's GPU from (:func:`extraction_task`), once a GPU
+    node exists where one can come.
+
+    ``device=cpu``, or a cluster with a GPU node already: the nodes as they are. Else, when the node
+    types of the cluster's autoscaler offer GPUs (an autoscaling cluster starts no node until asked:
+    an empty cluster says nothing about its GPUs) or ``device`` names cuda, the autoscaler is asked for
+    the extraction task's bundle with a GPU (:func:`pretrain.preflight.request_bundles`) and given
+    ``wait_s`` seconds (``resource_wait_s``) to add a node. ``device=cuda`` with still no GPU node:
+    ``ValueError``, one line.
+    """
+    import ray
+
+    def gpu_nodes() -> list[dict]:
+        return [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1]
+
+    if not str(device or "cuda").startswith("cuda") or gpu_nodes():
+        return ray.nodes()
+    type_cpus = gpu_node_type_cpus()
+    if not type_cpus and device is None:
+        return ray.nodes()
+    workers = extraction_settings(None, num_workers, on_gpu=True)[1]
+    if num_workers is None and type_cpus:
+        workers = min(workers, max(0, max(type_cpus) - 1))  # as extraction_task fits them to the node
+    bundle = {"CPU": 1 + workers, "GPU": 1}
+    print(f"waiting up to {wait_s:g} s (resource_wait_s) for a GPU node for feature extraction", flush=True)
+    deadline = time.monotonic() + wait_s
+    with request_bundles([bundle], expire_after_s=wait_s + 30):
+        while not gpu_nodes() and time.monotonic() < deadline:
+            time.sleep(poll_s)
+    if device is not None and not gpu_nodes():
+        raise ValueError(f"device={device} but the Ray cluster has no GPU node after resource_wait_s={wait_s:g}; "
+                         f"add GPU nodes, wait longer, or set device=cpu")
+    return ray.nodes()
+
+
+def gpu_node_type_cpus() -> list[int]:
+    """CPUs of each node type with a GPU that the cluster's autoscaler may start ([] without an autoscaler)."""
+    import ray._private.state
+
+    config = ray._private.state.state.get_cluster_config()
+    if config is None:
+        return []
+    return [int(t.resources.get("CPU", 0)) for t in config.node_group_configs
+            if t.resources.get("GPU", 0) >= 1 and t.max_count != 0]
 
 
 def extraction_task(prep_kw: dict, nodes: list[dict]) -> tuple[dict, dict]:
