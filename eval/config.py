@@ -73,8 +73,8 @@ class LinearConfig:
     device: Optional[str] = _setting(None, "cpu or cuda (null: cuda when available)")
     ray_address: Optional[str] = _setting(None, "Ray cluster to run checkpoints and seeds on as parallel tasks (e.g. auto)")
     resource_wait_s: float = _setting(
-        300.0, "on a Ray cluster without a GPU node whose node types offer GPUs (or with device=cuda): seconds "
-               "to wait for the autoscaler to add one for feature extraction before deciding GPU or CPU")
+        300.0, "on a Ray cluster without a GPU node: seconds to wait for the autoscaler to add a node for "
+               "feature extraction (a GPU node with device=cuda) before deciding GPU or CPU from the nodes")
     progress: bool = _setting(True, "progress bars (redrawn on a terminal; a line every 30 s when piped or logged)")
 
 

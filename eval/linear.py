@@ -539,15 +539,17 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
 
 
 def extraction_nodes(device: str | None, num_workers: int | None, wait_s: float, poll_s: float = 1.0) -> list[dict]:
-    """``ray.nodes()`` to decide the extraction task's GPU from (:func:`extraction_task`), once a GPU
-    node exists where one can come.
+    """``ray.nodes()`` to decide the extraction task's GPU from (:func:`extraction_task`), once the
+    cluster holds a node for the task: an autoscaling cluster starts none until asked, and an empty
+    cluster says nothing about its GPUs.
 
-    ``device=cpu``, or a cluster with a GPU node already: the nodes as they are. Else, when the node
-    types of the cluster's autoscaler offer GPUs (an autoscaling cluster starts no node until asked:
-    an empty cluster says nothing about its GPUs) or ``device`` names cuda, the autoscaler is asked for
-    the extraction task's bundle with a GPU (:func:`pretrain.preflight.request_bundles`) and given
-    ``wait_s`` seconds (``resource_wait_s``) to add a node. ``device=cuda`` with still no GPU node:
-    ``ValueError``, one line.
+    ``device=cpu``, or a GPU node up already: the nodes as they are. ``device=cuda``: the autoscaler is
+    asked for the task's bundle with a GPU (its own CPU, ``num_workers`` loader CPUs when given: else
+    :func:`extraction_task` fits them to the node that comes); still no GPU node after ``wait_s``
+    seconds (``resource_wait_s``) is a ``ValueError``, one line. ``device=null``: as pretraining's
+    ``train.use_gpu=null``, a CPU for the task is asked for, and the node that comes decides (on the
+    cluster files every worker type has a GPU). Requests go through
+    :func:`pretrain.preflight.request_bundles` and end when the wait does.
     """
     import ray
 
@@ -556,33 +558,23 @@ def extraction_nodes(device: str | None, num_workers: int | None, wait_s: float,
 
     if not str(device or "cuda").startswith("cuda") or gpu_nodes():
         return ray.nodes()
-    type_cpus = gpu_node_type_cpus()
-    if not type_cpus and device is None:
-        return ray.nodes()
-    workers = extraction_settings(None, num_workers, on_gpu=True)[1]
-    if num_workers is None and type_cpus:
-        workers = min(workers, max(0, max(type_cpus) - 1))  # as extraction_task fits them to the node
-    bundle = {"CPU": 1 + workers, "GPU": 1}
-    print(f"waiting up to {wait_s:g} s (resource_wait_s) for a GPU node for feature extraction", flush=True)
-    deadline = time.monotonic() + wait_s
-    with request_bundles([bundle], expire_after_s=wait_s + 30):
-        while not gpu_nodes() and time.monotonic() < deadline:
-            time.sleep(poll_s)
+    gpu = device is not None
+    bundle = {"CPU": 1 + (num_workers or 0), "GPU": 1} if gpu else {"CPU": 1}
+
+    def arrived() -> bool:
+        return bool(gpu_nodes()) if gpu else ray.cluster_resources().get("CPU", 0) >= 1
+
+    if not arrived():
+        print(f"waiting up to {wait_s:g} s (resource_wait_s) for {'a GPU node' if gpu else 'a node'} for feature "
+              f"extraction", flush=True)
+        deadline = time.monotonic() + wait_s
+        with request_bundles([bundle], expire_after_s=wait_s + 30):
+            while not arrived() and time.monotonic() < deadline:
+                time.sleep(poll_s)
     if device is not None and not gpu_nodes():
         raise ValueError(f"device={device} but the Ray cluster has no GPU node after resource_wait_s={wait_s:g}; "
                          f"add GPU nodes, wait longer, or set device=cpu")
     return ray.nodes()
-
-
-def gpu_node_type_cpus() -> list[int]:
-    """CPUs of each node type with a GPU that the cluster's autoscaler may start ([] without an autoscaler)."""
-    import ray._private.state
-
-    config = ray._private.state.state.get_cluster_config()
-    if config is None:
-        return []
-    return [int(t.resources.get("CPU", 0)) for t in config.node_group_configs
-            if t.resources.get("GPU", 0) >= 1 and t.max_count != 0]
 
 
 def extraction_task(prep_kw: dict, nodes: list[dict]) -> tuple[dict, dict]:

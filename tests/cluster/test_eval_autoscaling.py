@@ -1,8 +1,8 @@
 """Evaluation's GPU choice on a freshly started autoscaling cluster, against Ray's own fake autoscaler on
 127.0.0.1 (tests/support/fake_autoscaling.py): the head has no CPUs and the one worker type, with a
-GPU, starts with zero nodes. From the empty cluster extraction would run on the CPU and never ask for
-a GPU node; it must ask the autoscaler for its bundle with a GPU, wait, and decide from the node that
-came.
+GPU, starts with zero nodes, as on the cluster files. From the empty cluster extraction would run on
+the CPU and never ask for a node; with ``device=null`` it must ask the autoscaler for its bundle, wait,
+and decide from the node that came.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_extraction_asks_the_autoscaler_for_a_gpu_node_and_takes_it():
         done = subprocess.run([sys.executable, "-c", DECIDE], cwd=REPO_ROOT, capture_output=True, text=True,
                               env={**cluster.env, "RAY_ADDRESS": cluster.address}, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "waiting up to 240 s (resource_wait_s) for a GPU node for feature extraction" in done.stdout
+    assert "waiting up to 240 s (resource_wait_s) for a node for feature extraction" in done.stdout
     decided = json.loads(done.stdout.splitlines()[-1])
     assert decided["before"] == {"num_cpus": 1, "num_gpus": 0}  # what the empty cluster alone would give
     assert decided["gpus"] == 1  # the autoscaler added the GPU node
