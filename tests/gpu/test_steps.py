@@ -1,4 +1,4 @@
-"""The training step on the device, in this process: it reads the device once a step (the counter of
+"""The training step on the device, in this process: it reads nothing back from the device (the counter of
 ``tests/pretrain/test_gpu_path.py`` and CUDA's own sync flags agree), and the compiled step (CUDA
 graphs) compiles during warm-up only."""
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The GPU path, checked on a CPU: collectives take tensors on the rank's device only, a resume reads
-the checkpoint to the CPU, and a training step reads back from the device once (counted, not timed).
+the checkpoint to the CPU, a training step reads nothing back from the device and a report reads it
+(counted, not timed), and a non-finite step holds every optimiser until the report.
 
 No GPU here, so the tests make the mistakes visible another way: the rank's device is bound to the
 CPU while ``with torch.device("meta")`` sends every tensor made without an explicit device elsewhere
