@@ -33,7 +33,7 @@ print(json.dumps({"before": before, "after": after[1], "workers": after[0]["num_
 
 
 def test_extraction_asks_the_autoscaler_for_a_gpu_node_and_takes_it():
-    with FakeAutoscalingCluster(WORKER_TYPES) as cluster:
+    with FakeAutoscalingCluster(WORKER_TYPES, startup_timeout_s=180) as cluster:  # a loaded machine: slow to start
         done = subprocess.run([sys.executable, "-c", DECIDE], cwd=REPO_ROOT, capture_output=True, text=True,
                               env={**cluster.env, "RAY_ADDRESS": cluster.address}, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
