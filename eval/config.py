@@ -72,6 +72,9 @@ class LinearConfig:
               "the CPU, {cuda[num_workers]} on a GPU)".format(**EXTRACTION_DEFAULTS))
     device: Optional[str] = _setting(None, "cpu or cuda (null: cuda when available)")
     ray_address: Optional[str] = _setting(None, "Ray cluster to run checkpoints and seeds on as parallel tasks (e.g. auto)")
+    resource_wait_s: float = _setting(
+        300.0, "on a Ray cluster without a GPU node: seconds to wait for the autoscaler to add a node for "
+               "feature extraction (a GPU node with device=cuda) before deciding GPU or CPU from the nodes")
     progress: bool = _setting(True, "progress bars (redrawn on a terminal; a line every 30 s when piped or logged)")
 
 
@@ -91,6 +94,8 @@ def load_linear_config(path: str | os.PathLike | None = None, overrides: Sequenc
     cfg.checkpoint = [str(c) for c in paths]
     if cfg.protocol not in PROTOCOLS:
         raise ConfigError(f"protocol={cfg.protocol!r} is not one of {', '.join(PROTOCOLS)} (see --help)")
+    if not cfg.resource_wait_s >= 0:
+        raise ConfigError(f"resource_wait_s must be >= 0 (seconds), got {cfg.resource_wait_s}")
     for key, least in (("extract_batch_size", 1), ("num_workers", 0)):
         if getattr(cfg, key) is not None and getattr(cfg, key) < least:
             raise ConfigError(f"{key} must be >= {least} or null (the device's default), got {getattr(cfg, key)}")

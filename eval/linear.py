@@ -36,6 +36,7 @@ from eval.knn import knn_accuracy
 from eval.probe import check_probe_memory, train_linear_probe
 from eval.sweep import score_head, sweep_grid, train_sweep
 from pretrain.config import ConfigError, defaults_help
+from pretrain.preflight import request_bundles
 from pretrain.run_dir import TENSORBOARD_DIR, run_dir_of
 
 KS = (1, 5, 10)
@@ -439,7 +440,8 @@ def evaluate(cfg: LinearConfig, use_ray: bool | None = None) -> list[dict]:
         use_ray = cfg.ray_address is not None or "RAY_ADDRESS" in os.environ or _ray_initialised()
     t0 = time.perf_counter()
     if use_ray:
-        prepared, probes = _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, cfg.ray_address, progress)
+        prepared, probes = _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, cfg.ray_address, progress,
+                                       cfg.resource_wait_s)
     else:
         prepared, probes = [], []
         for ckpt in checkpoints:
@@ -508,17 +510,19 @@ def _ray_initialised() -> bool:
     return ray.is_initialized()
 
 
-def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, progress) -> tuple[list, list]:
-    """Extraction tasks (one per checkpoint, a GPU each when the cluster has GPUs), then probe tasks
-    (one per checkpoint and seed) on the features passed through the object store."""
+def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, progress,
+                resource_wait_s: float = 0.0) -> tuple[list, list]:
+    """Extraction tasks (one per checkpoint, a GPU each when the cluster has or grows GPUs), then probe
+    tasks (one per checkpoint and seed) on the features passed through the object store."""
     import ray
     from console.progress import bar as progress_bar
 
     if not ray.is_initialized():
         ray.init(address=ray_address, log_to_driver=False)
+    nodes = extraction_nodes(prep_kw["device"], prep_kw["num_workers"], resource_wait_s)
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     data = storage.resolve(data)
-    prep_kw, resources = extraction_task(prep_kw, ray.nodes())
+    prep_kw, resources = extraction_task(prep_kw, nodes)
     extract = ray.remote(**resources)(_prepare_remote)
     probe = ray.remote(num_cpus=1, num_gpus=0.25 if has_gpu else 0)(_probe_remote)
     feature_refs = [extract.remote(storage.resolve(c), data, prep_kw) for c in checkpoints]
@@ -532,6 +536,45 @@ def _run_on_ray(checkpoints, data, seed_list, prep_kw, probe_kw, ray_address, pr
         bar.update(len(done))
     bar.close()
     return ray.get(feature_refs), [ray.get(refs) for refs in probe_refs]
+
+
+def extraction_nodes(device: str | None, num_workers: int | None, wait_s: float, poll_s: float = 1.0) -> list[dict]:
+    """``ray.nodes()`` to decide the extraction task's GPU from (:func:`extraction_task`), once the
+    cluster holds a node for the task: an autoscaling cluster starts none until asked, and an empty
+    cluster says nothing about its GPUs.
+
+    ``device=cpu``, or a GPU node up already: the nodes as they are. ``device=cuda``: the autoscaler is
+    asked for the task's bundle with a GPU (its own CPU, ``num_workers`` loader CPUs when given: else
+    :func:`extraction_task` fits them to the node that comes); still no GPU node after ``wait_s``
+    seconds (``resource_wait_s``) is a ``ValueError``, one line. ``device=null``: as pretraining's
+    ``train.use_gpu=null``, a CPU for the task is asked for, and the node that comes decides (on the
+    cluster files every worker type has a GPU). Requests go through
+    :func:`pretrain.preflight.request_bundles` and end when the wait does.
+    """
+    import ray
+
+    def gpu_nodes() -> list[dict]:
+        return [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1]
+
+    if not str(device or "cuda").startswith("cuda") or gpu_nodes():
+        return ray.nodes()
+    gpu = device is not None
+    bundle = {"CPU": 1 + (num_workers or 0), "GPU": 1} if gpu else {"CPU": 1}
+
+    def arrived() -> bool:
+        return bool(gpu_nodes()) if gpu else ray.cluster_resources().get("CPU", 0) >= 1
+
+    if not arrived():
+        print(f"waiting up to {wait_s:g} s (resource_wait_s) for {'a GPU node' if gpu else 'a node'} for feature "
+              f"extraction", flush=True)
+        deadline = time.monotonic() + wait_s
+        with request_bundles([bundle], expire_after_s=wait_s + 30):
+            while not arrived() and time.monotonic() < deadline:
+                time.sleep(poll_s)
+    if device is not None and not gpu_nodes():
+        raise ValueError(f"device={device} but the Ray cluster has no GPU node after resource_wait_s={wait_s:g}; "
+                         f"add GPU nodes, wait longer, or set device=cpu")
+    return ray.nodes()
 
 
 def extraction_task(prep_kw: dict, nodes: list[dict]) -> tuple[dict, dict]:

@@ -21,13 +21,13 @@ Reads top to bottom:
    weights, η, optimiser states, step, every virtual shard's RNG state and data position, the config
    and the permutation set.
 
-A step reads nothing back from the device but one flag (is the loss finite on every rank?), so the
-host runs ahead of an accelerator; batches are checked and their pair masks built on the host
-(``Task.host_prepare``) before they move to the device.
+A step reads nothing back from the device, so the host runs ahead of an accelerator; batches are
+checked and their pair masks built on the host (``Task.host_prepare``) before they move to the device.
 
-A non-finite loss stops every rank before the bad update: ``nonfinite.json`` in the run directory
-says where, the last good checkpoint stays the latest, and :func:`launch` raises
-:class:`TrainingStopped` with a one-line message.
+A non-finite loss stops every rank before the bad update: from that step on the fused optimisers skip
+on a flag that stays on the device (:mod:`pretrain.step_flags`), the next report reads it and stops
+every rank there, ``nonfinite.json`` in the run directory says where, the last good checkpoint stays
+the latest, and :func:`launch` raises :class:`TrainingStopped` with a one-line message.
 """
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ from pretrain.run_dir import (
     run_home,
 )
 from pretrain.run_lock import run_dir_lock
+from pretrain.step_flags import StepFlags
 from pretrain.tasks import spec as task_spec
 
 # Ray Train V2's controller reads its poll interval from this variable of the driver's environment
@@ -414,6 +415,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
     # ---- the loop ------------------------------------------------------------------------------
     stream = batch_stream(cfg, permutations, shards, n_shards, position, pin_memory=pins_memory(cfg, device))
     window = MetricWindow(device)
+    flags = StepFlags(device, main_opt, eta_opt, None if probe is None else probe.optimizer)
     t_window = time.perf_counter()
     noticed = False
     try:
@@ -427,24 +429,25 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
             for group in main_opt.param_groups:
                 group["lr"] = lr_at(step, peak_lr, cfg.optim.warmup_steps)
             out = train_step(model, task, batches, step, main_opt, eta_opt, bf16=cfg.train.bf16, rng=rng,
-                             buffers=buffers, notice=preemption_notice())
-            if not out["finite"]:
-                if rank == 0:
-                    storage.write_text(storage.join(run_dir, NONFINITE_FILE), json.dumps(
-                        {"step": step, "loss": out["global_loss"], "last_checkpoint": last_checkpoint}))
-                ray.train.report({"step": step, "nonfinite": 1})
-                return
+                             buffers=buffers, notice=preemption_notice(), flags=flags)
             if probe is not None:
                 out["metrics"].update(probe.step(batches[-1]["label"]))  # the last micro-batch's features
             step += 1
             position = next_position
             window.add(out["metrics"], samples=sum(batch_size_of(b) for b in batches))
 
-            # a preemption notice on any rank (Ray drains its node): every rank checkpoints at this step
-            # once, and trains on until the node goes (Ray then restarts from this checkpoint)
-            preempted_now = out["notice"] and not noticed
-            noticed = noticed or out["notice"]
-            if step % cfg.train.report_every == 0 or step == total_steps or preempted_now:
+            if step % cfg.train.report_every == 0 or step == total_steps:
+                read = flags.read()  # the window's first read of the device: before anything of the report
+                if read.nonfinite is not None:  # no optimiser has moved since that step, on any rank
+                    if rank == 0:
+                        storage.write_text(storage.join(run_dir, NONFINITE_FILE), json.dumps(
+                            {**read.nonfinite, "last_checkpoint": last_checkpoint}))
+                    ray.train.report({"step": read.nonfinite["step"], "nonfinite": 1})
+                    return
+                # a preemption notice on any rank (Ray drains its node): every rank checkpoints at this
+                # report once, and trains on until the node goes (Ray then restarts from this checkpoint)
+                preempted_now = read.notice and not noticed
+                noticed = noticed or read.notice
                 metrics = window.reduce(world, time.perf_counter() - t_window)
                 metrics.update(eta_across_ranks(task))
                 metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"], "workers": world})
@@ -520,6 +523,7 @@ def build_optimizers(cfg: DictConfig, task: nn.Module):
     without Adam's moments moving it on the steps in between. Returns ``(main, eta or None)``.
     Fused Adam (CPU and CUDA): one kernel per step instead of several per parameter, and its step
     counters stay on the parameters' device, where the unfused one reads them back every step.
+    Both skip their update while the run's non-finite flag is set (:mod:`pretrain.step_flags`).
     """
     o = cfg.optim
     betas = (o.beta1, o.beta2)
@@ -639,7 +643,8 @@ def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = 
 def train_step(model: nn.Module, task: nn.Module, batches: dict | list[dict], step: int,
                main_opt: torch.optim.Optimizer, eta_opt: torch.optim.Optimizer | None,
                *, bf16: bool = False, rng: list[dict] | None = None,
-               buffers: virtual_shards.StepBuffers | None = None, notice: bool = False) -> dict:
+               buffers: virtual_shards.StepBuffers | None = None, notice: bool = False,
+               flags: StepFlags | None = None) -> dict:
     """One optimiser step over this rank's micro-batches; ``step`` counts from 0 (Algorithm 1's η
     schedule reads it).
 
@@ -650,10 +655,11 @@ def train_step(model: nn.Module, task: nn.Module, batches: dict | list[dict], st
     before it and updated after it (None: the process's RNG runs on). ``buffers``: the task's buffers
     restarted for each micro-batch and combined over every rank's after the last (None: left as the
     micro-batches leave them). Then the loss is all-reduced, together with ``notice`` (this rank has
-    a preemption notice), and both are read on the host: the step's one device sync. If the loss is
-    non-finite on any rank, every rank returns ``finite=False`` without updating anything. Returns
-    ``{"finite", "global_loss" (float, only when not finite), "notice" (any rank had one), "metrics"}``,
-    the metrics being this rank's means over its micro-batches, detached 0-d tensors still on the device.
+    a preemption notice), into ``flags`` (:mod:`pretrain.step_flags`; None: flags of this step alone),
+    on the device: nothing is read back. From the first step whose loss is non-finite on any rank, no
+    rank's optimisers update (fused Adam skips on ``flags.found_inf``); the loop reads the flags at its
+    next report. Returns ``{"metrics", "flags"}``, the metrics being this rank's means over its
+    micro-batches, detached 0-d tensors still on the device.
     """
     micro = [batches] if isinstance(batches, dict) else list(batches)
     k = len(micro)
@@ -688,17 +694,17 @@ def train_step(model: nn.Module, task: nn.Module, batches: dict | list[dict], st
                 sums[name] = v.detach() if name not in sums else sums[name] + v.detach()
     if buffers is not None:
         buffers.combine()
+    if flags is None:
+        flags = StepFlags(loss_sum.device, main_opt, eta_opt)
     flag = torch.full((), float(notice), device=loss_sum.device)
-    global_loss, any_notice = dist.all_reduce_mean_detached(torch.stack([loss_sum.float() / k, flag])).tolist()
-    if not math.isfinite(global_loss):
-        return {"finite": False, "global_loss": global_loss, "notice": any_notice > 0, "metrics": {}}
+    flags.update(step, dist.all_reduce_mean_detached(torch.stack([loss_sum.float() / k, flag])))
     main_opt.step()
     bounds = getattr(task, "estimator", task)  # η-MINE lives in the estimator: no walk over the encoder a step
     if bounds is not None:
         estimators.eta_step(bounds, eta_opt, step)
     metrics = {name: v / k for name, v in sums.items()}
     metrics["loss"] = loss_sum / k
-    return {"finite": True, "notice": any_notice > 0, "metrics": metrics}
+    return {"metrics": metrics, "flags": flags}
 
 
 class MetricWindow:

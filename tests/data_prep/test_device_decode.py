@@ -72,4 +72,4 @@ def test_a_training_step_takes_a_device_decode_batch(jpeg_shards):
     (host_batch,) = list(jigsaw_loader(jpeg_shards, permutations=perms.numpy(), images_per_batch=2, perms_per_image=4,
                                        batches_per_epoch=1, device_augment=True, device_decode=True))
     out = train_step(task, task, to_device(task.host_prepare(host_batch), torch.device("cpu")), 0, main_opt, eta_opt)
-    assert out["finite"]
+    assert out["flags"].read().nonfinite is None

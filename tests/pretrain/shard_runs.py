@@ -44,7 +44,7 @@ def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, p
         for step in range(steps):
             result = train_step(model, task, [shard_batch(step, v) for v in shards], step, main_opt, eta_opt,
                              rng=rng, buffers=buffers)
-            assert result["finite"]
+            assert result["flags"].read().nonfinite is None
         states[name] = {k: v.detach().clone() for k, v in task.state_dict().items()}
     if rank == 0:
         torch.save(states, out)

@@ -1,5 +1,6 @@
 """The GPU path, checked on a CPU: collectives take tensors on the rank's device only, a resume reads
-the checkpoint to the CPU, and a training step reads back from the device once (counted, not timed).
+the checkpoint to the CPU, a training step reads nothing back from the device and a report reads it
+(counted, not timed), and a non-finite step holds every optimiser until the report.
 
 No GPU here, so the tests make the mistakes visible another way: the rank's device is bound to the
 CPU while ``with torch.device("meta")`` sends every tensor made without an explicit device elsewhere
@@ -15,6 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pretrain import dist, estimators
 from pretrain.checkpoint import capture_rng, save_checkpoint
+from pretrain.online_probe import OnlineProbe
+from pretrain.step_flags import StepFlags
 from tests.support.run_states import tiny_cfg
 from pretrain.plan import example_batch
 from pretrain.train import (MetricWindow, build_optimizers, build_task_from_config, eta_across_ranks,
@@ -97,9 +100,9 @@ def test_collectives_refuse_a_tensor_off_the_rank_device():
                          + [(kind, name, ()) for kind in ("jigsaw-mi", "infomax") for name in estimators.names()]
                          + [("jigsaw-mi", "eta-mine", ("data.augment_on=device",)),
                             ("jigsaw-mi", "eta-mine", ("data.unique_tiles=false",))])
-def test_a_step_reads_the_device_once_and_reports_from_it(bound_cpu, kind, estimator, extra):
-    """Every bound of the registry, on both MI tasks, and the jigsaw options: one read of the device a
-    step (before, the EMA bounds read it two and three times, InfoNCE twice)."""
+def test_a_step_reads_nothing_back_and_a_report_reads_the_device(bound_cpu, kind, estimator, extra):
+    """Every bound of the registry, on both MI tasks, and the jigsaw options: no read of the device a
+    step (the finite check stays there, pretrain.step_flags); a report reads the flags and the metrics."""
     cfg = tiny_cfg(kind, estimator, *extra)
     permutations = permutations_of(cfg)
     torch.manual_seed(0)
@@ -112,26 +115,55 @@ def test_a_step_reads_the_device_once_and_reports_from_it(bound_cpu, kind, estim
         with torch.device("meta"), HostSyncCounter() as counter:
             out = train_step(task, task, batch, step, main_opt, eta_opt)
             window.add(out["metrics"], samples=4)
-        assert out["finite"]
-        assert len(counter.ops) == 1, counter.ops  # the finite check before optimizer.step()
-    with torch.device("meta"):
+        assert counter.ops == []
+    with torch.device("meta"), HostSyncCounter() as counter:
+        read = out["flags"].read()
         metrics = window.reduce(1, wall_s=1.0)
         metrics.update(eta_across_ranks(task))
+    assert read.nonfinite is None and not read.notice
+    # the flags, the metric window and, for a bound with η, η of every rank
+    assert len(counter.ops) == 2 + ("eta" in metrics), counter.ops
     assert metrics["samples_per_s"] == 8 and torch.isfinite(torch.tensor(metrics["loss"]))
     if estimator == "eta-mine":
         assert metrics["eta"] == task.estimator.eta.item()
 
 
-def test_nonfinite_loss_is_caught_before_the_update(bound_cpu):
+def test_a_nonfinite_step_holds_every_optimiser_until_the_report(bound_cpu):
+    """A NaN at step 1, then finite steps: from step 1 on no parameter and no optimiser state moves (main,
+    η, online probe), though the steps after it are finite; the report's read names step 1 and its loss."""
     cfg = tiny_cfg("infomax", "eta-mine")
+    torch.manual_seed(0)
     task = build_task_from_config(cfg, None)
     main_opt, eta_opt = build_optimizers(cfg, task)
-    before = {k: v.clone() for k, v in task.named_parameters()}
-    batch = example_batch(cfg, None)
-    batch["images"][0, 0, 0, 0] = float("nan")
-    out = train_step(task, task, task.host_prepare(batch), 0, main_opt, eta_opt)
-    assert not out["finite"] and out["global_loss"] != out["global_loss"]
-    assert all(torch.equal(before[k], v) for k, v in task.named_parameters())
+    probe = OnlineProbe(task.encoder, 3, lr=1e-2, seed=0, device="cpu")
+    flags = StepFlags("cpu", main_opt, eta_opt, probe.optimizer)
+
+    def step(i: int, nan: bool = False) -> dict:
+        batch = example_batch(cfg, None, seed=i)
+        if nan:
+            batch["images"][0, 0, 0, 0] = float("nan")
+        batch = task.host_prepare(batch)
+        out = train_step(task, task, batch, i, main_opt, eta_opt, flags=flags)
+        probe.step(torch.arange(len(batch["images"])) % 3)
+        return out
+
+    def state() -> list[torch.Tensor]:
+        tensors = [p.detach().clone() for p in list(task.parameters()) + list(probe.head.parameters())]
+        for opt in (main_opt, eta_opt, probe.optimizer):
+            tensors += [t.clone() for s in opt.state.values() for t in s.values()]
+        return tensors
+
+    step(0)
+    assert flags.read().nonfinite is None
+    good = state()
+    with HostSyncCounter() as counter:
+        for i in range(1, 4):
+            out = step(i, nan=i == 1)
+    assert counter.ops == []
+    assert out["metrics"]["loss"].isfinite()  # the steps after the NaN are finite, and still held
+    read = flags.read()
+    assert read.nonfinite["step"] == 1 and read.nonfinite["loss"] != read.nonfinite["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(good, state(), strict=True))
 
 
 def test_resume_reads_the_checkpoint_to_the_cpu_and_places_state_on_the_device(tmp_path):

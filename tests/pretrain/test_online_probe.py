@@ -39,7 +39,7 @@ def _pretrain(steps: int, with_probe: bool):
         batch = task.host_prepare(example_batch(cfg, None, seed=step))
         batch["label"] = torch.arange(8) % 3
         out = train_step(task, task, batch, step, main_opt, eta_opt)
-        assert out["finite"]
+        assert out["flags"].read().nonfinite is None
         if probe is not None:
             with HostSyncCounter() as counter:
                 metrics.append(probe.step(batch["label"]))
