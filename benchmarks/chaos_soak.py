@@ -5,7 +5,7 @@ stopped by this script: their processes by id, never ``ray stop``) run an InfoMa
 V = 4 virtual shards, ``train.num_workers=4`` and ``train.min_workers=1``. Once it reports, the soak
 injects, in a seeded order and at seeded random gaps (each after the run has reported again since the
 last fault): SIGKILL of a worker, SIGTERM of a worker, SIGKILL of the second node's raylet (its workers
-vanish) and, after another gap, a restart of that node; last, SIGKILL of the driver and
+vanish) followed, after another gap, by a restart of that node; last, SIGKILL of the driver and
 ``python -m pretrain --resume RUN_DIR train.num_workers=2`` (another worker count). Then the same
 config runs uninterrupted at a fixed 4 workers. It prints the faults, the worker count over time (from
 the run's reports) and max |Δw| / max |w| between the two final checkpoints, and writes them to
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 RAY = Path(sys.executable).with_name("ray")
-START_ATTEMPTS = 3
+START_ATTEMPTS = 6
 # (steps, gaps between faults in s): ~60 s of faults, or ~10 minutes
 SETTINGS = {"quick": (160, (5, 15)), "full": (2400, (40, 100))}
 
@@ -74,6 +74,7 @@ class Node:
     ``ray start`` of a second node swaps 127.0.0.1 for the host's address."""
 
     def __init__(self, temp_dir: str, gcs_address: str | None = None):
+        from ray._private import ray_constants
         from ray._private.node import Node as RayNode
         from ray._private.parameter import RayParams
 
@@ -88,6 +89,8 @@ class Node:
             try:
                 self.node = RayNode(RayParams(**params), head=gcs_address is None, shutdown_at_exit=False,
                                     spawn_reaper=False)
+                self.raylet = self.node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+                self.stopped = False
                 return
             except Exception:  # noqa: BLE001 - Ray raises a bare Exception; the attempt's processes go first
                 for p in descendants(os.getpid()):
@@ -100,16 +103,14 @@ class Node:
     def gcs_address(self) -> str:
         return self.node.gcs_address
 
-    def raylet(self) -> int:
-        from ray._private import ray_constants
-
-        return self.node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-
     def train_workers(self) -> list[int]:
-        return named(descendants(self.raylet()), "ray::RayTrainWorker")
+        return [] if self.stopped else named(descendants(self.raylet), "ray::RayTrainWorker")
 
     def stop(self) -> None:
-        workers = descendants(self.raylet())
+        if self.stopped:
+            return
+        self.stopped = True
+        workers = descendants(self.raylet)
         self.node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
         for p in workers:  # what the raylet's end left
             with_suppressed(os.kill, p.pid, signal.SIGKILL)
@@ -213,7 +214,8 @@ def main(argv=None) -> int:
         note("first report", step=step)
         order = ["worker SIGKILL", "worker SIGTERM", "node raylet SIGKILL"]
         rng.shuffle(order)
-        for kind in [*order, "node restart", "driver SIGKILL, --resume train.num_workers=2"]:
+        order.insert(order.index("node raylet SIGKILL") + 1, "node restart")
+        for kind in [*order, "driver SIGKILL, --resume train.num_workers=2"]:
             time.sleep(rng.uniform(*gaps))
             if driver.proc.poll() is not None:
                 note(f"{kind} not injected: the run had ended")
@@ -227,7 +229,7 @@ def main(argv=None) -> int:
                 os.kill(pid, signal.SIGKILL if "KILL" in kind else signal.SIGTERM)
                 note(kind, pid=pid)
             elif kind == "node raylet SIGKILL":
-                pid = second.raylet()
+                pid = second.raylet
                 os.kill(pid, signal.SIGKILL)
                 note(kind, pid=pid)
                 second.stop()  # what the raylet's death left of that node
