@@ -8,12 +8,18 @@ virtual shards, so every worker runs V/W whole micro-batches. After a node loss 
 restarts it from the last checkpoint on the workers left; when nodes return its resize check grows it
 back (a restart from the last checkpoint too). Either way the weights do not depend on W
 (:mod:`pretrain.virtual_shards`).
+
+Every run's workers get :func:`pretrain.interrupt.install_worker_sigterm` on their main thread as the
+group starts (:class:`SigtermAsNotice`), so a SIGTERM to a worker is a preemption notice rather than
+Ray's immediate exit.
 """
 from __future__ import annotations
 
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy
 
+from pretrain import interrupt
 from pretrain.virtual_shards import divisors
 
 
@@ -33,13 +39,28 @@ class DivisorScalingPolicy(ElasticScalingPolicy):
         return largest_divisor(self.virtual_shards, super()._count_possible_workers(reserved_resources))
 
 
+class SigtermAsNotice(WorkerGroupCallback):
+    """Ray Train controller callback: once a worker group's actors are up and before the training
+    function starts, each worker installs the SIGTERM handler of :mod:`pretrain.interrupt`. The call goes
+    through the worker actor's ``execute`` method, which (a non-threaded actor) runs on the process's
+    main thread, the only one that may set a signal handler; Ray installed its own before the first
+    actor task, so ours replaces it and chains to it."""
+
+    def after_worker_group_start(self, worker_group) -> None:
+        worker_group.execute(interrupt.install_worker_sigterm)
+
+
 class ShardTrainer(TorchTrainer):
     """A ``TorchTrainer`` whose elastic runs resize by :class:`DivisorScalingPolicy` (fixed runs: Ray's
-    own policy). ``virtual_shards``: the run's V."""
+    own policy) and whose workers take SIGTERM as a preemption notice (:class:`SigtermAsNotice`).
+    ``virtual_shards``: the run's V."""
 
     def __init__(self, *args, virtual_shards: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.virtual_shards = virtual_shards
+
+    def _create_default_callbacks(self):
+        return [*super()._create_default_callbacks(), SigtermAsNotice()]
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         if isinstance(controller_init_kwargs.get("scaling_policy"), ElasticScalingPolicy):

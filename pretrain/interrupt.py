@@ -10,20 +10,33 @@ write the checkpoint and return. A second signal stops at once. Either way the d
 command that continues the run) and exits with 128 + the signal number (130 for SIGINT, 143 for
 SIGTERM). ``interrupted.json`` in the run directory records it, so that starting the same config
 again can say the run exists and how to continue it (:func:`interrupted_runs`).
+
+SIGTERM to a worker process (what a spot reclaim sends first) is a preemption notice: the handler
+:func:`install_worker_sigterm` puts on the worker's main thread (before the training function starts)
+records it; the loop adds it to the step's loss all-reduce (``train.preemption_notice``), so every rank
+reports at that step, learns at the report's :func:`stop_requested` that a worker got SIGTERM, writes
+the checkpoint and leaves (:func:`leave`): a fixed-size run ends as if the driver had been sent SIGTERM
+(the one line, exit code 143); in an elastic run the signalled worker then exits through Ray's own
+SIGTERM handler and Ray restarts the group from that checkpoint on the workers left. A second SIGTERM
+goes to Ray's handler at once. ``preempted.json`` in the run directory records the last one.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import storage
 
 STOP_FILE = "stop_requested.json"
 INTERRUPTED_FILE = "interrupted.json"
+PREEMPTED_FILE = "preempted.json"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -132,21 +145,101 @@ def request_stop(run_dir, signum: int) -> None:
 
 
 def clear(run_dir) -> None:
-    """Forget an earlier run's stop request and interruption (a resumed run starts afresh)."""
-    storage.remove(storage.join(run_dir, STOP_FILE))
-    storage.remove(storage.join(run_dir, INTERRUPTED_FILE))
+    """Forget an earlier run's stop request, interruption and preemption (a resumed run starts afresh)."""
+    for name in (STOP_FILE, INTERRUPTED_FILE, PREEMPTED_FILE):
+        storage.remove(storage.join(run_dir, name))
 
 
-def stop_requested(run_dir, device) -> bool:
+@dataclass(frozen=True)
+class Stop:
+    """Why the group stops at this report: ``driver`` (it asked, :func:`request_stop`) and/or
+    ``sigterm`` (a worker of the group got SIGTERM); false when neither."""
+
+    driver: bool = False
+    sigterm: bool = False
+
+    def __bool__(self) -> bool:
+        return self.driver or self.sigterm
+
+
+def stop_requested(run_dir, device) -> Stop:
     """Inside the workers, at a report (every rank calls it: one all-reduce): whether the driver
-    asked for a last checkpoint. Rank 0 reads the run directory; the others learn it from rank 0."""
+    asked for a last checkpoint (rank 0 reads the run directory; the others learn it from rank 0) and
+    whether any worker got SIGTERM (:func:`worker_sigterm`)."""
     import torch
 
     from pretrain import dist
 
     asked = dist.rank() == 0 and storage.isfile(storage.join(run_dir, STOP_FILE))
-    flag = torch.tensor([1.0 if asked else 0.0], device=device)
-    return bool(dist.all_reduce_max(flag).item() > 0)
+    flags = torch.tensor([float(asked), float(worker_sigterm())], device=device)
+    driver, sigterm = (dist.all_reduce_max(flags) > 0).tolist()
+    return Stop(driver=driver, sigterm=sigterm)
+
+
+# ---- SIGTERM to a worker process -----------------------------------------------------------------
+_sigterm_at: list[float] = []  # time.time() of this process's first SIGTERM
+_ray_handler: list = []  # the handler ours replaced (Ray's: the worker exits)
+EXIT_WAIT_S = 60.0  # a worker's own second SIGTERM ends it at Ray's next signal check, well within this
+
+
+def install_worker_sigterm() -> None:
+    """In a Ray Train worker, on its main thread (an actor method of the non-threaded worker actor, run
+    before the training function starts): SIGTERM becomes a preemption notice (:func:`worker_sigterm`);
+    a second one goes to the handler it replaces (Ray's, which makes the worker exit)."""
+    if signal.getsignal(signal.SIGTERM) is _on_worker_sigterm:
+        return
+    _ray_handler[:] = [signal.getsignal(signal.SIGTERM)]
+    signal.signal(signal.SIGTERM, _on_worker_sigterm)
+
+
+def _on_worker_sigterm(signum, frame) -> None:
+    if not _sigterm_at:
+        _sigterm_at.append(time.time())
+        print(f"SIGTERM: this worker (pid {os.getpid()}) asks its group for a checkpoint at the next step, "
+              f"then leaves", file=sys.stderr, flush=True)
+        return
+    before = _ray_handler[0] if _ray_handler else signal.SIG_DFL
+    if callable(before):
+        before(signum, frame)
+    else:  # SIG_DFL: end as the default action would
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def worker_sigterm() -> bool:
+    """Whether this worker process got SIGTERM (a host read)."""
+    return bool(_sigterm_at)
+
+
+def leave(run_dir, stop: Stop, step: int, checkpoint: str, elastic: bool) -> None:
+    """After the checkpoint of a stop at ``step`` (every rank calls it, then returns). The rank that got
+    SIGTERM records it in ``preempted.json`` (the step, the checkpoint, the seconds from its SIGTERM to
+    the committed checkpoint); in an elastic run it then exits through Ray's handler (Ray restarts the
+    group from ``checkpoint`` on the workers left), so this does not return there."""
+    if not (stop.sigterm and worker_sigterm()):
+        return
+    committed = time.time()
+    from pretrain import dist
+
+    storage.write_text(storage.join(run_dir, PREEMPTED_FILE), json.dumps(
+        {"signal": "SIGTERM", "rank": dist.rank(), "pid": os.getpid(), "step": step, "checkpoint": checkpoint,
+         "sigterm_at": _sigterm_at[0], "committed_at": committed,
+         "seconds_to_checkpoint": round(committed - _sigterm_at[0], 3), "elastic": elastic}))
+    if not elastic:
+        return
+    # the controller must have this rank's report (it carries the checkpoint) before the worker goes
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    get_train_context().execution_context.result_queue.join()
+    os.kill(os.getpid(), signal.SIGTERM)  # the second: Ray's handler, on the main thread
+    time.sleep(EXIT_WAIT_S)
+    raise RuntimeError(f"SIGTERM did not end worker process {os.getpid()} in {EXIT_WAIT_S:.0f} s")
+
+
+def preempted(run_dir) -> dict | None:
+    """``preempted.json`` of the run directory (the last worker SIGTERM acted on), or None."""
+    path = storage.join(run_dir, PREEMPTED_FILE)
+    return json.loads(storage.read_text(path)) if storage.isfile(path) else None
 
 
 def record(run_dir, signum: int, step: int, checkpoint) -> None:

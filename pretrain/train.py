@@ -35,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -268,6 +269,8 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
             if asked and clock.step >= total_steps:  # the run reached its end before the workers could stop early
                 asked.clear()
                 storage.remove(storage.join(run_dir, interrupt.STOP_FILE))
+            if not asked and clock.step < total_steps and interrupt.preempted(run_dir):  # a worker's SIGTERM
+                asked.append(signal.SIGTERM)  # ended a fixed-size run: as if the driver had been sent it
             succeeded = message is None and not storage.isfile(stopped) and not asked
         except interrupt.Interrupted as exc:
             if owns_ray:
@@ -453,7 +456,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
                 metrics.update({"step": step, "lr/main": main_opt.param_groups[0]["lr"], "workers": world})
                 if eta_opt is not None:
                     metrics["lr/eta"] = eta_opt.param_groups[0]["lr"]
-                stop = interrupt.stop_requested(run_dir, device)  # the driver got a signal: a checkpoint, then end
+                stop = interrupt.stop_requested(run_dir, device)  # the driver or a worker got a signal
                 checkpoint_now = (stop or preempted_now or step % cfg.train.checkpoint_every == 0
                                   or step == total_steps)
                 if writer is not None:  # the files go up with every checkpoint, else at most every upload_every_s
@@ -462,7 +465,8 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
                 if checkpoint_now:
                     last_checkpoint = report_with_checkpoint(
                         cfg, checkpoints, metrics, step, task, main_opt, eta_opt, position, rng, permutations, probe)
-                if stop:
+                if stop:  # a worker's SIGTERM: recorded; in an elastic run that worker exits (Ray restarts)
+                    interrupt.leave(run_dir, stop, step, last_checkpoint, elastic=cfg.train.min_workers is not None)
                     return
                 window = MetricWindow(device)
                 t_window = time.perf_counter()
@@ -835,10 +839,11 @@ def log_rank0(writer, logs: storage.LocalMirror, metrics: dict, step: int, batch
 
 def preemption_notice() -> bool:
     """Whether Ray Train has told this worker that a node of its group is being preempted (Ray drains a
-    node on a spot reclaim's notice; its preemption watcher tells every worker). A host read, no collective."""
+    node on a spot reclaim's notice; its preemption watcher tells every worker), or this worker process
+    got SIGTERM (:mod:`pretrain.interrupt`). A host read, no collective."""
     from ray.train.v2._internal.execution.context import get_train_context
 
-    return get_train_context().preemption_context.preemption_info is not None
+    return interrupt.worker_sigterm() or get_train_context().preemption_context.preemption_info is not None
 
 
 def maybe_crash(cfg: DictConfig, run_dir: Path | str, step: int, rank: int, world: int) -> None:

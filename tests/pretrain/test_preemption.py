@@ -1,0 +1,140 @@
+"""SIGTERM to one Ray Train worker process (a spot reclaim's first word) on the test session's Ray.
+
+A real ``os.kill(pid, SIGTERM)`` of a worker of a 2-worker InfoMax run: the group writes a checkpoint at
+the next step boundary; a fixed-size run then ends with the driver's one line (exit code 143) and
+``--resume`` continues it bit-identically; an elastic run goes on (Ray restarts the group from that
+checkpoint) and ends with the same weights as the fixed run stopped and resumed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from console.progress import WALL_TIME
+from pretrain import checkpoint as ck
+from pretrain.config import load_config
+from pretrain.interrupt import INTERRUPTED_FILE, Interrupted, preempted
+from tests.support.run_states import assert_same_state, infomax_overrides, read_metrics
+from tests.support.shards import folder_shards
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.timeout(1500)]
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return folder_shards(tmp_path_factory.mktemp("pre"), 40, n_classes=4, size=32, shard_size=10)
+
+
+def run_cfg(shards, root, *extra):
+    return load_config(None, infomax_overrides(shards, root, "task.kwargs.hidden_dim=16", "task.kwargs.embed_dim=8",
+                                               "data.batch_size=4", f"train.steps={STEPS}", "train.report_every=1",
+                                               "train.checkpoint_every=1000", *extra))
+
+
+def train_workers() -> list[psutil.Process]:
+    """The Ray Train worker processes of this test session's Ray (descendants of this process)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class SigtermOneWorker(threading.Thread):
+    """Once the run has reported step 2, SIGTERM one of its worker processes (once)."""
+
+    def __init__(self, run_root):
+        super().__init__(daemon=True)
+        self.run_root, self.pid, self.sent_at = run_root, None, None
+
+    def run(self):
+        deadline = time.monotonic() + 1200  # a loaded machine takes minutes to start a group
+        while time.monotonic() < deadline:
+            metrics = list(self.run_root.glob("*/metrics.jsonl"))
+            workers = train_workers()
+            if metrics and len(metrics[0].read_text().splitlines()) >= 2 and len(workers) == 2:
+                self.pid, self.sent_at = workers[-1].pid, time.time()
+                os.kill(self.pid, signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+
+def checkpoint_at_the_next_step(run_dir, sent_at: float) -> dict:
+    """``preempted.json``: the checkpoint's step is the first step begun after the worker took the
+    signal (at most the step it was in finishes first)."""
+    record = preempted(run_dir)
+    assert record is not None and record["signal"] == "SIGTERM"
+    assert sent_at <= record["sigterm_at"] <= record["committed_at"]
+    after = [m["step"] for m in read_metrics(run_dir) if m[WALL_TIME] > record["sigterm_at"]]
+    assert min(after) >= record["step"] - 1 and record["step"] in after
+    assert ck.step_of(record["checkpoint"]) == record["step"]
+    return record
+
+
+@pytest.fixture(scope="module")
+def fixed_run(ray_session, shards, tmp_path_factory):
+    """A fixed-size run whose worker got SIGTERM: (the driver's Interrupted, the run directory, the pid
+    signalled, when), and its final checkpoint after ``--resume`` ran it to the end."""
+    from pretrain.__main__ import main as cli
+    from pretrain.train import launch
+
+    root = tmp_path_factory.mktemp("fixed")
+    killer = SigtermOneWorker(root)
+    killer.start()
+    with pytest.raises(Interrupted) as stopped:
+        launch(run_cfg(shards, root))
+    killer.join()
+    run_dir = next(root.glob("im-*"))
+    record = checkpoint_at_the_next_step(run_dir, killer.sent_at)
+    interrupted = json.loads((run_dir / INTERRUPTED_FILE).read_text())
+    at_stop = ck.load_checkpoint(run_dir)["step"]
+    assert cli(["--resume", str(run_dir)]) == 0
+    return {"error": stopped.value, "record": record, "interrupted": interrupted, "step_at_stop": at_stop,
+            "pid": killer.pid, "sent_at": killer.sent_at, "final": ck.load_checkpoint(run_dir)}
+
+
+def test_sigterm_to_a_worker_of_a_fixed_run_checkpoints_at_the_next_step_and_ends_resumable(fixed_run):
+    record = fixed_run["record"]
+    assert record["pid"] == fixed_run["pid"] and not record["elastic"] and record["step"] < STEPS
+    assert fixed_run["error"].exit_code == 143
+    assert str(fixed_run["error"]).startswith(f"interrupted (SIGTERM) at step {record['step']}; last checkpoint ")
+    assert fixed_run["interrupted"]["step"] == fixed_run["step_at_stop"] == record["step"]
+    print(f"fixed: SIGTERM to committed checkpoint {record['committed_at'] - fixed_run['sent_at']:.2f} s "
+          f"(from the handler: {record['seconds_to_checkpoint']:.2f} s)")
+    assert fixed_run["final"]["step"] == STEPS
+
+
+def test_sigterm_to_a_worker_of_an_elastic_run_checkpoints_and_the_run_goes_on(fixed_run, shards, tmp_path):
+    """Ray restarts the group from the SIGTERM's checkpoint; the run ends bit-identical to the fixed run
+    that was stopped and resumed (both continue from a checkpoint at the same worker count)."""
+    from pretrain.train import launch
+
+    killer = SigtermOneWorker(tmp_path)
+    killer.start()
+    run_dir = launch(run_cfg(shards, tmp_path, "train.min_workers=1")).run_dir
+    killer.join()
+    record = checkpoint_at_the_next_step(run_dir, killer.sent_at)
+    assert record["pid"] == killer.pid and record["elastic"] and record["step"] < STEPS
+    assert not alive(killer.pid)
+    print(f"elastic: SIGTERM to committed checkpoint {record['committed_at'] - killer.sent_at:.2f} s "
+          f"(from the handler: {record['seconds_to_checkpoint']:.2f} s)")
+    assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, STEPS + 1))
+    assert_same_state(ck.load_checkpoint(run_dir), fixed_run["final"])
