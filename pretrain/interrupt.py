@@ -195,7 +195,7 @@ def install_worker_sigterm() -> None:
 def _on_worker_sigterm(signum, frame) -> None:
     if not _sigterm_at:
         _sigterm_at.append(time.time())
-        print(f"SIGTERM: this worker (pid {os.getpid()}) asks its group for a checkpoint at the next step, "
+        print(f"SIGTERM: this worker (pid {os.getpid()}) asks its group for a checkpoint at the next report, "
               f"then leaves", file=sys.stderr, flush=True)
         return
     before = _ray_handler[0] if _ray_handler else signal.SIG_DFL

@@ -1,7 +1,7 @@
 """SIGTERM to one Ray Train worker process (a spot reclaim's first word) on the test session's Ray.
 
 A real ``os.kill(pid, SIGTERM)`` of a worker of a 2-worker InfoMax run: the group writes a checkpoint at
-the next step boundary; a fixed-size run then ends with the driver's one line (exit code 143) and
+the next report (every step here: report_every=1); a fixed-size run then ends with the driver's one line (exit code 143) and
 ``--resume`` continues it bit-identically; an elastic run goes on (Ray restarts the group from that
 checkpoint) and ends with the same weights as the fixed run stopped and resumed.
 """
