@@ -58,12 +58,16 @@ def pytest_collection_modifyitems(config, items):
 
     The tests that share ``ray_session`` run last, one after another: the session starts once, never
     sits idle beside other tests, and is never found by a test that did not ask for it
-    (``eval.linear`` uses a running Ray when there is one).
+    (``eval.linear`` uses a running Ray when there is one). A module with a ``ray_session`` of its own
+    (``tests/pretrain/test_train_s3.py``: its workers must see the S3 endpoint) shuts the shared one down,
+    so its tests come after all the others: none of them finds the shared session gone and starts a Ray
+    of its own for every launch.
     """
     for item in items:
         if RAY_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.ray)
-    items.sort(key=lambda item: "ray_session" in item.fixturenames)  # stable: the order is kept otherwise
+    items.sort(key=lambda item: ("ray_session" in item.fixturenames,  # stable: the order is kept otherwise
+                                 hasattr(getattr(item, "module", None), "ray_session")))
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import timm
 from torch import nn
 
 from .dcgan_encoder import DCGANEncoder
-from .timm_encoder import build_timm_encoder
 
 
 def build_encoder(name: str, **kwargs) -> nn.Module:
@@ -20,6 +18,12 @@ def build_encoder(name: str, **kwargs) -> nn.Module:
     """
     if name == "dcgan":
         return DCGANEncoder(**kwargs)
+    # timm imports torchvision and, through it, torch._dynamo: seconds that every process of a dcgan run
+    # (the driver, each Ray worker) would pay for nothing
+    import timm
+
+    from .timm_encoder import build_timm_encoder
+
     if timm.is_model(name):
         return build_timm_encoder(name, **kwargs)
     raise ValueError(f"unknown encoder {name!r}: use 'dcgan' or a timm model name such as 'resnet50' (see timm.list_models())")

@@ -1,9 +1,9 @@
 """The Ray Train loop end to end on tiny shards, 2 workers, on the test session's Ray (``ray_session``).
 
-Uninterrupted, worker-crash and driver-restart runs of one InfoMax config must end with identical
-weights, η and optimiser state; a jigsaw run logs η from both ranks and a puzzle grid; two ranks
-with batch B make the same update as one rank with 2B (η-MINE); a diverging run stops with a
-clear message and keeps its last good checkpoint.
+A run whose worker crashed and whose driver stopped and was resumed must end with the weights, η and
+optimiser state of the uninterrupted run of its config (``infomax_reference``, tests/pretrain/conftest.py);
+a jigsaw run logs η from both ranks and a puzzle grid; two ranks with batch B make the same update as
+one rank with 2B (η-MINE); a diverging run stops with a clear message and keeps its last good checkpoint.
 """
 from __future__ import annotations
 
@@ -50,11 +50,12 @@ def infomax_cfg(shards, root, *extra):
     return load_config(None, infomax_overrides(shards, root, *extra))
 
 
-def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session, digits, tmp_path):
+def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session, infomax_reference, digits_shards,
+                                                                     tmp_path):
     from pretrain.__main__ import main as cli
     from pretrain.train import launch
 
-    plain = launch(infomax_cfg(digits, tmp_path / "a")).run_dir
+    plain = infomax_reference  # tests/pretrain/conftest.py: 12 uninterrupted steps, checkpoints at 4, 8, 12
     reference = ck.load_checkpoint(plain)
     assert reference["step"] == 12
     # 12 steps of 5 batches an epoch: rank positions are in epoch 2
@@ -69,17 +70,18 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
     assert list((plain / "tb").glob("events.out.tfevents.*"))
 
     # a worker dies at step 6 (after the checkpoint at 4 and the report at 6): Ray restarts the group
-    # from step 4, so step 6 is reported again; metrics.jsonl keeps the later record
-    crashed = launch(infomax_cfg(digits, tmp_path / "b", "train.crash_at_step=6", "train.report_every=2")).run_dir
+    # from step 4, so step 6 is reported again; metrics.jsonl keeps the later record. The driver stops
+    # after 8 steps, where the uninterrupted run was at its checkpoint 8.
+    crashed = launch(infomax_cfg(digits_shards, tmp_path, "train.crash_at_step=6", "train.report_every=2",
+                                 "train.steps=8")).run_dir
     assert (crashed / CRASH_MARKER).read_text() == "6"
+    assert_same_state(ck.load_checkpoint(crashed), ck.load_checkpoint(plain / "checkpoint_000000008"))
+    assert [m["step"] for m in read_metrics(crashed)] == [2, 4, 6, 8]
+
+    # `python -m pretrain --resume RUN_DIR train.steps=12` continues it to the uninterrupted run's end
+    assert cli(["--resume", str(crashed), "train.steps=12"]) == 0
     assert_same_state(ck.load_checkpoint(crashed), reference)
     assert [m["step"] for m in read_metrics(crashed)] == [2, 4, 6, 8, 10, 12]
-
-    # the driver stops after 8 steps; `python -m pretrain --resume RUN_DIR train.steps=12` continues
-    first = launch(infomax_cfg(digits, tmp_path / "c", "train.steps=8")).run_dir
-    assert ck.load_checkpoint(first)["step"] == 8
-    assert cli(["--resume", str(first), "train.steps=12"]) == 0
-    assert_same_state(ck.load_checkpoint(first), reference)
 
 
 def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, monkeypatch, capfd):

@@ -62,14 +62,23 @@ def run_cfg(shards, root, *extra):
 
 @pytest.mark.ray
 def test_a_run_of_two_workers_resumed_on_one_ends_where_the_uninterrupted_run_ends(ray_session, shards, tmp_path):
+    """The uninterrupted run's checkpoint 4, alone in a run directory of its own (a run of 2 workers that
+    stopped there), resumed by `python -m pretrain --resume` on 1 worker, ends on its step 12."""
+    import shutil
+
     from pretrain.__main__ import main as cli
+    from pretrain.run_dir import CONFIG_FILE, checkpoint_dir_name
     from pretrain.train import launch
 
-    plain = ck.load_checkpoint(launch(run_cfg(shards, tmp_path / "a")).run_dir)
+    plain_dir = launch(run_cfg(shards, tmp_path / "a")).run_dir
+    plain = ck.load_checkpoint(plain_dir)
     assert len(plain["data_position"]) == len(plain["rng"]) == 4  # one a virtual shard
     assert plain["data_position"] == [{"epoch": 2, "batch": 2}] * 4
 
-    first = launch(run_cfg(shards, tmp_path / "b", "train.steps=4")).run_dir
+    first = tmp_path / "b" / "vs-stopped"
+    first.mkdir(parents=True)
+    shutil.copy(plain_dir / CONFIG_FILE, first / CONFIG_FILE)
+    shutil.copytree(plain_dir / checkpoint_dir_name(4), first / checkpoint_dir_name(4))
     assert cli(["--resume", str(first), "train.num_workers=1", "train.steps=12"]) == 0
     resumed = ck.load_checkpoint(first)
     assert resumed["config"]["data"]["virtual_shards"] == 4 and resumed["config"]["train"]["num_workers"] == 1

@@ -12,6 +12,11 @@ import storage
 from pretrain.config import load_config
 
 
+# `python -m data_prep` arguments (less --out) of the digits shards the InfoMax runs read, locally
+# (tests/pretrain/conftest.py, ``digits_shards``) and in a bucket (test_train_s3.py): the same shards
+DIGITS_ARGS = ["digits", "--shard-size", "400", "--workers", "1", "--no-progress"]
+
+
 def infomax_overrides(shards: str, root: str, *extra: str) -> list[str]:
     """``key=value`` overrides of a 12-step, 2-worker InfoMax (η-MINE) run checkpointed every 4 steps."""
     return [f"data.shards={shards}", f"run.root={root}", "run.name=im",
