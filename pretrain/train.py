@@ -435,7 +435,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
                 ray.train.report({"step": step, "nonfinite": 1})
                 return
             if probe is not None:
-                out["metrics"].update(probe.step(batches[-1]["label"]))  # the last micro-batch's features
+                out["metrics"].update(probe.step(batches[-1]))  # the last micro-batch's features
             step += 1
             position = next_position
             window.add(out["metrics"], samples=sum(batch_size_of(b) for b in batches))
