@@ -5,12 +5,11 @@ split.
 
 Every head starts from the same seeded init and sees the same batches in the same order, so head k
 is the probe :func:`eval.probe.train_linear_probe` trains alone with that head's settings and seed
-(tested to float tolerance): Adam's update, one elementwise pass over all heads with a learning
-rate and weight decay per head. The K heads' scores come from one matmul of the batch with their
+(tested to float tolerance): the same fused Adam kernel, run on each head's rows of the stacked
+weights in place. The K heads' scores come from one matmul of the batch with their
 weights stacked ([K·C, D]); the batch's feature read (by row index: the fit part of the split is
 never copied), the loss, the step's Python and kernel launches are paid once for all heads. The
-matmuls' FLOPs and Adam's passes grow with K: on a CPU with wide features they dominate
-(benchmarks/linear_probe_sweep.py).
+matmuls' FLOPs grow with K: on a CPU with wide features they dominate (benchmarks/linear_probe_sweep.py).
 
 Selection never sees the test split: :func:`train_sweep` takes train features only; the caller
 scores the chosen head on the test split once (:func:`score_head`).
@@ -18,12 +17,12 @@ scores the chosen head on the test split once (:func:`score_head`).
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.adam import adam  # the functional form of torch.optim.Adam
 
 from console.progress import bar as progress_bar
 from eval.probe import BETAS, BN_EPS, batch_order_generator, init_linear
@@ -74,31 +73,28 @@ class _Heads(nn.Module):
         return F.linear(x, self.weight, self.bias).view(x.shape[0], self.k, self.num_classes)
 
 
-class _RowAdam:
-    """torch.optim.Adam's update (L2 weight decay, no amsgrad) of stacked heads, with a learning rate
-    and weight decay per row: one pass of each elementwise op over all K heads. (torch's Adam takes one
-    lr per parameter group: K groups, K kernels a step, each too small to use a CPU well.)
+class _HeadsAdam:
+    """The one-head probe's fused Adam (``torch.optim.adam.adam``, fused) on each head's rows of the
+    stacked weight and bias, in place: one kernel a head, with its own lr and weight decay, and no
+    per-group bookkeeping of an ``Optimizer`` of K parameter groups. ``settings``: (lr, weight decay) per head."""
 
-    params: tensors [R, ...]; lrs, weight_decays: [R]. The step count is the host's: nothing is read
-    back from the device."""
-
-    def __init__(self, params: list[torch.Tensor], lrs: torch.Tensor, weight_decays: torch.Tensor, eps: float = 1e-8):
-        self.params, self.steps, self.eps = params, 0, eps
-        self.lrs = [lrs.view(-1, *[1] * (p.dim() - 1)).to(p) for p in params]
-        self.decays = [weight_decays.view(-1, *[1] * (p.dim() - 1)).to(p) for p in params] if bool((weight_decays > 0).any()) else None
-        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    def __init__(self, heads: _Heads, settings: list[tuple[float, float]]):
+        self.heads, self.settings = heads, settings
+        self.exp_avgs = [torch.zeros_like(heads.weight), torch.zeros_like(heads.bias)]
+        self.exp_avg_sqs = [torch.zeros_like(heads.weight), torch.zeros_like(heads.bias)]
+        self.steps = [torch.zeros((), device=heads.weight.device) for _ in range(2 * len(settings))]  # on the device: never read back
 
     @torch.no_grad()
     def step(self) -> None:
-        self.steps += 1
-        beta1, beta2 = BETAS
-        correction1, root_correction2 = 1.0 - beta1 ** self.steps, math.sqrt(1.0 - beta2 ** self.steps)
-        for i, (p, (m, v)) in enumerate(zip(self.params, self.moments)):
-            g = p.grad if self.decays is None else p.grad.addcmul(self.decays[i], p)
-            m.lerp_(g, 1.0 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            # lr/c1 · m / (sqrt(v)/sqrt(c2) + eps), with sqrt(c2) moved to the numerator: two passes fewer
-            p.addcdiv_(m.mul(self.lrs[i] * (root_correction2 / correction1)), v.sqrt().add_(self.eps * root_correction2), value=-1.0)
+        params = [self.heads.weight, self.heads.bias]
+        grads = [p.grad for p in params]
+        c = self.heads.num_classes
+        for j, (lr, weight_decay) in enumerate(self.settings):
+            rows = slice(j * c, (j + 1) * c)
+            adam([p[rows] for p in params], [g[rows] for g in grads], [m[rows] for m in self.exp_avgs],
+                 [v[rows] for v in self.exp_avg_sqs], [], self.steps[2 * j : 2 * j + 2], fused=True, amsgrad=False,
+                 beta1=BETAS[0], beta2=BETAS[1], lr=lr, weight_decay=weight_decay, eps=1e-8, maximize=False)
+        for p in params:
             p.grad = None
 
 
@@ -145,9 +141,7 @@ def train_sweep(
         if not idx:
             continue
         heads = _Heads(weight, bias, len(idx), bn).to(device)
-        lrs, decays = (torch.tensor([grid[i][key] for i in idx], dtype=torch.float64).repeat_interleave(num_classes)
-                       for key in ("lr", "weight_decay"))
-        groups.append((idx, heads, _RowAdam([heads.weight, heads.bias], lrs, decays)))
+        groups.append((idx, heads, _HeadsAdam(heads, [(grid[i]["lr"], grid[i]["weight_decay"]) for i in idx])))
     order_gen = batch_order_generator(seed)
     n, k = fit.numel(), len(grid)
     history = []

@@ -30,9 +30,6 @@ from torch import nn
 from pretrain import dist
 
 
-KINDS = ("infomax", "jigsaw")  # eval.features' protocols (eval sits above pretrain: named here, not imported)
-
-
 def image_features(features: torch.Tensor, batch: dict, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(x float32 [N, D], labels int64 [N]): the encoder's output for ``batch`` as the offline probe reads it.
 
@@ -71,8 +68,11 @@ class OnlineProbe:
                  kind: str = "infomax"):
         if num_classes < 2:
             raise ValueError(f"train.online_probe needs a labelled split of >= 2 classes, got {num_classes}")
-        if kind not in KINDS:
-            raise ValueError(f"online probe: unknown feature kind {kind!r}; use one of {KINDS}")
+        from pretrain import tasks
+
+        known = sorted({tasks.spec(k).eval_kind for k in tasks.kinds()})  # eval.features' protocols, by task kind
+        if kind not in known:
+            raise ValueError(f"online probe: unknown feature kind {kind!r}; use one of {', '.join(known)}")
         self.kind = kind
         dim = encoder.feature_dim
         self.head = nn.utils.skip_init(nn.Linear, dim, num_classes, device=device)  # no draw from the global RNG
