@@ -71,6 +71,7 @@ def test_the_probe_leaves_the_encoder_bit_identical_and_reads_nothing_back(kind)
     assert not torch.equal(fresh.head.weight, probe.head.weight)  # the head did learn
 
 
+@pytest.mark.e2e  # torch.compile's tracing: 20 s and more on a loaded machine
 def test_under_compile_the_probe_learns_what_it_learns_eagerly():
     """train.compile: the task's forward and backward compiled (the graphs aot_eager captures, which
     inductor then generates code for), the probe's step eager; the encoder's output still reaches it."""
