@@ -5,10 +5,11 @@ split.
 
 Every head starts from the same seeded init and sees the same batches in the same order, so head k
 is the probe :func:`eval.probe.train_linear_probe` trains alone with that head's settings and seed
-(tested to float tolerance): the same fused Adam, a parameter group per head. The K heads' scores
-come from one matmul of the batch with their weights side by side ([K·C, D]); the batch's feature
-read, the step's Python and kernel launches are paid once for all heads. The matmul's FLOPs grow
-with K: on a CPU with wide features they dominate (benchmarks/linear_probe_sweep.py).
+(tested to float tolerance): the same fused Adam kernel, run on each head's rows of the stacked
+weights in place. The K heads' scores come from one matmul of the batch with their
+weights stacked ([K·C, D]); the batch's feature read (by row index: the fit part of the split is
+never copied), the loss, the step's Python and kernel launches are paid once for all heads. The
+matmuls' FLOPs grow with K: on a CPU with wide features they dominate (benchmarks/linear_probe_sweep.py).
 
 Selection never sees the test split: :func:`train_sweep` takes train features only; the caller
 scores the chosen head on the test split once (:func:`score_head`).
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.adam import adam  # the functional form of torch.optim.Adam
 
 from console.progress import bar as progress_bar
 from eval.probe import BETAS, BN_EPS, batch_order_generator, init_linear
@@ -54,20 +56,46 @@ def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.
 
 
 class _Heads(nn.Module):
-    """K linear heads of one input (raw or BatchNorm'd features), scored with one matmul."""
+    """K linear heads of one input (raw or BatchNorm'd features), stacked: one weight [K·C, D] (head j's
+    rows j·C .. j·C + C - 1, each as nn.Linear's) and one bias [K·C], scored with one matmul."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, k: int, batchnorm: bool):
         super().__init__()
         self.k, self.num_classes = k, bias.numel()
-        self.weights = nn.ParameterList(weight.clone() for _ in range(k))  # each [C, D], as nn.Linear
-        self.biases = nn.ParameterList(bias.clone() for _ in range(k))  # each [C]
+        self.weight = nn.Parameter(weight.repeat(k, 1))
+        self.bias = nn.Parameter(bias.repeat(k))
         self.norm = nn.BatchNorm1d(weight.shape[1], affine=False, eps=BN_EPS) if batchnorm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, D] -> scores [B, K, C]."""
         if self.norm is not None:
             x = self.norm(x)
-        return F.linear(x, torch.cat(list(self.weights)), torch.cat(list(self.biases))).view(x.shape[0], self.k, self.num_classes)
+        return F.linear(x, self.weight, self.bias).view(x.shape[0], self.k, self.num_classes)
+
+
+class _HeadsAdam:
+    """The one-head probe's fused Adam (``torch.optim.adam.adam``, fused) on each head's rows of the
+    stacked weight and bias, in place: one kernel a head, with its own lr and weight decay, and no
+    per-group bookkeeping of an ``Optimizer`` of K parameter groups. ``settings``: (lr, weight decay) per head."""
+
+    def __init__(self, heads: _Heads, settings: list[tuple[float, float]]):
+        self.heads, self.settings = heads, settings
+        self.exp_avgs = [torch.zeros_like(heads.weight), torch.zeros_like(heads.bias)]
+        self.exp_avg_sqs = [torch.zeros_like(heads.weight), torch.zeros_like(heads.bias)]
+        self.steps = [torch.zeros((), device=heads.weight.device) for _ in range(2 * len(settings))]  # on the device: never read back
+
+    @torch.no_grad()
+    def step(self) -> None:
+        params = [self.heads.weight, self.heads.bias]
+        grads = [p.grad for p in params]
+        c = self.heads.num_classes
+        for j, (lr, weight_decay) in enumerate(self.settings):
+            rows = slice(j * c, (j + 1) * c)
+            adam([p[rows] for p in params], [g[rows] for g in grads], [m[rows] for m in self.exp_avgs],
+                 [v[rows] for v in self.exp_avg_sqs], [], self.steps[2 * j : 2 * j + 2], fused=True, amsgrad=False,
+                 beta1=BETAS[0], beta2=BETAS[1], lr=lr, weight_decay=weight_decay, eps=1e-8, maximize=False)
+        for p in params:
+            p.grad = None
 
 
 def train_sweep(
@@ -102,21 +130,20 @@ def train_sweep(
         raise ValueError(f"train_sweep: epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     fit, held = holdout_split(train_features.shape[0], holdout_share, holdout_seed)
-    x, y = train_features[fit].float().to(device), train_labels[fit].long().to(device)
-    xh, yh = train_features[held].float().to(device), train_labels[held].long().to(device)
-    weight, bias = init_linear(x.shape[1], num_classes, torch.Generator().manual_seed(seed))
+    # the batches are gathered from the train features by row index: the fit part is never copied out
+    features, labels = train_features.float().to(device), train_labels.long().to(device)
+    fit = fit.to(device)
+    xh, yh = features[held.to(device)], labels[held.to(device)]
+    weight, bias = init_linear(features.shape[1], num_classes, torch.Generator().manual_seed(seed))
     groups = []  # one per input (raw features, BatchNorm'd features): the heads of the grid that read it
     for bn in (False, True):
         idx = [i for i, h in enumerate(grid) if h["batchnorm"] == bn]
         if not idx:
             continue
         heads = _Heads(weight, bias, len(idx), bn).to(device)
-        # the one-head probe's optimiser, a parameter group per head: fused, one kernel a group
-        optimizer = torch.optim.Adam([{"params": [w, b], "lr": grid[i]["lr"], "weight_decay": grid[i]["weight_decay"]}
-                                      for i, w, b in zip(idx, heads.weights, heads.biases)], betas=BETAS, fused=True)
-        groups.append((idx, heads, optimizer))
+        groups.append((idx, heads, _HeadsAdam(heads, [(grid[i]["lr"], grid[i]["weight_decay"]) for i in idx])))
     order_gen = batch_order_generator(seed)
-    n, k = x.shape[0], len(grid)
+    n, k = fit.numel(), len(grid)
     history = []
     bar = progress_bar(range(epochs), desc=desc, enabled=progress, leave=False)
     for epoch in bar:
@@ -124,13 +151,12 @@ def train_sweep(
         for heads in (g[1] for g in groups):
             heads.train()
         for i in range(0, n, batch_size):
-            sel = order[i : i + batch_size]
-            xb, yb = x.index_select(0, sel), y.index_select(0, sel)
+            rows = fit[order[i : i + batch_size]]
+            xb, yb = features.index_select(0, rows), labels.index_select(0, rows)
             for idx, heads, optimizer in groups:
                 scores = heads(xb)  # [B, K', C]
                 # each head's mean cross-entropy, summed: head j's gradient is that of its own loss
-                loss = F.cross_entropy(scores.permute(0, 2, 1), yb[:, None].expand(-1, len(idx)), reduction="sum") / yb.numel()
-                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(scores.view(-1, num_classes), yb.repeat_interleave(len(idx)), reduction="sum") / yb.numel()
                 loss.backward()
                 optimizer.step()
         acc = heldout_top1(groups, xh, yh, k)
@@ -143,10 +169,10 @@ def train_sweep(
     bar.close()
     acc = history[-1]
     chosen = max(range(k), key=lambda j: (acc[j], -j))
-    weights, biases, norm = torch.empty(k, num_classes, x.shape[1]), torch.empty(k, num_classes), None
+    weights, biases, norm = torch.empty(k, num_classes, features.shape[1]), torch.empty(k, num_classes), None
     for idx, heads, _ in groups:
-        weights[idx] = torch.stack(list(heads.weights)).detach().cpu()
-        biases[idx] = torch.stack(list(heads.biases)).detach().cpu()
+        weights[idx] = heads.weight.detach().view(len(idx), num_classes, -1).cpu()
+        biases[idx] = heads.bias.detach().view(len(idx), num_classes).cpu()
         if heads.norm is not None:  # one BatchNorm for every head that has one: same batches, same statistics
             norm = {"mean": heads.norm.running_mean.cpu(), "var": heads.norm.running_var.cpu()}
     return {"seed": seed, "epochs": epochs,

@@ -3,6 +3,12 @@ the encoder's detached features of the training batches (the shards carry labels
 so each report shows probe top-1 (TensorBoard ``online_probe/top1`` and the progress line) without
 stopping the run.
 
+The head reads the feature the offline probe reads for the task's encoder (``eval.features``, the
+task registry's ``eval_kind``): InfoMax, the image's features; jigsaw, the mean of an image's 9 tile
+features. A jigsaw batch holds each training image's 9 tiles (once, or in each of its puzzles): the
+mean over a puzzle's 9 does not depend on their order, so every puzzle of an image gives its image's
+feature, labelled with the image's class.
+
 It never touches the encoder: a forward hook keeps a detached copy of the features the task's own
 forward pass computes (no second forward), the head's loss reaches only the head, and its init draws
 from its own generator, never the global RNG the run's dropout and marginal pairs read. Under DDP its
@@ -24,6 +30,25 @@ from torch import nn
 from pretrain import dist
 
 
+def image_features(features: torch.Tensor, batch: dict, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x float32 [N, D], labels int64 [N]): the encoder's output for ``batch`` as the offline probe reads it.
+
+    infomax: features [B, ...] -> [B, D], labels ``batch["label"]`` [B].
+    jigsaw: features [R·9, D] of R puzzles (``patches`` layout: labels [R] are theirs) or of R images'
+    tiles (``tiles`` layouts, with ``perm_rows``: each image's label is that of its puzzles,
+    ``image_index`` [P]) -> the mean of each 9, [R, D]. Nothing is read back from the device.
+    """
+    labels = batch["label"]
+    if kind == "infomax":
+        return features.flatten(1).float(), labels
+    n_tiles = batch["perm_rows"].shape[1] if "perm_rows" in batch else batch["patches"].shape[1]
+    flat = features.flatten(1).float()
+    x = flat.view(-1, n_tiles, flat.shape[1]).mean(1)
+    if "perm_rows" in batch:  # one row an image: its puzzles' label (all the same)
+        labels = torch.full((x.shape[0],), -1, dtype=labels.dtype, device=labels.device).scatter_(0, batch["image_index"], labels)
+    return x, labels
+
+
 def feature_module(encoder: nn.Module) -> nn.Module:
     """The module whose output, flattened, is ``encoder(x)``: the last kept layer of an encoder with
     ``forward_layers`` (the InfoMax task calls that, not ``forward``), else the encoder itself."""
@@ -33,13 +58,22 @@ def feature_module(encoder: nn.Module) -> nn.Module:
 class OnlineProbe:
     """A linear head on the detached features of ``encoder`` (the task's, not a copy).
 
-    ``step(labels)`` after each training step: the features its forward pass left, labels int64 [B]
-    (-1 unlabelled, left out) -> {"online_probe/top1" (%), "online_probe/loss"}: 0-d tensors on the device.
+    ``step(batch)`` after each training step: the features its forward pass left and the batch's
+    ``label`` int64 (-1 unlabelled, left out) -> {"online_probe/top1" (%), "online_probe/loss"}: 0-d
+    tensors on the device. ``kind``: the feature protocol, ``infomax`` or ``jigsaw`` (see
+    :func:`image_features`).
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, *, lr: float, seed: int, device: torch.device | str):
+    def __init__(self, encoder: nn.Module, num_classes: int, *, lr: float, seed: int, device: torch.device | str,
+                 kind: str = "infomax"):
         if num_classes < 2:
             raise ValueError(f"train.online_probe needs a labelled split of >= 2 classes, got {num_classes}")
+        from pretrain import tasks
+
+        known = sorted({tasks.spec(k).eval_kind for k in tasks.kinds()})  # eval.features' protocols, by task kind
+        if kind not in known:
+            raise ValueError(f"online probe: unknown feature kind {kind!r}; use one of {', '.join(known)}")
+        self.kind = kind
         dim = encoder.feature_dim
         self.head = nn.utils.skip_init(nn.Linear, dim, num_classes, device=device)  # no draw from the global RNG
         g = torch.Generator().manual_seed(seed)
@@ -54,11 +88,12 @@ class OnlineProbe:
     def _keep(self, module, inputs, output) -> None:
         self.features = output.detach()
 
-    def step(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One Adam step of the head on the features of the forward pass just run; labels [B] int64."""
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One Adam step of the head on the features of the forward pass just run on ``batch`` (on the device)."""
         if self.features is None:
             raise RuntimeError("online probe: no features captured; the task's forward pass did not run the encoder")
-        x, self.features = self.features.flatten(1).float(), None
+        x, labels = image_features(self.features, batch, self.kind)
+        self.features = None
         labelled = labels >= 0
         count = labelled.sum().clamp(min=1)
         logits = self.head(x)
@@ -90,5 +125,8 @@ def from_config(cfg, task: nn.Module, device: torch.device) -> OnlineProbe | Non
         return None
     from data_prep.manifest import read_manifest
 
+    from pretrain import tasks
+
     classes = len(read_manifest(cfg.data.shards)["class_names"])
-    return OnlineProbe(task.encoder, classes, lr=cfg.train.online_probe_lr, seed=cfg.run.seed, device=device)
+    return OnlineProbe(task.encoder, classes, lr=cfg.train.online_probe_lr, seed=cfg.run.seed, device=device,
+                       kind=tasks.spec(cfg.task.kind).eval_kind)

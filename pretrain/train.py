@@ -434,7 +434,7 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
             out = train_step(model, task, batches, step, main_opt, eta_opt, bf16=cfg.train.bf16, rng=rng,
                              buffers=buffers, notice=preemption_notice(), flags=flags)
             if probe is not None:
-                out["metrics"].update(probe.step(batches[-1]["label"]))  # the last micro-batch's features
+                out["metrics"].update(probe.step(batches[-1]))  # the last micro-batch's features
             step += 1
             position = next_position
             window.add(out["metrics"], samples=sum(batch_size_of(b) for b in batches))

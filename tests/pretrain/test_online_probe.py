@@ -1,19 +1,23 @@
 """train.online_probe: a linear head on the encoder's detached features that never changes the
 pretraining (encoder weights bit-identical with and without it), reads nothing back from the device,
-averages its gradient under DDP and resumes exactly (a real 2-worker Ray Train run, crashed and restarted)."""
+reads the feature the offline probe reads (jigsaw: the mean of an image's 9 tile features), averages
+its gradient under DDP and resumes exactly (a real 2-worker Ray Train run, crashed and restarted)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from console.progress import LINE_RE
+from eval.features import encode_batch
 from pretrain import checkpoint as ck
-from pretrain.config import ConfigError, load_config, validate
-from pretrain.online_probe import OnlineProbe
+from pretrain.config import load_config, validate
+from pretrain.online_probe import OnlineProbe, image_features
 from pretrain.plan import example_batch
-from pretrain.train import build_optimizers, build_task_from_config, train_step
+from pretrain.train import build_optimizers, build_task_from_config, compile_model, permutations_of, train_step
 from tests.support.run_states import assert_same_state, infomax_overrides, read_metrics, tiny_cfg
 from tests.pretrain.test_gpu_path import HostSyncCounter
+
+KINDS = {"infomax": ("infomax", "eta-mine"), "jigsaw": ("jigsaw-mi", "eta-mine")}
 
 
 def _same(a, b) -> bool:
@@ -27,74 +31,121 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _pretrain(steps: int, with_probe: bool):
-    cfg = tiny_cfg("infomax", "eta-mine")
+def _labelled(cfg, permutations, seed: int) -> dict:
+    """The config's example batch with labels 0, 1, 2, 0, ... (jigsaw: by image, every puzzle its image's)."""
+    batch = example_batch(cfg, permutations, seed=seed)
+    batch["label"] = (batch["image_index"] if "image_index" in batch else torch.arange(batch["images"].shape[0])) % 3
+    return batch
+
+
+def _pretrain(kind: str, steps: int, with_probe: bool, compiled: bool = False):
+    cfg = tiny_cfg(*KINDS[kind])
+    permutations = permutations_of(cfg)
     torch.manual_seed(0)
-    task = build_task_from_config(cfg, None)
+    task = build_task_from_config(cfg, permutations)
     main_opt, eta_opt = build_optimizers(cfg, task)
-    probe = OnlineProbe(task.encoder, 10, lr=1e-2, seed=0, device="cpu") if with_probe else None
-    torch.manual_seed(1)  # the batches and the marginal pairs draw from here: the probe must not
+    probe = OnlineProbe(task.encoder, 10, lr=1e-2, seed=0, device="cpu", kind=kind) if with_probe else None
+    model = compile_model(task, torch.device("cpu"), backend="aot_eager") if compiled else task
+    torch.manual_seed(1)  # the marginal pairs and dropout draw from here: the probe must not
     reads, metrics = [], []
     for step in range(steps):
-        batch = task.host_prepare(example_batch(cfg, None, seed=step))
-        batch["label"] = torch.arange(8) % 3
-        out = train_step(task, task, batch, step, main_opt, eta_opt)
+        batch = task.host_prepare(_labelled(cfg, permutations, step))
+        out = train_step(model, task, batch, step, main_opt, eta_opt)
         assert out["flags"].read().nonfinite is None
         if probe is not None:
             with HostSyncCounter() as counter:
-                metrics.append(probe.step(batch["label"]))
+                metrics.append(probe.step(batch))
             reads.append(len(counter.ops))
     return task, probe, reads, metrics
 
 
-def test_the_probe_leaves_the_encoder_bit_identical_and_reads_nothing_back():
-    plain, _, _, _ = _pretrain(4, with_probe=False)
-    probed, probe, reads, metrics = _pretrain(4, with_probe=True)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_probe_leaves_the_encoder_bit_identical_and_reads_nothing_back(kind):
+    plain, _, _, _ = _pretrain(kind, 2, with_probe=False)
+    probed, probe, reads, metrics = _pretrain(kind, 2, with_probe=True)
     for (name, a), b in zip(plain.state_dict().items(), probed.state_dict().values()):
         assert torch.equal(a, b), name
-    assert reads == [0, 0, 0, 0]  # top-1 and loss stay on the device until the report
+    assert reads == [0, 0]  # top-1 and loss stay on the device until the report
     assert all(m["online_probe/loss"].ndim == 0 and 0 <= float(m["online_probe/top1"]) <= 100 for m in metrics)
-    fresh = OnlineProbe(probed.encoder, 10, lr=1e-2, seed=0, device="cpu")
+    fresh = OnlineProbe(probed.encoder, 10, lr=1e-2, seed=0, device="cpu", kind=kind)
     assert not torch.equal(fresh.head.weight, probe.head.weight)  # the head did learn
 
 
-def test_unlabelled_samples_are_left_out_and_the_config_is_checked(tmp_path):
+@pytest.mark.e2e  # torch.compile's tracing: 20 s and more on a loaded machine
+def test_under_compile_the_probe_learns_what_it_learns_eagerly():
+    """train.compile: the task's forward and backward compiled (the graphs aot_eager captures, which
+    inductor then generates code for), the probe's step eager; the encoder's output still reaches it."""
+    eager_task, eager, _, eager_metrics = _pretrain("infomax", 2, with_probe=True)
+    task, compiled, _, metrics = _pretrain("infomax", 2, with_probe=True, compiled=True)
+    assert _same(eager_task.state_dict(), task.state_dict())
+    assert _same(eager.head.state_dict(), compiled.head.state_dict())
+    assert _same(eager_metrics, metrics)
+
+
+@pytest.mark.parametrize("unique_tiles", [True, False], ids=["tiles", "patches"])
+def test_the_jigsaw_probe_reads_the_feature_eval_reads(unique_tiles):
+    """Both batch layouts: each image's (or puzzle's) row is eval's feature of the image's 9 tiles in
+    their natural order (the mean of their features), labelled with the image's class."""
+    cfg = tiny_cfg("jigsaw-mi", "eta-mine", f"data.unique_tiles={str(unique_tiles).lower()}")
+    permutations = permutations_of(cfg)
+    task = build_task_from_config(cfg, permutations).eval()  # batch-norm's running statistics: a tile's feature is its own
+    probe = OnlineProbe(task.encoder, 10, lr=1e-2, seed=0, device="cpu", kind="jigsaw")
+    batch = task.host_prepare(_labelled(cfg, permutations, 0))
+    with torch.no_grad():
+        task(batch)
+    x, labels = image_features(probe.features, batch, "jigsaw")
+    n_images = cfg.data.images_per_batch
+    # the same draws in the tiles layout: each image's 9 tiles in their natural order
+    tiles = example_batch(tiny_cfg("jigsaw-mi", "eta-mine", "data.unique_tiles=true"), permutations, seed=0)["tiles"]
+    want = encode_batch(task.encoder, {"patches": tiles}, "jigsaw")  # [I, D]: eval's feature of each image
+    rows = torch.arange(n_images) if unique_tiles else batch["image_index"]
+    assert x.shape == (len(rows), task.encoder.feature_dim)
+    torch.testing.assert_close(x, want[rows], rtol=1e-5, atol=1e-5)
+    assert torch.equal(labels, torch.arange(n_images)[rows] % 3)
+
+
+def test_unlabelled_samples_are_left_out_and_every_kind_is_accepted():
     cfg = tiny_cfg("infomax", "eta-mine")
     task = build_task_from_config(cfg, None)
     probe = OnlineProbe(task.encoder, 3, lr=1e-2, seed=0, device="cpu")
-    task(task.host_prepare(example_batch(cfg, None)))
-    out = probe.step(torch.full((8,), -1))  # an unlabelled batch: nothing to learn, nothing counted
+    batch = task.host_prepare(example_batch(cfg, None))
+    task(batch)
+    out = probe.step({**batch, "label": torch.full((8,), -1)})  # an unlabelled batch: nothing to learn, nothing counted
     assert float(out["online_probe/loss"]) == 0.0 and float(out["online_probe/top1"]) == 0.0
-    with pytest.raises(ConfigError, match="train.online_probe is for task.kind=infomax"):
-        validate(tiny_cfg("jigsaw-mi", "eta-mine", "train.online_probe=true"), check_shards=False)
-    with pytest.raises(ConfigError, match="without train.compile"):
-        validate(tiny_cfg("infomax", "eta-mine", "train.online_probe=true", "train.compile=true"), check_shards=False)
+    for kind, estimator in KINDS.values():
+        validate(tiny_cfg(kind, estimator, "train.online_probe=true", "train.compile=true"), check_shards=False)
+    with pytest.raises(ValueError, match="unknown feature kind 'jigsaw-mi'"):
+        OnlineProbe(task.encoder, 3, lr=1e-2, seed=0, device="cpu", kind="jigsaw-mi")
 
 
 @pytest.mark.e2e
 @pytest.mark.ray
 def test_two_workers_with_the_probe_resume_exactly_after_a_crash(ray_session, tmp_path, capfd):
-    """2 DDP ranks, 12 steps with the probe: a run whose worker dies at step 6 (Ray restarts the group
-    from the checkpoint at step 4) ends in the state of an uninterrupted run, bit for bit: encoder,
-    heads, η, optimisers and the probe's head and Adam; every report shows the probe's top-1. (That the
-    probe leaves the pretraining bit-identical to a run without it: the test above, on the same step.)"""
+    """2 DDP ranks, 6 InfoMax steps with the probe: a run whose worker dies at step 3 (Ray restarts the
+    group from the checkpoint at step 2) ends in the state of an uninterrupted run, bit for bit:
+    encoder, heads, η, optimisers and the probe's head and Adam; every report shows the probe's top-1.
+    (That the probe leaves the pretraining bit-identical to a run without it, for InfoMax and jigsaw,
+    and reads jigsaw's eval feature: the tests above; its state and DDP averaging do not depend on the
+    task.)"""
     from tests.support.shards import synthetic_shards
     from pretrain.train import launch
 
     shards = synthetic_shards(tmp_path / "shards", 32, {"train": 160}, shard_size=40)
 
     def run(name, *extra):
-        return launch(load_config(None, infomax_overrides(str(shards), str(tmp_path / name), "train.online_probe=true", *extra))).run_dir
+        return launch(load_config(None, infomax_overrides(
+            str(shards), str(tmp_path / name), "train.steps=6", "train.report_every=2", "train.checkpoint_every=2",
+            "train.online_probe=true", *extra))).run_dir
 
     probed_dir = run("probed")
-    crashed_dir = run("crashed", "train.crash_at_step=6")
+    crashed_dir = run("crashed", "train.crash_at_step=3")
     probed, crashed = ck.load_checkpoint(probed_dir), ck.load_checkpoint(crashed_dir)
-    assert (crashed_dir / ".crashed_at_step").read_text() == "6" and crashed["step"] == 12
+    assert (crashed_dir / ".crashed_at_step").read_text() == "3" and crashed["step"] == 6
     assert_same_state(crashed, probed)
     assert _same(probed["online_probe"], crashed["online_probe"])  # the head and its Adam resumed exactly
-    assert probed["online_probe"]["optimizer"]["state"][0]["step"] == 12
+    assert probed["online_probe"]["optimizer"]["state"][0]["step"] == 6
     records = read_metrics(probed_dir)
-    assert [r["step"] for r in records] == [4, 8, 12]
+    assert [r["step"] for r in records] == [2, 4, 6]
     assert all(0.0 <= r["online_probe/top1"] <= 100.0 and r["online_probe/loss"] > 0 for r in records)
     lines = [m for m in map(LINE_RE.match, capfd.readouterr().out.splitlines()) if m and m["probe_top1"] is not None]
     assert len(lines) >= 3, "no progress line with the probe's top-1"
