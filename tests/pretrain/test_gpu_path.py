@@ -144,7 +144,7 @@ def test_a_nonfinite_step_holds_every_optimiser_until_the_report(bound_cpu):
             batch["images"][0, 0, 0, 0] = float("nan")
         batch = task.host_prepare(batch)
         out = train_step(task, task, batch, i, main_opt, eta_opt, flags=flags)
-        probe.step(torch.arange(len(batch["images"])) % 3)
+        probe.step({**batch, "label": torch.arange(len(batch["images"])) % 3})
         return out
 
     def state() -> list[torch.Tensor]:
