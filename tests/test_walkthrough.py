@@ -2,9 +2,11 @@
 the README itself documents, from a working directory laid out as the README says (configs/, the
 archive in data/), on a small archive in the official CIFAR-10 format. The two pretraining runs
 overlap (two local Rays on one machine). A run that works prints no ERROR and no traceback,
-ends with its summary and leaves curves.png; the probes and the table follow."""
+ends with its summary and leaves curves.png; the three probes follow (side by side: each reads a run and
+writes its own folder), then the table."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -56,7 +58,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
 
     pretraining = [c for c in commands if c.startswith("python -m pretrain ")]
     assert len(pretraining) == 2
-    done = False
+    done, probing = False, []
     for i, line in enumerate(commands):
         if line in pretraining:
             if not done:  # the second starts once the first's local Ray is up: two local Rays on one machine
@@ -76,8 +78,15 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
                     assert f"python -m eval.linear checkpoint={run_dir} data=" in out
                     assert (Path(run_dir) / "ray.log").is_file()
             continue
-        extra = f" {probe_short}" if line.startswith("python -m eval.linear ") else ""
-        out = finish(start(line + extra, f"step{i}.log"), f"step{i}.log")
-        print(f"$ {line}{extra}\n{out}")
+        if line.startswith("python -m eval.linear "):  # the probes read, each writes its own out=: side by side
+            if line in probing:
+                continue
+            probing = list(itertools.takewhile(lambda c: c.startswith("python -m eval.linear "), commands[i:]))
+            probes = [(c, start(f"{c} {probe_short}", f"probe{j}.log")) for j, c in enumerate(probing)]
+            for j, (c, proc) in enumerate(probes):
+                print(f"$ {c} {probe_short}\n{finish(proc, f'probe{j}.log')}")
+            continue
+        out = finish(start(line, f"step{i}.log"), f"step{i}.log")
+        print(f"$ {line}\n{out}")
     table = (work / "runs" / "eval" / "table.md").read_text()
     assert table.count("infomax") >= 3 and "random init" in table, table

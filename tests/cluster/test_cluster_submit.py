@@ -124,10 +124,15 @@ def test_no_wait_then_logs_status_stop_and_no_second_start(head, project, shared
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job = job_id_of(submitted.stdout)
 
+    # The stand-in prints its arguments, then writes its attempt and sleeps: the file says the job has
+    # started (a cheap poll; each `logs` call is a new process).
     deadline = time.monotonic() + 90
+    while not list((shared / "runs").glob("beta-*/attempts")):
+        assert time.monotonic() < deadline, head.cli("logs", job).stdout
+        time.sleep(0.2)
     while "standin args" not in (logs := head.cli("logs", job)).stdout:
         assert time.monotonic() < deadline, logs.stdout + logs.stderr
-        time.sleep(1)
+        time.sleep(0.5)
     status = head.cli("status", job)
     assert status.returncode == 0
     assert status.stdout.startswith(f"job {job}: RUNNING") and "run_name=beta" in status.stdout

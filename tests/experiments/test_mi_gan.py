@@ -142,10 +142,11 @@ def test_eta_is_optimised_during_training():
 
 
 def test_short_run_improves_mode_coverage():
-    cfg = mi_gan.MIGANConfig(steps=1500, eval_every=500, snapshots=[1500])
+    cfg = mi_gan.MIGANConfig(steps=750, eval_every=250, snapshots=[750])
     run = mi_gan.train_one(cfg, "eta-mine", seed=0, log=lambda *a, **k: None)
     # a GAN's mode count swings between evaluations (and its path differs between CPUs' kernels): the
-    # claim is that training reaches wide coverage, read at the run's best evaluation
+    # claim is that training reaches wide coverage, read at the run's best evaluation (on the project's
+    # 2-core machine: 1 mode at step 0, 8 at 500, 18 at 750; MI above 2 from step 400)
     start, best = run["history"][0], max(run["history"][1:], key=lambda h: h["modes_covered"])
     assert best["modes_covered"] >= start["modes_covered"] + 8
     assert best["mi"] > 2.0  # log 25 ≈ 3.22 caps it: codes are mostly told apart
