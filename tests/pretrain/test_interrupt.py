@@ -99,13 +99,17 @@ def test_ctrl_c_writes_a_checkpoint_and_sigterm_stops_at_once_both_say_how_to_co
     assert [str(p) for p in runs.iterdir()] == [run_dir]
 
     # SIGTERM (a scheduler stopping the job) to the driver alone, soon after a checkpoint: it stops at
-    # once, naming that checkpoint; exit 143; Ray's processes go with it.
+    # once, naming the last checkpoint; exit 143; Ray's processes go with it.
     resumed = Driver(tmp_path, "resumed", "--resume", run_dir, "train.interrupt_checkpoint_s=100000")
     resumed.wait_for_line(rf"^step {step + 4}/")
     resumed.proc.send_signal(signal.SIGTERM)
     assert resumed.finish() == 143, resumed.text()[-3000:]
     m = LINE.match(resumed.err.read_text().strip().splitlines()[-1])
-    assert m and m["sig"] == "SIGTERM" and int(m["step"]) > step and m["ckpt"] == str(newest), resumed.err.read_text()
+    assert m and m["sig"] == "SIGTERM" and int(m["step"]) > step, resumed.err.read_text()
+    # no checkpoint was asked for; Ray's teardown sends the workers SIGTERM, which they take as a
+    # preemption notice: one that reaches its next report first writes one more (docs/reliability.md)
+    newest_now, _ = ck.newest_verified(run_dir)
+    assert m["ckpt"] in (str(newest), str(newest_now)), (m["ckpt"], newest, newest_now)
     assert (tmp_path / "runs" / os.path.basename(run_dir) / INTERRUPTED_FILE).is_file()
     assert_quiet(resumed.text())
     FileLock(os.path.join(run_dir, LOCK_FILE), timeout=0).acquire()
