@@ -70,6 +70,10 @@ def classify(exc: BaseException, run_dir) -> str | None:
     resume = f"the checkpoints written before are intact; continue with python -m pretrain --resume {run_dir}"
     if isinstance(exc, storage.StorageError):
         return f"{one_line(exc)}; {resume} once the store is back"
+    if storage.is_url(run_dir) and "AWS Error NETWORK_CONNECTION" in str(exc):
+        # Arrow's S3 client (Ray Train's own uploads: the controller's snapshot, a checkpoint's files)
+        # after its retries: the store does not answer
+        return f"cannot reach the store of {run_dir}: {one_line(exc)}; {resume} once the store is back"
     if isinstance(exc, OSError) and exc.errno in NO_RETRY:
         what, todo = NO_RETRY[exc.errno]
         where = exc.filename or run_dir

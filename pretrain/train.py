@@ -269,7 +269,7 @@ def _launch_locked(cfg: DictConfig, run_dir: Path | str, address: str | None, ra
             if asked and clock.step >= total_steps:  # the run reached its end before the workers could stop early
                 asked.clear()
                 storage.remove(storage.join(run_dir, interrupt.STOP_FILE))
-            if not asked and clock.step < total_steps and interrupt.preempted(run_dir):  # a worker's SIGTERM
+            if message is None and not asked and clock.step < total_steps and interrupt.preempted(run_dir):  # a worker's SIGTERM
                 asked.append(signal.SIGTERM)  # ended a fixed-size run: as if the driver had been sent it
             succeeded = message is None and not storage.isfile(stopped) and not asked
         except interrupt.Interrupted as exc:

@@ -79,3 +79,18 @@ def test_a_full_disk_ends_the_run_in_one_line_with_its_checkpoints_intact(ray_se
     assert f"cannot write {run}" in message and f"--resume {run}" in message
     payload = ck.load_checkpoint(run)  # the newest checkpoint that verifies: intact, loadable
     assert payload["step"] >= 4 and payload["step"] % 4 == 0
+
+
+def test_arrow_s3_losing_the_store_is_one_line_for_a_bucket_run_only():
+    """Ray Train's own uploads go through Arrow's S3 client, whose error after its retries is an OSError
+    saying NETWORK_CONNECTION (the words of a real run whose store was killed): one line for a run in a
+    bucket; for a local run directory it is not the store's error."""
+    from pretrain import fatal
+
+    exc = OSError("When completing multiple part upload for key 'runs/x/checkpoint_manager_snapshot.json' in "
+                  "bucket 'dying': AWS Error NETWORK_CONNECTION during CompleteMultipartUpload operation: "
+                  "curlCode: 7, Could not connect to server")
+    line = fatal.classify(exc, "s3://dying/runs/x")
+    assert line.startswith("cannot reach the store of s3://dying/runs/x: ") and line.endswith(
+        "continue with python -m pretrain --resume s3://dying/runs/x once the store is back")
+    assert fatal.classify(exc, "/tmp/runs/x") is None
