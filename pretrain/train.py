@@ -839,11 +839,12 @@ def log_rank0(writer, logs: storage.LocalMirror, metrics: dict, step: int, batch
 
 def preemption_notice() -> bool:
     """Whether Ray Train has told this worker that a node of its group is being preempted (Ray drains a
-    node on a spot reclaim's notice; its preemption watcher tells every worker), or this worker process
-    got SIGTERM (:mod:`pretrain.interrupt`). A host read, no collective."""
+    node on a spot reclaim's notice; its preemption watcher tells every worker). A host read, no
+    collective. A SIGTERM to this worker process reaches the group through the report's stop
+    all-reduce instead (:func:`pretrain.interrupt.stop_requested`)."""
     from ray.train.v2._internal.execution.context import get_train_context
 
-    return interrupt.worker_sigterm() or get_train_context().preemption_context.preemption_info is not None
+    return get_train_context().preemption_context.preemption_info is not None
 
 
 def maybe_crash(cfg: DictConfig, run_dir: Path | str, step: int, rank: int, world: int) -> None:
