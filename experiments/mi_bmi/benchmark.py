@@ -11,8 +11,9 @@ critic per bound (``experiments.mi_gaussian.critics``), every bound starting fro
 seeing the same minibatches (all B×B pairs: diagonal joint, the rest marginal), Adam, η on its own
 Adam as in the paper. The estimate is the bound read on the held-out pairs cut into batches of
 ``batch`` (so InfoNCE is capped at log ``batch``), with a 95% percentile-bootstrap interval over
-those batches (``pretrain.estimators.evaluate``); a bound whose critic or scores are no longer
-finite is reported as diverged. Writes ``results.json`` (after every task; a run started again on
+those batches (``pretrain.estimators.read_out`` and ``bootstrap_interval``); a bound whose read-out
+is not finite on some held-out batch (its critic, its scores, or the bound itself overflowing on a
+heavy-tailed batch) is reported as diverged, with the number of such batches. Writes ``results.json`` (after every task; a run started again on
 the same ``--out`` keeps its rows and does the rest), ``results.md`` and ``run.json`` (command,
 settings, wall and CPU time) under ``--out``.
 """
@@ -97,10 +98,12 @@ def run_task(cfg: BMIConfig, name: str, seed: int) -> list[dict]:
         batches = [{"scores": s[i], "pos_mask": pos, "neg_mask": neg, **({"log_baseline": b} if n == "a-mine" else {})}
                    for s, b in zip(scores, baselines)]
         row = {"task": name, "estimator": n, "seed": seed, "true_mi": task.mi, "batches": len(batches)}
-        if not all(torch.isfinite(p[i]).all() for p in critic.parameters()) or not torch.isfinite(scores[0][i]).all():  # copy i only
-            rows.append({**row, "estimate": float("nan"), "low": float("nan"), "high": float("nan"), "error": float("nan"), "diverged": True})
+        values = estimators.read_out(bank.bounds[i], batches)
+        if not torch.isfinite(values).all():  # a non-finite critic, scores or read-out on some held-out batch
+            rows.append({**row, "estimate": float("nan"), "low": float("nan"), "high": float("nan"), "error": float("nan"),
+                         "diverged": True, "nonfinite_batches": int((~torch.isfinite(values)).sum())})
             continue
-        iv = estimators.evaluate(bank.bounds[i], batches, cfg.level, cfg.resamples, seed)
+        iv = estimators.bootstrap_interval(values, cfg.level, cfg.resamples, seed)
         rows.append({**row, "estimate": iv.estimate, "low": iv.low, "high": iv.high, "error": iv.estimate - task.mi})
     return rows
 

@@ -10,8 +10,8 @@ Each bound lives in its own file; ``eta_mine_convex`` fits a linear witness on f
 from . import eta_mine, dv_mine, f_mine, a_mine, infonce, jsd, smile  # noqa: F401,I001
 from .base import MIEstimate, masks_checked
 from .eta_mine import EtaMINE, eta_step
-from .interval import Interval, bootstrap_interval, evaluate
+from .interval import Interval, bootstrap_interval, evaluate, read_out
 from .registry import Capabilities, build, capabilities, names, register
 
 __all__ = ["Capabilities", "MIEstimate", "EtaMINE", "Interval", "bootstrap_interval", "eta_step", "evaluate", "build",
-           "capabilities", "masks_checked", "names", "register"]
+           "capabilities", "masks_checked", "names", "read_out", "register"]

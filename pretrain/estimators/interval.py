@@ -41,14 +41,18 @@ def bootstrap_interval(values: torch.Tensor, level: float = 0.95, resamples: int
 
 
 @torch.no_grad()
-def evaluate(bound: nn.Module, batches: Iterable[dict], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+def read_out(bound: nn.Module, batches: Iterable[dict]) -> torch.Tensor:
     """Read ``bound`` (in eval mode, so moving averages stay still) on each batch — a dict of its
-    call arguments, e.g. {"scores": [N, M], "pos_mask": ..., "log_baseline": ...} — and return the
-    mean estimate with its bootstrap interval over the batches."""
+    call arguments, e.g. {"scores": [N, M], "pos_mask": ..., "log_baseline": ...} -> per-batch
+    estimates [K] in float64, non-finite ones included."""
     was_training = bound.training
     bound.eval()
     try:
-        values = torch.stack([bound(**b).mi.double() for b in batches])
+        return torch.stack([bound(**b).mi.double() for b in batches])
     finally:
         bound.train(was_training)
-    return bootstrap_interval(values, level, resamples, seed)
+
+
+def evaluate(bound: nn.Module, batches: Iterable[dict], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+    """The mean of ``read_out(bound, batches)`` with its bootstrap interval over the batches."""
+    return bootstrap_interval(read_out(bound, batches), level, resamples, seed)

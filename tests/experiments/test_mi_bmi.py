@@ -142,3 +142,16 @@ def test_runner_continues_the_rows_already_in_its_results(tmp_path):
                            "estimators=[eta-mine]", "steps=10"])
     assert rows[0] == kept  # not trained again
     assert [r["task"] for r in rows] == ["1v1-normal-0.75", "multinormal-sparse-2-2"]
+
+
+def test_a_bound_whose_read_out_overflows_on_a_held_out_batch_is_diverged_and_the_run_goes_on():
+    """Student-t with one degree of freedom (Cauchy tails), seed 3: JSD's critic and scores stay finite but
+    its read-out overflows on some held-out batches (a real crash of the full run before)."""
+    from experiments.mi_bmi import benchmark
+
+    cfg = benchmark.load_config(["estimators=[eta-mine,jsd]"])
+    rows = benchmark.run_task(cfg, "1v1-student-t-dof1-0.75", 3)
+    eta, jsd = rows
+    assert math.isfinite(eta["estimate"]) and not eta.get("diverged")
+    assert jsd["diverged"] and 1 <= jsd["nonfinite_batches"] <= jsd["batches"] and math.isnan(jsd["estimate"])
+    assert "diverged (1/1)" in benchmark.markdown(rows, cfg)

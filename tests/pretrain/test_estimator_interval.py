@@ -49,3 +49,15 @@ def test_evaluate_passes_every_argument_of_a_batch():
 def test_bad_input_is_one_clear_error(values, level, message):
     with pytest.raises(ValueError, match=message):
         estimators.bootstrap_interval(torch.tensor(values), level=level)
+
+
+def test_read_out_returns_an_overflowing_batch_as_it_is():
+    """Finite scores whose exponential overflows (one marginal pair scored 1e30): read_out gives the
+    non-finite value for that batch (the caller decides), evaluate refuses it in one line."""
+    eta = estimators.build("eta-mine")
+    tame, wild = torch.zeros(4, 4), torch.zeros(4, 4)
+    wild[1, 0] = 1e30
+    values = estimators.read_out(eta, [{"scores": tame}, {"scores": wild}])
+    assert values.dtype == torch.float64 and math.isfinite(values[0]) and not math.isfinite(values[1])
+    with pytest.raises(ValueError, match="need finite per-batch estimates"):
+        estimators.evaluate(eta, [{"scores": tame}, {"scores": wild}])
