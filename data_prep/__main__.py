@@ -133,11 +133,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"verify: {args.dir} matches its manifest")
         return 0
 
-    try:
-        check_writable_dir(args.out, "--out", "choose another output directory")
-    except NotWritableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not storage.is_url(args.out):  # a bucket was checked above
+        try:
+            check_writable_dir(args.out, "--out", "choose another output directory")
+        except NotWritableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     opts = shard_writer.EncodeOptions(fmt=args.format, quality=args.quality, resize=getattr(args, "resize", None))
     inputs = {name: getattr(args, name) for name in BUILDERS[args.command].inputs}
     manifest = build(args.command, args.out, inputs, opts, shard_size=args.shard_size, workers=args.workers,

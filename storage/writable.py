@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from storage import is_url
+
 
 class NotWritableError(OSError):
     """A directory that must be written cannot be; the message is one line naming it."""
@@ -22,6 +24,8 @@ def check_writable_dir(path: str | os.PathLike, what: str, hint: str = "") -> Pa
     ``what`` names the directory in the message (e.g. ``run.root``), ``hint`` says how to choose
     another one. Returns the absolute path; raises :class:`NotWritableError`.
     """
+    if is_url(str(path)):  # Path() would turn s3://b/k into a local folder s3:/b/k
+        raise ValueError(f"{what} {path}: a URL is not a local directory (check a bucket with storage.check_bucket)")
     path = Path(path).expanduser().absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@ streamed exactly like local shards; a URL is never taken for a local path; each 
 unusable (bad scheme, missing bucket, no credentials) gets one line before any work."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -24,11 +26,18 @@ def only_line(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def built(s3, tmp_path_factory):
-    """The same digits command run with a local --out and with an s3:// --out."""
+    """The same digits command run with a local --out and with an s3:// --out (from an empty working
+    directory, which the bucket build leaves empty: no local folder named like the URL)."""
     local = tmp_path_factory.mktemp("local") / "digits"
     url = s3.bucket("shards") + "/sets/digits"
     assert main([*DIGITS, "--out", str(local)]) == 0
-    assert main([*DIGITS, "--out", url]) == 0
+    cwd, here = os.getcwd(), tmp_path_factory.mktemp("cwd")
+    os.chdir(here)
+    try:
+        assert main([*DIGITS, "--out", url]) == 0
+    finally:
+        os.chdir(cwd)
+    assert list(here.iterdir()) == []
     return local, url
 
 
