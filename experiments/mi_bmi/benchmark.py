@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from experiments.mean_std import mean_std
 from experiments.mi_bmi.tasks import TASKS
 from experiments.mi_gaussian.benchmark import CriticTraining, EstimatorBank, critic_step, diagonal_masks, make_optimisers, pair_initialisation
 from experiments.mi_gaussian.critics import build_critic
@@ -113,20 +114,29 @@ def _num(value: float, sign: str = "") -> str:
     return f"{value:{sign}.2f}" if abs(value) < 1000 else f"{value:{sign}.1e}"
 
 
+def _cell(mine: list[dict]) -> str:
+    """One task and bound over its seeds: mean estimate, ± the seed std (seeds > 1), [the mean of the
+    seeds' bootstrap intervals], (mean error); the seeds that diverged are counted, the rest averaged."""
+    ok = [r for r in mine if not r.get("diverged")]
+    diverged = f"diverged ({len(mine) - len(ok)}/{len(mine)})" if len(ok) < len(mine) else ""
+    if not ok:
+        return diverged
+    avg = lambda k: sum(r[k] for r in ok) / len(ok)  # noqa: E731
+    spread = f" ±{_num(mean_std([r['estimate'] for r in ok])[1])}" if len(ok) > 1 else ""
+    cell = f"{_num(avg('estimate'))}{spread} [{_num(avg('low'))}, {_num(avg('high'))}] ({_num(avg('error'), '+')})"
+    return f"{cell}; {diverged}" if diverged else cell
+
+
 def markdown(rows: list[dict], cfg: BMIConfig) -> str:
-    """One table: tasks × bounds, each cell estimate [interval] and error (mean over seeds when > 1)."""
+    """One table: tasks × bounds, a cell per task and bound (:func:`_cell`)."""
     names = list(dict.fromkeys(r["estimator"] for r in rows))
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     head = "| task | true MI | " + " | ".join(names) + " |"
     lines = [head, "|---" * (len(names) + 2) + "|"]
     for t in tasks:
-        cells = []
-        for n in names:
-            mine = [r for r in rows if r["task"] == t and r["estimator"] == n]
-            avg = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
-            diverged = sum(bool(r.get("diverged")) for r in mine)
-            cells.append(f"diverged ({diverged}/{len(mine)})" if diverged else f"{_num(avg('estimate'))} [{_num(avg('low'))}, {_num(avg('high'))}] ({_num(avg('error'), '+')})")
-        lines.append(f"| {t} | {mine[0]['true_mi']:.3f} | " + " | ".join(cells) + " |")
+        cells = [_cell([r for r in rows if r["task"] == t and r["estimator"] == n]) for n in names]
+        true_mi = next(r["true_mi"] for r in rows if r["task"] == t)
+        lines.append(f"| {t} | {true_mi:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -153,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         out_help="output directory; a results.json there is continued (its task/seed rows are kept)",
         quick_help="two tasks, 60 steps: a smoke test",
         overrides_help="settings of BMIConfig, e.g. 'tasks=[all]' seeds=3", load=load_config, argv=argv)
-    start, rows = time.time(), []
+    start, cpu_start, rows = time.time(), time.process_time(), []
     if (out / "results.json").exists():  # continue: keep the task/seed rows already there
         wanted = {(t, s) for t in cfg.tasks for s in range(cfg.seeds)}
         rows = [r for r in json.loads((out / "results.json").read_text()) if (r["task"], r["seed"]) in wanted]
@@ -166,12 +176,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows += run_task(cfg, name, seed)
             (out / "results.json").write_text(json.dumps(rows, indent=1))
             print(f"{name} seed {seed} ({time.time() - start:.0f}s): " + " ".join(f"{r['estimator']}={r['estimate']:.2f}" for r in rows[-len(cfg.estimators):]), flush=True)
-    meta = {"command": command, "config": dataclasses.asdict(cfg), "wall_s": round(time.time() - start, 1), "cpu_s": round(time.process_time(), 1), "torch": torch.__version__}
+    launch = {"wall_s": round(time.time() - start, 1), "cpu_s": round(time.process_time() - cpu_start, 1), "trained": len(rows) - len(done) * len(cfg.estimators)}
+    before = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() and done else {}
+    earlier = before.get("launches", [{k: before[k] for k in ("wall_s", "cpu_s")}] if "wall_s" in before else [])
+    launches = [*earlier, launch]
+    meta = {"command": command, "config": dataclasses.asdict(cfg), "launches": launches, "torch": torch.__version__,
+            "wall_s": round(sum(x["wall_s"] for x in launches), 1), "cpu_s": round(sum(x["cpu_s"] for x in launches), 1)}
     (out / "run.json").write_text(json.dumps(meta, indent=1))
     setting = (f"{cfg.seeds} seed(s), {cfg.steps} steps, batch {cfg.batch}, separable critic (hidden {cfg.hidden} × {cfg.layers}, embedding {cfg.embed}), "
                f"{cfg.n_train} training / {cfg.n_eval} held-out pairs; cell: estimate [{cfg.level:.0%} bootstrap interval over the "
                f"{cfg.n_eval // cfg.batch} evaluation batches] (error = estimate − true MI)")
-    (out / "results.md").write_text(f"# BMI tasks, every bound\n\n`{command}`\n\n{setting}. Wall {meta['wall_s'] / 60:.1f} min, CPU {meta['cpu_s'] / 60:.1f} min.\n\n{markdown(rows, cfg)}\n")
+    cell = ("mean over seeds ± their std [mean of the seeds' intervals] (mean error); \"diverged (k/n)\": k seeds' read-out "
+            "was not finite, the rest averaged") if cfg.seeds > 1 else "\"diverged\": the read-out was not finite"
+    (out / "results.md").write_text(f"# BMI tasks, every bound\n\n`{command}`\n\n{setting}; {cell}. Wall {meta['wall_s'] / 60:.1f} min, "
+                                    f"CPU {meta['cpu_s'] / 60:.1f} min over {len(launches)} launch(es) (run.json).\n\n{markdown(rows, cfg)}\n")
     print(markdown(rows, cfg))
     return rows
 

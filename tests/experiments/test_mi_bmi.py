@@ -155,3 +155,30 @@ def test_a_bound_whose_read_out_overflows_on_a_held_out_batch_is_diverged_and_th
     assert math.isfinite(eta["estimate"]) and not eta.get("diverged")
     assert jsd["diverged"] and 1 <= jsd["nonfinite_batches"] <= jsd["batches"] and math.isnan(jsd["estimate"])
     assert "diverged (1/1)" in benchmark.markdown(rows, cfg)
+
+
+def test_a_cell_over_seeds_averages_the_finite_ones_and_counts_the_diverged():
+    from experiments.mi_bmi import benchmark
+
+    row = {"task": "t", "estimator": "jsd", "true_mi": 1.0}
+    rows = [{**row, "seed": 0, "estimate": 0.9, "low": 0.8, "high": 1.0, "error": -0.1},
+            {**row, "seed": 1, "estimate": 1.1, "low": 1.0, "high": 1.2, "error": 0.1},
+            {**row, "seed": 2, "estimate": float("nan"), "low": float("nan"), "high": float("nan"),
+             "error": float("nan"), "diverged": True}]
+    cfg = benchmark.load_config(["seeds=3"])
+    assert "| t | 1.000 | 1.00 ±0.14 [0.90, 1.10] (+0.00); diverged (1/3) |" in benchmark.markdown(rows, cfg)
+    assert "| t | 1.000 | diverged (1/1) |" in benchmark.markdown(rows[2:], cfg)
+
+
+def test_a_continued_run_adds_its_launch_to_the_earlier_ones(tmp_path):
+    import json
+
+    from experiments.mi_bmi import benchmark
+
+    args = ["--quick", "--out", str(tmp_path), "tasks=[1v1-normal-0.75]", "estimators=[eta-mine]", "steps=10"]
+    benchmark.main(args)
+    benchmark.main([*args[:-2], "tasks=[1v1-normal-0.75,multinormal-sparse-2-2]", "estimators=[eta-mine]", "steps=10"])
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert [x["trained"] for x in meta["launches"]] == [1, 1]
+    assert meta["cpu_s"] == pytest.approx(sum(x["cpu_s"] for x in meta["launches"]), abs=0.2)
+    assert "over 2 launch(es)" in (tmp_path / "results.md").read_text()
