@@ -1,12 +1,12 @@
 """What the Ray Train end-to-end tests of pretraining share: scikit-learn's digits as ``data_prep digits``
-writes them, and one uninterrupted run of :func:`tests.support.run_states.infomax_overrides` on them,
+writes them, and one uninterrupted run of :func:`tests.support.run_states.reference_overrides` on them,
 the reference that crashed, killed and resumed runs (``test_train_ray.py``, ``test_train_s3.py``) must
 end on exactly."""
 from __future__ import annotations
 
 import pytest
 
-from tests.support.run_states import DIGITS_ARGS, infomax_overrides
+from tests.support.run_states import DIGITS_ARGS, reference_overrides
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +22,10 @@ def digits_shards(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def infomax_reference(digits_shards, tmp_path_factory):
-    """The run directory of the uninterrupted 12-step, 2-worker InfoMax run on :func:`digits_shards`
-    (checkpoints at 4, 8 and 12), launched once for the session on the Ray that is up (the test
+    """The run directory of the uninterrupted 12-step, 2-worker InfoMax run (with the online probe) on
+    :func:`digits_shards` (checkpoints at 4, 8 and 12), launched once for the session on the Ray that is up (the test
     session's ``ray_session`` when a test asked for it first; else a local one of its own)."""
     from pretrain.config import load_config
     from pretrain.train import launch
 
-    return launch(load_config(None, infomax_overrides(digits_shards, tmp_path_factory.mktemp("reference")))).run_dir
+    return launch(load_config(None, reference_overrides(digits_shards, tmp_path_factory.mktemp("reference")))).run_dir
