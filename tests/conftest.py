@@ -52,9 +52,13 @@ def pytest_sessionfinish(session, exitstatus):
 RAY_FIXTURES = {"ray_session", "head"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Every test that uses a Ray fixture gets the ``ray`` marker, so ``-m "not ray"`` (``make
     test-fast``) starts no Ray; tests that start Ray some other way mark themselves.
+
+    Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) the tests that share ``ray_session``
+    are one group, run by one worker in the order below; the other tests go to either worker.
 
     The tests that share ``ray_session`` run last, one after another: the session starts once, never
     sits idle beside other tests, and is never found by a test that did not ask for it
@@ -66,6 +70,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if RAY_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.ray)
+        if "ray_session" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("ray_session"))
     items.sort(key=lambda item: ("ray_session" in item.fixturenames,  # stable: the order is kept otherwise
                                  hasattr(getattr(item, "module", None), "ray_session")))
 
