@@ -1,6 +1,8 @@
 """Test-wide settings: one intra-op thread (2-core machine; Ray workers and data loaders share it),
 one local Ray session for every test that needs one (fixture ``ray_session``), the ``ray`` marker,
-and an S3-compatible server on 127.0.0.1 for the object-storage tests (fixture ``s3``)."""
+an S3-compatible server on 127.0.0.1 for the object-storage tests (fixture ``s3``), and one
+uninterrupted 2-worker InfoMax run a session (``infomax_reference``, on ``digits_shards``) that the
+crashed, killed and resumed runs end on exactly and whose checkpoints the Ray evaluation reads."""
 from __future__ import annotations
 
 import os
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from tests.support.local_s3 import local_s3_server
+from tests.support.run_states import DIGITS_ARGS, reference_overrides
 
 # Every local Ray the tests start (in this process, in the CLI processes they spawn, in `ray start`
 # heads) binds 127.0.0.1 only; Ray reads this when it is imported, so it is set before any test module
@@ -87,6 +90,28 @@ def ray_session():
     yield
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory):
+    """``python -m data_prep digits`` into a local folder (32×32 RGB, 400 images a shard): the same shards,
+    byte for byte, that ``tests/pretrain/test_train_s3.py`` writes into its bucket."""
+    from data_prep.__main__ import main as data_prep_main
+
+    out = tmp_path_factory.mktemp("digits") / "shards"
+    assert data_prep_main([*DIGITS_ARGS, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def infomax_reference(digits_shards, tmp_path_factory):
+    """The run directory of the uninterrupted 12-step, 2-worker InfoMax run (with the online probe) on
+    :func:`digits_shards` (checkpoints at 4, 8 and 12), launched once for the session on the Ray that is
+    up (the test session's ``ray_session`` when a test asked for it first; else a local one of its own)."""
+    from pretrain.config import load_config
+    from pretrain.train import launch
+
+    return launch(load_config(None, reference_overrides(digits_shards, tmp_path_factory.mktemp("reference")))).run_dir
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The Ray Train loop end to end on tiny shards, 2 workers, on the test session's Ray (``ray_session``).
 
 A run whose worker crashed and whose driver stopped and was resumed must end with the weights, η and
-optimiser state of the uninterrupted run of its config (``infomax_reference``, tests/pretrain/conftest.py);
+optimiser state of the uninterrupted run of its config (``infomax_reference``, tests/conftest.py);
 a jigsaw run logs η from both ranks and a puzzle grid; two ranks with batch B make the same update as
 one rank with 2B (η-MINE); a diverging run stops with a clear message and keeps its last good checkpoint.
 """
@@ -58,7 +58,7 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
     from pretrain.__main__ import main as cli
     from pretrain.train import launch
 
-    plain = infomax_reference  # tests/pretrain/conftest.py: 12 uninterrupted steps, checkpoints at 4, 8, 12
+    plain = infomax_reference  # tests/conftest.py: 12 uninterrupted steps, checkpoints at 4, 8, 12
     reference = ck.load_checkpoint(plain)
     assert reference["step"] == 12
     # 12 steps of 5 batches an epoch: rank positions are in epoch 2

@@ -142,7 +142,7 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
     assert run.startswith(f"{root}/im-") and storage.read_text(f"{run}/{CRASH_MARKER}") == "6"
 
     # cluster.resume finds the run in the bucket by its name and resumes it, to the very state of the
-    # same run uninterrupted on the same shards in a local folder (tests/pretrain/conftest.py)
+    # same run uninterrupted on the same shards in a local folder (tests/conftest.py)
     from cluster.resume import pretrain_command
 
     command = pretrain_command(Path(empty_config), overrides)

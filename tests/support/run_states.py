@@ -13,7 +13,7 @@ from pretrain.config import load_config
 
 
 # `python -m data_prep` arguments (less --out) of the digits shards the InfoMax runs read, locally
-# (tests/pretrain/conftest.py, ``digits_shards``) and in a bucket (test_train_s3.py): the same shards
+# (tests/conftest.py, ``digits_shards``) and in a bucket (test_train_s3.py): the same shards
 DIGITS_ARGS = ["digits", "--shard-size", "400", "--workers", "1", "--no-progress"]
 
 
@@ -28,7 +28,7 @@ def infomax_overrides(shards: str, root: str, *extra: str) -> list[str]:
 
 def reference_overrides(shards: str, root: str, *extra: str) -> list[str]:
     """:func:`infomax_overrides` with ``train.online_probe``: the uninterrupted run the crash and resume
-    tests compare with (``infomax_reference``, tests/pretrain/conftest.py), and those tests' runs."""
+    tests compare with (``infomax_reference``, tests/conftest.py), and those tests' runs."""
     return infomax_overrides(shards, root, "train.online_probe=true", *extra)
 
 
