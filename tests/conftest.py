@@ -5,6 +5,7 @@ uninterrupted 2-worker InfoMax run a session (``infomax_reference``, on ``digits
 crashed, killed and resumed runs end on exactly and whose checkpoints the Ray evaluation reads."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -55,13 +56,18 @@ def pytest_sessionfinish(session, exitstatus):
 RAY_FIXTURES = {"ray_session", "head"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+# Fixtures whose tests pytest-xdist keeps in one worker (pytest_collection_modifyitems): the session's
+# Ray, the cluster tests' `ray start` head, the fake autoscaling cluster, each module's S3 server.
+SHARED_FIXTURES = ("ray_session", "head", "cluster", "s3")
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that uses a Ray fixture gets the ``ray`` marker, so ``-m "not ray"`` (``make
     test-fast``) starts no Ray; tests that start Ray some other way mark themselves.
 
-    Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) the tests that share ``ray_session``
-    are one group, run by one worker in the order below; the other tests go to either worker.
+    Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) the tests that share an expensive
+    fixture (:data:`SHARED_FIXTURES`) are one group, run by one worker in the order below, so the
+    fixture starts once; the other tests go to either worker.
 
     The tests that share ``ray_session`` run last, one after another: the session starts once, never
     sits idle beside other tests, and is never found by a test that did not ask for it
@@ -73,10 +79,49 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if RAY_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.ray)
-        if "ray_session" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("ray_session"))
     items.sort(key=lambda item: ("ray_session" in item.fixturenames,  # stable: the order is kept otherwise
                                  hasattr(getattr(item, "module", None), "ray_session")))
+    groups = {}
+    for item in items:
+        shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
+        if shared:  # one group a test: the first that applies (test_train_s3.py's tests: ray_session)
+            groups[item.nodeid] = shared[0] if shared[0] != "s3" else f"s3:{item.path}"  # s3: module-scoped
+    if hasattr(config, "workerinput") and GROUPS_ENV in os.environ:  # an xdist worker: tell the scheduler
+        Path(os.environ[GROUPS_ENV], f"{config.workerinput['workerid']}.json").write_text(json.dumps(groups))
+
+
+# pytest-xdist's own --dist loadgroup passes a test's group to its scheduler inside the test's node id,
+# which pytest 9.2 no longer lets a plugin change (pytest-xdist issue 1386: the tests go out ungrouped).
+# Here each worker writes its tests' groups to a file in the folder GROUPS_ENV names, and the scheduler
+# below reads them once every worker has collected.
+GROUPS_ENV = "PT_XDIST_GROUPS"
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        if config.getoption("dist") == "loadgroup":
+            os.environ[GROUPS_ENV] = tempfile.mkdtemp(prefix="groups", dir=TEST_TMP)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: the tests of one group (the workers' files) are one unit of work, sent to one
+    worker in collection order; every other test is a unit of its own; the largest units go out first."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups: dict | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = {}
+                for f in Path(os.environ[GROUPS_ENV]).glob("*.json"):
+                    self.groups.update(json.loads(f.read_text()))
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
