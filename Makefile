@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 	@echo "make venv: $(VENV) is ready"
 
+# Two pytest-xdist workers: the tests that share one Ray session run in one of them, in order
+# (tests/conftest.py groups them); the other tests go to whichever worker is free.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # No Ray and no long end-to-end runs: a quick check while editing.
 test-fast: $(STAMP)

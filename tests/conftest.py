@@ -1,8 +1,11 @@
 """Test-wide settings: one intra-op thread (2-core machine; Ray workers and data loaders share it),
 one local Ray session for every test that needs one (fixture ``ray_session``), the ``ray`` marker,
-and an S3-compatible server on 127.0.0.1 for the object-storage tests (fixture ``s3``)."""
+an S3-compatible server on 127.0.0.1 for the object-storage tests (fixture ``s3``), and one
+uninterrupted 2-worker InfoMax run a session (``infomax_reference``, on ``digits_shards``) that the
+crashed, killed and resumed runs end on exactly and whose checkpoints the Ray evaluation reads."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -14,6 +17,7 @@ import pytest
 import torch
 
 from tests.support.local_s3 import local_s3_server
+from tests.support.run_states import DIGITS_ARGS, reference_overrides
 
 # Every local Ray the tests start (in this process, in the CLI processes they spawn, in `ray start`
 # heads) binds 127.0.0.1 only; Ray reads this when it is imported, so it is set before any test module
@@ -52,9 +56,18 @@ def pytest_sessionfinish(session, exitstatus):
 RAY_FIXTURES = {"ray_session", "head"}
 
 
+# Fixtures whose tests pytest-xdist keeps in one worker (pytest_collection_modifyitems): the session's
+# Ray, the cluster tests' `ray start` head, the fake autoscaling cluster, each module's S3 server.
+SHARED_FIXTURES = ("ray_session", "head", "cluster", "s3")
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that uses a Ray fixture gets the ``ray`` marker, so ``-m "not ray"`` (``make
     test-fast``) starts no Ray; tests that start Ray some other way mark themselves.
+
+    Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) the tests that share an expensive
+    fixture (:data:`SHARED_FIXTURES`) are one group, run by one worker in the order below, so the
+    fixture starts once; the other tests go to either worker.
 
     The tests that share ``ray_session`` run last, one after another: the session starts once, never
     sits idle beside other tests, and is never found by a test that did not ask for it
@@ -68,6 +81,47 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.ray)
     items.sort(key=lambda item: ("ray_session" in item.fixturenames,  # stable: the order is kept otherwise
                                  hasattr(getattr(item, "module", None), "ray_session")))
+    groups = {}
+    for item in items:
+        shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
+        if shared:  # one group a test: the first that applies (test_train_s3.py's tests: ray_session)
+            groups[item.nodeid] = shared[0] if shared[0] != "s3" else f"s3:{item.path}"  # s3: module-scoped
+    if hasattr(config, "workerinput") and GROUPS_ENV in os.environ:  # an xdist worker: tell the scheduler
+        Path(os.environ[GROUPS_ENV], f"{config.workerinput['workerid']}.json").write_text(json.dumps(groups))
+
+
+# pytest-xdist's own --dist loadgroup passes a test's group to its scheduler inside the test's node id,
+# which pytest 9.2 no longer lets a plugin change (pytest-xdist issue 1386: the tests go out ungrouped).
+# Here each worker writes its tests' groups to a file in the folder GROUPS_ENV names, and the scheduler
+# below reads them once every worker has collected.
+GROUPS_ENV = "PT_XDIST_GROUPS"
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        if config.getoption("dist") == "loadgroup":
+            os.environ[GROUPS_ENV] = tempfile.mkdtemp(prefix="groups", dir=TEST_TMP)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: the tests of one group (the workers' files) are one unit of work, sent to one
+    worker in collection order; every other test is a unit of its own; the largest units go out first."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups: dict | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = {}
+                for f in Path(os.environ[GROUPS_ENV]).glob("*.json"):
+                    self.groups.update(json.loads(f.read_text()))
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +135,28 @@ def ray_session():
     yield
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory):
+    """``python -m data_prep digits`` into a local folder (32×32 RGB, 400 images a shard): the same shards,
+    byte for byte, that ``tests/pretrain/test_train_s3.py`` writes into its bucket."""
+    from data_prep.__main__ import main as data_prep_main
+
+    out = tmp_path_factory.mktemp("digits") / "shards"
+    assert data_prep_main([*DIGITS_ARGS, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def infomax_reference(digits_shards, tmp_path_factory):
+    """The run directory of the uninterrupted 12-step, 2-worker InfoMax run (with the online probe) on
+    :func:`digits_shards` (checkpoints at 4, 8 and 12), launched once for the session on the Ray that is
+    up (the test session's ``ray_session`` when a test asked for it first; else a local one of its own)."""
+    from pretrain.config import load_config
+    from pretrain.train import launch
+
+    return launch(load_config(None, reference_overrides(digits_shards, tmp_path_factory.mktemp("reference")))).run_dir
 
 
 @dataclass

@@ -237,27 +237,22 @@ def test_extraction_settings_follow_the_device_unless_given(eval_world, monkeypa
 
 @pytest.mark.e2e
 @pytest.mark.ray
-def test_two_worker_pretraining_checkpoints_evaluate_on_ray_as_in_process(eval_world, tmp_path, ray_session):
-    """A real 2-worker Ray Train run (InfoMax, η-MINE, DCGAN) writes two checkpoints; both evaluate, their
-    seeds as parallel Ray tasks, with exactly the numbers of the in-process evaluation."""
+def test_two_worker_pretraining_checkpoints_evaluate_on_ray_as_in_process(tmp_path, ray_session, digits_shards,
+                                                                          infomax_reference):
+    """Two checkpoints of a real 2-worker Ray Train run (InfoMax, η-MINE, DCGAN: the session's reference
+    run on digits, tests/conftest.py) both evaluate on its shards, their seeds as parallel Ray tasks, with
+    exactly the numbers of the in-process evaluation."""
     from eval.linear import evaluate_checkpoints
-    from pretrain.config import load_config
-    from pretrain.train import launch
 
-    cfg = load_config(None, [
-        f"data.shards={eval_world['small']}", f"run.root={tmp_path / 'runs'}", "run.name=two-workers",
-        "task.kind=infomax", "task.estimator=eta-mine", "task.kwargs.hidden_dim=32", "task.kwargs.embed_dim=16",
-        "model.encoder=dcgan", "model.depth=2", "data.batch_size=8", "data.batches_per_epoch=2", "optim.lr=1e-3",
-        "train.num_workers=2", "train.steps=4", "train.report_every=2", "train.checkpoint_every=2"])
-    run_dir = launch(cfg).run_dir
-    checkpoints = [run_dir / "checkpoint_000000002", run_dir]  # the run directory means its latest: step 4
+    run_dir = infomax_reference
+    checkpoints = [run_dir / "checkpoint_000000004", run_dir]  # the run directory means its latest: step 12
     kw = dict(epochs=4, seeds=2, lr=1e-2, batch_size=16, cache_dir=None, progress=False)
-    remote = evaluate_checkpoints(checkpoints, eval_world["small"], out=tmp_path / "ray", **kw)  # Ray is up: used
-    local = evaluate_checkpoints(checkpoints, eval_world["small"], out=tmp_path / "local", use_ray=False, **kw)
-    assert [r["step"] for r in remote] == [2, 4]
-    assert remote[1]["checkpoint_name"] == f"{run_dir.name}-step4"
+    remote = evaluate_checkpoints(checkpoints, digits_shards, out=tmp_path / "ray", **kw)  # Ray is up: used
+    local = evaluate_checkpoints(checkpoints, digits_shards, out=tmp_path / "local", use_ray=False, **kw)
+    assert [r["step"] for r in remote] == [4, 12]
+    assert remote[1]["checkpoint_name"] == f"{run_dir.name}-step12"
     assert remote[1]["pretraining"] == {**remote[1]["pretraining"], "task": "infomax", "estimator": "eta-mine",
-                                        "encoder": "dcgan", "dataset": "synthetic"}
+                                        "encoder": "dcgan", "dataset": "sklearn-digits"}
     for a, b in zip(local, remote):
         assert a["per_seed"] == b["per_seed"] and a["knn"] == b["knn"] and a["encoder_unchanged"]
         saved = json.loads((Path(b["out"]) / "results.json").read_text())

@@ -1,7 +1,7 @@
 """The Ray Train loop end to end on tiny shards, 2 workers, on the test session's Ray (``ray_session``).
 
 A run whose worker crashed and whose driver stopped and was resumed must end with the weights, η and
-optimiser state of the uninterrupted run of its config (``infomax_reference``, tests/pretrain/conftest.py);
+optimiser state of the uninterrupted run of its config (``infomax_reference``, tests/conftest.py);
 a jigsaw run logs η from both ranks and a puzzle grid; two ranks with batch B make the same update as
 one rank with 2B (η-MINE); a diverging run stops with a clear message and keeps its last good checkpoint.
 """
@@ -21,7 +21,7 @@ from pretrain import checkpoint as ck
 from pretrain.config import load_config
 from pretrain.run_dir import CRASH_MARKER
 from console.progress import WALL_TIME
-from tests.support.run_states import assert_same_state, infomax_overrides, read_metrics
+from tests.support.run_states import assert_same_state, infomax_overrides, read_metrics, reference_overrides
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -51,11 +51,14 @@ def infomax_cfg(shards, root, *extra):
 
 
 def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session, infomax_reference, digits_shards,
-                                                                     tmp_path):
+                                                                     tmp_path, capfd):
+    """Both runs carry the online probe: its head and Adam resume exactly too, and every report and
+    progress line shows its top-1."""
+    from console.progress import LINE_RE
     from pretrain.__main__ import main as cli
     from pretrain.train import launch
 
-    plain = infomax_reference  # tests/pretrain/conftest.py: 12 uninterrupted steps, checkpoints at 4, 8, 12
+    plain = infomax_reference  # tests/conftest.py: 12 uninterrupted steps, checkpoints at 4, 8, 12
     reference = ck.load_checkpoint(plain)
     assert reference["step"] == 12
     # 12 steps of 5 batches an epoch: rank positions are in epoch 2
@@ -66,17 +69,22 @@ def test_infomax_crash_and_driver_restart_match_an_uninterrupted_run(ray_session
         assert m["eta/rank0"] == m["eta/rank1"] == m["eta"]
         for key in ("loss", "mi", "normaliser", "lr/main", "lr/eta", "samples_per_s", "data_wait_fraction"):
             assert np.isfinite(m[key]), key
+        assert 0.0 <= m["online_probe/top1"] <= 100.0 and m["online_probe/loss"] > 0
+    assert reference["online_probe"]["optimizer"]["state"][0]["step"] == 12
     assert metrics[-1]["eta"] != 0.0
     assert list((plain / "tb").glob("events.out.tfevents.*"))
 
     # a worker dies at step 6 (after the checkpoint at 4 and the report at 6): Ray restarts the group
     # from step 4, so step 6 is reported again; metrics.jsonl keeps the later record. The driver stops
     # after 8 steps, where the uninterrupted run was at its checkpoint 8.
-    crashed = launch(infomax_cfg(digits_shards, tmp_path, "train.crash_at_step=6", "train.report_every=2",
-                                 "train.steps=8")).run_dir
+    capfd.readouterr()
+    crashed = launch(load_config(None, reference_overrides(digits_shards, tmp_path, "train.crash_at_step=6",
+                                                           "train.report_every=2", "train.steps=8"))).run_dir
     assert (crashed / CRASH_MARKER).read_text() == "6"
     assert_same_state(ck.load_checkpoint(crashed), ck.load_checkpoint(plain / "checkpoint_000000008"))
     assert [m["step"] for m in read_metrics(crashed)] == [2, 4, 6, 8]
+    lines = [LINE_RE.match(line) for line in capfd.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(lines) >= 4 and all(m and m["probe_top1"] is not None for m in lines), lines
 
     # `python -m pretrain --resume RUN_DIR train.steps=12` continues it to the uninterrupted run's end
     assert cli(["--resume", str(crashed), "train.steps=12"]) == 0

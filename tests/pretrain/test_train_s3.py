@@ -21,7 +21,8 @@ import pytest
 import storage
 from pretrain import checkpoint as ck
 from pretrain.run_dir import CRASH_MARKER, experiment_dir, new_run_dir
-from tests.support.run_states import DIGITS_ARGS, assert_same_state, infomax_overrides, read_metrics
+from tests.support.run_states import (DIGITS_ARGS, assert_same_state, infomax_overrides, read_metrics,
+                                      reference_overrides)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -121,8 +122,8 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
     # with the next checkpoint, none is lost.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     root = f"{runs}/killed"
-    overrides = infomax_overrides(shards, root, "train.crash_at_step=6", "train.report_every=2",
-                                  "train.upload_every_s=3600")
+    overrides = reference_overrides(shards, root, "train.crash_at_step=6", "train.report_every=2",
+                                    "train.upload_every_s=3600")
     driver = subprocess.Popen(
         [sys.executable, "-m", "pretrain", "--config", empty_config, "--address", ray_session, *overrides,
          "train.steps=1000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -141,7 +142,7 @@ def test_pretraining_in_a_bucket_survives_a_worker_kill_and_a_driver_kill(s3, ra
     assert run.startswith(f"{root}/im-") and storage.read_text(f"{run}/{CRASH_MARKER}") == "6"
 
     # cluster.resume finds the run in the bucket by its name and resumes it, to the very state of the
-    # same run uninterrupted on the same shards in a local folder (tests/pretrain/conftest.py)
+    # same run uninterrupted on the same shards in a local folder (tests/conftest.py)
     from cluster.resume import pretrain_command
 
     command = pretrain_command(Path(empty_config), overrides)

@@ -13,7 +13,7 @@ from pretrain.config import load_config
 
 
 # `python -m data_prep` arguments (less --out) of the digits shards the InfoMax runs read, locally
-# (tests/pretrain/conftest.py, ``digits_shards``) and in a bucket (test_train_s3.py): the same shards
+# (tests/conftest.py, ``digits_shards``) and in a bucket (test_train_s3.py): the same shards
 DIGITS_ARGS = ["digits", "--shard-size", "400", "--workers", "1", "--no-progress"]
 
 
@@ -26,13 +26,31 @@ def infomax_overrides(shards: str, root: str, *extra: str) -> list[str]:
             "train.checkpoint_every=4", "train.max_failures=1", *extra]
 
 
+def reference_overrides(shards: str, root: str, *extra: str) -> list[str]:
+    """:func:`infomax_overrides` with ``train.online_probe``: the uninterrupted run the crash and resume
+    tests compare with (``infomax_reference``, tests/conftest.py), and those tests' runs."""
+    return infomax_overrides(shards, root, "train.online_probe=true", *extra)
+
+
 def read_metrics(run_dir) -> list[dict]:
     """The records of ``RUN_DIR/metrics.jsonl`` (a local path or a bucket URL), one a report."""
     return [json.loads(line) for line in storage.read_text(f"{run_dir}/metrics.jsonl").splitlines()]
 
 
+def same_nested(a, b) -> bool:
+    """Nested state dicts equal, tensors bit for bit."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_nested(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_nested(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def assert_same_state(a: dict, b: dict) -> None:
-    """Two checkpoint payloads hold the same step, weights, optimiser state (η's too) and data position."""
+    """Two checkpoint payloads hold the same step, weights, optimiser state (η's too), data position and
+    online probe (its head and Adam, when the run has one)."""
     assert a["step"] == b["step"]
     for part in ("encoder", "task"):
         assert a[part].keys() == b[part].keys()
@@ -44,6 +62,7 @@ def assert_same_state(a: dict, b: dict) -> None:
             for k in sa[i]:
                 assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"{name} state {i}.{k}"
     assert a["data_position"] == b["data_position"]
+    assert same_nested(a.get("online_probe"), b.get("online_probe")), "the online probe's state differs"
 
 
 def tiny_cfg(kind: str, estimator: str | None, *extra: str):
