@@ -244,6 +244,7 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed + 1)  # which worker a signal goes to
     work = Path(tempfile.mkdtemp(prefix="soak", dir=args.work or "/tmp"))  # short: Ray's socket paths
     from console.progress import WALL_TIME
+    from pretrain.interrupt import preempted
     from tests.support.shards import folder_shards
 
     shards = folder_shards(work / "data", 40, n_classes=4, size=32, shard_size=10)
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
     chaos_root = work / "chaos"
     reports = Reports(chaos_root)
     planned = schedule(args.seed, plan)
-    error = None
+    error, sigterm = None, None
     head = Node(str(work / "ray"))
     env["RAY_ADDRESS"] = head.gcs_address
     second = Node(str(work / "ray"), head.gcs_address)
@@ -305,7 +306,7 @@ def main(argv=None) -> int:
             elif kind == "node loss":
                 node_id = second.node.node_id
                 os.kill(second.raylet, signal.SIGKILL)
-                note("node raylet SIGKILL", step=r["step"], pid=second.raylet)
+                note(kind, step=r["step"], raylet_pid=second.raylet)
                 second.stop()  # what the raylet's death left of that node
                 lost = time.time()
                 deadline = time.monotonic() + RESIZE_TIMEOUT_S
@@ -337,7 +338,11 @@ def main(argv=None) -> int:
                 time.sleep(0.2)
             since_fault = time.time()
             r = wait_for(f"a report after the {kind}", lambda r: r[WALL_TIME] > since_fault)
-            note("reported", step=r["step"], workers=r["workers"])
+            if kind == "worker SIGTERM":  # its record; a later launch (the resume) clears it
+                sigterm = preempted(next(chaos_root.glob("soak-*")))
+                note("reported", step=r["step"], workers=r["workers"], sigterm=sigterm)
+            else:
+                note("reported", step=r["step"], workers=r["workers"])
         code = driver.proc.wait(timeout=3600)
         if code != 0:
             raise SoakError(f"the chaos run ended with exit code {code}")
@@ -361,7 +366,6 @@ def main(argv=None) -> int:
             node.stop()
 
     from pretrain import checkpoint as ck
-    from pretrain.interrupt import preempted
 
     figures = {"command": "python benchmarks/chaos_soak.py" + (" --quick" if args.quick else "") + f" --seed {args.seed}",
                "steps": plan.steps, "virtual_shards": 4, "seed": args.seed, "resize_every_s": plan.resize_every_s,
@@ -381,7 +385,7 @@ def main(argv=None) -> int:
         gap = relative_gap({**a["encoder"], **a["task"]}, {**b["encoder"], **b["task"]})
         figures.update({"steps_reported": [m["step"] for m in read_metrics(run_dir)],
                         "final_step": a["step"], "reference_step": b["step"], "max_abs_dw_over_max_abs_w": gap,
-                        "sigterm": preempted(run_dir), "chaos_run_s": round(chaos_end, 1)})
+                        "sigterm": sigterm, "chaos_run_s": round(chaos_end, 1)})
     figures["wall_s"] = round(time.time() - t0, 1)
     print("events:")
     for e in events:
