@@ -56,7 +56,7 @@ class Plan:
 
 
 PLANS = {"quick": Plan(steps=300, first=(10, 15), gap=(10, 20), resize_every_s=2, start_timeout_s=10),
-         "full": Plan(steps=3000, first=(100, 200), gap=(300, 500), resize_every_s=30, start_timeout_s=None)}
+         "full": Plan(steps=2400, first=(100, 200), gap=(300, 500), resize_every_s=30, start_timeout_s=None)}
 FAULTS = ("worker SIGKILL", "worker SIGTERM", "node loss")
 DRIVER_FAULT = "driver SIGKILL, --resume train.num_workers=2"
 
@@ -237,12 +237,13 @@ def main(argv=None) -> int:
                                                              "(the test)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="the figures as JSON")
-    parser.add_argument("--work", type=Path, help="where the shards, runs and Ray's files go (default: a temporary "
-                                                  "folder, removed at the end)")
+    parser.add_argument("--work", type=Path, help="where the shards, the runs and their logs go (default: a "
+                                                  "temporary folder, removed at the end)")
     args = parser.parse_args(argv)
     plan = PLANS["quick" if args.quick else "full"]
     rng = random.Random(args.seed + 1)  # which worker a signal goes to
-    work = Path(tempfile.mkdtemp(prefix="soak", dir=args.work or "/tmp"))  # short: Ray's socket paths
+    work = Path(tempfile.mkdtemp(prefix="soak", dir=args.work or "/tmp"))
+    ray_files = tempfile.mkdtemp(prefix="soakray", dir="/tmp")  # short: Ray's socket paths (107 bytes at most)
     from console.progress import WALL_TIME
     from pretrain.interrupt import preempted
     from tests.support.shards import folder_shards
@@ -267,9 +268,9 @@ def main(argv=None) -> int:
     reports = Reports(chaos_root)
     planned = schedule(args.seed, plan)
     error, sigterm = None, None
-    head = Node(str(work / "ray"))
+    head = Node(ray_files)
     env["RAY_ADDRESS"] = head.gcs_address
-    second = Node(str(work / "ray"), head.gcs_address)
+    second = Node(ray_files, head.gcs_address)
     nodes = [head, second]
     driver = Driver(env, [*run_args(shards, chaos_root, plan.steps), "train.min_workers=1",
                           f"train.resize_every_s={plan.resize_every_s:g}"], work / "driver.log")
@@ -318,7 +319,7 @@ def main(argv=None) -> int:
                 r = wait_for("a report on the 2 workers left after the node's loss",
                              lambda r: r[WALL_TIME] > lost and r["workers"] == 2, RESIZE_TIMEOUT_S)
                 note("reported on 2 workers", step=r["step"], after_s=round(r[WALL_TIME] - lost, 1))
-                second = nodes[1] = Node(str(work / "ray"), head.gcs_address)
+                second = nodes[1] = Node(ray_files, head.gcs_address)
                 back = time.time()
                 note("node restart")
                 r = wait_for("a report on 4 workers after the node's return",
@@ -364,6 +365,7 @@ def main(argv=None) -> int:
     finally:
         for node in reversed(nodes):
             node.stop()
+        shutil.rmtree(ray_files, ignore_errors=True)
 
     from pretrain import checkpoint as ck
 
