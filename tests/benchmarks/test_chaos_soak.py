@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# max |Δw| / max |w| between the soak's run and the uninterrupted fixed 4-worker run (docs/reliability.md,
-# "Chaos soak": lr 10⁻³, Adam; the measured gaps are there)
-TOLERANCE = 1e-2
+# max |Δw| / max |w| between the soak's run and the uninterrupted fixed 4-worker run: what docs/reliability.md
+# states for runs at another W at lr 10⁻³ (Adam); the soaks' measured gaps are there too
+TOLERANCE = 2e-3
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.timeout(1800)]
 
