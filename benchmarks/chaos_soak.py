@@ -40,9 +40,10 @@ sys.path.insert(0, str(REPO))
 
 START_ATTEMPTS = 6
 REPORT_EVERY = 5
-# a report after the node's loss on the workers left, and one after its return on all 4: Ray's restart
-# waits for the GCS to mark the node dead (~17 s) and its autoscaling coordinator's view (refreshed
-# every 20 s), and a placement group for 4 workers waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S
+# the longest the soak waits for Ray to mark the lost node dead, for a report on the workers left and for
+# one on all 4 after the node's return (each takes Ray tens of seconds: the GCS marks a node dead ~15 s
+# after its raylet dies; a restart that asked for the lost node's workers waits
+# RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S before Ray tries again)
 RESIZE_TIMEOUT_S = 600
 
 
