@@ -3,7 +3,8 @@
 A real ``os.kill(pid, SIGTERM)`` of a worker of a 2-worker InfoMax run: the group writes a checkpoint at
 the next report (every step here: report_every=1); a fixed-size run then ends with the driver's one line (exit code 143) and
 ``--resume`` continues it bit-identically; an elastic run goes on (Ray restarts the group from that
-checkpoint) and ends with the same weights as the fixed run stopped and resumed.
+checkpoint) and ends with the same weights as the fixed run stopped and resumed. And the elastic policy's
+reservation with Ray's autoscaling coordinator, which a killed driver leaves behind.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pretrain.interrupt import INTERRUPTED_FILE, Interrupted, preempted
 from tests.support.run_states import assert_same_state, infomax_overrides, read_metrics
 from tests.support.shards import folder_shards
 
-pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.timeout(1500)]
+pytestmark = pytest.mark.ray
 
 STEPS = 30
 
@@ -89,6 +90,39 @@ def checkpoint_at_the_next_step(run_dir, sent_at: float) -> dict:
     return record
 
 
+def elastic_launch(name: str):
+    """The policy of a launch of run ``name`` (elastic, 1-2 workers of 1 CPU), as its controller has it
+    once started: its workers' reservation sent to Ray's autoscaling coordinator."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2._internal.execution.context import TrainRunContext
+
+    from pretrain.elastic import DivisorScalingPolicy
+
+    scaling = ScalingConfig(num_workers=(1, 2), resources_per_worker={"CPU": 1})
+    policy = DivisorScalingPolicy(scaling, virtual_shards=2)
+    policy.after_controller_start(TrainRunContext(run_config=RunConfig(name=name), train_loop_config=None,
+                                                  scaling_config=scaling, backend_config=None, dataset_config=None))
+    return policy
+
+
+def test_a_resumed_elastic_launch_takes_over_the_reservation_its_killed_driver_left(ray_session):
+    """Ray's coordinator holds a launch's reservation until the launch cancels it or 180 s pass; a
+    SIGKILLed driver cancels nothing. The next launch of the same run (its ``--resume``) gets the 2 CPUs of
+    the session's Ray at once; a launch of another run still finds them reserved and waits."""
+    from ray.train.v2._internal.execution.scaling_policy import NoopDecision, ResizeDecision
+
+    launches = [elastic_launch("run-a")]  # its driver is killed: it never cancels
+    try:
+        launches.append(elastic_launch("run-b"))
+        assert isinstance(launches[-1].make_decision_for_non_running_worker_group(), NoopDecision)
+        launches.append(elastic_launch("run-a"))
+        decision = launches[-1].make_decision_for_non_running_worker_group()
+        assert isinstance(decision, ResizeDecision) and decision.num_workers == 2
+    finally:
+        for policy in launches:
+            policy._cancel_resource_request()
+
+
 @pytest.fixture(scope="module")
 def fixed_run(ray_session, shards, tmp_path_factory):
     """A fixed-size run whose worker got SIGTERM: (the driver's Interrupted, the run directory, the pid
@@ -111,6 +145,8 @@ def fixed_run(ray_session, shards, tmp_path_factory):
             "pid": killer.pid, "sent_at": killer.sent_at, "final": ck.load_checkpoint(run_dir)}
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(1500)
 def test_sigterm_to_a_worker_of_a_fixed_run_checkpoints_at_the_next_step_and_ends_resumable(fixed_run):
     record = fixed_run["record"]
     assert record["pid"] == fixed_run["pid"] and not record["elastic"] and record["step"] < STEPS
@@ -122,6 +158,8 @@ def test_sigterm_to_a_worker_of_a_fixed_run_checkpoints_at_the_next_step_and_end
     assert fixed_run["final"]["step"] == STEPS
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(1500)
 def test_sigterm_to_a_worker_of_an_elastic_run_checkpoints_and_the_run_goes_on(fixed_run, shards, tmp_path):
     """Ray restarts the group from the SIGTERM's checkpoint; the run ends bit-identical to the fixed run
     that was stopped and resumed (both continue from a checkpoint at the same worker count)."""
