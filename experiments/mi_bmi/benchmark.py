@@ -121,9 +121,10 @@ def _cell(mine: list[dict]) -> str:
     diverged = f"diverged ({len(mine) - len(ok)}/{len(mine)})" if len(ok) < len(mine) else ""
     if not ok:
         return diverged
-    avg = lambda k: sum(r[k] for r in ok) / len(ok)  # noqa: E731
-    spread = f" ±{_num(mean_std([r['estimate'] for r in ok])[1])}" if len(ok) > 1 else ""
-    cell = f"{_num(avg('estimate'))}{spread} [{_num(avg('low'))}, {_num(avg('high'))}] ({_num(avg('error'), '+')})"
+    avg = lambda k: mean_std([r[k] for r in ok])  # noqa: E731  (mean, std over the finite seeds)
+    (estimate, std), (low, _), (high, _), (error, _) = avg("estimate"), avg("low"), avg("high"), avg("error")
+    spread = f" ±{_num(std)}" if len(ok) > 1 else ""
+    cell = f"{_num(estimate)}{spread} [{_num(low)}, {_num(high)}] ({_num(error, '+')})"
     return f"{cell}; {diverged}" if diverged else cell
 
 
