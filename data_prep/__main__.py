@@ -118,10 +118,8 @@ def _missing_dirs(path: str) -> list[Path]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    target = args.dir if args.command == "verify" else args.out
-    if storage.is_url(target):  # before any expensive work: a bad scheme, a missing bucket, no credentials
-        storage.check_url(target)
-        storage.check_bucket(target)
+    if args.command == "verify" and storage.is_url(args.dir):  # a bad scheme, a missing bucket, no credentials
+        storage.check_bucket(args.dir)
     if args.command == "verify":
         problems = verify(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty(),
                           max_member_mb=args.max_member_mb)
@@ -133,12 +131,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"verify: {args.dir} matches its manifest")
         return 0
 
-    if not storage.is_url(args.out):  # a bucket was checked above
-        try:
-            check_writable_dir(args.out, "--out", "choose another output directory")
-        except NotWritableError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    try:  # before any expensive work; a URL: its bucket and credentials
+        check_writable_dir(args.out, "--out", "choose another output directory")
+    except NotWritableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     opts = shard_writer.EncodeOptions(fmt=args.format, quality=args.quality, resize=getattr(args, "resize", None))
     inputs = {name: getattr(args, name) for name in BUILDERS[args.command].inputs}
     manifest = build(args.command, args.out, inputs, opts, shard_size=args.shard_size, workers=args.workers,

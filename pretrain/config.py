@@ -449,12 +449,6 @@ def validate(cfg: DictConfig, check_shards: bool = True) -> None:
         shard_paths(d.shards, d.split)
     except (ManifestError, storage.StorageError) as exc:
         raise ConfigError(f"data.shards: {exc}") from None
-    for key in ("root", "storage_path"):  # a bucket that is missing or unreadable fails here, not in a worker
-        if storage.is_url(cfg.run[key] or ""):
-            try:
-                storage.check_bucket(cfg.run[key])
-            except storage.StorageError as exc:
-                raise ConfigError(f"run.{key}: {exc}") from None
     if d.decode_on == "device" and manifest.get("image_format") != "jpg":
         raise ConfigError(f"data.decode_on=device decodes JPEG and {d.shards} holds {manifest.get('image_format')}; "
                           f"set data.decode_on=host or build the shards with --format jpg")

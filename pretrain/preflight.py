@@ -148,15 +148,14 @@ def check_batch_fits_split(cfg: DictConfig) -> None:
 
 
 def check_writable(cfg: DictConfig, run_dir: Path | None) -> None:
-    """The run directory (or run.root for a new run) and a local run.storage_path can be written."""
+    """The run directory (or run.root for a new run) and run.storage_path can be written (a URL: its bucket is
+    there and reachable)."""
     from storage.writable import NotWritableError, check_writable_dir
 
     targets = [(run_dir, "run directory")] if run_dir is not None else [(cfg.run.root, "run.root")]
     if cfg.run.storage_path:
         targets.append((cfg.run.storage_path, "run.storage_path"))
     for path, what in targets:
-        if storage.is_url(str(path)):  # object stores: storage checks the bucket
-            continue
         try:
             check_writable_dir(path, what, "choose another (run.root=DIR or run.storage_path=DIR)")
         except NotWritableError as exc:
