@@ -153,8 +153,9 @@ class TrainSection:
               "before failing with what is missing")
     deterministic: bool = setting(
         False, "GPU: deterministic kernels (torch.use_deterministic_algorithms, cuDNN without autotuning, cuBLAS's "
-               "fixed workspace), so that a killed and resumed run ends bit for bit where an uninterrupted one "
-               "does; slower than cuDNN's autotuned kernels")
+               "fixed workspace) and the gradients' mean over the workers summed in rank order (as on the CPU), so "
+               "that a killed and resumed run ends bit for bit where an uninterrupted one does; slower than cuDNN's "
+               "autotuned kernels and NCCL's all-reduce")
     interrupt_checkpoint_s: float = setting(
         180.0, "Ctrl-C or SIGTERM to the driver: when the last checkpoint is older than this many seconds of work, "
                "the workers write one more at their next report before the run stops (pretrain/interrupt.py)")

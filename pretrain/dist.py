@@ -99,6 +99,28 @@ def all_reduce_mean_detached(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def rank_ordered_mean_hook(_state, bucket):  # no return annotation: DDP checks it against the real Future type
+    """A DDP communication hook: each gradient's mean over the ranks, summed rank 0 first.
+
+    DDP's own all-reduce adds an element's terms in an order set by where the element falls in its
+    bucket (the ring's chunks), and DDP lays its buckets out twice: for a launch's first backward, and
+    again from the order the gradients became ready. With three or more ranks, (a + b) + c is not
+    a + (b + c) in floating point, so the first step after a restart would round otherwise than the same
+    step of an uninterrupted run. Gathering every rank's bucket and adding them in rank order makes
+    each element's sum independent of the layout. It moves W buckets a rank instead of about two."""
+    tensor = bucket.buffer()
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    fut = dist.all_gather(parts, tensor, async_op=True).get_future()
+
+    def mean(_fut) -> torch.Tensor:
+        total = parts[0].clone()
+        for part in parts[1:]:
+            total += part
+        return total.div_(len(parts))
+
+    return fut.then(mean)
+
+
 def all_gather_cat(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Concatenate ``t`` from every rank along ``dim`` (rank order), differentiable.
 

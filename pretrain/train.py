@@ -402,7 +402,8 @@ def _train_loop(cfg: DictConfig, run_dir, start: dict, checkpoints: str | None =
         task = task.to(memory_format=torch.channels_last)
     if cfg.train.sync_batchnorm and device.type == "cuda":
         task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
-    model = wrap_ddp(task, device, bf16_grad_allreduce=cfg.train.bf16_grad_allreduce)
+    model = wrap_ddp(task, device, bf16_grad_allreduce=cfg.train.bf16_grad_allreduce,
+                     deterministic=cfg.train.deterministic)
     if cfg.train.compile:
         model = compile_model(model, device)
     model.train()
@@ -623,11 +624,15 @@ def resume(ckpt_dir, task: nn.Module, main_opt, eta_opt, shards: range, n_shards
     return payload["step"], positions[0], rng, payload["permutations"], payload["path"]
 
 
-def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = False) -> nn.Module:
+def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = False,
+             deterministic: bool = False) -> nn.Module:
     """The whole task in DDP (η included) when there is more than one rank; else the task.
 
     Gradients are views into DDP's buckets (no copy in and out of them, less memory);
-    ``bf16_grad_allreduce`` all-reduces them in bfloat16 (for slow links between nodes).
+    ``bf16_grad_allreduce`` all-reduces them in bfloat16 (for slow links between nodes). On the CPU, and
+    on GPUs when ``deterministic`` (train.deterministic), the gradients' mean is summed in rank order
+    (:func:`dist.rank_ordered_mean_hook`), so that a resumed run at three or more workers rounds as the
+    uninterrupted one does.
     """
     if not dist.is_distributed():
         return task
@@ -641,6 +646,8 @@ def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = 
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
         model.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    elif device.type == "cpu" or deterministic:
+        model.register_comm_hook(None, dist.rank_ordered_mean_hook)
     return model
 
 

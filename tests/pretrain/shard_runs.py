@@ -18,9 +18,11 @@ def shard_batch(step: int, shard: int) -> dict:
     return {"images": torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1000 * step + shard))}
 
 
-def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, port: int = 0) -> None:
+def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, port: int = 0,
+               restart_at: int | None = None) -> None:
     """``steps`` steps of the InfoMax task with each bound in ``bounds`` on rank ``rank`` of ``world``;
-    rank 0 saves ``{bound: task state_dict}`` to ``out``."""
+    rank 0 saves ``{bound: task state_dict}`` to ``out``. ``restart_at``: before that step the task and its
+    optimisers are built anew from their states and wrapped in a new DDP, as a restarted launch does."""
     from pretrain import virtual_shards
     from pretrain.train import build_optimizers, build_task_from_config, train_step, wrap_ddp
     from tests.support.run_states import tiny_cfg
@@ -42,6 +44,17 @@ def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, p
         rng = virtual_shards.seeded_rng(0, shards)
         buffers = virtual_shards.StepBuffers(task)
         for step in range(steps):
+            if step == restart_at:
+                saved = task.state_dict(), main_opt.state_dict(), eta_opt and eta_opt.state_dict()
+                task = build_task_from_config(cfg, None)
+                task.load_state_dict(saved[0])
+                main_opt, eta_opt = build_optimizers(cfg, task)
+                main_opt.load_state_dict(saved[1])
+                if eta_opt is not None:
+                    eta_opt.load_state_dict(saved[2])
+                model = wrap_ddp(task, torch.device("cpu"))
+                model.train()
+                buffers = virtual_shards.StepBuffers(task)
             result = train_step(model, task, [shard_batch(step, v) for v in shards], step, main_opt, eta_opt,
                              rng=rng, buffers=buffers)
             assert result["flags"].read().nonfinite is None
@@ -52,10 +65,10 @@ def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, p
         torch.distributed.destroy_process_group()
 
 
-def spawn_ranks(world: int, bounds: list[str], steps: int, out: str) -> None:
+def spawn_ranks(world: int, bounds: list[str], steps: int, out: str, restart_at: int | None = None) -> None:
     """:func:`run_bounds` on ``world`` fresh processes (in this process when ``world`` is 1)."""
     if world == 1:
-        run_bounds(0, 1, bounds, steps, out)
+        run_bounds(0, 1, bounds, steps, out, restart_at=restart_at)
         return
     import socket
 
@@ -64,4 +77,4 @@ def spawn_ranks(world: int, bounds: list[str], steps: int, out: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(run_bounds, args=(world, bounds, steps, out, port), nprocs=world, join=True)
+    mp.spawn(run_bounds, args=(world, bounds, steps, out, port, restart_at), nprocs=world, join=True)
