@@ -54,10 +54,15 @@ class Plan:
     gap: tuple[int, int]            # steps between one fault's step and the next's
     resize_every_s: float           # train.resize_every_s of the elastic run
     start_timeout_s: float | None   # RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (None: Ray's 60 s)
+    health_check_ms: int | None     # the head's health_check_period_ms, its timeout twice that (None: Ray's
+                                    # 3,000 and 10,000 ms; with 5 misses allowed, a lost node is marked dead ~15 s after)
 
 
-PLANS = {"quick": Plan(steps=300, first=(10, 15), gap=(10, 20), resize_every_s=2, start_timeout_s=10),
-         "full": Plan(steps=2400, first=(100, 200), gap=(300, 500), resize_every_s=30, start_timeout_s=None)}
+PLANS = {"quick": Plan(steps=300, first=(10, 15), gap=(10, 20), resize_every_s=2, start_timeout_s=10,
+                       health_check_ms=1000),
+         "full": Plan(steps=2400, first=(100, 200), gap=(300, 500), resize_every_s=30, start_timeout_s=None,
+                      health_check_ms=None)}
+HEALTH_CHECK_MISSES = 3  # with Plan.health_check_ms: failed health checks before the GCS marks a node dead
 FAULTS = ("worker SIGKILL", "worker SIGTERM", "node loss")
 DRIVER_FAULT = "driver SIGKILL, --resume train.num_workers=2"
 
@@ -112,7 +117,7 @@ class Node:
     ``gcs_address`` is None). Started as Ray's own multi-node tests start theirs (``ray._private.node``):
     ``ray start`` of a second node swaps 127.0.0.1 for the host's address."""
 
-    def __init__(self, temp_dir: str, gcs_address: str | None = None):
+    def __init__(self, temp_dir: str, gcs_address: str | None = None, system_config: dict | None = None):
         from ray._private import ray_constants
         from ray._private.node import Node as RayNode
         from ray._private.parameter import RayParams
@@ -121,6 +126,8 @@ class Node:
                       object_store_memory=150 * 1024 ** 2, min_worker_port=0, max_worker_port=0)
         if gcs_address is not None:
             params.update(gcs_address=gcs_address, include_log_monitor=False, node_manager_port=0)
+        elif system_config:
+            params.update(_system_config=system_config)  # the head's GCS holds it for the cluster
         for attempt in range(START_ATTEMPTS):  # a loaded machine can miss Ray's 30 s wait for the raylet
             before = {p.pid for p in descendants(os.getpid())}
             if gcs_address is None:
@@ -269,7 +276,9 @@ def main(argv=None) -> int:
     reports = Reports(chaos_root)
     planned = schedule(args.seed, plan)
     error, sigterm = None, None
-    head = Node(ray_files)
+    head = Node(ray_files, system_config=plan.health_check_ms and {
+        "health_check_period_ms": plan.health_check_ms, "health_check_timeout_ms": 2 * plan.health_check_ms,
+        "health_check_failure_threshold": HEALTH_CHECK_MISSES})
     env["RAY_ADDRESS"] = head.gcs_address
     second = Node(ray_files, head.gcs_address)
     nodes = [head, second]
@@ -373,6 +382,7 @@ def main(argv=None) -> int:
     figures = {"command": "python benchmarks/chaos_soak.py" + (" --quick" if args.quick else "") + f" --seed {args.seed}",
                "steps": plan.steps, "virtual_shards": 4, "seed": args.seed, "resize_every_s": plan.resize_every_s,
                "worker_group_start_timeout_s": plan.start_timeout_s or 60.0,
+               "health_check_ms": plan.health_check_ms,
                "planned": [{"step": s, "kind": k} for s, k in planned], "events": events, "error": error}
     workers, last = [], None
     for r in reports.records:
