@@ -629,10 +629,10 @@ def wrap_ddp(task: nn.Module, device: torch.device, bf16_grad_allreduce: bool = 
     """The whole task in DDP (η included) when there is more than one rank; else the task.
 
     Gradients are views into DDP's buckets (no copy in and out of them, less memory);
-    ``bf16_grad_allreduce`` all-reduces them in bfloat16 (for slow links between nodes). On the CPU, and
-    on GPUs when ``deterministic`` (train.deterministic), the gradients' mean is summed in rank order
-    (:func:`dist.rank_ordered_mean_hook`), so that a resumed run at three or more workers rounds as the
-    uninterrupted one does.
+    ``bf16_grad_allreduce`` all-reduces them in bfloat16 (for slow links between nodes). Otherwise, on the
+    CPU and on GPUs when ``deterministic`` (train.deterministic), the gradients' mean is summed in rank
+    order (:func:`dist.rank_ordered_mean_hook`), so that a resumed run at three or more workers rounds
+    as the uninterrupted one does.
     """
     if not dist.is_distributed():
         return task
