@@ -118,9 +118,9 @@ def _missing_dirs(path: str) -> list[Path]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "verify" and storage.is_url(args.dir):  # a bad scheme, a missing bucket, no credentials
-        storage.check_bucket(args.dir)
     if args.command == "verify":
+        if storage.is_url(args.dir):  # a bad scheme, a missing bucket, no credentials
+            storage.check_bucket(args.dir)
         problems = verify(args.dir, decode=not args.no_decode, progress=sys.stderr.isatty(),
                           max_member_mb=args.max_member_mb)
         for line in problems:

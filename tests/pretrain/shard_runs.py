@@ -36,25 +36,25 @@ def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, p
     for name in bounds:
         cfg = tiny_cfg("infomax", name, "task.kwargs.hidden_dim=32", "task.kwargs.embed_dim=16",
                        f"model.kwargs.image_size={SIZE}")
+        def launch(saved: tuple | None = None):
+            """(task, optimisers, DDP model, buffers), from ``saved`` states when given: a launch's set-up."""
+            task = build_task_from_config(cfg, None)
+            main_opt, eta_opt = build_optimizers(cfg, task)
+            if saved is not None:
+                for obj, state in zip((task, main_opt, eta_opt), saved):
+                    if obj is not None:
+                        obj.load_state_dict(state)
+            model = wrap_ddp(task, torch.device("cpu"))
+            model.train()
+            return task, main_opt, eta_opt, model, virtual_shards.StepBuffers(task)
+
         torch.manual_seed(0)
-        task = build_task_from_config(cfg, None)
-        main_opt, eta_opt = build_optimizers(cfg, task)
-        model = wrap_ddp(task, torch.device("cpu"))
-        model.train()
+        task, main_opt, eta_opt, model, buffers = launch()
         rng = virtual_shards.seeded_rng(0, shards)
-        buffers = virtual_shards.StepBuffers(task)
         for step in range(steps):
             if step == restart_at:
-                saved = task.state_dict(), main_opt.state_dict(), eta_opt and eta_opt.state_dict()
-                task = build_task_from_config(cfg, None)
-                task.load_state_dict(saved[0])
-                main_opt, eta_opt = build_optimizers(cfg, task)
-                main_opt.load_state_dict(saved[1])
-                if eta_opt is not None:
-                    eta_opt.load_state_dict(saved[2])
-                model = wrap_ddp(task, torch.device("cpu"))
-                model.train()
-                buffers = virtual_shards.StepBuffers(task)
+                task, main_opt, eta_opt, model, buffers = launch(
+                    (task.state_dict(), main_opt.state_dict(), eta_opt and eta_opt.state_dict()))
             result = train_step(model, task, [shard_batch(step, v) for v in shards], step, main_opt, eta_opt,
                              rng=rng, buffers=buffers)
             assert result["flags"].read().nonfinite is None
