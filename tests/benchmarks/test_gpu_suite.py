@@ -145,7 +145,12 @@ def test_the_runner_on_the_cpu(tmp_path):
         assert doctor["status"] == "failed" and doctor["message"] == "No module named cluster.doctor: nothing to run"
     else:
         assert "--address" in doctor["command"] and (out / "doctor.log").is_file()
-        assert (merged["doctor"] is not None) == (doctor["rc"] == 0)
+        # the doctor writes its report when it reached the cluster: exit 0 without problems, 1 with
+        # (here maybe the disk: its free space is this machine's), 2 when it could not run at all
+        assert doctor["rc"] in (0, 1, 2)
+        assert (merged["doctor"] is not None) == (doctor["rc"] != 2)
+        if merged["doctor"] is not None:
+            assert (merged["doctor"]["problems"] == []) == (doctor["rc"] == 0)
     assert merged["ok"] == all(s["status"] == "passed" for s in merged["steps"])
     assert again.returncode == (0 if merged["ok"] else 1)
     assert again.stdout.rstrip().endswith(f"results and logs in {out}")

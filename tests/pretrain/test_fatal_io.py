@@ -10,6 +10,7 @@ import time
 import pytest
 
 from pretrain import checkpoint as ck
+from pretrain.run_dir import checkpoint_dir_name
 from pretrain.config import load_config
 from tests.support.shards import folder_shards
 
@@ -62,7 +63,7 @@ def test_a_full_disk_ends_the_run_in_one_line_with_its_checkpoints_intact(ray_se
         "train.checkpoint_every=4", "train.max_failures=2"])
 
     def first_checkpoint():
-        return any(tmpfs.glob(f"full-*/{ck.checkpoint_dir_name(4)}/{ck.CHECKSUM_FILE}"))
+        return any(tmpfs.glob(f"full-*/{checkpoint_dir_name(4)}/{ck.CHECKSUM_FILE}"))
 
     stop = threading.Event()
     filler = threading.Thread(target=fill_when, args=(first_checkpoint, tmpfs, stop), daemon=True)
