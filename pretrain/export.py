@@ -81,11 +81,12 @@ def check_out(out: str | os.PathLike) -> None:
     if not out.endswith(".safetensors"):
         raise ValueError(f"--out {out}: name the file *.safetensors (timm picks the loader by extension)")
     if storage.is_url(out):
-        storage.check_bucket(storage.resolve(out))
-        return
-    if os.path.isdir(out):
+        folder = storage.parent(storage.resolve(out))
+    elif os.path.isdir(out):
         raise ValueError(f"--out {out} is a directory; name a file in it, e.g. {os.path.join(out, 'encoder.safetensors')}")
-    check_writable_dir(os.path.dirname(os.path.abspath(out)), "--out folder", "choose another --out")
+    else:
+        folder = os.path.dirname(os.path.abspath(out))
+    check_writable_dir(folder, "--out folder", "choose another --out")
 
 
 def read_exported(path: str | os.PathLike) -> tuple[dict, dict]:

@@ -47,17 +47,22 @@ def test_export_writes_to_a_bucket_and_prints_lines_that_load_it(s3, world, tmp_
         torch.testing.assert_close(namespace["encoder"](x), ours(x), rtol=0, atol=0)
 
 
-def test_export_out_onto_a_directory_or_under_a_file_is_one_line(world, tmp_path, capsys):
+def test_export_out_onto_a_directory_under_a_file_or_into_a_missing_bucket_is_one_line(s3, world, tmp_path,
+                                                                                      monkeypatch, capsys):
     from pretrain.export import main as export
 
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir.safetensors").mkdir()
     for out, match in ((tmp_path / "dir.safetensors", "is a directory; name a file in it"),
                        (tmp_path / "file" / "e.safetensors", "is a file, not a directory"),
-                       (tmp_path / "e.pt", "name the file *.safetensors")):
+                       (tmp_path / "e.pt", "name the file *.safetensors"),
+                       ("s3://no-such-bucket/enc/e.safetensors",
+                        "--out folder: s3://no-such-bucket/enc: bucket s3://no-such-bucket does not exist")):
         assert export([str(world["run"]), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and match in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.safetensors", "file"]  # nothing made, no ./s3:
 
 
 def test_an_export_loaded_into_another_architecture_is_an_error(world, tmp_path, capsys):
