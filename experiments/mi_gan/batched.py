@@ -18,7 +18,9 @@ the same settings (``steps`` may be larger), a run continues from its checkpoint
 
 Scores per estimator over seeds: the modes covered averaged over evaluations (time-averaged), the
 high-quality fraction likewise, the first step from which all modes are held for ``hold_evals``
-evaluations in a row, and the share of evaluations at all modes.
+evaluations in a row, and the share of evaluations at all modes. ``results.md`` also compares every
+MI estimator with DV-MINE seed by seed (:func:`paired`). A finished run started again with its
+command rewrites ``results.json`` / ``results.md`` from its checkpoint and trains nothing.
 """
 from __future__ import annotations
 
@@ -146,6 +148,34 @@ def summarise(history: dict, names: list[str], seeds: int, n_modes: int, hold: i
     return out
 
 
+PAIRED_SCORES = (("time_avg_modes", "time-averaged modes", ".2f"), ("time_avg_high_quality", "time-averaged high-quality", ".3f"))
+
+
+def paired(summary: dict, reference: str = "dv-mine") -> list[dict]:
+    """Every MI estimator against ``reference``, seed by seed (seed s of both starts from the same
+    weights and sees the same data): per score of :data:`PAIRED_SCORES`, the differences' mean and
+    std, the seeds ahead, the Wilcoxon signed-rank p (``scipy.stats.wilcoxon``) and that p
+    Holm-corrected over every test of the table. Empty without the reference or with < 3 seeds."""
+    from scipy import stats
+
+    from experiments.mi_gaussian.analysis import holm
+
+    names = [n for n in summary if n not in (reference, "none")]
+    if reference not in summary or len(summary[reference]["seeds"]) < 3:
+        return []
+    rows = []
+    for name in names:
+        for key, label, _ in PAIRED_SCORES:
+            diff = np.array([a[key] - b[key] for a, b in zip(summary[name]["seeds"], summary[reference]["seeds"])])
+            p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+            rows.append({"estimator": name, "reference": reference, "score": key, "label": label,
+                         **dict(zip(("mean", "std"), mean_std(diff))), "ahead": int((diff > 0).sum()),
+                         "seeds": len(diff), "p": p})
+    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = adjusted
+    return rows
+
+
 def markdown(summary: dict, step: int, cfg: MIGANConfig, hold: int) -> str:
     n_modes = cfg.grid_size**2
     lines = [f"{cfg.runs} paired seeds per estimator, {step:,} of {cfg.steps:,} generator steps, evaluation every {cfg.eval_every}, "
@@ -157,6 +187,15 @@ def markdown(summary: dict, step: int, cfg: MIGANConfig, hold: int) -> str:
         held_text = f"{np.mean(held):,.0f} ({len(held)}/{len(s['seeds'])})" if held else f"not reached (0/{len(s['seeds'])})"
         lines.append(f"| {name} | {pm(*s['time_avg_modes'], '.1f')} | {pm(*s['time_avg_high_quality'], '.3f')} | "
                      f"{pm(*s['share_at_all_modes'], '.2f')} | {held_text} |")
+    rows = paired(summary)
+    if rows:
+        fmt = {key: f for key, _, f in PAIRED_SCORES}
+        lines += [f"\nPaired, seed by seed against {rows[0]['reference']} (difference mean ± std, seeds ahead, Wilcoxon "
+                  f"signed-rank p, Holm-corrected over the {len(rows)} tests):\n",
+                  "| estimator | score | difference | seeds ahead | p | p (Holm) |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['estimator']} − {r['reference']} | {r['label']} | {pm(r['mean'], r['std'], fmt[r['score']], '+')} | "
+                         f"{r['ahead']}/{r['seeds']} | {r['p']:.2g} | {r['p_holm']:.2g} |")
     return "\n".join(lines)
 
 
@@ -199,18 +238,25 @@ def run(cfg: MIGANConfig, hold: int = 3, checkpoint_every: int = 1000, log=print
         log(f"continuing {ckpt} from step {start}")
     cpu0, wall0 = time.process_time(), time.time()
 
+    def write_results(step: int, cpu_s: float) -> None:
+        summary = summarise(history, net.names, cfg.runs, cfg.grid_size**2, hold)
+        result = {"config": dataclasses.asdict(cfg), "hold_evals": hold, "step": step, "cpu_s": round(cpu_s, 1),
+                  "command": "python -m experiments.mi_gan.batched " + shlex.join(sys.argv[1:]), "summary": summary, "history": history}
+        (out / "results.json").write_text(json.dumps(result))
+        (out / "results.md").write_text(f"# MI-GAN, batched seeds\n\n`{result['command']}`\n\n{markdown(summary, step, cfg, hold)}\n\n"
+                                        f"CPU time so far {cpu_s / 60:.0f} min.\n")
+
     def save(step: int) -> None:
         state = {"net": net.state_dict(), "opt": {k: o.state_dict() for k, o in optimisers.items() if o is not None},
                  "gen": gen.get_state(), "history": history, "step": step, "config": dataclasses.asdict(cfg),
                  "cpu_s": cpu_before + time.process_time() - cpu0}
         torch.save(state, out / "checkpoint.pt.tmp")
         os.replace(out / "checkpoint.pt.tmp", ckpt)
-        summary = summarise(history, net.names, cfg.runs, cfg.grid_size**2, hold)
-        result = {"config": dataclasses.asdict(cfg), "hold_evals": hold, "step": step, "cpu_s": round(state["cpu_s"], 1),
-                  "command": "python -m experiments.mi_gan.batched " + shlex.join(sys.argv[1:]), "summary": summary, "history": history}
-        (out / "results.json").write_text(json.dumps(result))
-        (out / "results.md").write_text(f"# MI-GAN, batched seeds\n\n`{result['command']}`\n\n{markdown(summary, step, cfg, hold)}\n\n"
-                                        f"CPU time so far {state['cpu_s'] / 60:.0f} min.\n")
+        write_results(step, state["cpu_s"])
+
+    if start == cfg.steps:  # finished: its results again, from the checkpoint (the tables of this code)
+        write_results(start, cpu_before)
+        return json.loads((out / "results.json").read_text())
 
     for step in range(start, cfg.steps + 1):
         if step % cfg.eval_every == 0 and (not history["step"] or history["step"][-1] < step):

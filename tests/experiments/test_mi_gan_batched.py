@@ -56,3 +56,37 @@ def test_a_checkpoint_from_other_settings_is_refused_by_name(tmp_path):
     batched.run(load_config([*TINY, "steps=10", f"out={tmp_path}"]), checkpoint_every=10, log=lambda *a, **k: None)
     with pytest.raises(ValueError, match="runs=2, not 3"):
         batched.run(load_config([*TINY, "runs=3", "steps=20", f"out={tmp_path}"]), log=lambda *a, **k: None)
+
+
+def test_paired_compares_each_mi_estimator_with_dv_mine_seed_by_seed():
+    from scipy import stats
+
+    def seeds(modes, hq):
+        return {"seeds": [{"time_avg_modes": m, "time_avg_high_quality": h} for m, h in zip(modes, hq)]}
+
+    summary = {"eta-mine": seeds([18, 17, 16, 19, 15], [0.7, 0.8, 0.6, 0.7, 0.7]),
+               "dv-mine": seeds([17, 17.5, 14, 18, 16], [0.7, 0.7, 0.7, 0.6, 0.8]),
+               "none": seeds([7, 8, 6, 7, 7], [0.6, 0.6, 0.6, 0.6, 0.6])}
+    rows = batched.paired(summary)
+    assert [(r["estimator"], r["score"]) for r in rows] == [("eta-mine", "time_avg_modes"),
+                                                           ("eta-mine", "time_avg_high_quality")]  # never "none"
+    modes = rows[0]
+    diff = [1, -0.5, 2, 1, -1]
+    assert modes["mean"] == pytest.approx(sum(diff) / 5) and modes["ahead"] == 3 and modes["seeds"] == 5
+    assert modes["p"] == pytest.approx(stats.wilcoxon(diff).pvalue)
+    ps = sorted(r["p"] for r in rows)  # Holm over the two tests: 2·p of the smaller, then the running max
+    assert sorted(r["p_holm"] for r in rows) == pytest.approx([min(1, 2 * ps[0]), max(min(1, 2 * ps[0]), ps[1])])
+    assert batched.paired({"eta-mine": summary["eta-mine"]}) == []  # no DV-MINE: nothing to compare
+
+
+def test_a_finished_run_started_again_rewrites_its_tables_and_trains_nothing(tmp_path):
+    cfg = [*TINY[1:], "estimators=[eta-mine,dv-mine]", "runs=3", "steps=20", f"out={tmp_path}"]
+    first = batched.run(load_config(cfg), checkpoint_every=10, log=lambda *a, **k: None)
+    checkpoint = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "results.md").write_text("stale")
+    again = batched.run(load_config(cfg), checkpoint_every=10, log=lambda *a, **k: None)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == checkpoint
+    assert again["history"] == first["history"] and again["summary"] == first["summary"] and again["step"] == 20
+    text = (tmp_path / "results.md").read_text()
+    assert "20 of 20 generator steps" in text
+    assert "| eta-mine − dv-mine | time-averaged modes |" in text and "Holm-corrected over the 2 tests" in text
