@@ -160,11 +160,10 @@ def paired(summary: dict, reference: str = "dv-mine") -> list[dict]:
 
     from experiments.mi_gaussian.analysis import holm
 
-    names = [n for n in summary if n not in (reference, "none")]
     if reference not in summary or len(summary[reference]["seeds"]) < 3:
         return []
     rows = []
-    for name in names:
+    for name in (n for n in summary if n not in (reference, "none")):
         for key, label, _ in PAIRED_SCORES:
             diff = np.array([a[key] - b[key] for a, b in zip(summary[name]["seeds"], summary[reference]["seeds"])])
             p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
