@@ -1,16 +1,16 @@
 """Chaos soak of an elastic run: faults at seeded random steps against a two-node Ray on 127.0.0.1.
 
-A head and a second node (2 CPUs each, processes of this script, their files in one temporary folder,
-stopped by this script: their processes by id, never ``ray stop``) run an InfoMax η-MINE run with
-V = 4 virtual shards, ``train.num_workers=4`` and ``train.min_workers=1``. Each fault has a step drawn
-from ``--seed``, and the soak injects it once the run has reported that step (or a later one) and has
-recovered from the fault before: SIGKILL of a worker, SIGTERM of a worker and the loss of the second
+A head and a second node (W / 2 CPUs each, processes of this script, their files in one temporary
+folder, stopped by this script: their processes by id, never ``ray stop``) run an InfoMax η-MINE run
+with V = 4 virtual shards, ``train.num_workers=W`` and ``train.min_workers=1`` (W = 4; 2 with
+``--quick``). Each fault has a step drawn from ``--seed``, and the soak injects it once the run has
+reported that step (or a later one) and has recovered from the fault before: SIGKILL of a worker, SIGTERM of a worker and the loss of the second
 node (its raylet SIGKILLed, its workers with it) in a seeded order, then SIGKILL of the driver and
-``python -m pretrain --resume RUN_DIR train.num_workers=2`` (another worker count). After the node's
-loss the soak waits until Ray has marked the node dead and the run has reported on the 2 workers
-left, then restarts the node and waits until the run reports on 4 workers again. The faults land
+``python -m pretrain --resume RUN_DIR train.num_workers=W/2`` (another worker count). After the node's
+loss the soak waits until Ray has marked the node dead and the run has reported on the W / 2 workers
+left, then restarts the node and waits until the run reports on W workers again. The faults land
 whatever the machine's speed: the soak waits for the run, the run never races the soak's clock.
-Then the same config runs uninterrupted at a fixed 4 workers. The soak prints the faults, the worker
+Then the same config runs uninterrupted at a fixed W workers. The soak prints the faults, the worker
 count over time (from the reports as the run wrote them) and max |Δw| / max |w| between the two final
 checkpoints, and writes them to ``--out`` (JSON). It exits 1 when a fault could not be injected, the
 run did not shrink or grow back, or the two runs did not both finish.
@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 START_ATTEMPTS = 6
 REPORT_EVERY = 5
 # the longest the soak waits for Ray to mark the lost node dead, for a report on the workers left and for
-# one on all 4 after the node's return (each takes Ray tens of seconds: the GCS marks a node dead ~15 s
+# one on all W after the node's return (each takes Ray tens of seconds: the GCS marks a node dead ~15 s
 # after its raylet dies; a restart that asked for the lost node's workers waits
 # RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S before Ray tries again)
 RESIZE_TIMEOUT_S = 600
@@ -50,6 +50,7 @@ RESIZE_TIMEOUT_S = 600
 @dataclass(frozen=True)
 class Plan:
     steps: int                      # train.steps of both runs
+    workers: int                    # train.num_workers of both runs (W); each node has W / 2 CPUs
     first: tuple[int, int]          # the first fault's step is drawn from this range
     gap: tuple[int, int]            # steps between one fault's step and the next's
     resize_every_s: float           # train.resize_every_s of the elastic run
@@ -58,13 +59,20 @@ class Plan:
                                     # 3,000 and 10,000 ms; with 5 misses allowed, a lost node is marked dead ~15 s after)
 
 
-PLANS = {"quick": Plan(steps=300, first=(10, 15), gap=(10, 20), resize_every_s=2, start_timeout_s=10,
+PLANS = {"quick": Plan(steps=300, workers=2, first=(10, 15), gap=(10, 20), resize_every_s=2, start_timeout_s=10,
                        health_check_ms=1000),
-         "full": Plan(steps=2400, first=(100, 200), gap=(300, 500), resize_every_s=30, start_timeout_s=None,
+         "full": Plan(steps=2400, workers=4, first=(100, 200), gap=(300, 500), resize_every_s=30, start_timeout_s=None,
                       health_check_ms=None)}
 HEALTH_CHECK_MISSES = 3  # with Plan.health_check_ms: failed health checks before the GCS marks a node dead
 FAULTS = ("worker SIGKILL", "worker SIGTERM", "node loss")
-DRIVER_FAULT = "driver SIGKILL, --resume train.num_workers=2"
+
+
+def driver_fault(plan: Plan) -> str:
+    return f"driver SIGKILL, --resume train.num_workers={plan.workers // 2}"
+
+
+def workers_text(n: int) -> str:
+    return f"{n} worker{'s' if n != 1 else ''}"
 
 
 def schedule(seed: int, plan: Plan) -> list[tuple[int, str]]:
@@ -73,7 +81,7 @@ def schedule(seed: int, plan: Plan) -> list[tuple[int, str]]:
     kinds = list(FAULTS)
     rng.shuffle(kinds)
     step, out = rng.randint(*plan.first), []
-    for kind in [*kinds, DRIVER_FAULT]:
+    for kind in [*kinds, driver_fault(plan)]:
         out.append((step, kind))
         step += rng.randint(*plan.gap)
     return out
@@ -113,16 +121,17 @@ def named(procs, word: str) -> list[int]:
 
 
 class Node:
-    """One Ray node on 127.0.0.1 with 2 CPUs, its processes children of this one (the head when
+    """One Ray node on 127.0.0.1 with ``num_cpus`` CPUs, its processes children of this one (the head when
     ``gcs_address`` is None). Started as Ray's own multi-node tests start theirs (``ray._private.node``):
     ``ray start`` of a second node swaps 127.0.0.1 for the host's address."""
 
-    def __init__(self, temp_dir: str, gcs_address: str | None = None, system_config: dict | None = None):
+    def __init__(self, temp_dir: str, num_cpus: int, gcs_address: str | None = None,
+                 system_config: dict | None = None):
         from ray._private import ray_constants
         from ray._private.node import Node as RayNode
         from ray._private.parameter import RayParams
 
-        params = dict(node_ip_address="127.0.0.1", num_cpus=2, num_gpus=0, temp_dir=temp_dir, include_dashboard=False,
+        params = dict(node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=0, temp_dir=temp_dir, include_dashboard=False,
                       object_store_memory=150 * 1024 ** 2, min_worker_port=0, max_worker_port=0)
         if gcs_address is not None:
             params.update(gcs_address=gcs_address, include_log_monitor=False, node_manager_port=0)
@@ -188,11 +197,11 @@ def node_alive(gcs_address: str, node_id: str) -> bool:
     return False
 
 
-def run_args(shards: Path, root: Path, steps: int) -> list[str]:
+def run_args(shards: Path, root: Path, plan: Plan) -> list[str]:
     return ["--config", "configs/demo_infomax_eta.yaml", f"data.shards={shards}", f"run.root={root}", "run.name=soak",
             "task.kind=infomax", "task.estimator=eta-mine", "task.kwargs.hidden_dim=16", "task.kwargs.embed_dim=8",
             "model.encoder=dcgan", "model.depth=2", "data.batch_size=4", "data.batches_per_epoch=10",
-            "data.virtual_shards=4", "train.num_workers=4", f"train.steps={steps}",
+            "data.virtual_shards=4", f"train.num_workers={plan.workers}", f"train.steps={plan.steps}",
             f"train.report_every={REPORT_EVERY}", "train.checkpoint_every=10", "train.image_every=0",
             "train.threads_per_worker=1", "data.loader_workers=0", "train.max_failures=30", "train.resource_wait_s=600"]
 
@@ -276,13 +285,14 @@ def main(argv=None) -> int:
     reports = Reports(chaos_root)
     planned = schedule(args.seed, plan)
     error, sigterm = None, None
-    head = Node(ray_files, system_config=plan.health_check_ms and {
+    half = plan.workers // 2
+    head = Node(ray_files, half, system_config=plan.health_check_ms and {
         "health_check_period_ms": plan.health_check_ms, "health_check_timeout_ms": 2 * plan.health_check_ms,
         "health_check_failure_threshold": HEALTH_CHECK_MISSES})
     env["RAY_ADDRESS"] = head.gcs_address
-    second = Node(ray_files, head.gcs_address)
+    second = Node(ray_files, half, head.gcs_address)
     nodes = [head, second]
-    driver = Driver(env, [*run_args(shards, chaos_root, plan.steps), "train.min_workers=1",
+    driver = Driver(env, [*run_args(shards, chaos_root, plan), "train.min_workers=1",
                           f"train.resize_every_s={plan.resize_every_s:g}"], work / "driver.log")
     try:
         def wait_for(what: str, test, timeout: float = 1800) -> dict:
@@ -326,21 +336,21 @@ def main(argv=None) -> int:
                         raise SoakError(f"Ray did not mark the lost node dead within {RESIZE_TIMEOUT_S} s")
                     time.sleep(0.2)
                 note("node marked dead by Ray", after_s=round(time.time() - lost, 1))
-                r = wait_for("a report on the 2 workers left after the node's loss",
-                             lambda r: r[WALL_TIME] > lost and r["workers"] == 2, RESIZE_TIMEOUT_S)
-                note("reported on 2 workers", step=r["step"], after_s=round(r[WALL_TIME] - lost, 1))
-                second = nodes[1] = Node(ray_files, head.gcs_address)
+                r = wait_for(f"a report on the {half} workers left after the node's loss",
+                             lambda r: r[WALL_TIME] > lost and r["workers"] == half, RESIZE_TIMEOUT_S)
+                note(f"reported on {workers_text(half)}", step=r["step"], after_s=round(r[WALL_TIME] - lost, 1))
+                second = nodes[1] = Node(ray_files, half, head.gcs_address)
                 back = time.time()
                 note("node restart")
-                r = wait_for("a report on 4 workers after the node's return",
-                             lambda r: r[WALL_TIME] > back and r["workers"] == 4, RESIZE_TIMEOUT_S)
-                note("reported on 4 workers", step=r["step"], after_s=round(r[WALL_TIME] - back, 1))
+                r = wait_for(f"a report on {plan.workers} workers after the node's return",
+                             lambda r: r[WALL_TIME] > back and r["workers"] == plan.workers, RESIZE_TIMEOUT_S)
+                note(f"reported on {workers_text(plan.workers)}", step=r["step"], after_s=round(r[WALL_TIME] - back, 1))
             else:
                 os.kill(driver.proc.pid, signal.SIGKILL)
                 driver.proc.wait()
                 run_dir = next(chaos_root.glob("soak-*"))
                 note(kind, step=r["step"], run_dir=run_dir.name)
-                driver = Driver(env, ["--resume", str(run_dir), "train.num_workers=2"], work / "driver.log")
+                driver = Driver(env, ["--resume", str(run_dir), f"train.num_workers={half}"], work / "driver.log")
             # recovered: the group the fault hit is gone (Ray ends its workers on a restart) and a new one reports
             deadline = time.monotonic() + RESIZE_TIMEOUT_S
             while any(alive(p) for p in group):
@@ -362,7 +372,7 @@ def main(argv=None) -> int:
         note("chaos run finished")
 
         ref_root = work / "reference"
-        reference = Driver(env, run_args(shards, ref_root, plan.steps), work / "reference.log")
+        reference = Driver(env, run_args(shards, ref_root, plan), work / "reference.log")
         if reference.proc.wait(timeout=3600) != 0:
             raise SoakError(f"the reference run failed: {reference.tail()}")
     except SoakError as exc:
@@ -380,7 +390,7 @@ def main(argv=None) -> int:
     from pretrain import checkpoint as ck
 
     figures = {"command": "python benchmarks/chaos_soak.py" + (" --quick" if args.quick else "") + f" --seed {args.seed}",
-               "steps": plan.steps, "virtual_shards": 4, "seed": args.seed, "resize_every_s": plan.resize_every_s,
+               "steps": plan.steps, "workers": plan.workers, "virtual_shards": 4, "seed": args.seed, "resize_every_s": plan.resize_every_s,
                "worker_group_start_timeout_s": plan.start_timeout_s or 60.0,
                "health_check_ms": plan.health_check_ms,
                "planned": [{"step": s, "kind": k} for s, k in planned], "events": events, "error": error}
@@ -405,10 +415,10 @@ def main(argv=None) -> int:
         print(f"  {e['t_s']:7.1f} s  {e['kind']}")
     print("workers over time (from the run's reports):")
     for w in workers:
-        print(f"  {w['t_s']:7.1f} s  step {w['step']:5d}  {w['workers']} workers")
+        print(f"  {w['t_s']:7.1f} s  step {w['step']:5d}  {workers_text(w['workers'])}")
     if error is None:
         print(f"final step {figures['final_step']} (reference {figures['reference_step']}); max |Δw| / max |w| "
-              f"against the uninterrupted fixed 4-worker run: {figures['max_abs_dw_over_max_abs_w']:.2e}")
+              f"against the uninterrupted fixed {plan.workers}-worker run: {figures['max_abs_dw_over_max_abs_w']:.2e}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=1, default=str) + "\n")
