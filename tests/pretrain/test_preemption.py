@@ -60,7 +60,10 @@ def alive(pid: int) -> bool:
 
 
 class SigtermOneWorker(threading.Thread):
-    """Once the run has reported step 2, SIGTERM one of its worker processes (once)."""
+    """Once the run has reported step 2, SIGTERM one of its worker processes (once). From the moment
+    both workers are up they run in slices of :data:`SLICE_S` and are stopped (SIGSTOP) while the thread
+    reads the run's reports, so the signal lands before the run's last step however loaded the machine
+    (a 30-step run outruns a thread that merely polls when it shares one core with it)."""
 
     def __init__(self, run_root):
         super().__init__(daemon=True)
@@ -68,14 +71,33 @@ class SigtermOneWorker(threading.Thread):
 
     def run(self):
         deadline = time.monotonic() + 1200  # a loaded machine takes minutes to start a group
-        while time.monotonic() < deadline:
-            metrics = list(self.run_root.glob("*/metrics.jsonl"))
-            workers = train_workers()
-            if metrics and len(metrics[0].read_text().splitlines()) >= 2 and len(workers) == 2:
-                self.pid, self.sent_at = workers[-1].pid, time.time()
-                os.kill(self.pid, signal.SIGTERM)
+        while len(workers := train_workers()) != 2:
+            if time.monotonic() > deadline:
                 return
             time.sleep(0.05)
+        while time.monotonic() < deadline:
+            signal_all(workers, "suspend")
+            try:
+                metrics = list(self.run_root.glob("*/metrics.jsonl"))
+                if metrics and len(metrics[0].read_text().splitlines()) >= 2:
+                    self.pid, self.sent_at = workers[-1].pid, time.time()
+                    os.kill(self.pid, signal.SIGTERM)
+                    return
+            finally:
+                signal_all(workers, "resume")
+            time.sleep(SLICE_S)
+
+
+SLICE_S = 0.02
+
+
+def signal_all(procs: list[psutil.Process], how: str) -> None:
+    """``suspend`` (SIGSTOP) or ``resume`` (SIGCONT) each of ``procs`` that is still there."""
+    for p in procs:
+        try:
+            getattr(p, how)()
+        except psutil.Error:
+            pass
 
 
 def checkpoint_at_the_next_step(run_dir, sent_at: float) -> dict:
