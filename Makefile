@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 	@echo "make venv: $(VENV) is ready"
 
 # Two pytest-xdist workers: the tests that share one Ray session run in one of them, in order
-# (tests/conftest.py groups them); the other tests go to whichever worker is free.
+# (tests/conftest.py groups them); the other tests go to whichever worker is free. The 20 slowest
+# tests are listed at the end, where a suite that grows shows where.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=20
 
 # No Ray and no long end-to-end runs: a quick check while editing.
 test-fast: $(STAMP)
