@@ -75,7 +75,7 @@ class SigtermOneWorker(threading.Thread):
             if time.monotonic() > deadline:
                 return
             time.sleep(0.05)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and any(alive(w.pid) for w in workers):  # gone: the run failed
             signal_all(workers, "suspend")
             try:
                 metrics = list(self.run_root.glob("*/metrics.jsonl"))
