@@ -4,8 +4,9 @@ A head and a second node (W / 2 CPUs each, processes of this script, their files
 folder, stopped by this script: their processes by id, never ``ray stop``) run an InfoMax η-MINE run
 with V = 4 virtual shards, ``train.num_workers=W`` and ``train.min_workers=1`` (W = 4; 2 with
 ``--quick``). Each fault has a step drawn from ``--seed``, and the soak injects it once the run has
-reported that step (or a later one) and has recovered from the fault before: SIGKILL of a worker, SIGTERM of a worker and the loss of the second
-node (its raylet SIGKILLed, its workers with it) in a seeded order, then SIGKILL of the driver and
+reported that step (or a later one) and has recovered from the fault before: SIGKILL of a worker,
+SIGTERM of a worker and the loss of the second node (its raylet SIGKILLed, its workers with it) in
+a seeded order, then SIGKILL of the driver and
 ``python -m pretrain --resume RUN_DIR train.num_workers=W/2`` (another worker count). After the node's
 loss the soak waits until Ray has marked the node dead and the run has reported on the W / 2 workers
 left, then restarts the node and waits until the run reports on W workers again. The faults land
@@ -58,6 +59,11 @@ class Plan:
     health_check_ms: int | None     # the head's health_check_period_ms, its timeout twice that (None: Ray's
                                     # 3,000 and 10,000 ms; with 5 misses allowed, a lost node is marked dead ~15 s after)
 
+    @property
+    def half(self) -> int:
+        """The CPUs of each node: the workers left after the node's loss, and the resume's worker count."""
+        return self.workers // 2
+
 
 PLANS = {"quick": Plan(steps=300, workers=2, first=(10, 15), gap=(10, 20), resize_every_s=2, start_timeout_s=10,
                        health_check_ms=1000),
@@ -68,7 +74,7 @@ FAULTS = ("worker SIGKILL", "worker SIGTERM", "node loss")
 
 
 def driver_fault(plan: Plan) -> str:
-    return f"driver SIGKILL, --resume train.num_workers={plan.workers // 2}"
+    return f"driver SIGKILL, --resume train.num_workers={plan.half}"
 
 
 def workers_text(n: int) -> str:
@@ -285,7 +291,7 @@ def main(argv=None) -> int:
     reports = Reports(chaos_root)
     planned = schedule(args.seed, plan)
     error, sigterm = None, None
-    half = plan.workers // 2
+    half = plan.half
     head = Node(ray_files, half, system_config=plan.health_check_ms and {
         "health_check_period_ms": plan.health_check_ms, "health_check_timeout_ms": 2 * plan.health_check_ms,
         "health_check_failure_threshold": HEALTH_CHECK_MISSES})
