@@ -61,6 +61,14 @@ RAY_FIXTURES = {"ray_session", "head"}
 SHARED_FIXTURES = ("ray_session", "head", "cluster", "s3")
 
 
+def long_and_alone(item) -> bool:
+    """An end-to-end test (``e2e``, a minute or more) that shares no fixture of :data:`SHARED_FIXTURES`:
+    under pytest-xdist each such test is a unit of its own, and the units of one test go out in
+    collection order, so these go first: the many short tests fill the end and both workers finish
+    together (the README walkthrough, collected last, left one core idle for a minute at the end)."""
+    return item.get_closest_marker("e2e") is not None and not any(f in item.fixturenames for f in SHARED_FIXTURES)
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that uses a Ray fixture gets the ``ray`` marker, so ``-m "not ray"`` (``make
     test-fast``) starts no Ray; tests that start Ray some other way mark themselves.
@@ -69,9 +77,12 @@ def pytest_collection_modifyitems(config, items):
     fixture (:data:`SHARED_FIXTURES`) are one group, run by one worker in the order below, so the
     fixture starts once; the other tests go to either worker.
 
-    The tests that share ``ray_session`` run last, one after another: the session starts once, never
-    sits idle beside other tests, and is never found by a test that did not ask for it
-    (``eval.linear`` uses a running Ray when there is one). A module with a ``ray_session`` of its own
+    The long end-to-end tests that share no such fixture come first (:func:`long_and_alone`). The
+    tests that share ``ray_session`` come last, one after another: in one process (plain ``pytest``)
+    the session starts once, never sits idle beside other tests, and is never found by a test that did
+    not ask for it (``eval.linear`` uses a running Ray when there is one). Under pytest-xdist their
+    group, the largest, goes out first (xdist sends the largest units first), and the tests its worker
+    runs after it find the session up. A module with a ``ray_session`` of its own
     (``tests/pretrain/test_train_s3.py``: its workers must see the S3 endpoint) shuts the shared one down,
     so its tests come after all the others: none of them finds the shared session gone and starts a Ray
     of its own for every launch.
@@ -80,7 +91,8 @@ def pytest_collection_modifyitems(config, items):
         if RAY_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.ray)
     items.sort(key=lambda item: ("ray_session" in item.fixturenames,  # stable: the order is kept otherwise
-                                 hasattr(getattr(item, "module", None), "ray_session")))
+                                 hasattr(getattr(item, "module", None), "ray_session"),
+                                 not long_and_alone(item)))
     groups = {}
     for item in items:
         shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]

@@ -1,24 +1,17 @@
 """Pretraining under real faults: damaged checkpoints, bad options, a cluster too small, a split with
-nothing decodable, a SIGKILLed driver, two drivers on one run directory, and where a local Ray listens."""
+nothing decodable (a SIGKILLed driver, two drivers on one run directory and where a local Ray listens:
+test_driver_signals.py)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from pretrain import checkpoint as ck
 from pretrain.__main__ import main as cli
 from pretrain.config import ConfigError, load_config
-from pretrain.run_dir import CONFIG_FILE, checkpoint_dir_name, step_of
+from pretrain.run_dir import CONFIG_FILE, checkpoint_dir_name
 from tests.support.shards import folder_shards
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -175,100 +168,3 @@ def test_split_with_nothing_decodable_ends_the_run_with_one_line(ray_session, sh
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / FATAL_FILE).read_text())["rank"] == 0
     assert not list(run_dir.glob("checkpoint_*"))
-
-
-LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
-
-
-def listening(pid: int) -> list[tuple[str, str]]:
-    """``[(ip, process name)]`` of every TCP socket that ``pid`` and its descendants listen on."""
-    import psutil
-
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    names = {p.pid: " ".join(p.cmdline()[:3])[:60].strip() for p in procs}
-    return [(c.laddr.ip, names[c.pid]) for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.pid in names]
-
-
-def wait_for(condition, what: str, proc=None, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: the driver exited first ({proc.returncode}): {proc.stderr.read()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-@pytest.mark.ray
-@pytest.mark.e2e
-def test_sigkilled_driver_resumes_from_newest_complete_checkpoint_and_a_second_resume_is_refused(shards, tmp_path):
-    """A real SIGKILL of `python -m pretrain` mid-run (its local Ray listening on loopback only), then
-    `--resume` continues from the newest checkpoint on disk that verifies, while a second `--resume` of
-    the same directory is refused with one line."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
-    env.pop("RAY_ADDRESS", None)
-    runs = tmp_path / "runs"
-
-    def start(*args):
-        return subprocess.Popen([sys.executable, "-m", "pretrain", *args], cwd=REPO, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-
-    def run_dir():
-        dirs = list(runs.glob("f-*")) if runs.is_dir() else []
-        return dirs[0] if dirs else None
-
-    def complete(step):
-        return lambda: run_dir() is not None and (run_dir() / checkpoint_dir_name(step) / ck.CHECKSUM_FILE).is_file()
-
-    def reap(proc):
-        """Wait for the driver's process group (its local Ray) to go; kill what is left of it."""
-        try:
-            wait_for(lambda: _group_gone(proc.pid), "the killed driver's Ray processes to exit", timeout=30)
-        except AssertionError:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    first = start("--config", str(shards.parent / "base.yaml"), *overrides(shards, runs))
-    try:
-        wait_for(complete(4), "checkpoint 4", first)
-        sockets = listening(first.pid)
-        exposed = [(ip, name) for ip, name in sockets if ip not in LOOPBACK]
-        # Ray's servers listen on loopback only; the one exception is PyTorch's process-group store in
-        # the train worker, which c10d binds to every interface whatever host it is given (see the docs)
-        assert sockets and [name for _, name in exposed] in ([], ["ray::RayTrainWorker"]), sockets
-        wait_for(complete(8), "checkpoint 8", first)
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait()
-    finally:
-        first.kill() if first.poll() is None else None
-        reap(first)
-    newest, _ = ck.newest_verified(run_dir())
-    done = step_of(newest)
-    assert done >= 8
-
-    resumed = start("--resume", str(run_dir()))
-    try:
-        wait_for(lambda: (run_dir() / ".run.pid").is_file() and (run_dir() / ".run.pid").read_text() == str(resumed.pid),
-                 "the resumed driver to hold the lock", resumed)
-        second = subprocess.run([sys.executable, "-m", "pretrain", "--resume", str(run_dir())], cwd=REPO, env=env,
-                                capture_output=True, text=True, timeout=300)
-        assert second.returncode == 1
-        err = second.stderr.strip()
-        assert "\n" not in err and "is in use by another driver" in err, err
-        out, err = resumed.communicate(timeout=600)
-    finally:
-        resumed.kill() if resumed.poll() is None else None
-        reap(resumed)
-    assert resumed.returncode == 0, err[-3000:]
-    assert f"resuming from {checkpoint_dir_name(done)} (step {done})" in out
-    steps = [json.loads(line)["step"] for line in (run_dir() / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == 16 and steps.count(done + 4) == 1 if done < 16 else True  # nothing after `done` redone
-    assert ck.load_checkpoint(run_dir())["step"] == 16
-
-
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
