@@ -8,11 +8,13 @@
   Ray's on the console;
 - the same command again says the interrupted run exists and how to continue it (SIGTERM before Ray
   starts ends it at once, leaving no second run directory);
-- SIGTERM to the driver alone (a scheduler stopping the job): it stops at once, exit 143."""
+- SIGTERM to the driver alone (a scheduler stopping the job): it stops at once, exit 143.
+
+Ctrl-C comes to a resumed run here; that a resumed run ends where the uninterrupted one ends is
+``test_train_s3.py``'s and ``test_preemption.py``'s (the command line's ``--resume`` to the last step)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -94,12 +96,16 @@ def driver(tmp_path):
 
     yield start
     for d in started:
+        if d.proc.poll() is not None:  # ended and reaped: its pid may be another process's by now
+            continue
+        left = []
         with contextlib.suppress(psutil.Error):
             left = psutil.Process(d.proc.pid).children(recursive=True)
-            d.proc.kill()
-            for p in left:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(d.proc.pid, signal.SIGKILL)
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         d.proc.wait()
 
 
@@ -152,6 +158,8 @@ def test_sigkill_resume_ctrl_c_the_same_command_again_and_sigterm(shards, tmp_pa
         for p in ray:  # clean-up after a dead driver takes over 30 s here, the worker training on meanwhile)
             with contextlib.suppress(psutil.Error):
                 p.kill()
+        with contextlib.suppress(ProcessLookupError):  # and what started after the list was taken
+            os.killpg(first.proc.pid, signal.SIGKILL)
         psutil.wait_procs(ray, timeout=30)
     run = run_dir()  # the one run directory from here on (a new run of the same config would make another)
     newest, _ = ck.newest_verified(run)
@@ -164,10 +172,10 @@ def test_sigkill_resume_ctrl_c_the_same_command_again_and_sigterm(shards, tmp_pa
                      "train.interrupt_checkpoint_s=0")
     pid_file = run / ".run.pid"
     resumed.wait_for(lambda: pid_file.is_file() and pid_file.read_text() == str(resumed.proc.pid), "the run lock")
-    second = subprocess.run([sys.executable, "-m", "pretrain", "--resume", str(run)], cwd=REPO, env=env(),
-                            capture_output=True, text=True, timeout=300)
-    assert second.returncode == 1 and "\n" not in second.stderr.strip(), second.stderr
-    assert "is in use by another driver" in second.stderr
+    second = driver("second", "--resume", str(run))
+    assert second.finish() == 1, second.text()[-3000:]
+    refused = second.err.read_text().strip()
+    assert "\n" not in refused and "is in use by another driver" in refused, refused
 
     # Ctrl-C in a terminal: SIGINT to the driver's whole process group. The last checkpoint is older than
     # train.interrupt_checkpoint_s=0, so the workers write one at their next report, then stop.
@@ -180,8 +188,11 @@ def test_sigkill_resume_ctrl_c_the_same_command_again_and_sigterm(shards, tmp_pa
     step = int(m["step"])
     newest, _ = ck.newest_verified(run)
     assert str(newest) == m["ckpt"] and ck.step_of(newest) == step >= done + 4  # the checkpoint the interruption wrote
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and done + 4 in steps  # nothing after the resumed checkpoint redone
+    assert ck.load_checkpoint(run)["step"] == step  # the run directory loads as its newest checkpoint
+    # the resumed run's own reports: from the first step after the checkpoint on, none twice (metrics.jsonl
+    # cannot tell: the driver rewrites it with one record a step)
+    reported = [int(n) for n in re.findall(r"^step (\d+)/", resumed.out.read_text(), re.M)]
+    assert reported[0] == done + 4 and reported == sorted(set(reported)), reported
     assert_quiet(resumed.text())
     lock_released(run)
 
@@ -197,7 +208,7 @@ def test_sigkill_resume_ctrl_c_the_same_command_again_and_sigterm(shards, tmp_pa
 
     # SIGTERM (a scheduler stopping the job) to the driver alone, soon after a report: it stops at once,
     # naming the last checkpoint; exit 143; Ray's processes go with it.
-    last = driver("last", "--resume", str(run), "train.interrupt_checkpoint_s=100000")
+    last = driver("last", "--resume", str(run), "train.checkpoint_every=1000000", "train.interrupt_checkpoint_s=100000")
     last.wait_for_line(rf"^step {step + 4}/")
     last.proc.send_signal(signal.SIGTERM)
     assert last.finish() == 143, last.text()[-3000:]
