@@ -64,8 +64,9 @@ SHARED_FIXTURES = ("ray_session", "head", "cluster", "s3")
 def long_and_alone(item) -> bool:
     """A test marked ``e2e`` (most run for a minute or more) that shares no fixture of
     :data:`SHARED_FIXTURES`: under pytest-xdist each such test is a unit of its own, and single-test
-    units go out in collection order, so these go first: the many short tests fill the end and both workers finish
-    together (the README walkthrough, collected last, left one core idle for a minute at the end)."""
+    units go out in collection order, so these go first: the many short tests fill the end and both
+    workers finish together (the README walkthrough, collected last, left one core idle for a minute
+    at the end)."""
     return item.get_closest_marker("e2e") is not None and not any(f in item.fixturenames for f in SHARED_FIXTURES)
 
 

@@ -59,26 +59,41 @@ class Driver:
             self.proc = subprocess.Popen([sys.executable, "-m", "pretrain", *args], cwd=REPO, env=env(),
                                          stdout=out, stderr=err, start_new_session=True)
 
-    def wait_for(self, condition, what: str, timeout: float = 600) -> None:
+    def wait_for(self, condition, what: str, timeout: float = 600):
+        """The first true value of ``condition()``, polled while the driver runs."""
         deadline = time.monotonic() + timeout
-        while not condition():
+        while not (value := condition()):
             assert self.proc.poll() is None, f"{what}: exited ({self.proc.returncode}) first: {self.text()[-3000:]}"
             assert time.monotonic() < deadline, f"no {what} in {timeout} s: {self.text()[-3000:]}"
             time.sleep(0.2)
+        return value
 
     def wait_for_line(self, pattern: str) -> str:
-        found = []
-        self.wait_for(lambda: found.extend(line for line in self.out.read_text().splitlines() if re.match(pattern, line))
-                      or found, f"line {pattern!r}")
-        return found[0]
+        def first_match():
+            return next((line for line in self.out.read_text().splitlines() if re.match(pattern, line)), None)
+
+        return self.wait_for(first_match, f"line {pattern!r}")
+
+    def kill(self) -> None:
+        """SIGKILL of the driver, then of its local Ray (the train worker perhaps in the middle of a
+        checkpoint): Ray's own clean-up after a dead driver takes over 30 s here, the worker training on
+        meanwhile."""
+        ray = psutil.Process(self.proc.pid).children(recursive=True)  # before the driver's end reparents them
+        self.proc.kill()
+        self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # what shares its process group, the list's too
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in ray:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(ray, timeout=30)
 
     def finish(self, timeout: float = 300) -> int:
         try:
             return self.proc.wait(timeout)
         finally:
             if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                self.kill()
 
     def text(self) -> str:
         return self.out.read_text() + self.err.read_text()
@@ -96,17 +111,8 @@ def driver(tmp_path):
 
     yield start
     for d in started:
-        if d.proc.poll() is not None:  # ended and reaped: its pid may be another process's by now
-            continue
-        left = []
-        with contextlib.suppress(psutil.Error):
-            left = psutil.Process(d.proc.pid).children(recursive=True)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(d.proc.pid, signal.SIGKILL)
-        for p in left:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        d.proc.wait()
+        if d.proc.poll() is None:  # one that ended is reaped: its pid may be another process's by now
+            d.kill()
 
 
 def listening(pid: int) -> list[tuple[str, str]]:
@@ -139,28 +145,18 @@ def test_sigkill_resume_ctrl_c_the_same_command_again_and_sigterm(shards, tmp_pa
         return dirs[0] if dirs else None
 
     def complete(step):
-        return lambda: run_dir() is not None and (run_dir() / checkpoint_dir_name(step) / ck.CHECKSUM_FILE).is_file()
+        return lambda: (d := run_dir()) is not None and (d / checkpoint_dir_name(step) / ck.CHECKSUM_FILE).is_file()
 
-    # SIGKILL of the driver once checkpoint 8 is complete; Ray's servers listened on loopback only. The one
-    # exception is PyTorch's process-group store in the train worker, which c10d binds to every interface
-    # whatever host it is given (docs/reliability.md).
-    first, ray = driver("first", "--config", CONFIG, *args), []
-    try:
-        first.wait_for(complete(4), "checkpoint 4")
-        sockets = listening(first.proc.pid)
-        exposed = [(ip, name) for ip, name in sockets if ip not in LOOPBACK]
-        assert sockets and [name for _, name in exposed] in ([], ["ray::RayTrainWorker"]), sockets
-        first.wait_for(complete(8), "checkpoint 8")
-        ray = psutil.Process(first.proc.pid).children(recursive=True)  # its local Ray, the train worker included
-        os.kill(first.proc.pid, signal.SIGKILL)
-        first.proc.wait()
-    finally:  # its local Ray goes with it, the worker perhaps in the middle of a checkpoint (Ray's own
-        for p in ray:  # clean-up after a dead driver takes over 30 s here, the worker training on meanwhile)
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        with contextlib.suppress(ProcessLookupError):  # and what started after the list was taken
-            os.killpg(first.proc.pid, signal.SIGKILL)
-        psutil.wait_procs(ray, timeout=30)
+    # SIGKILL of the driver and its local Ray once checkpoint 8 is complete; Ray's servers listened on
+    # loopback only. The one exception is PyTorch's process-group store in the train worker, which c10d
+    # binds to every interface whatever host it is given (docs/reliability.md).
+    first = driver("first", "--config", CONFIG, *args)
+    first.wait_for(complete(4), "checkpoint 4")
+    sockets = listening(first.proc.pid)
+    exposed = [(ip, name) for ip, name in sockets if ip not in LOOPBACK]
+    assert sockets and [name for _, name in exposed] in ([], ["ray::RayTrainWorker"]), sockets
+    first.wait_for(complete(8), "checkpoint 8")
+    first.kill()
     run = run_dir()  # the one run directory from here on (a new run of the same config would make another)
     newest, _ = ck.newest_verified(run)
     done = ck.step_of(newest)
@@ -170,7 +166,7 @@ def test_sigkill_resume_ctrl_c_the_same_command_again_and_sigterm(shards, tmp_pa
     # second --resume of the directory while the first holds it is refused with one line.
     resumed = driver("resumed", "--resume", str(run), "train.checkpoint_every=1000000",
                      "train.interrupt_checkpoint_s=0")
-    pid_file = run / ".run.pid"
+    pid_file = (run / LOCK_FILE).with_suffix(".pid")  # where the lock's holder writes its pid
     resumed.wait_for(lambda: pid_file.is_file() and pid_file.read_text() == str(resumed.proc.pid), "the run lock")
     second = driver("second", "--resume", str(run))
     assert second.finish() == 1, second.text()[-3000:]
