@@ -4,9 +4,12 @@ each rank's micro-batches, per-shard RNG states, buffers combined over the shard
 pair of processes can try every bound in a few seconds."""
 from __future__ import annotations
 
-import os
-
 import torch
+
+from pretrain import virtual_shards
+from pretrain.train import build_optimizers, build_task_from_config, train_step, wrap_ddp
+from tests.support.ranks import run_ranks
+from tests.support.run_states import tiny_cfg
 
 V = 4  # virtual shards
 BATCH = 4  # images per micro-batch
@@ -18,19 +21,12 @@ def shard_batch(step: int, shard: int) -> dict:
     return {"images": torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1000 * step + shard))}
 
 
-def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, port: int = 0,
-               restart_at: int | None = None) -> None:
+def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, restart_at: int | None = None) -> None:
     """``steps`` steps of the InfoMax task with each bound in ``bounds`` on rank ``rank`` of ``world``;
     rank 0 saves ``{bound: task state_dict}`` to ``out``. ``restart_at``: before that step the task and its
-    optimisers are built anew from their states and wrapped in a new DDP, as a restarted launch does."""
-    from pretrain import virtual_shards
-    from pretrain.train import build_optimizers, build_task_from_config, train_step, wrap_ddp
-    from tests.support.run_states import tiny_cfg
-
+    optimisers are built anew from their states and wrapped in a new DDP, as a restarted launch does. With
+    ``world`` > 1, rank ``rank`` of a gloo process group that is up."""
     torch.set_num_threads(1)
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     shards = virtual_shards.owned(rank, world, V)
     states = {}
     for name in bounds:
@@ -61,20 +57,12 @@ def run_bounds(rank: int, world: int, bounds: list[str], steps: int, out: str, p
         states[name] = {k: v.detach().clone() for k, v in task.state_dict().items()}
     if rank == 0:
         torch.save(states, out)
-    if world > 1:
-        torch.distributed.destroy_process_group()
 
 
 def spawn_ranks(world: int, bounds: list[str], steps: int, out: str, restart_at: int | None = None) -> None:
-    """:func:`run_bounds` on ``world`` fresh processes (in this process when ``world`` is 1)."""
+    """:func:`run_bounds` on ``world`` ranks (:func:`tests.support.ranks.run_ranks`; in this process when
+    ``world`` is 1)."""
     if world == 1:
-        run_bounds(0, 1, bounds, steps, out, restart_at=restart_at)
-        return
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(run_bounds, args=(world, bounds, steps, out, port, restart_at), nprocs=world, join=True)
+        run_bounds(0, 1, bounds, steps, out, restart_at)
+    else:
+        run_ranks(world, f"{__name__}:run_bounds", bounds, steps, out, restart_at)

@@ -2,7 +2,8 @@
 
 Each rank scores its local rows x against the y of every rank (``all_gather_cat``), so the union
 over ranks of the score matrices is the single process's [2B, 2B] matrix. η-MINE needs no
-reduction (its loss is linear in both means); DV, SMILE and InfoNCE use ``reduce=True``.
+reduction (its loss is linear in both means); DV, SMILE and InfoNCE use ``reduce=True``. The same
+for the training loop's step: the DDP-wrapped InfoMax task on two ranks updates as one rank with 2B.
 """
 import os
 
@@ -13,6 +14,8 @@ import torch.multiprocessing as mp
 
 from pretrain import dist as pdist
 from pretrain import estimators as E
+from pretrain.config import load_config
+from tests.support.ranks import run_ranks
 
 B, D = 6, 3
 KWARGS = {"eta-mine-clip": {"tau": 0.5}}  # small enough that some of these scores are clipped
@@ -129,3 +132,61 @@ def test_helpers_without_process_group():
     assert pdist.all_reduce_sum(t) is t and pdist.all_gather_cat(t) is t
     torch.testing.assert_close(pdist.all_reduce_mean_detached(t), t.detach())
     assert torch.equal(pdist.global_diag_mask(3), torch.eye(3, dtype=torch.bool))
+
+
+def task_cfg():
+    return load_config(None, ["data.shards=unused", "task.kind=infomax", "task.estimator=eta-mine", "model.encoder=dcgan",
+                              "model.depth=2", "task.kwargs.hidden_dim=32", "task.kwargs.embed_dim=16"])
+
+
+def task_halves() -> list[torch.Tensor]:
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return [images[:8], images[8:]]
+
+
+def task_with_fixed_bn(cfg):
+    """The configured task, seeded, with batch norm in eval mode: per-rank batch statistics
+    (there is no SyncBatchNorm on CPU) would otherwise differ from whole-batch ones."""
+    from pretrain.train import build_task_from_config
+
+    torch.manual_seed(0)
+    task = build_task_from_config(cfg, None)
+    for m in task.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return task
+
+
+def task_step(rank, world, out):
+    """One train_step of the real loop (DDP-wrapped task, η inside) on this rank's half of the batch."""
+    from pretrain.train import build_optimizers, train_step, wrap_ddp
+
+    cfg = task_cfg()
+    task = task_with_fixed_bn(cfg)
+    main, eta = build_optimizers(cfg, task)
+    train_step(wrap_ddp(task, torch.device("cpu")), task, {"images": task_halves()[rank]}, 0, main, eta)
+    if rank == 0:
+        grads = {n: p.grad.clone() for n, p in task.named_parameters()}
+        torch.save({"grads": grads, "eta": task.estimator.eta.detach().clone()}, out)
+
+
+def test_the_task_step_on_two_ranks_with_batch_b_equals_one_rank_with_2b(tmp_path):
+    """η-MINE is linear in its two means, so DDP's average over 2 ranks of batch B is exactly the
+    gradient of one rank whose loss averages the same 2B joint and marginal pairs; η, updated by
+    its own Adam from that averaged gradient, is the same too."""
+    from pretrain.train import build_optimizers
+
+    run_ranks(2, f"{__name__}:task_step", str(tmp_path / "two.pt"))
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+
+    cfg = task_cfg()
+    task = task_with_fixed_bn(cfg)  # one process, no process group, the 2B pairs in one loss
+    main, eta = build_optimizers(cfg, task)
+    halves = task_halves()
+    loss = (task({"images": halves[0]})["loss"] + task({"images": halves[1]})["loss"]) / 2
+    loss.backward()
+    for name, p in task.named_parameters():
+        torch.testing.assert_close(two["grads"][name], p.grad, rtol=1e-4, atol=1e-7, msg=lambda m: f"{name}: {m}")
+    assert task.estimator.eta.grad.abs() > 1e-4
+    eta.step()
+    torch.testing.assert_close(two["eta"], task.estimator.eta.detach(), rtol=0, atol=1e-6)

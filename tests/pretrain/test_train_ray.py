@@ -2,8 +2,8 @@
 
 A run whose worker crashed, restarted by Ray from its checkpoint, must reach the weights, η and
 optimiser state of the uninterrupted run of its config (``infomax_reference``, tests/conftest.py);
-a jigsaw run logs η from both ranks and a puzzle grid; two ranks with batch B make the same update as
-one rank with 2B (η-MINE); a diverging run stops with a clear message and keeps its last good checkpoint.
+a jigsaw run logs η from both ranks and a puzzle grid; a diverging run stops with a clear message and keeps
+its last good checkpoint. (Two ranks with batch B against one with 2B: ``test_distributed_bounds.py``.)
 """
 from __future__ import annotations
 
@@ -141,69 +141,6 @@ def test_jigsaw_two_workers_logs_eta_and_puzzles(ray_session, digits, tmp_path, 
     assert "inputs" in events.Tags()["images"]
     encoder, config = ck.load_encoder(run)
     assert config["task"]["kind"] == "jigsaw-mi" and encoder.feature_dim == 512 * 4 * 4
-
-
-def _task_with_fixed_bn(cfg):
-    """The configured task, seeded, with batch norm in eval mode: per-rank batch statistics
-    (there is no SyncBatchNorm on CPU) would otherwise differ from whole-batch ones."""
-    from pretrain.train import build_task_from_config
-
-    torch.manual_seed(0)
-    task = build_task_from_config(cfg, None)
-    for m in task.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    return task
-
-
-def _one_step(loop_config):
-    """One train_step of the real loop (DDP-wrapped task, η inside) on this rank's half of a batch."""
-    import ray.train
-
-    from pretrain import dist
-    from pretrain.config import from_plain
-    from pretrain.train import build_optimizers, train_step, wrap_ddp
-
-    cfg = from_plain(loop_config["config"])
-    task = _task_with_fixed_bn(cfg)
-    main, eta = build_optimizers(cfg, task)
-    half = loop_config["halves"][dist.rank()]
-    train_step(wrap_ddp(task, torch.device("cpu")), task, {"images": half}, 0, main, eta)
-    if dist.rank() == 0:
-        grads = {n: p.grad.clone() for n, p in task.named_parameters()}
-        torch.save({"grads": grads, "eta": task.estimator.eta.detach().clone()}, loop_config["out"])
-    ray.train.report({"done": 1})
-
-
-def test_two_ranks_with_batch_b_equal_one_rank_with_2b(ray_session, tmp_path):
-    """η-MINE is linear in its two means, so DDP's average over 2 ranks of batch B is exactly the
-    gradient of one rank whose loss averages the same 2B joint and marginal pairs; η, updated by
-    its own Adam from that averaged gradient, is the same too."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from pretrain.config import to_plain
-    from pretrain.train import build_optimizers
-
-    cfg = load_config(None, ["data.shards=unused", "task.kind=infomax", "task.estimator=eta-mine",
-                             "model.encoder=dcgan", "model.depth=2", "task.kwargs.hidden_dim=32",
-                             "task.kwargs.embed_dim=16"])
-    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    halves = [images[:8], images[8:]]
-    loop = {"config": to_plain(cfg), "halves": halves, "out": str(tmp_path / "two.pt")}
-    TorchTrainer(_one_step, train_loop_config=loop, scaling_config=ScalingConfig(num_workers=2),
-                 run_config=RunConfig(name="eq", storage_path=str(tmp_path / "ray"))).fit()
-    two = torch.load(tmp_path / "two.pt", weights_only=True)
-
-    task = _task_with_fixed_bn(cfg)  # one process, no process group, the 2B pairs in one loss
-    main, eta = build_optimizers(cfg, task)
-    loss = (task({"images": halves[0]})["loss"] + task({"images": halves[1]})["loss"]) / 2
-    loss.backward()
-    for name, p in task.named_parameters():
-        torch.testing.assert_close(two["grads"][name], p.grad, rtol=1e-4, atol=1e-7, msg=lambda m: f"{name}: {m}")
-    assert task.estimator.eta.grad.abs() > 1e-4
-    eta.step()
-    torch.testing.assert_close(two["eta"], task.estimator.eta.detach(), rtol=0, atol=1e-6)
 
 
 def test_nonfinite_loss_stops_with_the_last_good_checkpoint(ray_session, digits, tmp_path):
