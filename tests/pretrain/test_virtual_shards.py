@@ -127,6 +127,20 @@ def test_elastic_policy_runs_the_largest_divisor_of_the_virtual_shards_the_clust
     assert worker_range(load_config(None, ["data.shards=unused", "train.num_workers=4", "train.min_workers=2"])) == (2, 4)
 
 
+def test_the_trainer_installs_the_sigterm_notice_and_starts_no_dataset_manager():
+    """Every worker group start runs the trainer's callbacks: SIGTERM as a notice on each worker, and
+    not Ray Data's, which would start a dataset-manager actor (a process) for a run given no Ray Dataset."""
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from pretrain.elastic import ShardTrainer, SigtermAsNotice
+
+    trainer = ShardTrainer(lambda: None, scaling_config=ScalingConfig(num_workers=(1, 2)), virtual_shards=2)
+    callbacks = trainer._create_default_callbacks()
+    assert any(isinstance(c, SigtermAsNotice) for c in callbacks)
+    assert not any(isinstance(c, DatasetsCallback) for c in callbacks)
+
+
 
 def test_a_workers_loader_serves_its_shards_in_lockstep_with_or_without_loader_processes(shards, tmp_path):
     """Worker 1 of 2 runs shards 2 and 3 of 4: one loader yields both shards' batches each step, each the
