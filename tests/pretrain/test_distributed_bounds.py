@@ -9,13 +9,12 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pretrain import dist as pdist
 from pretrain import estimators as E
-from pretrain.config import load_config
+from pretrain.train import build_optimizers, build_task_from_config, train_step, wrap_ddp
 from tests.support.ranks import run_ranks
+from tests.support.run_states import tiny_cfg
 
 B, D = 6, 3
 KWARGS = {"eta-mine-clip": {"tau": 0.5}}  # small enough that some of these scores are clipped
@@ -47,24 +46,20 @@ def grads_of(model):
     return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.requires_grad}  # eta-mine-ema: η has none
 
 
-def _worker(rank, store, out_dir, cases):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        x, y = data()
-        sl = slice(rank * B, (rank + 1) * B)
-        results = {}
-        for name, reduce in cases:
-            model = torch.nn.parallel.DistributedDataParallel(Separable(name, reduce))
-            loss = model(x[sl], y[sl])
-            loss.backward()
-            grads = grads_of(model.module)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-            E.eta_step(model.module, opt, 0)  # Algorithm 1's step: closed-form η rules, then Adam
-            results[f"{name}/{reduce}"] = {"grads": grads, "loss": loss.detach(), "eta_after_step": {k: v.detach().clone() for k, v in model.module.est.named_parameters()}}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world, out_dir, cases):
+    """Rank ``rank`` of 2 (:func:`tests.support.ranks.run_ranks`): each case on this rank's half of the rows."""
+    x, y = data()
+    sl = slice(rank * B, (rank + 1) * B)
+    results = {}
+    for name, reduce in cases:
+        model = torch.nn.parallel.DistributedDataParallel(Separable(name, reduce))
+        loss = model(x[sl], y[sl])
+        loss.backward()
+        grads = grads_of(model.module)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        E.eta_step(model.module, opt, 0)  # Algorithm 1's step: closed-form η rules, then Adam
+        results[f"{name}/{reduce}"] = {"grads": grads, "loss": loss.detach(), "eta_after_step": {k: v.detach().clone() for k, v in model.module.est.named_parameters()}}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 CASES = [("eta-mine", False), ("eta-mine-clip", False), ("eta-mine-ema", False), ("dv-mine", True), ("smile", True), ("infonce", True), ("dv-mine", False)]
@@ -74,7 +69,7 @@ ETA = ["eta-mine", "eta-mine-clip", "eta-mine-ema"]
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gloo")
-    mp.start_processes(_worker, args=(str(tmp / "store"), str(tmp), CASES), nprocs=2, join=True, start_method="fork")
+    run_ranks(2, f"{__name__}:_worker", str(tmp), CASES)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
@@ -135,8 +130,7 @@ def test_helpers_without_process_group():
 
 
 def task_cfg():
-    return load_config(None, ["data.shards=unused", "task.kind=infomax", "task.estimator=eta-mine", "model.encoder=dcgan",
-                              "model.depth=2", "task.kwargs.hidden_dim=32", "task.kwargs.embed_dim=16"])
+    return tiny_cfg("infomax", "eta-mine", "task.kwargs.hidden_dim=32", "task.kwargs.embed_dim=16")
 
 
 def task_halves() -> list[torch.Tensor]:
@@ -147,8 +141,6 @@ def task_halves() -> list[torch.Tensor]:
 def task_with_fixed_bn(cfg):
     """The configured task, seeded, with batch norm in eval mode: per-rank batch statistics
     (there is no SyncBatchNorm on CPU) would otherwise differ from whole-batch ones."""
-    from pretrain.train import build_task_from_config
-
     torch.manual_seed(0)
     task = build_task_from_config(cfg, None)
     for m in task.modules():
@@ -159,8 +151,6 @@ def task_with_fixed_bn(cfg):
 
 def task_step(rank, world, out):
     """One train_step of the real loop (DDP-wrapped task, η inside) on this rank's half of the batch."""
-    from pretrain.train import build_optimizers, train_step, wrap_ddp
-
     cfg = task_cfg()
     task = task_with_fixed_bn(cfg)
     main, eta = build_optimizers(cfg, task)
@@ -174,8 +164,6 @@ def test_the_task_step_on_two_ranks_with_batch_b_equals_one_rank_with_2b(tmp_pat
     """η-MINE is linear in its two means, so DDP's average over 2 ranks of batch B is exactly the
     gradient of one rank whose loss averages the same 2B joint and marginal pairs; η, updated by
     its own Adam from that averaged gradient, is the same too."""
-    from pretrain.train import build_optimizers
-
     run_ranks(2, f"{__name__}:task_step", str(tmp_path / "two.pt"))
     two = torch.load(tmp_path / "two.pt", weights_only=True)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.support.ray_head import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,10 +44,7 @@ def _main(world: int, fn: str, args: list) -> None:
 
     module, name = fn.split(":")
     target = getattr(importlib.import_module(module), name)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_rank, args=(world, port, target, args), nprocs=world, join=True, start_method="fork")
+    mp.start_processes(_rank, args=(world, free_port(), target, args), nprocs=world, join=True, start_method="fork")
 
 
 if __name__ == "__main__":
